@@ -1,0 +1,1 @@
+//! The engine: step plans, KV blocks, sampling, sequences and generation.

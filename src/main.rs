@@ -1,0 +1,5 @@
+//! The `kiln` command line: parses arguments and calls the library.
+
+fn main() {
+    println!("kiln");
+}

@@ -1,0 +1,1 @@
+//! (owned by the model-import work; see model/mod.rs)

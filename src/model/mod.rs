@@ -1,0 +1,14 @@
+//! Loading models: Hugging Face directories (config.json + safetensors), GGUF files, and the
+//! default model that `kiln pull` fetches and converts.
+
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod gguf;
+pub mod pull;
+pub mod quant;
+pub mod safetensors_dir;
+pub mod weights;
+
+pub use config::ModelConfig;
+pub use error::ModelError;

@@ -1,0 +1,1 @@
+//! Text to token ids and back: the tokenizer, the incremental detokenizer and chat templates.
