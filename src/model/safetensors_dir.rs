@@ -1,1 +1,158 @@
-//! (owned by the core work)
+//! The tensors of a Hugging Face model directory: one or more memory-mapped `*.safetensors` files
+//! (sharded through `model.safetensors.index.json`), looked up by name without copying.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use super::ModelError;
+
+/// Element types kiln computes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl WeightDtype {
+    pub fn size_bytes(self) -> usize {
+        match self {
+            WeightDtype::F32 => 4,
+            WeightDtype::F16 | WeightDtype::Bf16 => 2,
+        }
+    }
+}
+
+/// Bytes that some owner keeps alive: a memory map, or an owned copy when the mapped bytes are
+/// not aligned for their element type (old safetensors writers did not pad their headers).
+pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+struct MappedFile(Mmap);
+
+impl AsRef<[u8]> for MappedFile {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Where one tensor's bytes are.
+#[derive(Clone)]
+pub struct TensorLocation {
+    pub dtype: WeightDtype,
+    pub shape: Vec<usize>,
+    pub file: PathBuf,
+    bytes: SharedBytes,
+    start: usize,
+    end: usize,
+}
+
+impl TensorLocation {
+    pub fn bytes(&self) -> &[u8] {
+        &(*self.bytes).as_ref()[self.start..self.end]
+    }
+
+    /// The owner of the bytes and their range, for views that must outlive this lookup.
+    pub fn shared_bytes(&self) -> (SharedBytes, std::ops::Range<usize>) {
+        (self.bytes.clone(), self.start..self.end)
+    }
+}
+
+/// All tensors of a model directory, by name.
+pub struct SafetensorsDir {
+    tensors: HashMap<String, TensorLocation>,
+}
+
+impl SafetensorsDir {
+    pub fn open(dir: &Path) -> Result<SafetensorsDir, ModelError> {
+        let files = weight_files(dir)?;
+        let mut tensors = HashMap::new();
+        for file in files {
+            let handle = File::open(&file).map_err(|e| ModelError::io(&file, e))?;
+            // SAFETY: the map is read-only; a model file being rewritten while kiln runs is
+            // outside what any inference server can defend against.
+            let mmap = unsafe { Mmap::map(&handle) }.map_err(|e| ModelError::io(&file, e))?;
+            let bytes: SharedBytes = Arc::new(MappedFile(mmap));
+            let parsed = SafeTensors::deserialize((*bytes).as_ref())
+                .map_err(|e| ModelError::invalid(&file, format!("not a valid safetensors file: {e}")))?;
+            let base = (*bytes).as_ref().as_ptr() as usize;
+            for (name, view) in parsed.tensors() {
+                let dtype = match view.dtype() {
+                    Dtype::F32 => WeightDtype::F32,
+                    Dtype::F16 => WeightDtype::F16,
+                    Dtype::BF16 => WeightDtype::Bf16,
+                    other => {
+                        return Err(ModelError::invalid(
+                            &file,
+                            format!("tensor `{name}` has dtype {other:?}; kiln reads F32, F16 and BF16"),
+                        ))
+                    }
+                };
+                let start = view.data().as_ptr() as usize - base;
+                let end = start + view.data().len();
+                let location = if start % dtype.size_bytes() == 0 {
+                    TensorLocation { dtype, shape: view.shape().to_vec(), file: file.clone(), bytes: bytes.clone(), start, end }
+                } else {
+                    let owned: SharedBytes = Arc::new(view.data().to_vec());
+                    let len = view.data().len();
+                    TensorLocation { dtype, shape: view.shape().to_vec(), file: file.clone(), bytes: owned, start: 0, end: len }
+                };
+                tensors.insert(name, location);
+            }
+        }
+        Ok(SafetensorsDir { tensors })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&TensorLocation> {
+        self.tensors.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ShardIndex {
+    weight_map: HashMap<String, String>,
+}
+
+/// The safetensors files of a model directory: the shards named by the index when there is one,
+/// otherwise every `*.safetensors` file.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let index_path = dir.join("model.safetensors.index.json");
+    let mut files: Vec<PathBuf> = if index_path.exists() {
+        let text = std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
+        let index: ShardIndex = serde_json::from_str(&text)
+            .map_err(|e| ModelError::invalid(&index_path, format!("not a valid shard index: {e}")))?;
+        let mut names: Vec<String> = index.weight_map.into_values().collect();
+        names.sort();
+        names.dedup();
+        names.into_iter().map(|name| dir.join(name)).collect()
+    } else {
+        let entries = std::fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))?;
+        let mut found = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| ModelError::io(dir, e))?.path();
+            if path.extension().is_some_and(|ext| ext == "safetensors") {
+                found.push(path);
+            }
+        }
+        found.sort();
+        found
+    };
+    if files.is_empty() {
+        return Err(ModelError::invalid(dir, "no *.safetensors weight files in this model directory"));
+    }
+    for file in &files {
+        if !file.exists() {
+            return Err(ModelError::invalid(file, "named in model.safetensors.index.json but missing"));
+        }
+    }
+    files.dedup();
+    Ok(files)
+}

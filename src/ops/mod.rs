@@ -1,1 +1,11 @@
-//! The CPU reference: one plain function per operation of the forward pass, each with unit tests.
+//! The CPU reference: one plain function per operation of the Llama forward pass, each with unit
+//! tests. Every later kernel (fast CPU or CUDA) is tested against these.
+
+pub mod activation;
+pub mod attention;
+pub mod compare;
+pub mod embedding;
+pub mod logits;
+pub mod matmul;
+pub mod norm;
+pub mod rope;
