@@ -1,1 +1,37 @@
-//! Backends run the forward pass over a step plan; `cpu` is the reference and the default.
+//! Backends run the forward pass over a step plan. They know nothing about requests: only plans,
+//! weights and buffers. `cpu` is the reference and the default.
+
+pub mod cpu;
+
+use crate::engine::plan::StepPlan;
+use crate::model::ModelConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("step plan does not fit this backend: {0}")]
+    PlanMismatch(String),
+    #[error("logits buffer holds {got} values, the step needs {needed}")]
+    LogitsBuffer { got: usize, needed: usize },
+}
+
+/// How the backend's KV memory is divided; fixed at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLayout {
+    pub block_size: usize,
+    pub num_blocks: usize,
+}
+
+impl KvLayout {
+    pub fn capacity_tokens(&self) -> usize {
+        self.block_size * self.num_blocks
+    }
+}
+
+pub trait Backend: Send {
+    fn name(&self) -> &'static str;
+    fn config(&self) -> &ModelConfig;
+    fn kv_layout(&self) -> KvLayout;
+    /// Runs one forward step: writes K/V of every planned token into its KV slot and the logits of
+    /// the plan's `logit_tokens` into `logits` (`[plan.num_logits(), vocab]`).
+    fn execute(&mut self, plan: &StepPlan, logits: &mut [f32]) -> Result<(), BackendError>;
+}

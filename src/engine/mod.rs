@@ -1,1 +1,8 @@
-//! The engine: step plans, KV blocks, sampling, sequences and generation.
+//! The engine: step plans, KV blocks, sampling, sequences and generation. Nothing here knows about
+//! HTTP; nothing here knows about kernels — backends execute the plans the engine builds.
+
+pub mod generate;
+pub mod kv_blocks;
+pub mod plan;
+pub mod rng;
+pub mod sampler;

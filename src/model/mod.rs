@@ -7,6 +7,7 @@ pub mod error;
 pub mod gguf;
 pub mod pull;
 pub mod quant;
+pub mod random;
 pub mod safetensors_dir;
 pub mod weights;
 

@@ -1,0 +1,68 @@
+//! The CPU KV cache: f32 keys and values in fixed-size blocks, allocated once.
+//! Layout per layer: `[num_blocks, block_size, kv_dim]`, so one block is contiguous.
+
+use crate::backend::KvLayout;
+use crate::model::ModelConfig;
+
+pub struct CpuKvCache {
+    layout: KvLayout,
+    kv_dim: usize,
+    head_dim: usize,
+    /// `[layers][num_blocks * block_size * kv_dim]`
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+}
+
+impl CpuKvCache {
+    pub fn new(config: &ModelConfig, layout: KvLayout) -> CpuKvCache {
+        let per_layer = layout.num_blocks * layout.block_size * config.kv_dim();
+        CpuKvCache {
+            layout,
+            kv_dim: config.kv_dim(),
+            head_dim: config.head_dim,
+            keys: (0..config.num_layers).map(|_| vec![0.0; per_layer]).collect(),
+            values: (0..config.num_layers).map(|_| vec![0.0; per_layer]).collect(),
+        }
+    }
+
+    /// Bytes one token occupies across all layers (keys and values).
+    pub fn bytes_per_token(config: &ModelConfig) -> usize {
+        2 * config.num_layers * config.kv_dim() * std::mem::size_of::<f32>()
+    }
+
+    pub fn layout(&self) -> KvLayout {
+        self.layout
+    }
+
+    fn slot(&self, block: usize, offset: usize) -> usize {
+        (block * self.layout.block_size + offset) * self.kv_dim
+    }
+
+    /// Stores one token's `[kv_dim]` key and value.
+    pub fn write(&mut self, layer: usize, block: usize, offset: usize, key: &[f32], value: &[f32]) {
+        let start = self.slot(block, offset);
+        self.keys[layer][start..start + self.kv_dim].copy_from_slice(key);
+        self.values[layer][start..start + self.kv_dim].copy_from_slice(value);
+    }
+
+    /// The `[head_dim]` key of one KV head at one slot.
+    pub fn key(&self, layer: usize, block: usize, offset: usize, kv_head: usize) -> &[f32] {
+        let start = self.slot(block, offset) + kv_head * self.head_dim;
+        &self.keys[layer][start..start + self.head_dim]
+    }
+
+    pub fn value(&self, layer: usize, block: usize, offset: usize, kv_head: usize) -> &[f32] {
+        let start = self.slot(block, offset) + kv_head * self.head_dim;
+        &self.values[layer][start..start + self.head_dim]
+    }
+
+    /// Copies a whole block (all layers): copy-on-write of shared prompt blocks.
+    pub fn copy_block(&mut self, source: usize, destination: usize) {
+        let len = self.layout.block_size * self.kv_dim;
+        let (from, to) = (self.slot(source, 0), self.slot(destination, 0));
+        for layer in 0..self.keys.len() {
+            self.keys[layer].copy_within(from..from + len, to);
+            self.values[layer].copy_within(from..from + len, to);
+        }
+    }
+}

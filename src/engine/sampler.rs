@@ -1,0 +1,231 @@
+//! Choosing the next token from a row of logits: penalties, temperature, top-k, top-p, min-p and a
+//! seeded draw. This is the reference the GPU sampling kernel will be tested against.
+
+use std::collections::HashMap;
+
+use super::rng::Rng;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy (argmax).
+    pub temperature: f32,
+    /// 0 means no top-k cut.
+    pub top_k: usize,
+    /// 1 means no nucleus cut.
+    pub top_p: f32,
+    /// 0 means no min-p cut.
+    pub min_p: f32,
+    /// Hugging Face's multiplicative penalty over prompt and generated tokens; 1 means off.
+    pub repetition_penalty: f32,
+    /// OpenAI's additive penalties over generated tokens; 0 means off.
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub seed: Option<u64>,
+}
+
+impl SamplingParams {
+    pub fn greedy() -> SamplingParams {
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: None,
+        }
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0 || self.top_k == 1
+    }
+}
+
+/// Per-sequence sampling state: the parameters, the random stream and the token counts the
+/// penalties need, updated as tokens are accepted rather than recounted each step.
+pub struct Sampler {
+    params: SamplingParams,
+    rng: Rng,
+    /// How often each token was generated (presence / frequency penalties).
+    generated_counts: HashMap<u32, u32>,
+    /// Every token of the prompt and the output (repetition penalty).
+    seen: HashMap<u32, ()>,
+    candidates: Vec<(f32, u32)>,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams, prompt: &[u32]) -> Sampler {
+        let rng = params.seed.map(Rng::seeded).unwrap_or_else(Rng::from_entropy);
+        let seen = if params.repetition_penalty != 1.0 { prompt.iter().map(|&t| (t, ())).collect() } else { HashMap::new() };
+        Sampler { params, rng, generated_counts: HashMap::new(), seen, candidates: Vec::new() }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Records a generated token for the penalties of later steps.
+    pub fn accept(&mut self, token: u32) {
+        *self.generated_counts.entry(token).or_insert(0) += 1;
+        if self.params.repetition_penalty != 1.0 {
+            self.seen.insert(token, ());
+        }
+    }
+
+    /// Picks the next token. `logits` is modified (penalties, temperature).
+    /// `allowed` masks tokens out when it returns false (JSON mode); it must allow at least one.
+    pub fn sample(&mut self, logits: &mut [f32], allowed: Option<&dyn Fn(u32) -> bool>) -> u32 {
+        self.apply_penalties(logits);
+        if let Some(allowed) = allowed {
+            for (id, logit) in logits.iter_mut().enumerate() {
+                if !allowed(id as u32) {
+                    *logit = f32::NEG_INFINITY;
+                }
+            }
+        }
+        if self.params.is_greedy() {
+            return argmax(logits);
+        }
+        let inverse_temperature = 1.0 / self.params.temperature;
+        self.candidates.clear();
+        self.candidates.extend(
+            logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(id, &l)| (l * inverse_temperature, id as u32)),
+        );
+        if self.candidates.is_empty() {
+            return argmax(logits);
+        }
+        let by_logit_desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        let k = self.params.top_k;
+        if k > 0 && k < self.candidates.len() {
+            self.candidates.select_nth_unstable_by(k - 1, by_logit_desc);
+            self.candidates.truncate(k);
+        }
+        self.candidates.sort_unstable_by(by_logit_desc);
+        // Probabilities relative to the best candidate, in f64 so long tails still sum correctly.
+        let max = self.candidates[0].0;
+        let weights: Vec<f64> = self.candidates.iter().map(|&(l, _)| ((l - max) as f64).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        let mut keep = weights.len();
+        if self.params.min_p > 0.0 {
+            // Best weight is 1, so min_p compares directly.
+            keep = weights.iter().take_while(|&&w| w >= self.params.min_p as f64).count().max(1);
+        }
+        if self.params.top_p < 1.0 {
+            let mut cumulative = 0.0;
+            for (i, w) in weights[..keep].iter().enumerate() {
+                cumulative += w / total;
+                if cumulative >= self.params.top_p as f64 {
+                    keep = i + 1;
+                    break;
+                }
+            }
+        }
+        let kept_total: f64 = weights[..keep].iter().sum();
+        let mut draw = self.rng.next_f64() * kept_total;
+        for (i, w) in weights[..keep].iter().enumerate() {
+            if draw < *w {
+                return self.candidates[i].1;
+            }
+            draw -= w;
+        }
+        self.candidates[keep - 1].1
+    }
+
+    fn apply_penalties(&self, logits: &mut [f32]) {
+        let p = &self.params;
+        if p.repetition_penalty != 1.0 {
+            for &token in self.seen.keys() {
+                if let Some(l) = logits.get_mut(token as usize) {
+                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                }
+            }
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            for (&token, &count) in &self.generated_counts {
+                if let Some(l) = logits.get_mut(token as usize) {
+                    *l -= p.presence_penalty + p.frequency_penalty * count as f32;
+                }
+            }
+        }
+    }
+}
+
+/// The index of the largest logit; ties go to the lowest id, as in every reference implementation.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(temperature: f32) -> SamplingParams {
+        SamplingParams { temperature, seed: Some(7), ..SamplingParams::greedy() }
+    }
+
+    #[test]
+    fn greedy_is_argmax_with_low_id_ties() {
+        let mut s = Sampler::new(SamplingParams::greedy(), &[]);
+        assert_eq!(s.sample(&mut [0.1, 3.0, 3.0, -1.0], None), 1);
+    }
+
+    #[test]
+    fn seeded_sampling_is_reproducible_and_follows_the_distribution() {
+        let logits = [0.0f32, (3.0f32).ln(), f32::NEG_INFINITY]; // probabilities 1/4, 3/4, 0
+        let draw = |seed| {
+            let mut s = Sampler::new(SamplingParams { seed: Some(seed), ..params(1.0) }, &[]);
+            (0..4000).map(|_| s.sample(&mut logits.clone(), None)).collect::<Vec<_>>()
+        };
+        let a = draw(1);
+        assert_eq!(a, draw(1));
+        assert_ne!(a, draw(2));
+        let ones = a.iter().filter(|&&t| t == 1).count() as f64 / 4000.0;
+        assert!((ones - 0.75).abs() < 0.03, "{ones}");
+        assert!(!a.contains(&2), "a -inf logit is never drawn");
+    }
+
+    #[test]
+    fn top_k_top_p_and_min_p_cut_the_tail() {
+        let logits = [4.0f32, 3.0, 2.0, 1.0, 0.0];
+        let seen = |p: SamplingParams| {
+            let mut s = Sampler::new(p, &[]);
+            let mut ids: Vec<u32> = (0..2000).map(|_| s.sample(&mut logits.clone(), None)).collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        assert_eq!(seen(SamplingParams { top_k: 2, ..params(1.0) }), vec![0, 1]);
+        // Probabilities ≈ 0.64, 0.24, 0.09, …: top_p 0.8 keeps the first two.
+        assert_eq!(seen(SamplingParams { top_p: 0.8, ..params(1.0) }), vec![0, 1]);
+        // min_p 0.3 keeps tokens with at least 0.3 × the best probability: e^-1 ≈ 0.37 passes, e^-2 not.
+        assert_eq!(seen(SamplingParams { min_p: 0.3, ..params(1.0) }), vec![0, 1]);
+        // A high temperature flattens the distribution so all five appear.
+        assert_eq!(seen(params(50.0)), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn penalties_and_mask() {
+        // Repetition penalty divides positive logits and multiplies negative ones of seen tokens.
+        let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy() }, &[0]);
+        let mut logits = [3.0f32, 2.0, -1.0];
+        assert_eq!(s.sample(&mut logits, None), 1);
+        assert_eq!(logits, [1.5, 2.0, -1.0]);
+        // Frequency penalty grows with each generated repeat; presence penalty applies once.
+        let mut s = Sampler::new(SamplingParams { frequency_penalty: 0.5, presence_penalty: 1.0, ..SamplingParams::greedy() }, &[]);
+        s.accept(0);
+        s.accept(0);
+        let mut logits = [3.0f32, 1.5];
+        assert_eq!(s.sample(&mut logits, None), 1);
+        assert_eq!(logits[0], 1.0);
+        // The mask removes tokens even when they are the best.
+        let mut s = Sampler::new(params(0.0), &[]);
+        assert_eq!(s.sample(&mut [5.0, 1.0, 0.0], Some(&|id| id != 0)), 1);
+    }
+}
