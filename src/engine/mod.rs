@@ -6,3 +6,4 @@ pub mod kv_blocks;
 pub mod plan;
 pub mod rng;
 pub mod sampler;
+pub mod stop;
