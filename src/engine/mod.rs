@@ -6,4 +6,5 @@ pub mod kv_blocks;
 pub mod plan;
 pub mod rng;
 pub mod sampler;
+pub mod scheduler;
 pub mod stop;
