@@ -3,8 +3,12 @@
 
 pub mod generate;
 pub mod kv_blocks;
+pub mod metrics;
 pub mod plan;
+pub mod request;
 pub mod rng;
 pub mod sampler;
 pub mod scheduler;
+pub mod serving;
 pub mod stop;
+pub mod text;

@@ -1,0 +1,435 @@
+//! The engine loop: one thread that owns the backend and serves every request together. New
+//! requests join between steps (continuous batching); each step's sampled tokens go through
+//! the sequence's detokenizer and stop strings and out to the request's event sink.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::backend::Backend;
+use crate::ops::logits::log_softmax;
+
+use super::kv_blocks::KvBlockAllocator;
+use super::metrics::EngineMetrics;
+use super::plan::{PlanLimits, StepPlan};
+use super::request::{EngineEvent, EngineRequest, FinishReason, TokenConstraint, TokenLogprob};
+use super::sampler::Sampler;
+use super::scheduler::{Scheduled, Scheduler, SchedulerConfig, SeqId};
+use super::stop::StopMatcher;
+use super::text::{StreamDecoder, TokenText};
+
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    pub max_batch_tokens: usize,
+    pub max_seqs: usize,
+    pub max_prefill_chunk: usize,
+    /// Requests allowed to wait for a place in the batch; beyond it, submit says `Overloaded`.
+    pub max_waiting: usize,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubmitError {
+    #[error("the server is overloaded: {0} requests are already waiting; retry later")]
+    Overloaded(usize),
+    #[error("prompt ({prompt} tokens) plus max_new_tokens ({new}) exceeds the context length of {context} tokens")]
+    ContextLengthExceeded { prompt: usize, new: usize, context: usize },
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("n = {n} completions exceed the {max} sequences a step can hold")]
+    TooManyChoices { n: usize, max: usize },
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+enum Command {
+    Submit(EngineRequest),
+    Snapshot(mpsc::Sender<EngineSnapshot>),
+}
+
+/// The engine's state between two steps, as seen from its own thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineSnapshot {
+    pub running_sequences: usize,
+    pub waiting_sequences: usize,
+    pub active_requests: usize,
+    pub kv_blocks_used: usize,
+    pub kv_blocks_total: usize,
+}
+
+/// The server's side of the engine: submit requests, read metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct EngineHandle {
+    sender: SyncSender<Command>,
+    waiting: Arc<AtomicUsize>,
+    limits: Arc<EngineLimits>,
+    pub metrics: Arc<EngineMetrics>,
+}
+
+struct EngineLimits {
+    max_waiting: usize,
+    /// Longest sequence that can ever run: the context, and no more than the KV cache holds.
+    max_sequence_tokens: usize,
+    max_position_embeddings: usize,
+    max_seqs: usize,
+}
+
+impl EngineHandle {
+    pub fn submit(&self, request: EngineRequest) -> Result<(), SubmitError> {
+        let prompt = request.prompt_ids.len();
+        let new = request.params.max_new_tokens;
+        if prompt == 0 {
+            return Err(SubmitError::EmptyPrompt);
+        }
+        if prompt + new > self.limits.max_sequence_tokens {
+            return Err(SubmitError::ContextLengthExceeded { prompt, new, context: self.limits.max_sequence_tokens });
+        }
+        if request.params.n > self.limits.max_seqs {
+            return Err(SubmitError::TooManyChoices { n: request.params.n, max: self.limits.max_seqs });
+        }
+        let waiting = self.waiting.fetch_add(1, Ordering::SeqCst);
+        if waiting >= self.limits.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            EngineMetrics::add(&self.metrics.requests_rejected, 1);
+            return Err(SubmitError::Overloaded(waiting));
+        }
+        match self.sender.try_send(Command::Submit(request)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                Err(SubmitError::Overloaded(waiting))
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                Err(SubmitError::Stopped)
+            }
+        }
+    }
+
+    /// The model's context length (what the API validates against).
+    pub fn max_position_embeddings(&self) -> usize {
+        self.limits.max_position_embeddings
+    }
+
+    pub fn max_sequence_tokens(&self) -> usize {
+        self.limits.max_sequence_tokens
+    }
+
+    pub fn waiting_requests(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Asks the engine thread for its state; answered between two steps. Blocks the calling
+    /// OS thread, so it is for tests and tools, not for a may coroutine.
+    pub fn snapshot(&self) -> Result<EngineSnapshot, SubmitError> {
+        let (reply, answer) = mpsc::channel();
+        self.sender.send(Command::Snapshot(reply)).map_err(|_| SubmitError::Stopped)?;
+        answer.recv().map_err(|_| SubmitError::Stopped)
+    }
+}
+
+/// Starts the engine thread; it runs until every handle is dropped and the work is done.
+pub fn start_engine(backend: Box<dyn Backend>, text: Arc<dyn TokenText>, config: EngineConfig) -> (EngineHandle, std::thread::JoinHandle<()>) {
+    let layout = backend.kv_layout();
+    let model_config = backend.config().clone();
+    let max_sequence_tokens = model_config.max_position_embeddings.min(layout.capacity_tokens());
+    let limits = PlanLimits {
+        max_batch_tokens: config.max_batch_tokens,
+        max_seqs: config.max_seqs,
+        max_blocks_per_seq: max_sequence_tokens.div_ceil(layout.block_size),
+    };
+    let metrics = Arc::new(EngineMetrics::default());
+    EngineMetrics::set(&metrics.kv_blocks_total, layout.num_blocks as u64);
+    // Room for every waiting request plus a few control messages.
+    let (sender, receiver) = mpsc::sync_channel(config.max_waiting.max(1) + 16);
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let handle = EngineHandle {
+        sender,
+        waiting: waiting.clone(),
+        limits: Arc::new(EngineLimits {
+            max_waiting: config.max_waiting,
+            max_sequence_tokens,
+            max_position_embeddings: model_config.max_position_embeddings,
+            max_seqs: config.max_seqs,
+        }),
+        metrics: metrics.clone(),
+    };
+    let scheduler = Scheduler::new(
+        SchedulerConfig { max_batch_tokens: config.max_batch_tokens, max_seqs: config.max_seqs, max_prefill_chunk: config.max_prefill_chunk },
+        KvBlockAllocator::new(layout.num_blocks, layout.block_size),
+    );
+    let vocab = model_config.vocab_size;
+    let mut engine = EngineLoop {
+        backend,
+        text,
+        scheduler,
+        plan: StepPlan::new(limits, layout.block_size),
+        scheduled: Vec::with_capacity(config.max_seqs),
+        logits: vec![0.0; config.max_seqs * vocab],
+        logprobs: vec![0.0; vocab],
+        vocab,
+        requests: HashMap::new(),
+        sequences: HashMap::new(),
+        next_id: 0,
+        waiting,
+        metrics,
+    };
+    let thread = std::thread::Builder::new()
+        .name("kiln-engine".into())
+        .spawn(move || engine.run(receiver))
+        .expect("spawning the engine thread");
+    (handle, thread)
+}
+
+type RequestId = u64;
+
+struct RequestState {
+    request: EngineRequest,
+    submitted: Instant,
+    started: bool,
+    open_choices: usize,
+}
+
+struct SequenceState {
+    request: RequestId,
+    choice: usize,
+    sampler: Sampler,
+    decoder: Box<dyn StreamDecoder>,
+    stop: StopMatcher,
+    constraint: Option<Box<dyn TokenConstraint>>,
+    generated: usize,
+    last_token_at: Option<Instant>,
+}
+
+struct EngineLoop {
+    backend: Box<dyn Backend>,
+    text: Arc<dyn TokenText>,
+    scheduler: Scheduler,
+    plan: StepPlan,
+    scheduled: Vec<Scheduled>,
+    logits: Vec<f32>,
+    logprobs: Vec<f32>,
+    vocab: usize,
+    requests: HashMap<RequestId, RequestState>,
+    sequences: HashMap<SeqId, SequenceState>,
+    next_id: u64,
+    waiting: Arc<AtomicUsize>,
+    metrics: Arc<EngineMetrics>,
+}
+
+impl EngineLoop {
+    fn run(&mut self, receiver: Receiver<Command>) {
+        loop {
+            if self.scheduler.is_idle() {
+                // Nothing to compute: sleep until a request arrives or every handle is gone.
+                match receiver.recv() {
+                    Ok(command) => self.handle(command),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(command) = receiver.try_recv() {
+                self.handle(command);
+            }
+            self.cancel_abandoned();
+            self.step();
+            self.publish_gauges();
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Submit(request) => self.admit(request),
+            Command::Snapshot(reply) => {
+                let blocks = self.scheduler.blocks();
+                let _ = reply.send(EngineSnapshot {
+                    running_sequences: self.scheduler.num_running(),
+                    waiting_sequences: self.scheduler.num_waiting(),
+                    active_requests: self.requests.len(),
+                    kv_blocks_used: blocks.blocks_used(),
+                    kv_blocks_total: blocks.num_blocks(),
+                });
+            }
+        }
+    }
+
+    fn admit(&mut self, request: EngineRequest) {
+        let request_id = self.next_id;
+        self.next_id += 1;
+        EngineMetrics::add(&self.metrics.requests_total, 1);
+        EngineMetrics::add(&self.metrics.prompt_tokens_total, request.prompt_ids.len() as u64);
+        let n = request.params.n.max(1);
+        for choice in 0..n {
+            let id = self.next_id;
+            self.next_id += 1;
+            let mut sampling = request.params.sampling.clone();
+            // Each choice draws its own stream, reproducibly from the request's seed.
+            sampling.seed = sampling.seed.map(|s| s.wrapping_add(choice as u64));
+            self.sequences.insert(
+                id,
+                SequenceState {
+                    request: request_id,
+                    choice,
+                    sampler: Sampler::new(sampling, &request.prompt_ids),
+                    decoder: self.text.stream_decoder(),
+                    stop: StopMatcher::new(request.params.stop_strings.clone()),
+                    constraint: request.params.constraint.as_ref().map(|make| make()),
+                    generated: 0,
+                    last_token_at: None,
+                },
+            );
+            self.scheduler.add(id, request.prompt_ids.clone());
+        }
+        self.requests.insert(request_id, RequestState { request, submitted: Instant::now(), started: false, open_choices: n });
+    }
+
+    /// Requests whose client has gone are finished before the next step computes anything.
+    fn cancel_abandoned(&mut self) {
+        let cancelled: Vec<RequestId> =
+            self.requests.iter().filter(|(_, r)| r.request.cancel.load(Ordering::Relaxed)).map(|(&id, _)| id).collect();
+        for id in cancelled {
+            self.cancel_request(id);
+        }
+    }
+
+    fn cancel_request(&mut self, request_id: RequestId) {
+        let ids: Vec<SeqId> = self.sequences.iter().filter(|(_, s)| s.request == request_id).map(|(&id, _)| id).collect();
+        for id in ids {
+            self.finish(id, FinishReason::Cancelled);
+        }
+        EngineMetrics::add(&self.metrics.requests_cancelled, 1);
+    }
+
+    fn step(&mut self) {
+        self.scheduler.schedule(&mut self.plan, &mut self.scheduled);
+        if self.scheduled.is_empty() {
+            return;
+        }
+        for s in &self.scheduled {
+            let request = self.sequences.get(&s.id).map(|seq| seq.request);
+            if let Some(state) = request.and_then(|r| self.requests.get_mut(&r)) {
+                if !state.started {
+                    state.started = true;
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                    self.metrics.queue_time.observe(state.submitted.elapsed().as_secs_f64());
+                }
+            }
+        }
+        let started = Instant::now();
+        if let Err(error) = self.backend.execute(&self.plan, &mut self.logits) {
+            // A backend failure fails the requests in this step; the engine keeps serving others.
+            let message = format!("the forward step failed: {error}");
+            let failed: Vec<RequestId> = self.scheduled.iter().filter_map(|s| self.sequences.get(&s.id).map(|q| q.request)).collect();
+            for request_id in failed {
+                if let Some(state) = self.requests.get_mut(&request_id) {
+                    state.request.sink.send(EngineEvent::Error { message: message.clone() });
+                }
+                self.cancel_request(request_id);
+            }
+            return;
+        }
+        self.metrics.step_time.observe(started.elapsed().as_secs_f64());
+        EngineMetrics::add(&self.metrics.steps_total, 1);
+        EngineMetrics::set(&self.metrics.last_step_tokens, self.plan.num_tokens() as u64);
+        self.scheduler.step_done(&self.scheduled);
+        let scheduled = std::mem::take(&mut self.scheduled);
+        for s in &scheduled {
+            if let Some(row) = s.logits_row {
+                self.sample_and_emit(s.id, row);
+            }
+        }
+        self.scheduled = scheduled;
+    }
+
+    fn sample_and_emit(&mut self, id: SeqId, row: usize) {
+        let vocab = self.vocab;
+        let Some(seq) = self.sequences.get_mut(&id) else { return };
+        let Some(state) = self.requests.get_mut(&seq.request) else { return };
+        let params = &state.request.params;
+        let logits = &mut self.logits[row * vocab..(row + 1) * vocab];
+        // Log-probabilities are the model's own, before penalties and temperature.
+        let want_logprobs = params.top_logprobs;
+        if want_logprobs.is_some() {
+            log_softmax(logits, &mut self.logprobs);
+        }
+        let token = match &seq.constraint {
+            Some(constraint) => seq.sampler.sample(logits, Some(&|t| constraint.allows(t))),
+            None => seq.sampler.sample(logits, None),
+        };
+        let now = Instant::now();
+        match seq.last_token_at {
+            None => self.metrics.time_to_first_token.observe(state.submitted.elapsed().as_secs_f64()),
+            Some(last) => self.metrics.inter_token_latency.observe((now - last).as_secs_f64()),
+        }
+        seq.last_token_at = Some(now);
+        if params.stop_token_ids.contains(&token) && seq.constraint.is_none() {
+            self.finish(id, FinishReason::Stop);
+            return;
+        }
+        seq.sampler.accept(token);
+        if let Some(constraint) = seq.constraint.as_mut() {
+            constraint.accept(token);
+        }
+        seq.generated += 1;
+        EngineMetrics::add(&self.metrics.generated_tokens_total, 1);
+        let logprob = want_logprobs.map(|k| top_logprobs(&self.logprobs, token, k));
+        let released = seq.stop.push(&seq.decoder.push(token));
+        let alive = state.request.sink.send(EngineEvent::Token { choice: seq.choice, token_id: token, text: released.text, logprob });
+        let constraint_done = seq.constraint.as_ref().is_some_and(|c| c.is_complete());
+        let length_done = seq.generated >= params.max_new_tokens;
+        self.scheduler.append_token(id, token);
+        if !alive {
+            let request = seq.request;
+            self.cancel_request(request);
+        } else if released.stopped || constraint_done {
+            self.finish(id, FinishReason::Stop);
+        } else if length_done {
+            self.finish(id, FinishReason::Length);
+        }
+    }
+
+    /// Ends one sequence: flushes its held text, tells the client, frees its KV blocks.
+    fn finish(&mut self, id: SeqId, reason: FinishReason) {
+        self.scheduler.remove(id);
+        let Some(mut seq) = self.sequences.remove(&id) else { return };
+        let Some(state) = self.requests.get_mut(&seq.request) else { return };
+        let text = if reason == FinishReason::Cancelled {
+            String::new()
+        } else {
+            let tail = seq.decoder.finish();
+            let released = seq.stop.push(&tail);
+            if released.stopped { released.text } else { released.text + &seq.stop.finish() }
+        };
+        state.request.sink.send(EngineEvent::Finished { choice: seq.choice, reason, text, generated_tokens: seq.generated });
+        state.open_choices -= 1;
+        if state.open_choices == 0 {
+            let state = self.requests.remove(&seq.request).expect("state was just borrowed");
+            if !state.started {
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn publish_gauges(&self) {
+        let m = &self.metrics;
+        EngineMetrics::set(&m.queue_depth, self.waiting.load(Ordering::SeqCst) as u64);
+        EngineMetrics::set(&m.running_sequences, self.scheduler.num_running() as u64);
+        EngineMetrics::set(&m.kv_blocks_used, self.scheduler.blocks().blocks_used() as u64);
+        EngineMetrics::set(&m.preemptions_total, self.scheduler.preemptions());
+    }
+}
+
+/// The chosen token's log-probability and the `k` best alternatives.
+fn top_logprobs(logprobs: &[f32], token: u32, k: usize) -> TokenLogprob {
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    if k > 0 {
+        let mut indexed: Vec<(u32, f32)> = logprobs.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+        let k = k.min(indexed.len());
+        indexed.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        indexed.truncate(k);
+        indexed.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        top = indexed;
+    }
+    TokenLogprob { token_id: token, logprob: logprobs[token as usize], top }
+}
+

@@ -1,0 +1,14 @@
+//! What the engine needs from a tokenizer while generating: a streaming decoder per sequence.
+//! A trait so the engine (and its tests) do not depend on one tokenizer implementation.
+
+/// Turns one sequence's token ids into text as they arrive, never splitting a character.
+pub trait StreamDecoder: Send {
+    /// Text completed by this token (possibly empty while a character is incomplete).
+    fn push(&mut self, token: u32) -> String;
+    /// Whatever is left at the end of the sequence.
+    fn finish(&mut self) -> String;
+}
+
+pub trait TokenText: Send + Sync {
+    fn stream_decoder(&self) -> Box<dyn StreamDecoder>;
+}
