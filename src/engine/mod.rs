@@ -2,6 +2,7 @@
 //! HTTP; nothing here knows about kernels — backends execute the plans the engine builds.
 
 pub mod generate;
+pub mod json_mode;
 pub mod kv_blocks;
 pub mod metrics;
 pub mod plan;
