@@ -1,0 +1,118 @@
+//! Every error the API returns, and the one place they become an HTTP status and OpenAI's error
+//! body `{"error":{"message","type","param","code"}}`.
+
+use serde_json::json;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+}
+
+impl ApiError {
+    /// A parameter out of range or malformed: 400 naming the parameter.
+    pub fn invalid_param(param: &str, message: impl Into<String>) -> ApiError {
+        ApiError { status: 400, message: message.into(), kind: "invalid_request_error", param: Some(param.to_string()), code: Some("invalid_value") }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError { status: 400, message: message.into(), kind: "invalid_request_error", param: None, code: None }
+    }
+
+    pub fn invalid_json(message: impl Into<String>) -> ApiError {
+        ApiError { status: 400, message: message.into(), kind: "invalid_request_error", param: None, code: Some("invalid_json") }
+    }
+
+    pub fn context_length_exceeded(prompt_tokens: usize, requested: usize, context: usize) -> ApiError {
+        ApiError {
+            status: 400,
+            message: format!(
+                "This model's maximum context length is {context} tokens. However, you requested {} tokens ({prompt_tokens} in the messages, {requested} in the completion). Please reduce the length of the messages or completion.",
+                prompt_tokens + requested
+            ),
+            kind: "invalid_request_error",
+            param: Some("messages".into()),
+            code: Some("context_length_exceeded"),
+        }
+    }
+
+    pub fn unauthorized() -> ApiError {
+        ApiError {
+            status: 401,
+            message: "Incorrect or missing API key. Send it as `Authorization: Bearer <key>`.".into(),
+            kind: "authentication_error",
+            param: None,
+            code: Some("invalid_api_key"),
+        }
+    }
+
+    pub fn model_not_found(requested: &str, served: &str) -> ApiError {
+        ApiError {
+            status: 404,
+            message: format!("The model `{requested}` does not exist; this server serves `{served}`."),
+            kind: "invalid_request_error",
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+        }
+    }
+
+    pub fn route_not_found(method: &str, path: &str) -> ApiError {
+        ApiError { status: 404, message: format!("No route for {method} {path}."), kind: "invalid_request_error", param: None, code: Some("not_found") }
+    }
+
+    pub fn method_not_allowed(method: &str, path: &str) -> ApiError {
+        ApiError { status: 405, message: format!("{method} is not allowed on {path}."), kind: "invalid_request_error", param: None, code: None }
+    }
+
+    pub fn overloaded(message: impl Into<String>) -> ApiError {
+        ApiError { status: 429, message: message.into(), kind: "rate_limit_error", param: None, code: Some("server_overloaded") }
+    }
+
+    pub fn not_ready() -> ApiError {
+        ApiError { status: 503, message: "The model is still loading; retry shortly.".into(), kind: "server_error", param: None, code: Some("not_ready") }
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError { status: 500, message: message.into(), kind: "server_error", param: None, code: None }
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
+    }
+
+    pub fn body_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.body()).expect("a JSON value always serialises")
+    }
+}
+
+impl From<crate::engine::serving::SubmitError> for ApiError {
+    fn from(error: crate::engine::serving::SubmitError) -> ApiError {
+        use crate::engine::serving::SubmitError;
+        match error {
+            SubmitError::Overloaded(_) => ApiError::overloaded(error.to_string()),
+            SubmitError::ContextLengthExceeded { prompt, new, context } => ApiError::context_length_exceeded(prompt, new, context),
+            SubmitError::EmptyPrompt => ApiError::invalid_param("prompt", "The prompt is empty."),
+            SubmitError::TooManyChoices { .. } => ApiError::invalid_param("n", error.to_string()),
+            SubmitError::Stopped => ApiError::internal(error.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_error_shape() {
+        let body = ApiError::invalid_param("temperature", "temperature must be between 0 and 2").body();
+        assert_eq!(body["error"]["param"], "temperature");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["message"], "temperature must be between 0 and 2");
+        let body = ApiError::unauthorized().body();
+        assert_eq!(body["error"]["param"], serde_json::Value::Null);
+        assert_eq!(ApiError::context_length_exceeded(10, 20, 16).code, Some("context_length_exceeded"));
+    }
+}

@@ -1,0 +1,156 @@
+//! Reading request fields one by one from a JSON object, so every wrong type or range becomes a
+//! 400 that names the parameter (serde's own errors name a line and column, not the field).
+
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+
+pub struct Fields {
+    map: Map<String, Value>,
+}
+
+impl Fields {
+    pub fn parse(body: &[u8]) -> Result<Fields, ApiError> {
+        if body.is_empty() {
+            return Err(ApiError::invalid_json("The request body is empty; send a JSON object."));
+        }
+        let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::invalid_json(format!("The request body is not valid JSON: {e}")))?;
+        match value {
+            Value::Object(map) => Ok(Fields { map }),
+            _ => Err(ApiError::invalid_json("The request body must be a JSON object.")),
+        }
+    }
+
+    /// The raw value of a field; JSON `null` counts as absent, as OpenAI treats it.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.map.get(name).filter(|v| !v.is_null())
+    }
+
+    pub fn f32_in(&self, name: &str, min: f32, max: f32) -> Result<Option<f32>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => {
+                let x = v.as_f64().ok_or_else(|| ApiError::invalid_param(name, format!("`{name}` must be a number.")))?;
+                if !(x >= min as f64 && x <= max as f64) {
+                    return Err(ApiError::invalid_param(name, format!("`{name}` must be between {min} and {max}; got {x}.")));
+                }
+                Ok(Some(x as f32))
+            }
+        }
+    }
+
+    pub fn u64_in(&self, name: &str, min: u64, max: u64) -> Result<Option<u64>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => {
+                // Whole numbers written as 5.0 are accepted, as Python clients sometimes send them.
+                let x = v
+                    .as_u64()
+                    .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 1.8e19).map(|f| f as u64))
+                    .ok_or_else(|| ApiError::invalid_param(name, format!("`{name}` must be a non-negative integer.")))?;
+                if x < min || x > max {
+                    return Err(ApiError::invalid_param(name, format!("`{name}` must be between {min} and {max}; got {x}.")));
+                }
+                Ok(Some(x))
+            }
+        }
+    }
+
+    /// Seeds may be any integer, negative too; they are reinterpreted as u64.
+    pub fn seed(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .map(|s| s as u64)
+                .or_else(|| v.as_u64())
+                .map(Some)
+                .ok_or_else(|| ApiError::invalid_param(name, format!("`{name}` must be an integer."))),
+        }
+    }
+
+    pub fn bool(&self, name: &str) -> Result<Option<bool>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(ApiError::invalid_param(name, format!("`{name}` must be true or false."))),
+        }
+    }
+
+    pub fn string(&self, name: &str) -> Result<Option<String>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(ApiError::invalid_param(name, format!("`{name}` must be a string."))),
+        }
+    }
+
+    /// `stop`: a string or a list of up to `max` strings; empty strings are refused.
+    pub fn stop(&self, name: &str, max: usize) -> Result<Vec<String>, ApiError> {
+        let stops: Vec<String> = match self.get(name) {
+            None => return Ok(Vec::new()),
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| item.as_str().map(str::to_string))
+                .collect::<Option<Vec<String>>>()
+                .ok_or_else(|| ApiError::invalid_param(name, format!("`{name}` must be a string or a list of strings.")))?,
+            Some(_) => return Err(ApiError::invalid_param(name, format!("`{name}` must be a string or a list of strings."))),
+        };
+        if stops.len() > max {
+            return Err(ApiError::invalid_param(name, format!("`{name}` may hold at most {max} sequences; got {}.", stops.len())));
+        }
+        if stops.iter().any(String::is_empty) {
+            return Err(ApiError::invalid_param(name, format!("`{name}` sequences must not be empty.")));
+        }
+        Ok(stops)
+    }
+
+    /// `response_format`: `{"type": "text"}` or `{"type": "json_object"}`; true for JSON mode.
+    pub fn json_mode(&self, name: &str) -> Result<bool, ApiError> {
+        match self.get(name) {
+            None => Ok(false),
+            Some(Value::Object(format)) => match format.get("type").and_then(Value::as_str) {
+                Some("text") => Ok(false),
+                Some("json_object") => Ok(true),
+                Some(other) => Err(ApiError::invalid_param(name, format!("`{name}.type` `{other}` is not supported; use `text` or `json_object`."))),
+                None => Err(ApiError::invalid_param(name, format!("`{name}` needs a `type`."))),
+            },
+            Some(_) => Err(ApiError::invalid_param(name, format!("`{name}` must be an object like {{\"type\": \"json_object\"}}."))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(json: &str) -> Fields {
+        Fields::parse(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn types_and_ranges_name_the_parameter() {
+        let f = fields(r#"{"t": 3, "s": "x", "n": 2.0, "neg": -1, "null": null, "stop": ["a", "b"], "bad_stop": [1]}"#);
+        assert_eq!(f.f32_in("t", 0.0, 2.0).unwrap_err().param.as_deref(), Some("t"));
+        assert_eq!(f.f32_in("s", 0.0, 2.0).unwrap_err().message, "`s` must be a number.");
+        assert_eq!(f.u64_in("n", 1, 4).unwrap(), Some(2));
+        assert!(f.u64_in("neg", 0, 4).is_err());
+        assert_eq!(f.f32_in("null", 0.0, 1.0).unwrap(), None);
+        assert_eq!(f.f32_in("missing", 0.0, 1.0).unwrap(), None);
+        assert_eq!(f.stop("stop", 16).unwrap(), vec!["a", "b"]);
+        assert!(f.stop("stop", 1).is_err());
+        assert!(f.stop("bad_stop", 4).is_err());
+        assert_eq!(f.seed("neg").unwrap(), Some(u64::MAX));
+    }
+
+    #[test]
+    fn bodies_that_are_not_objects_are_refused() {
+        for body in ["", "[1]", "{", "nul"] {
+            assert_eq!(Fields::parse(body.as_bytes()).err().unwrap().status, 400, "{body}");
+        }
+        let f = fields(r#"{"response_format": {"type": "json_object"}, "r2": {"type": "xml"}}"#);
+        assert!(f.json_mode("response_format").unwrap());
+        assert!(f.json_mode("r2").is_err());
+    }
+}

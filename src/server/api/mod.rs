@@ -1,0 +1,8 @@
+//! The HTTP API: OpenAI-compatible and native request types, their validation, and the JSON and
+//! SSE bodies of the responses. Handlers in `routes` tie them to the engine.
+
+pub mod error;
+pub mod fields;
+pub mod native;
+pub mod openai;
+pub mod valid;

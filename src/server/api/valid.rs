@@ -1,0 +1,40 @@
+//! A generation request after validation, whatever endpoint it came from: what the rest of the
+//! server works with. Built only by the `parse_*` functions of `openai` and `native`.
+
+use crate::engine::sampler::SamplingParams;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptInput {
+    /// A conversation, rendered through the model's chat template.
+    Chat(Vec<Message>),
+    /// Raw prompts to continue (completions accept a list; each gets its own choices).
+    Text(Vec<String>),
+    /// Prompts given as token ids.
+    Tokens(Vec<Vec<u32>>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidGeneration {
+    pub model: Option<String>,
+    pub prompt: PromptInput,
+    /// None: as many as the context allows (chat) — the caller fills in the endpoint's default.
+    pub max_tokens: Option<usize>,
+    /// true: `max_tokens` beyond the context is cut to fit (native API); false: it is an error.
+    pub cap_max_tokens_to_context: bool,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub n: usize,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// `Some(k)`: return the chosen tokens' log-probabilities and k alternatives.
+    pub logprobs: Option<usize>,
+    pub echo: bool,
+    pub json_mode: bool,
+    pub user: Option<String>,
+}
