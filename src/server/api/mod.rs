@@ -5,4 +5,6 @@ pub mod error;
 pub mod fields;
 pub mod native;
 pub mod openai;
+pub mod pricing;
+pub mod responses;
 pub mod valid;
