@@ -390,7 +390,8 @@ impl GgufFile {
     pub fn dequantize_row(&self, info: &TensorInfo, row: usize, out: &mut [f32]) -> Result<(), ModelError> {
         let row_bytes = info.row_bytes();
         let data = self.tensor_data(info);
-        let bytes = data.get(row * row_bytes..(row + 1) * row_bytes).ok_or_else(|| {
+        let range = row.checked_mul(row_bytes).and_then(|start| Some(start..start.checked_add(row_bytes)?));
+        let bytes = range.and_then(|range| data.get(range)).ok_or_else(|| {
             ModelError::invalid(&self.path, format!("tensor `{}` has {} rows, asked for row {row}", info.name, info.n_rows()))
         })?;
         quant::dequantize_row(info.ggml_type, bytes, out)
@@ -507,7 +508,8 @@ impl<'a> Reader<'a> {
         let max = (self.remaining() / min_item_bytes.max(1)) as u64;
         if n > max {
             return Err(self.invalid(format!(
-                "{what} {n} is impossible: {} bytes remain after byte {}, room for at most {max}",
+                "{what} {n} is impossible: {} bytes remain after byte {}, room for at most {max}; \
+                 the file is truncated or corrupt",
                 self.remaining(),
                 self.pos
             )));

