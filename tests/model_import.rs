@@ -60,10 +60,8 @@ fn safetensors_holds_every_tensor_in_f16() {
     let dir = model_dir();
     let map = safetensors_map(&dir);
     let tensors = SafeTensors::deserialize(&map).unwrap();
-    let mut expected: Vec<(String, Vec<usize>)> = vec![
-        ("model.embed_tokens.weight".into(), vec![49152, 576]),
-        ("model.norm.weight".into(), vec![576]),
-    ];
+    let mut expected: Vec<(String, Vec<usize>)> =
+        vec![("model.embed_tokens.weight".into(), vec![49152, 576]), ("model.norm.weight".into(), vec![576])];
     for layer in 0..30 {
         let name = |n: &str| format!("model.layers.{layer}.{n}.weight");
         expected.extend([
@@ -96,11 +94,11 @@ fn weights_match_the_gguf_and_python_reference() {
 
     // Values from Python (HF row order, first four columns).
     let reference: [(&str, usize, [f32; 4]); 6] = [
-        ("model.embed_tokens.weight", 1, [-0.0238037109375, -0.015869140625, -0.0396728515625, 0.015869140625]),
-        ("model.layers.0.self_attn.q_proj.weight", 1, [-0.1591796875, 0.39794921875, -0.0198974609375, -1.2734375]),
-        ("model.layers.0.self_attn.q_proj.weight", 100, [-0.0821533203125, -0.0821533203125, -0.4453125, -0.2274169921875]),
-        ("model.layers.29.self_attn.k_proj.weight", 33, [0.1531982421875, -0.136688232421875, -0.053863525390625, -0.09527587890625]),
-        ("model.layers.5.mlp.down_proj.weight", 5, [-0.04681396484375, -0.28515625, -0.04681396484375, 0.23919677734375]),
+        ("model.embed_tokens.weight", 1, [-0.023803711, -0.01586914, -0.03967285, 0.01586914]),
+        ("model.layers.0.self_attn.q_proj.weight", 1, [-0.15917969, 0.39794922, -0.019897461, -1.2734375]),
+        ("model.layers.0.self_attn.q_proj.weight", 100, [-0.08215332, -0.08215332, -0.4453125, -0.22741699]),
+        ("model.layers.29.self_attn.k_proj.weight", 33, [0.15319824, -0.13668823, -0.053863525, -0.09527588]),
+        ("model.layers.5.mlp.down_proj.weight", 5, [-0.046813965, -0.28515625, -0.046813965, 0.23919678]),
         ("model.norm.weight", 0, [1.7578125, 1.8203125, 1.78125, 1.6015625]),
     ];
     for (name, row, values) in reference {
@@ -136,7 +134,10 @@ fn weights_match_the_gguf_and_python_reference() {
         }
         assert_eq!(mismatches, 0, "{hf_name}: elements differing from the un-permuted GGUF");
         // The permutation is not the identity here, so the check above could have failed.
-        assert_ne!(converted[576..1152].to_vec(), source[576..1152].iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>());
+        assert_ne!(
+            converted[576..1152].to_vec(),
+            source[576..1152].iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>()
+        );
     }
 }
 

@@ -86,15 +86,15 @@ fn read_geometry(gguf: &GgufFile) -> Result<Geometry, ModelError> {
     let hidden = gguf.require_usize(&key("embedding_length"))?;
     let heads = gguf.require_usize(&key("attention.head_count"))?;
     let kv_heads = gguf.get_usize(&key("attention.head_count_kv"))?.unwrap_or(heads);
-    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+    if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         return Err(invalid(format!("head_count {heads} must be a positive multiple of head_count_kv {kv_heads}")));
     }
     let head_dim = match gguf.get_usize(&key("attention.key_length"))? {
         Some(d) => d,
-        None if hidden % heads == 0 => hidden / heads,
+        None if hidden.is_multiple_of(heads) => hidden / heads,
         None => return Err(invalid(format!("embedding_length {hidden} is not divisible by {heads} heads"))),
     };
-    if head_dim == 0 || head_dim % 2 != 0 {
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
         return Err(invalid(format!("head dimension must be even and positive, got {head_dim}")));
     }
     if let Some(value_length) = gguf.get_usize(&key("attention.value_length"))? {
@@ -137,7 +137,12 @@ fn read_geometry(gguf: &GgufFile) -> Result<Geometry, ModelError> {
         rope_theta: gguf.get_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0),
         rope_scaling,
     };
-    for (name, value) in [("embedding_length", hidden), ("feed_forward_length", geometry.intermediate), ("block_count", geometry.layers), ("vocab_size", vocab)] {
+    for (name, value) in [
+        ("embedding_length", hidden),
+        ("feed_forward_length", geometry.intermediate),
+        ("block_count", geometry.layers),
+        ("vocab_size", vocab),
+    ] {
         if value == 0 {
             return Err(invalid(format!("llama.{name} must be positive")));
         }
@@ -212,7 +217,12 @@ fn plan_tensors(gguf: &GgufFile, g: &Geometry) -> Result<Vec<PlannedTensor>, Mod
             got.pop();
         }
         if got != dims {
-            return Err(ModelError::WrongShape { path: gguf.path().into(), name: gguf_name, got: info.dims.clone(), expected: dims });
+            return Err(ModelError::WrongShape {
+                path: gguf.path().into(),
+                name: gguf_name,
+                got: info.dims.clone(),
+                expected: dims,
+            });
         }
         if !info.ggml_type.can_dequantize() {
             return Err(ModelError::invalid(
@@ -255,7 +265,12 @@ pub fn gguf_row_for_hf_row(hf_row: usize, head_dim: usize) -> usize {
 /// Writes the planned tensors as one f16 safetensors file, a row at a time, so memory stays at a
 /// few rows whatever the model size. The format is an 8-byte little-endian header length, a JSON
 /// header padded with spaces to a multiple of 8, then the tensors back to back.
-fn write_safetensors(gguf: &GgufFile, plan: &[PlannedTensor], path: &Path, progress: Option<&ProgressBar>) -> Result<(), ModelError> {
+fn write_safetensors(
+    gguf: &GgufFile,
+    plan: &[PlannedTensor],
+    path: &Path,
+    progress: Option<&ProgressBar>,
+) -> Result<(), ModelError> {
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), json!({"format": "pt"}));
     let mut offset = 0usize;
@@ -334,7 +349,8 @@ struct PartialDir {
 impl PartialDir {
     fn create(parent: &Path, target: &Path) -> Result<PartialDir, ModelError> {
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let path = parent.join(format!(".{name}.partial-{}-{nanos}", std::process::id()));
         fs::create_dir(&path).map_err(|e| ModelError::io(&path, e))?;
         Ok(PartialDir { path, done: false })
@@ -529,7 +545,11 @@ pub(crate) mod tests {
             assert_eq!(llama_cpp_permute(&q, HEADS, HIDDEN), gguf("attn_q"), "q_proj un-permuted with {HEADS} heads");
             let (shape, k) = read_f16(&tensors, &hf("self_attn.k_proj"));
             assert_eq!(shape, [KV_HEADS * HEAD_DIM, HIDDEN]);
-            assert_eq!(llama_cpp_permute(&k, KV_HEADS, HIDDEN), gguf("attn_k"), "k_proj un-permuted with {KV_HEADS} heads");
+            assert_eq!(
+                llama_cpp_permute(&k, KV_HEADS, HIDDEN),
+                gguf("attn_k"),
+                "k_proj un-permuted with {KV_HEADS} heads"
+            );
             assert_eq!(read_f16(&tensors, &hf("self_attn.v_proj")).1, gguf("attn_v"), "v_proj is not permuted");
             assert_eq!(read_f16(&tensors, &hf("mlp.down_proj")), (vec![HIDDEN, INTER], gguf("ffn_down")));
             assert_eq!(read_f16(&tensors, &hf("input_layernorm")), (vec![HIDDEN], gguf("attn_norm")));
@@ -539,7 +559,8 @@ pub(crate) mod tests {
 
         let tokenizer = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
         assert_eq!(tokenizer.encode("<s>ab", false).unwrap().get_ids(), [0, 4]);
-        let tokenizer_config: Value = serde_json::from_slice(&fs::read(out.join("tokenizer_config.json")).unwrap()).unwrap();
+        let tokenizer_config: Value =
+            serde_json::from_slice(&fs::read(out.join("tokenizer_config.json")).unwrap()).unwrap();
         assert_eq!(tokenizer_config["eos_token"], "</s>");
         assert_eq!(tokenizer_config["model_max_length"], 256);
         let leftovers: Vec<_> = fs::read_dir(out.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -584,7 +605,9 @@ pub(crate) mod tests {
 
         let (mut writer, _) = tiny_llama(true);
         writer.metadata[0].1 = string("qwen2");
-        assert!(matches!(convert(&writer), ModelError::UnsupportedArchitecture { architecture, .. } if architecture == "qwen2"));
+        assert!(
+            matches!(convert(&writer), ModelError::UnsupportedArchitecture { architecture, .. } if architecture == "qwen2")
+        );
 
         // A value f16 cannot hold fails mid-write; the partial directory must not survive.
         let (mut writer, _) = tiny_llama(true);

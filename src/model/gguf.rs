@@ -392,7 +392,10 @@ impl GgufFile {
         let data = self.tensor_data(info);
         let range = row.checked_mul(row_bytes).and_then(|start| Some(start..start.checked_add(row_bytes)?));
         let bytes = range.and_then(|range| data.get(range)).ok_or_else(|| {
-            ModelError::invalid(&self.path, format!("tensor `{}` has {} rows, asked for row {row}", info.name, info.n_rows()))
+            ModelError::invalid(
+                &self.path,
+                format!("tensor `{}` has {} rows, asked for row {row}", info.name, info.n_rows()),
+            )
         })?;
         quant::dequantize_row(info.ggml_type, bytes, out)
             .map_err(|e| ModelError::invalid(&self.path, format!("tensor `{}`: {e}", info.name)))
@@ -421,7 +424,12 @@ struct RawTensorInfo {
     offset: u64,
 }
 
-fn check_tensor(reader: &Reader, raw: RawTensorInfo, data_offset: usize, alignment: usize) -> Result<TensorInfo, ModelError> {
+fn check_tensor(
+    reader: &Reader,
+    raw: RawTensorInfo,
+    data_offset: usize,
+    alignment: usize,
+) -> Result<TensorInfo, ModelError> {
     let name = &raw.name;
     let ggml_type = GgmlType::from_id(raw.type_id)
         .ok_or_else(|| reader.invalid(format!("tensor `{name}` has unknown ggml type {}", raw.type_id)))?;
@@ -436,7 +444,7 @@ fn check_tensor(reader: &Reader, raw: RawTensorInfo, data_offset: usize, alignme
         .iter()
         .try_fold(row_bytes, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| reader.invalid(format!("tensor `{name}`: dims {:?} overflow", raw.dims)))?;
-    if raw.offset % alignment as u64 != 0 {
+    if !raw.offset.is_multiple_of(alignment as u64) {
         return Err(reader.invalid(format!("tensor `{name}`: offset {} is not aligned to {alignment}", raw.offset)));
     }
     let file_len = reader.bytes.len();
@@ -860,7 +868,10 @@ mod tests {
         let mut bytes = GgufWriter::new().f32_tensor("t", &[4], &[0.0; 4]).to_bytes();
         bytes.truncate(bytes.len() - 1);
         let message = parse(bytes).unwrap_err().to_string();
-        assert!(message.contains("tensor `t` (16 bytes at data offset 0) extends beyond the end of the file"), "{message}");
+        assert!(
+            message.contains("tensor `t` (16 bytes at data offset 0) extends beyond the end of the file"),
+            "{message}"
+        );
 
         let duplicate = GgufWriter::new().f32_tensor("t", &[1], &[0.0]).f32_tensor("t", &[1], &[0.0]);
         assert!(err(duplicate).contains("tensor `t` appears twice"));

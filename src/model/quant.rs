@@ -91,8 +91,8 @@ impl GgmlType {
         match self {
             F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
             Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | IQ4_NL | MXFP4 => 32,
-            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ2_XXS | IQ2_XS | IQ3_XXS | IQ1_S | IQ3_S | IQ2_S
-            | IQ4_XS | IQ1_M | TQ1_0 | TQ2_0 => QK_K,
+            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ2_XXS | IQ2_XS | IQ3_XXS | IQ1_S | IQ3_S | IQ2_S | IQ4_XS
+            | IQ1_M | TQ1_0 | TQ2_0 => QK_K,
         }
     }
 
@@ -135,7 +135,7 @@ impl GgmlType {
     /// Bytes of a row of `n_values` values, or `None` when `n_values` is not a whole number of
     /// blocks (or the product overflows).
     pub fn row_bytes(self, n_values: usize) -> Option<usize> {
-        if n_values % self.block_size() != 0 {
+        if !n_values.is_multiple_of(self.block_size()) {
             return None;
         }
         (n_values / self.block_size()).checked_mul(self.block_bytes())
@@ -217,8 +217,7 @@ pub enum QuantError {
 
 /// Dequantizes one row: `bytes` holds `out.len()` values of type `ggml_type`.
 pub fn dequantize_row(ggml_type: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), QuantError> {
-    let length_error =
-        |expected| QuantError::Length { ggml_type, values: out.len(), expected, got: bytes.len() };
+    let length_error = |expected| QuantError::Length { ggml_type, values: out.len(), expected, got: bytes.len() };
     match ggml_type.row_bytes(out.len()) {
         Some(expected) if expected == bytes.len() => {}
         Some(expected) => return Err(length_error(expected)),
@@ -267,14 +266,15 @@ pub fn dequantize_row_bf16(bytes: &[u8], out: &mut [f32]) {
 }
 
 /// Reads the blocks of a row without requiring alignment, paired with their slice of `out`.
-fn blocks<'a, B: Pod>(bytes: &'a [u8], out: &'a mut [f32], values_per_block: usize) -> impl Iterator<Item = (B, &'a mut [f32])> {
+fn blocks<'a, B: Pod>(
+    bytes: &'a [u8],
+    out: &'a mut [f32],
+    values_per_block: usize,
+) -> impl Iterator<Item = (B, &'a mut [f32])> {
     let block_bytes = std::mem::size_of::<B>();
     assert_eq!(bytes.len() / block_bytes * values_per_block, out.len(), "quantized row length");
     assert_eq!(bytes.len() % block_bytes, 0, "quantized row is a whole number of blocks");
-    bytes
-        .chunks_exact(block_bytes)
-        .map(bytemuck::pod_read_unaligned::<B>)
-        .zip(out.chunks_exact_mut(values_per_block))
+    bytes.chunks_exact(block_bytes).map(bytemuck::pod_read_unaligned::<B>).zip(out.chunks_exact_mut(values_per_block))
 }
 
 /// Q8_0 → f32: `value = d * q`.
@@ -371,10 +371,7 @@ mod tests {
 
     fn hex(text: &str) -> Vec<u8> {
         let digits: Vec<u8> = text.bytes().filter(|b| b.is_ascii_hexdigit()).collect();
-        digits
-            .chunks_exact(2)
-            .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
-            .collect()
+        digits.chunks_exact(2).map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap()).collect()
     }
 
     fn dequantize(ggml_type: GgmlType, bytes: &[u8]) -> Vec<f32> {
@@ -402,7 +399,7 @@ mod tests {
 
     #[test]
     fn q8_0_by_hand() {
-        // d = 0.5 (f16 0x3800), q = 0, 1, -1, 2, -2, ... 
+        // d = 0.5 (f16 0x3800), q = 0, 1, -1, 2, -2, ...
         let mut bytes = vec![0x00, 0x38];
         let qs: Vec<i8> = (0..32).map(|i: i8| if i % 2 == 0 { -(i / 2) } else { i / 2 + 1 }).collect();
         bytes.extend(qs.iter().map(|&q| q as u8));
@@ -467,72 +464,70 @@ mod tests {
     }
 
     /// One block per type with values from the Python `gguf` package 0.19
-    /// (`gguf.quants.dequantize(np.frombuffer(block, np.uint8), type)`): every value of the 32-value
-    /// blocks, every 7th of the 256-value ones, and the sum and sum of squares of all of them.
-    /// The blocks are random bytes with the f16 scales replaced by small normal numbers.
-    fn check_golden(ggml_type: GgmlType, block_hex: &str, expected: &[(usize, f32)], sum: f64, sum_sq: f64) {
+    /// (`gguf.quants.dequantize(np.frombuffer(block, np.uint8), type)`): `expected` holds every
+    /// `stride`-th value, and `sum` / `sum_sq` (computed in f64) cover all of them. The blocks are
+    /// random bytes with the f16 scales replaced by small normal numbers.
+    fn check_golden(ggml_type: GgmlType, block_hex: &str, stride: usize, expected: &[f32], sum: f64, sum_sq: f64) {
         let values = dequantize(ggml_type, &hex(block_hex));
-        for &(index, value) in expected {
-            assert_eq!(values[index], value, "{ggml_type} value {index}");
+        for (k, &value) in expected.iter().enumerate() {
+            assert_eq!(values[k * stride], value, "{ggml_type} value {}", k * stride);
         }
+        assert_eq!(expected.len(), values.len().div_ceil(stride));
         let got_sum: f64 = values.iter().map(|&v| v as f64).sum();
         let got_sum_sq: f64 = values.iter().map(|&v| (v as f64) * (v as f64)).sum();
-        assert!((got_sum - sum).abs() <= 1e-9 * sum_sq.max(1.0), "{ggml_type} sum {got_sum} vs {sum}");
-        assert!((got_sum_sq - sum_sq).abs() <= 1e-9 * sum_sq.max(1.0), "{ggml_type} sum of squares {got_sum_sq} vs {sum_sq}");
+        let tolerance = 1e-9 * sum_sq.max(1.0);
+        assert!((got_sum - sum).abs() <= tolerance, "{ggml_type} sum {got_sum} vs {sum}");
+        assert!((got_sum_sq - sum_sq).abs() <= tolerance, "{ggml_type} sum of squares {got_sum_sq} vs {sum_sq}");
     }
 
-    #[test]
-    fn golden_q8_0() {
-        check_golden(
-            GgmlType::Q8_0,
-            concat!("4c22051f9c794b4e8c30ec1fdf814091f7ff12761d489e682f961aede8f7d625c9d5"),
-            &[(0, 0.061492919921875), (1, 0.381256103515625), (2, -1.2298583984375), (3, 1.488128662109375), (4, 0.922393798828125), (5, 0.95928955078125), (6, -1.4266357421875), (7, 0.59033203125), (8, -0.2459716796875), (9, 0.381256103515625), (10, -0.405853271484375), (11, -1.561920166015625), (12, 0.787109375), (13, -1.365142822265625), (14, -0.110687255859375), (15, -0.012298583984375), (16, 0.22137451171875), (17, 1.45123291015625), (18, 0.356658935546875), (19, 0.885498046875), (20, -1.20526123046875), (21, 1.279052734375), (22, 0.578033447265625), (23, -1.30364990234375), (24, 0.31976318359375), (25, -0.233673095703125), (26, -0.295166015625), (27, -0.110687255859375), (28, -0.51654052734375), (29, 0.455047607421875), (30, -0.676422119140625), (31, -0.528839111328125)],
-            -0.110687255859375,
-            22.992751856334507,
-        );
-    }
+    /// Kept on a few long lines: the data is unreadable either way, and short.
+    #[rustfmt::skip]
+    mod golden {
+        use super::*;
 
-    #[test]
-    fn golden_q4_0() {
-        check_golden(
-            GgmlType::Q4_0,
-            concat!("8bac4d64743ed3b60544bcc7c9ea0492cb1c"),
-            &[(0, -0.35491943359375), (1, 0.283935546875), (2, 0.283935546875), (3, -0.4259033203125), (4, 0.35491943359375), (5, 0.1419677734375), (6, 0.21295166015625), (7, 0.283935546875), (8, -0.283935546875), (9, 0.07098388671875), (10, -0.07098388671875), (11, -0.1419677734375), (12, 0.283935546875), (13, 0.4259033203125), (14, -0.21295166015625), (15, -0.283935546875), (16, 0.283935546875), (17, 0.1419677734375), (18, 0.07098388671875), (19, 0.35491943359375), (20, -0.35491943359375), (21, -0.21295166015625), (22, 0.56787109375), (23, 0.283935546875), (24, -0.21295166015625), (25, -0.283935546875), (26, -0.283935546875), (27, -0.4259033203125), (28, 0.56787109375), (29, -0.07098388671875), (30, -0.283935546875), (31, 0.49688720703125)],
-            1.20672607421875,
-            3.088730562478304,
-        );
-    }
+        #[test]
+        fn golden_q8_0() {
+            let block = "4c22051f9c794b4e8c30ec1fdf814091f7ff12761d489e682f961aede8f7d625c9d5";
+            let expected = [0.06149292, 0.3812561, -1.2298584, 1.4881287, 0.9223938, 0.95928955, -1.4266357, 0.59033203, -0.24597168, 0.3812561, -0.40585327, -1.5619202, 0.7871094, -1.3651428, -0.110687256, -0.012298584, 0.22137451, 1.4512329, 0.35665894, 0.88549805, -1.2052612, 1.2790527, 0.57803345, -1.3036499, 0.31976318, -0.2336731, -0.29516602, -0.110687256, -0.5165405, 0.4550476, -0.6764221, -0.5288391];
+            check_golden(GgmlType::Q8_0, block, 1, &expected, -0.110687255859375, 22.992751856334507);
+        }
 
-    #[test]
-    fn golden_q4_1() {
-        check_golden(
-            GgmlType::Q4_1,
-            concat!("562948b532f6edc66ff238c9bf07d32726ed1a85"),
-            &[(0, -0.2467041015625), (1, -0.0799560546875), (2, 0.21185302734375), (3, -0.0799560546875), (4, 0.29522705078125), (5, -0.2467041015625), (6, 0.00341796875), (7, 0.04510498046875), (8, 0.29522705078125), (9, -0.03826904296875), (10, -0.20501708984375), (11, -0.03826904296875), (12, -0.0799560546875), (13, 0.21185302734375), (14, 0.0867919921875), (15, -0.12164306640625), (16, -0.20501708984375), (17, 0.29522705078125), (18, 0.2535400390625), (19, 0.170166015625), (20, -0.0799560546875), (21, 0.29522705078125), (22, -0.20501708984375), (23, 0.170166015625), (24, 0.12847900390625), (25, -0.330078125), (26, 0.21185302734375), (27, -0.2467041015625), (28, -0.2467041015625), (29, 0.2535400390625), (30, -0.28839111328125), (31, 0.00341796875)],
-            0.1927490234375,
-            1.300823375582695,
-        );
-    }
+        #[test]
+        fn golden_q4_0() {
+            let block = "8bac4d64743ed3b60544bcc7c9ea0492cb1c";
+            let expected = [-0.35491943, 0.28393555, 0.28393555, -0.42590332, 0.35491943, 0.14196777, 0.21295166, 0.28393555, -0.28393555, 0.07098389, -0.07098389, -0.14196777, 0.28393555, 0.42590332, -0.21295166, -0.28393555, 0.28393555, 0.14196777, 0.07098389, 0.35491943, -0.35491943, -0.21295166, 0.5678711, 0.28393555, -0.21295166, -0.28393555, -0.28393555, -0.42590332, 0.5678711, -0.07098389, -0.28393555, 0.4968872];
+            check_golden(GgmlType::Q4_0, block, 1, &expected, 1.20672607421875, 3.088730562478304);
+        }
 
-    #[test]
-    fn golden_q4_k() {
-        check_golden(
-            GgmlType::Q4_K,
-            concat!("591a952178af07073e01afef1010f45bc018fda4fec18845e4ba1a32dfe93bc1451221829e9b25eeaa0366ad8806e7d7", "12dc3ec87e686052f3b34d49f3492507ec7da3cae7694f34d8bfe36bb10fc4cab362d4d83903eb6431a52b985614b38f", "61de2828a8626b0d616b0def63102f945be575a56cccf33c5b77cb20d93d1f807dae14ec3c929a4b2887e0e53ca33243"),
-            &[(0, -0.6759490966796875), (7, 0.19189453125), (14, 1.233306884765625), (21, 1.233306884765625), (28, 0.7126007080078125), (35, 1.4458351135253906), (42, 0.13477134704589844), (49, 0.13477134704589844), (56, 1.4458351135253906), (63, 1.8828563690185547), (70, -0.5124130249023438), (77, -0.31714820861816406), (84, -0.36054039001464844), (91, -0.2737560272216797), (98, -0.4473247528076172), (105, -0.2737560272216797), (112, -0.20866775512695312), (119, -0.4473247528076172), (126, -0.2520599365234375), (133, 0.13787078857421875), (140, 0.28664398193359375), (147, 0.38582611083984375), (154, 0.6337814331054688), (161, 0.5841903686523438), (168, 0.28664398193359375), (175, 0.7825546264648438), (182, 0.5841903686523438), (189, 0.08827972412109375), (196, -0.36363983154296875), (203, -0.5124130249023438), (210, -0.46282196044921875), (217, -0.425628662109375), (224, -0.40735816955566406), (231, -0.47554588317871094), (238, -0.5437335968017578), (245, -0.2709827423095703), (252, -0.47554588317871094), (255, -0.4414520263671875)],
-            40.55817985534668,
-            130.89136526872971,
-        );
-    }
+        #[test]
+        fn golden_q4_1() {
+            let block = "562948b532f6edc66ff238c9bf07d32726ed1a85";
+            let expected = [-0.2467041, -0.079956055, 0.21185303, -0.079956055, 0.29522705, -0.2467041, 0.0034179688, 0.04510498, 0.29522705, -0.038269043, -0.20501709, -0.038269043, -0.079956055, 0.21185303, 0.08679199, -0.12164307, -0.20501709, 0.29522705, 0.25354004, 0.17016602, -0.079956055, 0.29522705, -0.20501709, 0.17016602, 0.128479, -0.33007812, 0.21185303, -0.2467041, -0.2467041, 0.25354004, -0.2883911, 0.0034179688];
+            check_golden(GgmlType::Q4_1, block, 1, &expected, 0.1927490234375, 1.300823375582695);
+        }
 
-    #[test]
-    fn golden_q6_k() {
-        check_golden(
-            GgmlType::Q6_K,
-            concat!("16b77c58f59207529f10afe227bfba76f0e3444784f2dde143d787b107902674e077f90ddf64bad031e46552454fdcba", "4cc6874bb9d296ff348753ec57ac5772af76b825d29a363fe2c68b38ee2f5ad9d0fda2772d94f1edee489afdf2d96037", "1f47dd8baaef20dce5411f0f66a7a0689a886e808cdb77935ba5e17dc541d453bd7d6f12406f2a2dfb47c26e5ce726c3", "1b38fa87c6491778ea543d5d93e33bae95a6c550123de560acd710c77dbd0d692558c9a256ed977cf548ebb00f0d7ccc", "e84b36e05f494742a1dc80ac63cedbf58899"),
-            &[(0, -0.648193359375), (7, -0.907470703125), (14, 0.648193359375), (21, 2.835845947265625), (28, -4.6588897705078125), (35, 2.771026611328125), (42, 3.937774658203125), (49, 0.5185546875), (56, 0.345703125), (63, 1.5556640625), (70, -0.0), (77, -2.8223419189453125), (84, 4.7318115234375), (91, 0.9857940673828125), (98, 0.1917572021484375), (105, 0.383514404296875), (112, 4.9910888671875), (119, 0.178253173828125), (126, 4.812835693359375), (133, -1.539459228515625), (140, -0.513153076171875), (147, 0.68060302734375), (154, 2.5279541015625), (161, -3.111328125), (168, 7.259765625), (175, 2.765625), (182, -2.04180908203125), (189, 3.85675048828125), (196, 0.8021392822265625), (203, 7.7540130615234375), (210, -2.97088623046875), (217, -3.7811279296875), (224, 0.0999298095703125), (231, -0.2997894287109375), (238, -2.198455810546875), (245, 0.8615570068359375), (252, -0.59417724609375), (255, 0.6238861083984375)],
-            -12.65057373046875,
-            2893.7438582712784,
-        );
+        #[test]
+        fn golden_q4_k() {
+            let block = concat!(
+                "591a952178af07073e01afef1010f45bc018fda4fec18845e4ba1a32dfe93bc1451221829e9b25eeaa0366ad8806e7d7",
+                "12dc3ec87e686052f3b34d49f3492507ec7da3cae7694f34d8bfe36bb10fc4cab362d4d83903eb6431a52b985614b38f",
+                "61de2828a8626b0d616b0def63102f945be575a56cccf33c5b77cb20d93d1f807dae14ec3c929a4b2887e0e53ca33243",
+            );
+            let expected = [-0.6759491, 0.19189453, 1.2333069, 1.2333069, 0.7126007, 1.4458351, 0.13477135, 0.13477135, 1.4458351, 1.8828564, -0.512413, -0.3171482, -0.3605404, -0.27375603, -0.44732475, -0.27375603, -0.20866776, -0.44732475, -0.25205994, 0.13787079, 0.28664398, 0.3858261, 0.63378143, 0.58419037, 0.28664398, 0.7825546, 0.58419037, 0.088279724, -0.36363983, -0.512413, -0.46282196, -0.42562866, -0.40735817, -0.47554588, -0.5437336, -0.27098274, -0.47554588];
+            check_golden(GgmlType::Q4_K, block, 7, &expected, 40.55817985534668, 130.89136526872971);
+        }
+
+        #[test]
+        fn golden_q6_k() {
+            let block = concat!(
+                "16b77c58f59207529f10afe227bfba76f0e3444784f2dde143d787b107902674e077f90ddf64bad031e46552454fdcba",
+                "4cc6874bb9d296ff348753ec57ac5772af76b825d29a363fe2c68b38ee2f5ad9d0fda2772d94f1edee489afdf2d96037",
+                "1f47dd8baaef20dce5411f0f66a7a0689a886e808cdb77935ba5e17dc541d453bd7d6f12406f2a2dfb47c26e5ce726c3",
+                "1b38fa87c6491778ea543d5d93e33bae95a6c550123de560acd710c77dbd0d692558c9a256ed977cf548ebb00f0d7ccc",
+                "e84b36e05f494742a1dc80ac63cedbf58899",
+            );
+            let expected = [-0.64819336, -0.9074707, 0.64819336, 2.835846, -4.65889, 2.7710266, 3.9377747, 0.5185547, 0.34570312, 1.5556641, -0.0, -2.822342, 4.7318115, 0.98579407, 0.1917572, 0.3835144, 4.991089, 0.17825317, 4.8128357, -1.5394592, -0.5131531, 0.680603, 2.527954, -3.1113281, 7.2597656, 2.765625, -2.041809, 3.8567505, 0.8021393, 7.754013, -2.9708862, -3.781128, 0.09992981, -0.29978943, -2.1984558, 0.861557, -0.59417725];
+            check_golden(GgmlType::Q6_K, block, 7, &expected, -12.65057373046875, 2893.7438582712784);
+        }
     }
 }
