@@ -5,6 +5,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod gguf;
+pub mod gguf_tokenizer;
 pub mod pull;
 pub mod quant;
 pub mod random;
