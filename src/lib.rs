@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod engine;
+pub mod launch;
 pub mod model;
 pub mod ops;
 pub mod server;

@@ -1,0 +1,56 @@
+//! Start-up: turning a model directory and the configured limits into a ready backend. Shared by
+//! the CLI commands, the benchmarks and the tests, so every one of them loads models the same way.
+
+use std::path::Path;
+
+use crate::backend::cpu::{CpuBackend, CpuKvCache};
+use crate::backend::KvLayout;
+use crate::engine::plan::PlanLimits;
+use crate::model::weights::LlamaWeights;
+use crate::model::{ModelConfig, ModelError};
+
+/// Tokens per KV block: small enough that little is wasted at the end of a sequence, large
+/// enough that block tables stay short.
+pub const KV_BLOCK_SIZE: usize = 16;
+
+#[derive(Debug, Clone, Copy)]
+pub struct CpuLimits {
+    /// Tokens the KV cache holds across all sequences.
+    pub kv_tokens: usize,
+    pub max_batch_tokens: usize,
+    pub max_seqs: usize,
+}
+
+impl Default for CpuLimits {
+    fn default() -> Self {
+        CpuLimits { kv_tokens: 16_384, max_batch_tokens: 512, max_seqs: 16 }
+    }
+}
+
+/// Loads config and weights from a Hugging Face directory and sizes a CPU backend for `limits`.
+pub fn load_cpu_backend(dir: &Path, limits: CpuLimits) -> Result<(CpuBackend, PlanLimits), ModelError> {
+    let config = ModelConfig::from_dir(dir)?;
+    let weights = LlamaWeights::load(dir, &config)?;
+    Ok(cpu_backend(config, weights, limits))
+}
+
+pub fn cpu_backend(config: ModelConfig, weights: LlamaWeights, limits: CpuLimits) -> (CpuBackend, PlanLimits) {
+    let num_blocks = limits.kv_tokens.div_ceil(KV_BLOCK_SIZE).max(1);
+    let layout = KvLayout { block_size: KV_BLOCK_SIZE, num_blocks };
+    let max_tokens_per_seq = config.max_position_embeddings.min(layout.capacity_tokens());
+    let plan_limits = PlanLimits {
+        max_batch_tokens: limits.max_batch_tokens,
+        max_seqs: limits.max_seqs,
+        max_blocks_per_seq: max_tokens_per_seq.div_ceil(KV_BLOCK_SIZE),
+    };
+    tracing::info!(
+        "KV cache: {} tokens in {} blocks of {} ({:.1} MiB, {} full-context sequences of {} tokens)",
+        layout.capacity_tokens(),
+        num_blocks,
+        KV_BLOCK_SIZE,
+        (layout.capacity_tokens() * CpuKvCache::bytes_per_token(&config)) as f64 / (1 << 20) as f64,
+        layout.capacity_tokens() / config.max_position_embeddings.max(1),
+        config.max_position_embeddings
+    );
+    (CpuBackend::new(config, weights, layout, plan_limits), plan_limits)
+}

@@ -1,0 +1,75 @@
+//! The default model end to end on the CPU backend, against token ids and logits recorded from
+//! independent implementations (a numpy Llama written from the model definition, and llama.cpp).
+//! tests/data/README.md says how tests/data/smollm2_greedy.json was produced and how to redo it.
+
+use kiln::backend::Backend;
+use kiln::engine::generate::{FinishReason, GenerationRequest, Generator};
+use kiln::engine::plan::StepPlan;
+use kiln::engine::sampler::SamplingParams;
+use kiln::launch::{load_cpu_backend, CpuLimits};
+use serde_json::Value;
+
+fn golden() -> Value {
+    serde_json::from_str(include_str!("data/smollm2_greedy.json")).expect("golden file is valid JSON")
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().expect("an id list").iter().map(|x| x.as_u64().expect("an id") as u32).collect()
+}
+
+fn model_dir() -> std::path::PathBuf {
+    kiln::model::pull::resolve_model(None).expect("the default model can be pulled")
+}
+
+const LIMITS: CpuLimits = CpuLimits { kv_tokens: 4096, max_batch_tokens: 256, max_seqs: 8 };
+
+#[test]
+fn first_step_logits_match_the_reference() {
+    let (mut backend, plan_limits) = load_cpu_backend(&model_dir(), LIMITS).unwrap();
+    let vocab = backend.config().vocab_size;
+    for case in golden()["cases"].as_array().unwrap() {
+        let prompt = ids(&case["prompt_ids"]);
+        let mut plan = StepPlan::new(plan_limits, backend.kv_layout().block_size);
+        let blocks: Vec<u32> = (0..plan_limits.max_blocks_per_seq as u32).collect();
+        plan.push_sequence(&prompt, 0, &blocks, true).unwrap();
+        let mut logits = vec![f32::NAN; vocab];
+        backend.execute(&plan, &mut logits).unwrap();
+        // The reference ran the same f16-rounded weights in f32/f64 arithmetic: only summation
+        // order differs, so logits of magnitude ~20 agree to about 1e-3.
+        for pair in case["first_step_top_logits_f16_weights"].as_array().unwrap() {
+            let (id, expected) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
+            let got = logits[id];
+            assert!((got - expected).abs() <= 5e-3 + 1e-4 * expected.abs(), "{}: logit of token {id}: got {got}, reference {expected}", case["name"]);
+        }
+    }
+}
+
+#[test]
+fn greedy_generation_matches_the_reference_token_for_token() {
+    let (backend, plan_limits) = load_cpu_backend(&model_dir(), LIMITS).unwrap();
+    let golden = golden();
+    let stop_ids = ids(&golden["stop_ids"]);
+    let cases = golden["cases"].as_array().unwrap();
+    let requests: Vec<GenerationRequest> = cases
+        .iter()
+        .map(|case| GenerationRequest {
+            prompt_ids: ids(&case["prompt_ids"]),
+            max_new_tokens: ids(&case["generated_ids"]).len(),
+            sampling: SamplingParams::greedy(),
+            stop_token_ids: stop_ids.clone(),
+        })
+        .collect();
+    // All cases run together in one batch: batching must not change anyone's tokens.
+    let mut generator = Generator::new(Box::new(backend), plan_limits);
+    let outputs = generator.generate(&requests, |_, _| {}).unwrap();
+    for (case, output) in cases.iter().zip(&outputs) {
+        let mut expected = ids(&case["generated_ids"]);
+        if case["ends_with_eos"].as_bool().unwrap() {
+            assert!(stop_ids.contains(&expected.pop().unwrap()));
+            assert_eq!(output.finish_reason, FinishReason::Stop, "{}", case["name"]);
+        } else {
+            assert_eq!(output.finish_reason, FinishReason::Length, "{}", case["name"]);
+        }
+        assert_eq!(output.token_ids, expected, "{}: {}", case["name"], case["generated_text"]);
+    }
+}
