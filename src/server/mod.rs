@@ -1,1 +1,3 @@
 //! The HTTP server: our HTTP/1.1 layer on may (`http`), and the API on top of it.
+
+pub mod http;
