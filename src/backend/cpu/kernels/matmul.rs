@@ -1,0 +1,185 @@
+//! The fast matmul op, `out = x · Wᵀ` with f32 accumulation, for every weight format: the same
+//! contract as `ops::matmul::matmul`, which stays its test oracle.
+//!
+//! Launch geometry: weight rows are cut into tasks for the rayon pool (at least four per thread,
+//! and few enough rows per task that they stay in L2 while every token block streams past them).
+//! Inside a task:
+//! - float weights (f32/f16/bf16): 4 tokens × 4 rows tiles (prefill) or 1 token × 8 rows
+//!   (decode), converting weights in registers (`dot_tile`);
+//! - Q8_0/Q4_0/Q4_1 with few tokens (decode): activations quantized to 8 bits once per task, then
+//!   integer dot products on the packed rows (`quant_dot`);
+//! - quantized weights with many tokens (prefill), and the k-quants always: the task's rows are
+//!   dequantized once into an f32 buffer and multiplied as f32 tiles, so the dequantization is
+//!   paid once per call and the product runs at the float kernel's speed.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::dot_tile::{self, BF16, F16, F32};
+use super::quant_dot::{self, QuantizedActivations};
+use super::Isa;
+use crate::model::quant;
+use crate::model::weights::{WeightFormat, WeightMatrix};
+
+/// Up to this many tokens, quantized weights use integer dot products; above, f32 tiles.
+const INT_DOT_MAX_TOKENS: usize = 8;
+/// From this many tokens on, float weights run as 4×4 tiles rather than one token at a time.
+const TILE_MIN_TOKENS: usize = 4;
+/// Bytes of a task's weight rows that should stay cache-resident while token blocks stream by.
+const TASK_WEIGHT_BYTES: usize = 384 << 10;
+/// Tasks per pool thread: enough for balance when a core is busy with something else.
+const TASKS_PER_THREAD: usize = 4;
+
+thread_local! {
+    /// A task's rows dequantized to f32, `[rows, k]`.
+    static DEQUANTIZED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static ACTIVATIONS: RefCell<QuantizedActivations> = RefCell::new(QuantizedActivations::default());
+}
+
+/// `out[i, j] = Σ_k x[i, k] · w[j, k]`; x is `[n, w.cols]`, out is `[n, w.rows]`.
+pub fn matmul(x: &[f32], w: &WeightMatrix, out: &mut [f32]) {
+    matmul_with(Isa::best(), x, w, out)
+}
+
+/// [`matmul`] on a chosen instruction set level (tests compare every level with the reference).
+pub fn matmul_with(isa: Isa, x: &[f32], w: &WeightMatrix, out: &mut [f32]) {
+    let (m, k) = (w.rows, w.cols);
+    assert!(k > 0 && x.len() % k == 0, "matmul input must be [n, {k}]");
+    let n = x.len() / k;
+    assert_eq!(out.len(), n * m, "matmul output must be [{n}, {m}]");
+    assert!(isa.supported(), "{} kernels do not run on this CPU", isa.name());
+    if n == 0 || m == 0 {
+        return;
+    }
+    let rows_per_task = rows_per_task(w, n, rayon::current_num_threads());
+    let tasks = m.div_ceil(rows_per_task);
+    let out = OutPtr(out.as_mut_ptr());
+    let run = |task: usize| {
+        let rows = task * rows_per_task..((task + 1) * rows_per_task).min(m);
+        // SAFETY: task `task` writes only columns `rows` of `out` (`[n, m]`), and the tasks' row
+        // ranges are disjoint, so no two tasks write the same element.
+        let sink = OutColumns { out: out.get(), m, n };
+        compute_rows(isa, x, n, w, rows, &sink);
+    };
+    if tasks == 1 {
+        run(0);
+    } else {
+        (0..tasks).into_par_iter().for_each(run);
+    }
+}
+
+fn rows_per_task(w: &WeightMatrix, n: usize, threads: usize) -> usize {
+    let balanced = w.rows.div_ceil(TASKS_PER_THREAD * threads.max(1));
+    // In prefill a task's rows are re-read for every token block: keep them in L2.
+    let bytes_per_row = match w.format {
+        WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16 => w.row_bytes(),
+        _ => 4 * w.cols, // dequantized to f32
+    };
+    let resident = if n >= TILE_MIN_TOKENS { (TASK_WEIGHT_BYTES / bytes_per_row).max(8) } else { usize::MAX };
+    balanced.min(resident).next_multiple_of(8).max(8)
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the pointer is only written through `OutColumns`, at disjoint columns per task.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Writes into columns of the `[n, m]` output.
+struct OutColumns {
+    out: *mut f32,
+    m: usize,
+    n: usize,
+}
+
+impl OutColumns {
+    fn store(&self, t: usize, j: usize, value: f32) {
+        debug_assert!(t < self.n && j < self.m);
+        // SAFETY: t < n and j < m (the callers iterate within the output's shape); see matmul_with
+        // for why tasks never write the same element.
+        unsafe { *self.out.add(t * self.m + j) = value }
+    }
+}
+
+fn compute_rows(isa: Isa, x: &[f32], n: usize, w: &WeightMatrix, rows: std::ops::Range<usize>, out: &OutColumns) {
+    let k = w.cols;
+    let row_bytes = w.row_bytes();
+    let bytes = w.bytes();
+    let task_bytes = &bytes[rows.start * row_bytes..rows.end * row_bytes];
+    match w.format {
+        WeightFormat::F32 => float_rows::<F32>(isa, x, n, k, task_bytes, row_bytes, rows.start, out),
+        WeightFormat::F16 => float_rows::<F16>(isa, x, n, k, task_bytes, row_bytes, rows.start, out),
+        WeightFormat::Bf16 => float_rows::<BF16>(isa, x, n, k, task_bytes, row_bytes, rows.start, out),
+        WeightFormat::Packed(format) if n <= INT_DOT_MAX_TOKENS => ACTIVATIONS.with_borrow_mut(|xq| {
+            xq.quantize(x, k);
+            for (r, row) in task_bytes.chunks_exact(row_bytes).enumerate() {
+                for t in 0..n {
+                    out.store(t, rows.start + r, quant_dot::dot_packed(isa, format, row, xq, t));
+                }
+            }
+        }),
+        format => DEQUANTIZED.with_borrow_mut(|buffer| {
+            buffer.resize(rows.len() * k, 0.0);
+            for (row, values) in task_bytes.chunks_exact(row_bytes).zip(buffer.chunks_exact_mut(k)) {
+                match format {
+                    WeightFormat::Packed(q) => quant_dot::dequantize_packed(isa, q, row, values),
+                    WeightFormat::Q4_K => quant::dequantize_row_q4_k(row, values),
+                    WeightFormat::Q6_K => quant::dequantize_row_q6_k(row, values),
+                    _ => unreachable!("float formats are matched above"),
+                }
+            }
+            float_rows::<F32>(isa, x, n, k, bytemuck::cast_slice(buffer), 4 * k, rows.start, out);
+        }),
+    }
+}
+
+/// Dot products of every token with `weights` (`rows × row_bytes`, element type DT), written to
+/// output columns `first_row..`.
+#[allow(clippy::too_many_arguments)]
+fn float_rows<const DT: u8>(
+    isa: Isa,
+    x: &[f32],
+    n: usize,
+    k: usize,
+    weights: &[u8],
+    row_bytes: usize,
+    first_row: usize,
+    out: &OutColumns,
+) {
+    let rows = weights.len() / row_bytes;
+    // Ragged edges repeat the last row (of x or w) and drop the repeated results.
+    let w_row = |r: usize| weights[r.min(rows - 1) * row_bytes..].as_ptr();
+    let x_row = |t: usize| x[t.min(n - 1) * k..].as_ptr();
+    if n < TILE_MIN_TOKENS {
+        for t in 0..n {
+            for r0 in (0..rows).step_by(8) {
+                let w = std::array::from_fn(|i| w_row(r0 + i));
+                // SAFETY: every pointer starts a full row of k elements inside x or weights.
+                let [sums] = unsafe { dot_tile::tile::<1, 8, DT>(isa, [x_row(t)], w, k) };
+                for (i, &sum) in sums.iter().enumerate().take(rows - r0) {
+                    out.store(t, first_row + r0 + i, sum);
+                }
+            }
+        }
+        return;
+    }
+    for t0 in (0..n).step_by(4) {
+        let xs = std::array::from_fn(|i| x_row(t0 + i));
+        for r0 in (0..rows).step_by(4) {
+            let w = std::array::from_fn(|i| w_row(r0 + i));
+            // SAFETY: as above.
+            let sums = unsafe { dot_tile::tile::<4, 4, DT>(isa, xs, w, k) };
+            for (ti, row_sums) in sums.iter().enumerate().take(n - t0) {
+                for (i, &sum) in row_sums.iter().enumerate().take(rows - r0) {
+                    out.store(t0 + ti, first_row + r0 + i, sum);
+                }
+            }
+        }
+    }
+}

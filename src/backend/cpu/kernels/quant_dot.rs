@@ -1,0 +1,332 @@
+//! Dot products of block-quantized weight rows (kiln's row layout, `model::packed_quant`) with
+//! activations quantized to 8 bits per 32-value block, in integer arithmetic: how decode computes
+//! on Q8_0/Q4_0/Q4_1 without ever widening the weights to floats.
+//!
+//! Every format is "affine unsigned", w = d·u + m, and the activations are x ≈ dx·q, so one block
+//! contributes d·dx·Σ u·q + m·(dx·Σ q) = d·dx·dot + m·s, with s = dx·Σq computed once per
+//! activation block. `vpdpbusd` (AVX-512 VNNI) computes Σ u·q for unsigned u and signed q
+//! directly; AVX2 uses `vpmaddubsw` + `vpmaddwd`. Per two blocks the AVX-512 loop does one weight
+//! load, one activation load, three byte shuffles, one dot, one convert and one FMA, which keeps
+//! it at memory bandwidth on two cores.
+//!
+//! Also here: the SIMD dequantization of packed rows to f32 that the prefill matmul uses.
+
+use half::f16;
+
+use crate::model::packed_quant::{self, PackedQuant, BLOCK};
+
+/// Activations of n rows quantized to 8-bit blocks. Each row's block count is padded to a multiple
+/// of 8 with zero blocks, so the kernels read whole groups of eight without bounds checks.
+#[derive(Default)]
+pub struct QuantizedActivations {
+    pub blocks_per_row: usize,
+    padded_blocks: usize,
+    qs: Vec<i8>, // [n, padded_blocks * 32]
+    d: Vec<f32>, // [n, padded_blocks]
+    s: Vec<f32>, // [n, padded_blocks] dx·Σq
+}
+
+impl QuantizedActivations {
+    /// Quantizes `x` (`[n, k]`, k a multiple of 32), reusing this buffer's memory.
+    pub fn quantize(&mut self, x: &[f32], k: usize) {
+        assert_eq!(k % BLOCK, 0, "quantized activations need k to be a multiple of 32");
+        let n = x.len() / k;
+        self.blocks_per_row = k / BLOCK;
+        self.padded_blocks = self.blocks_per_row.div_ceil(8) * 8;
+        let pb = self.padded_blocks;
+        self.qs.clear();
+        self.qs.resize(n * pb * BLOCK, 0);
+        self.d.clear();
+        self.d.resize(n * pb, 0.0);
+        self.s.clear();
+        self.s.resize(n * pb, 0.0);
+        for (t, row) in x.chunks_exact(k).enumerate() {
+            for (b, block) in row.chunks_exact(BLOCK).enumerate() {
+                let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+                let qs = &mut self.qs[(t * pb + b) * BLOCK..(t * pb + b + 1) * BLOCK];
+                let mut sum = 0i32;
+                for (q, &v) in qs.iter_mut().zip(block) {
+                    let rounded = (v * id).round_ties_even() as i32;
+                    *q = rounded as i8;
+                    sum += rounded;
+                }
+                self.d[t * pb + b] = d;
+                self.s[t * pb + b] = d * sum as f32;
+            }
+        }
+    }
+
+    fn row(&self, t: usize) -> (&[i8], &[f32], &[f32]) {
+        let pb = self.padded_blocks;
+        (&self.qs[t * pb * BLOCK..(t + 1) * pb * BLOCK], &self.d[t * pb..(t + 1) * pb], &self.s[t * pb..(t + 1) * pb])
+    }
+}
+
+/// `Σ_i w[i] · x_t[i]` for one packed weight row (`format.row_bytes(k)` bytes) and activation row t.
+pub fn dot_packed(isa: super::Isa, format: PackedQuant, row: &[u8], xq: &QuantizedActivations, t: usize) -> f32 {
+    let nb = xq.blocks_per_row;
+    assert_eq!(row.len(), format.row_bytes(nb * BLOCK), "weight row and activations disagree on k");
+    let (qs, d, s) = xq.row(t);
+    match isa {
+        // SAFETY: the row length was checked above; the activation buffers hold whole padded
+        // groups of 8 blocks, and weight reads past the last block are masked.
+        #[cfg(target_arch = "x86_64")]
+        super::Isa::Avx512 => unsafe { x86::dot_avx512(format, row.as_ptr(), nb, qs.as_ptr(), d.as_ptr(), s.as_ptr()) },
+        #[cfg(target_arch = "x86_64")]
+        super::Isa::Avx2 => unsafe { x86::dot_avx2(format, row.as_ptr(), nb, qs.as_ptr(), d.as_ptr(), s.as_ptr()) },
+        _ => dot_portable(format, row, nb, qs, d, s),
+    }
+}
+
+fn f16_at(bytes: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32()
+}
+
+fn dot_portable(format: PackedQuant, row: &[u8], nb: usize, qs: &[i8], d: &[f32], s: &[f32]) -> f32 {
+    let sections = packed_quant::split_row(format, row, nb * BLOCK);
+    let mut total = 0f32;
+    for b in 0..nb {
+        let x = &qs[b * BLOCK..(b + 1) * BLOCK];
+        let dot: i32 = match format {
+            PackedQuant::Q8_0 => {
+                sections.qs[32 * b..32 * b + 32].iter().zip(x).map(|(&u, &q)| u as i32 * q as i32).sum()
+            }
+            PackedQuant::Q4_0 | PackedQuant::Q4_1 => sections.qs[16 * b..16 * b + 16]
+                .iter()
+                .enumerate()
+                .map(|(i, &byte)| (byte & 0x0F) as i32 * x[i] as i32 + (byte >> 4) as i32 * x[i + 16] as i32)
+                .sum(),
+        };
+        let dw = f16_at(sections.d, b);
+        let m = match format.offset_factor() {
+            Some(c) => -c * dw,
+            None => f16_at(sections.m, b),
+        };
+        total += dw * d[b] * dot as f32 + m * s[b];
+    }
+    total
+}
+
+/// Dequantizes one packed row to f32 (`out.len()` values) with the widest available instructions.
+pub fn dequantize_packed(isa: super::Isa, format: PackedQuant, row: &[u8], out: &mut [f32]) {
+    assert_eq!(row.len(), format.row_bytes(out.len()), "packed row length");
+    match isa {
+        // SAFETY: lengths checked above.
+        #[cfg(target_arch = "x86_64")]
+        super::Isa::Avx512 | super::Isa::Avx2 => unsafe { x86::dequantize_avx2(format, row, out) },
+        _ => packed_quant::dequantize_packed_row(format, row, out),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{PackedQuant, BLOCK};
+    use std::arch::x86_64::*;
+
+    /// Where a row's sections start: (d, m, qs).
+    unsafe fn sections(format: PackedQuant, row: *const u8, nb: usize) -> (*const u16, *const u16, *const u8) {
+        let d = row as *const u16;
+        let m = row.add(2 * nb) as *const u16;
+        let qs = row.add(format.scale_bytes() * nb);
+        (d, m, qs)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+    pub unsafe fn dot_avx512(
+        format: PackedQuant,
+        row: *const u8,
+        nb: usize,
+        xqs: *const i8,
+        xd: *const f32,
+        xs: *const f32,
+    ) -> f32 {
+        let (d_ptr, m_ptr, qs) = sections(format, row, nb);
+        let quant_bytes = format.quant_bytes();
+        // Lane i of the scale vector serves 8 dot lanes: block 2p in the low half, 2p+1 the high.
+        let pair_index = |p: i32| _mm512_set_epi32(
+            2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1,
+            2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p,
+        );
+        let pair_indices = [pair_index(0), pair_index(1), pair_index(2), pair_index(3)];
+        // Q4: 16 bytes of nibbles per block become 32 bytes: low nibbles then high nibbles.
+        let duplicate_halves = _mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0);
+        let nibble_shift = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
+        let low_nibbles = _mm512_set1_epi8(0x0F);
+        let mut acc = _mm512_setzero_ps();
+        let mut offset_acc = _mm256_setzero_ps();
+        let mut b = 0;
+        while b < nb {
+            let valid = (nb - b).min(8);
+            let mask8: __mmask8 = ((1u32 << valid) - 1) as u8;
+            let dw = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(mask8, d_ptr.add(b) as *const i16));
+            let dx = _mm256_loadu_ps(xd.add(b));
+            let sx = _mm256_loadu_ps(xs.add(b));
+            let scales = _mm512_castps256_ps512(_mm256_mul_ps(dw, dx));
+            offset_acc = match format {
+                PackedQuant::Q4_1 => {
+                    let m = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(mask8, m_ptr.add(b) as *const i16));
+                    _mm256_fmadd_ps(m, sx, offset_acc)
+                }
+                _ => _mm256_fmadd_ps(dw, sx, offset_acc),
+            };
+            for p in 0..valid.div_ceil(2) {
+                let block = b + 2 * p;
+                let both = block + 1 < nb;
+                let wq = match format {
+                    PackedQuant::Q8_0 => {
+                        let mask: __mmask64 = if both { u64::MAX } else { u32::MAX as u64 };
+                        _mm512_maskz_loadu_epi8(mask, qs.add(block * quant_bytes) as *const i8)
+                    }
+                    _ => {
+                        let mask: __mmask32 = if both { u32::MAX } else { u16::MAX as u32 };
+                        let raw = _mm256_maskz_loadu_epi8(mask, qs.add(block * quant_bytes) as *const i8);
+                        let spread = _mm512_permutexvar_epi64(duplicate_halves, _mm512_castsi256_si512(raw));
+                        _mm512_and_si512(_mm512_srlv_epi64(spread, nibble_shift), low_nibbles)
+                    }
+                };
+                let xq = _mm512_loadu_si512(xqs.add(block * BLOCK) as *const _);
+                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, xq);
+                let scale = _mm512_permutexvar_ps(pair_indices[p], scales);
+                acc = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc);
+            }
+            b += 8;
+        }
+        let offset_sum = hsum256(offset_acc);
+        let offsets = match format.offset_factor() {
+            Some(c) => -c * offset_sum,
+            None => offset_sum,
+        };
+        _mm512_reduce_add_ps(acc) + offsets
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum256(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+    }
+
+    /// Eight f16 scales starting at `ptr`, of which `valid` exist (the rest read as zero).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_scales8(ptr: *const u16, valid: usize) -> __m256 {
+        if valid == 8 {
+            _mm256_cvtph_ps(_mm_loadu_si128(ptr as *const __m128i))
+        } else {
+            let mut padded = [0u16; 8];
+            std::ptr::copy_nonoverlapping(ptr, padded.as_mut_ptr(), valid);
+            _mm256_cvtph_ps(_mm_loadu_si128(padded.as_ptr() as *const __m128i))
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_avx2(
+        format: PackedQuant,
+        row: *const u8,
+        nb: usize,
+        xqs: *const i8,
+        xd: *const f32,
+        xs: *const f32,
+    ) -> f32 {
+        let (d_ptr, m_ptr, qs) = sections(format, row, nb);
+        let ones = _mm256_set1_epi16(1);
+        let low_nibbles = _mm256_set1_epi8(0x0F);
+        let sign_bits = _mm256_set1_epi8(-128);
+        let mut acc = _mm256_setzero_ps();
+        let mut offset_acc = _mm256_setzero_ps();
+        let mut b = 0;
+        while b < nb {
+            let valid = (nb - b).min(8);
+            let dw = load_scales8(d_ptr.add(b), valid);
+            let sx = _mm256_loadu_ps(xs.add(b));
+            let scales = _mm256_mul_ps(dw, _mm256_loadu_ps(xd.add(b)));
+            offset_acc = match format {
+                PackedQuant::Q4_1 => _mm256_fmadd_ps(load_scales8(m_ptr.add(b), valid), sx, offset_acc),
+                _ => _mm256_fmadd_ps(dw, sx, offset_acc),
+            };
+            for j in 0..valid {
+                let block = b + j;
+                let xq = _mm256_loadu_si256(xqs.add(block * BLOCK) as *const __m256i);
+                let pairs = match format {
+                    PackedQuant::Q8_0 => {
+                        // u·q with u up to 255 would saturate vpmaddubsw: use w = u − 128 and the
+                        // sign trick |w|·(q·sign w), then add back 128·Σq through the offset term.
+                        let u = _mm256_loadu_si256(qs.add(block * 32) as *const __m256i);
+                        let w = _mm256_xor_si256(u, sign_bits);
+                        _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xq, w))
+                    }
+                    _ => {
+                        let raw = _mm_loadu_si128(qs.add(block * 16) as *const __m128i);
+                        let both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+                        _mm256_maddubs_epi16(_mm256_and_si256(both, low_nibbles), xq)
+                    }
+                };
+                let dot = _mm256_madd_epi16(pairs, ones);
+                let lane = _mm256_set1_epi32(j as i32);
+                let scale = _mm256_permutevar8x32_ps(scales, lane);
+                acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc);
+            }
+            b += 8;
+        }
+        let offset_sum = hsum256(offset_acc);
+        let offsets = match format {
+            // The dot above used w = u − 128 directly, so no offset is owed.
+            PackedQuant::Q8_0 => 0.0,
+            PackedQuant::Q4_0 => -8.0 * offset_sum,
+            PackedQuant::Q4_1 => offset_sum,
+        };
+        hsum256(acc) + offsets
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn half_to_f32(bits: u16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    /// `target[0..8] = d·u + m` for the low 8 bytes of `bytes`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn store8(target: *mut f32, d: __m256, m: __m256, bytes: __m128i) {
+        let q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+        _mm256_storeu_ps(target, _mm256_fmadd_ps(d, q, m));
+    }
+
+    /// Dequantization of a packed row: 32 values per block as two or four 8-wide FMAs.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dequantize_avx2(format: PackedQuant, row: &[u8], out: &mut [f32]) {
+        let nb = out.len() / BLOCK;
+        let (d_ptr, m_ptr, qs) = sections(format, row.as_ptr(), nb);
+        let o = out.as_mut_ptr();
+        for b in 0..nb {
+            let d = half_to_f32(*d_ptr.add(b));
+            let (m, bias) = match format {
+                PackedQuant::Q4_1 => (half_to_f32(*m_ptr.add(b)), 0),
+                PackedQuant::Q4_0 => (0.0, 8),
+                PackedQuant::Q8_0 => (0.0, 128),
+            };
+            // value = d·u + (m − bias·d)
+            let dv = _mm256_set1_ps(d);
+            let mv = _mm256_set1_ps(m - bias as f32 * d);
+            let target = o.add(b * BLOCK);
+            let (lo, hi) = match format {
+                PackedQuant::Q8_0 => (
+                    _mm_loadu_si128(qs.add(b * 32) as *const __m128i),
+                    _mm_loadu_si128(qs.add(b * 32 + 16) as *const __m128i),
+                ),
+                _ => {
+                    let raw = _mm_loadu_si128(qs.add(b * 16) as *const __m128i);
+                    let mask = _mm_set1_epi8(0x0F);
+                    (_mm_and_si128(raw, mask), _mm_and_si128(_mm_srli_epi16(raw, 4), mask))
+                }
+            };
+            store8(target, dv, mv, lo);
+            store8(target.add(8), dv, mv, _mm_srli_si128(lo, 8));
+            store8(target.add(16), dv, mv, hi);
+            store8(target.add(24), dv, mv, _mm_srli_si128(hi, 8));
+        }
+    }
+}
