@@ -89,27 +89,6 @@ fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     partial.iter().sum::<f32>() + tail
 }
 
-/// Calls `f(position, row)` for every visible position with its row index inside its block's
-/// `[block_size, kv_dim]` arrays, walking whole blocks.
-#[inline(always)]
-fn for_each_position<'a>(
-    visible: &Range<usize>,
-    block_size: usize,
-    block: &impl Fn(usize) -> (&'a [f32], &'a [f32]),
-    mut f: impl FnMut(usize, &'a [f32], &'a [f32], usize),
-) {
-    let mut p = visible.start;
-    while p < visible.end {
-        let (keys, values) = block(p / block_size);
-        let first_row = p % block_size;
-        let rows = (block_size - first_row).min(visible.end - p);
-        for row in first_row..first_row + rows {
-            f(p + row - first_row, keys, values, row);
-        }
-        p += rows;
-    }
-}
-
 #[inline(always)]
 fn attention_body<'a, const FMA: bool, B: Fn(usize) -> (&'a [f32], &'a [f32])>(
     q: &[f32],
@@ -123,14 +102,24 @@ fn attention_body<'a, const FMA: bool, B: Fn(usize) -> (&'a [f32], &'a [f32])>(
     let AttentionShape { num_heads, num_kv_heads, head_dim } = shape;
     let (group, kv_dim, len) = (num_heads / num_kv_heads, num_kv_heads * head_dim, visible.len());
     let scale = 1.0 / (head_dim as f32).sqrt();
-    for_each_position(&visible, block_size, &block, |p, keys, _, row| {
-        let key_row = &keys[row * kv_dim..(row + 1) * kv_dim];
-        for (g, key) in key_row.chunks_exact(head_dim).enumerate() {
-            for h in g * group..(g + 1) * group {
-                scores[h * len + p - visible.start] = dot::<FMA>(&q[h * head_dim..(h + 1) * head_dim], key) * scale;
+    // Positions are walked block by block with plain loops: a closure here would be compiled
+    // without the caller's target features and turn every FMA into a library call.
+    let mut p = visible.start;
+    while p < visible.end {
+        let (keys, _) = block(p / block_size);
+        let first_row = p % block_size;
+        let rows = (block_size - first_row).min(visible.end - p);
+        for row in first_row..first_row + rows {
+            let key_row = &keys[row * kv_dim..(row + 1) * kv_dim];
+            let i = p + row - first_row - visible.start;
+            for (g, key) in key_row.chunks_exact(head_dim).enumerate() {
+                for h in g * group..(g + 1) * group {
+                    scores[h * len + i] = dot::<FMA>(&q[h * head_dim..(h + 1) * head_dim], key) * scale;
+                }
             }
         }
-    });
+        p += rows;
+    }
     for head_scores in scores.chunks_exact_mut(len) {
         // Subtracting the maximum keeps exp() in range; it cancels in the normalisation.
         let max = head_scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -145,15 +134,23 @@ fn attention_body<'a, const FMA: bool, B: Fn(usize) -> (&'a [f32], &'a [f32])>(
         }
     }
     out.fill(0.0);
-    for_each_position(&visible, block_size, &block, |p, _, values, row| {
-        let value_row = &values[row * kv_dim..(row + 1) * kv_dim];
-        for (g, value) in value_row.chunks_exact(head_dim).enumerate() {
-            for h in g * group..(g + 1) * group {
-                let weight = scores[h * len + p - visible.start];
-                for (o, &v) in out[h * head_dim..(h + 1) * head_dim].iter_mut().zip(value) {
-                    *o = fma::<FMA>(weight, v, *o);
+    let mut p = visible.start;
+    while p < visible.end {
+        let (_, values) = block(p / block_size);
+        let first_row = p % block_size;
+        let rows = (block_size - first_row).min(visible.end - p);
+        for row in first_row..first_row + rows {
+            let value_row = &values[row * kv_dim..(row + 1) * kv_dim];
+            let i = p + row - first_row - visible.start;
+            for (g, value) in value_row.chunks_exact(head_dim).enumerate() {
+                for h in g * group..(g + 1) * group {
+                    let weight = scores[h * len + i];
+                    for (o, &v) in out[h * head_dim..(h + 1) * head_dim].iter_mut().zip(value) {
+                        *o = fma::<FMA>(weight, v, *o);
+                    }
                 }
             }
         }
-    });
+        p += rows;
+    }
 }

@@ -4,26 +4,29 @@
 //! Launch geometry: weight rows are cut into tasks for the rayon pool (at least four per thread,
 //! and few enough rows per task that they stay in L2 while every token block streams past them).
 //! Inside a task:
-//! - float weights (f32/f16/bf16): 4 tokens × 4 rows tiles (prefill) or 1 token × 8 rows
-//!   (decode), converting weights in registers (`dot_tile`);
-//! - Q8_0/Q4_0/Q4_1 with few tokens (decode): activations quantized to 8 bits once per task, then
-//!   integer dot products on the packed rows (`quant_dot`);
-//! - quantized weights with many tokens (prefill), and the k-quants always: the task's rows are
-//!   dequantized once into an f32 buffer and multiplied as f32 tiles, so the dequantization is
-//!   paid once per call and the product runs at the float kernel's speed.
+//! - few tokens (decode), float weights: 1 token × 8 rows dot products converting the weights in
+//!   registers (`dot_tile`), bound by memory bandwidth;
+//! - few tokens, Q8_0/Q4_0/Q4_1: activations quantized to 8 bits once per task, then integer dot
+//!   products on the packed rows (`quant_dot`);
+//! - many tokens (prefill), any format: the task's rows are converted or dequantized to f32 once,
+//!   packed into k-major panels, and multiplied by the register-blocked `gemm` microkernel, so
+//!   the conversion is paid once per call and the product runs at FMA throughput;
+//! - the portable level uses `dot_tile` (4 tokens × 4 rows) for every float product.
 
 use std::cell::RefCell;
 
 use rayon::prelude::*;
 
 use super::dot_tile::{self, BF16, F16, F32};
+use super::gemm;
 use super::quant_dot::{self, QuantizedActivations};
 use super::Isa;
 use crate::model::quant;
 use crate::model::weights::{WeightFormat, WeightMatrix};
 
-/// Up to this many tokens, quantized weights use integer dot products; above, f32 tiles.
-const INT_DOT_MAX_TOKENS: usize = 8;
+/// Up to this many tokens, quantized weights use integer dot products on activations rounded to
+/// 8 bits (`quant_dot::round_activations`); above, f32 panels.
+pub const INT_DOT_MAX_TOKENS: usize = 8;
 /// From this many tokens on, float weights run as 4×4 tiles rather than one token at a time.
 const TILE_MIN_TOKENS: usize = 4;
 /// Bytes of a task's weight rows that should stay cache-resident while token blocks stream by.
@@ -32,8 +35,10 @@ const TASK_WEIGHT_BYTES: usize = 384 << 10;
 const TASKS_PER_THREAD: usize = 4;
 
 thread_local! {
-    /// A task's rows dequantized to f32, `[rows, k]`.
+    /// A task's rows dequantized to f32, `[rows, k]` (portable level).
     static DEQUANTIZED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// A task's rows as f32 panels, `[panels, k, panel_rows]`, and as f32 rows `[rows, k]`.
+    static PANELS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
     static ACTIVATIONS: RefCell<QuantizedActivations> = RefCell::new(QuantizedActivations::default());
 }
 
@@ -72,12 +77,14 @@ pub fn matmul_with(isa: Isa, x: &[f32], w: &WeightMatrix, out: &mut [f32]) {
 fn rows_per_task(w: &WeightMatrix, n: usize, threads: usize) -> usize {
     let balanced = w.rows.div_ceil(TASKS_PER_THREAD * threads.max(1));
     // In prefill a task's rows are re-read for every token block: keep them in L2.
-    let bytes_per_row = match w.format {
-        WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16 => w.row_bytes(),
-        _ => 4 * w.cols, // dequantized to f32
-    };
-    let resident = if n >= TILE_MIN_TOKENS { (TASK_WEIGHT_BYTES / bytes_per_row).max(8) } else { usize::MAX };
-    balanced.min(resident).next_multiple_of(8).max(8)
+    // Prefill converts a task's rows to f32 panels.
+    let bytes_per_row = 4 * w.cols;
+    if n < TILE_MIN_TOKENS {
+        return balanced.next_multiple_of(8);
+    }
+    let resident = (TASK_WEIGHT_BYTES / bytes_per_row).max(32);
+    // Whole panels of the widest microkernel.
+    balanced.min(resident).next_multiple_of(32)
 }
 
 #[derive(Clone, Copy)]
@@ -105,6 +112,13 @@ impl OutColumns {
         // for why tasks never write the same element.
         unsafe { *self.out.add(t * self.m + j) = value }
     }
+
+    /// Where element (t, j) lives, for kernels that store whole blocks.
+    fn at(&self, t: usize, j: usize) -> *mut f32 {
+        debug_assert!(t < self.n && j < self.m);
+        // SAFETY: in bounds of the [n, m] output, as asserted.
+        unsafe { self.out.add(t * self.m + j) }
+    }
 }
 
 fn compute_rows(isa: Isa, x: &[f32], n: usize, w: &WeightMatrix, rows: std::ops::Range<usize>, out: &OutColumns) {
@@ -112,10 +126,17 @@ fn compute_rows(isa: Isa, x: &[f32], n: usize, w: &WeightMatrix, rows: std::ops:
     let row_bytes = w.row_bytes();
     let bytes = w.bytes();
     let task_bytes = &bytes[rows.start * row_bytes..rows.end * row_bytes];
+    let few_tokens = n < TILE_MIN_TOKENS;
     match w.format {
-        WeightFormat::F32 => float_rows::<F32>(isa, x, n, k, task_bytes, row_bytes, rows.start, out),
-        WeightFormat::F16 => float_rows::<F16>(isa, x, n, k, task_bytes, row_bytes, rows.start, out),
-        WeightFormat::Bf16 => float_rows::<BF16>(isa, x, n, k, task_bytes, row_bytes, rows.start, out),
+        WeightFormat::F32 if few_tokens || isa == Isa::Portable => {
+            float_rows::<F32>(isa, x, n, k, task_bytes, row_bytes, rows.start, out)
+        }
+        WeightFormat::F16 if few_tokens || isa == Isa::Portable => {
+            float_rows::<F16>(isa, x, n, k, task_bytes, row_bytes, rows.start, out)
+        }
+        WeightFormat::Bf16 if few_tokens || isa == Isa::Portable => {
+            float_rows::<BF16>(isa, x, n, k, task_bytes, row_bytes, rows.start, out)
+        }
         WeightFormat::Packed(format) if n <= INT_DOT_MAX_TOKENS => ACTIVATIONS.with_borrow_mut(|xq| {
             xq.quantize(x, k);
             for (r, row) in task_bytes.chunks_exact(row_bytes).enumerate() {
@@ -124,19 +145,65 @@ fn compute_rows(isa: Isa, x: &[f32], n: usize, w: &WeightMatrix, rows: std::ops:
                 }
             }
         }),
+        _ if isa != Isa::Portable => gemm_rows(isa, x, n, w, task_bytes, rows.start, out),
         format => DEQUANTIZED.with_borrow_mut(|buffer| {
             buffer.resize(rows.len() * k, 0.0);
             for (row, values) in task_bytes.chunks_exact(row_bytes).zip(buffer.chunks_exact_mut(k)) {
-                match format {
-                    WeightFormat::Packed(q) => quant_dot::dequantize_packed(isa, q, row, values),
-                    WeightFormat::Q4_K => quant::dequantize_row_q4_k(row, values),
-                    WeightFormat::Q6_K => quant::dequantize_row_q6_k(row, values),
-                    _ => unreachable!("float formats are matched above"),
-                }
+                row_to_f32(isa, format, row, values);
             }
             float_rows::<F32>(isa, x, n, k, bytemuck::cast_slice(buffer), 4 * k, rows.start, out);
         }),
     }
+}
+
+/// One stored row (`row`, in `format`) as f32.
+fn row_to_f32(isa: Isa, format: WeightFormat, row: &[u8], out: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    match format {
+        WeightFormat::F32 => out.copy_from_slice(bytemuck::cast_slice(row)),
+        WeightFormat::F16 => bytemuck::cast_slice::<u8, half::f16>(row).convert_to_f32_slice(out),
+        WeightFormat::Bf16 => bytemuck::cast_slice::<u8, half::bf16>(row).convert_to_f32_slice(out),
+        WeightFormat::Packed(q) => quant_dot::dequantize_packed(isa, q, row, out),
+        WeightFormat::Q4_K => quant::dequantize_row_q4_k(row, out),
+        WeightFormat::Q6_K => quant::dequantize_row_q6_k(row, out),
+    }
+}
+
+/// The prefill product of a task: its rows (`weights`, stored rows back to back) packed as f32
+/// panels, then every block of tokens against every panel.
+fn gemm_rows(isa: Isa, x: &[f32], n: usize, w: &WeightMatrix, weights: &[u8], first_row: usize, out: &OutColumns) {
+    let k = w.cols;
+    let (nr, mt) = (gemm::panel_rows(isa), gemm::block_tokens(isa));
+    let rows = weights.len() / w.row_bytes();
+    let num_panels = rows.div_ceil(nr);
+    PANELS.with_borrow_mut(|(panels, converted)| {
+        converted.resize(rows * k, 0.0);
+        for (stored, row) in weights.chunks_exact(w.row_bytes()).zip(converted.chunks_exact_mut(k)) {
+            row_to_f32(isa, w.format, stored, row);
+        }
+        panels.resize(num_panels * k * nr, 0.0);
+        gemm::pack_panels(isa, converted, k, panels);
+        for t0 in (0..n).step_by(mt) {
+            let xs: [*const f32; 8] = std::array::from_fn(|i| x[(t0 + i).min(n - 1) * k..].as_ptr());
+            for p in 0..num_panels {
+                let cols = nr.min(rows - p * nr);
+                // SAFETY: every x pointer starts a full row of k values; the panel holds k·nr
+                // values; the output block (tokens × cols) lies inside this task's columns.
+                unsafe {
+                    gemm::microkernel(
+                        isa,
+                        &xs,
+                        k,
+                        panels[p * k * nr..].as_ptr(),
+                        out.at(t0, first_row + p * nr),
+                        out.m,
+                        mt.min(n - t0),
+                        cols,
+                    )
+                };
+            }
+        }
+    });
 }
 
 /// Dot products of every token with `weights` (`rows × row_bytes`, element type DT), written to

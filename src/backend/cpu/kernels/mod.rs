@@ -11,6 +11,7 @@
 mod dot_tile;
 pub mod attention;
 pub mod elementwise;
+mod gemm;
 mod isa;
 pub mod matmul;
 pub mod quant_dot;

@@ -64,6 +64,19 @@ impl QuantizedActivations {
     }
 }
 
+/// The values the integer path actually multiplies: `x` rounded the way [`QuantizedActivations`]
+/// rounds it (plain code, for tests to build their oracle from).
+pub fn round_activations(x: &[f32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len());
+    for block in x.chunks(BLOCK) {
+        let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        out.extend(block.iter().map(|&v| d * (v * id).round_ties_even()));
+    }
+    out
+}
+
 /// `Σ_i w[i] · x_t[i]` for one packed weight row (`format.row_bytes(k)` bytes) and activation row t.
 pub fn dot_packed(isa: super::Isa, format: PackedQuant, row: &[u8], xq: &QuantizedActivations, t: usize) -> f32 {
     let nb = xq.blocks_per_row;
