@@ -10,6 +10,13 @@
 //! holds value i low and value i + 16 high); Q8_0 quants are stored offset by 128 as unsigned bytes,
 //! which is the operand an unsigned×signed byte dot product (VNNI `vpdpbusd`) wants.
 //!
+//! Byte order of 8-bit quants (Q8_0 weights, and the activations the kernels quantize): in each
+//! whole group of four blocks, the first 16 values of the four blocks come first (64 bytes), then
+//! their last 16 values, see [`interleaved_index`]. That is the order in which four Q4 blocks'
+//! 64 bytes of nibbles unpack (low nibbles = values 0..16 of each block, high = 16..32), so one
+//! 64-byte load of weights meets one 64-byte load of activations whatever the format. Blocks past
+//! the last whole group keep their plain order.
+//!
 //! Every format is "affine unsigned": value = d·u + m with m = −8d (Q4_0) and m = −128d (Q8_0).
 
 use half::f16;
@@ -67,6 +74,15 @@ impl PackedQuant {
     }
 }
 
+/// Where value `i` (0..32) of block `b` sits among the 8-bit quants of a row of `nb` blocks.
+pub fn interleaved_index(nb: usize, b: usize, i: usize) -> usize {
+    if b >= nb / 4 * 4 {
+        return b * BLOCK + i;
+    }
+    let (group, j) = (b / 4, b % 4);
+    group * 4 * BLOCK + (i / 16) * 64 + j * 16 + i % 16
+}
+
 /// One row of the layout, split into its sections.
 pub struct PackedRow<'a> {
     pub d: &'a [u8],
@@ -106,14 +122,13 @@ pub fn pack_ggml_row(format: PackedQuant, ggml_row: &[u8], out: &mut [u8]) {
             }
             PackedQuant::Q4_0 | PackedQuant::Q8_0 => &block[2..],
         };
-        let target = &mut qs[b * format.quant_bytes()..(b + 1) * format.quant_bytes()];
         match format {
             PackedQuant::Q8_0 => {
-                for (t, &q) in target.iter_mut().zip(quants) {
-                    *t = q ^ 0x80; // i8 q → u8 q + 128
+                for (i, &q) in quants.iter().enumerate() {
+                    qs[interleaved_index(nb, b, i)] = q ^ 0x80; // i8 q → u8 q + 128
                 }
             }
-            PackedQuant::Q4_0 | PackedQuant::Q4_1 => target.copy_from_slice(quants),
+            PackedQuant::Q4_0 | PackedQuant::Q4_1 => qs[b * 16..(b + 1) * 16].copy_from_slice(quants),
         }
     }
 }
@@ -121,12 +136,13 @@ pub fn pack_ggml_row(format: PackedQuant, ggml_row: &[u8], out: &mut [u8]) {
 /// Dequantizes one packed row to f32: the plain reference for the layout.
 pub fn dequantize_packed_row(format: PackedQuant, row: &[u8], out: &mut [f32]) {
     let PackedRow { d, m, qs } = split_row(format, row, out.len());
+    let nb = out.len() / BLOCK;
     for (b, values) in out.chunks_exact_mut(BLOCK).enumerate() {
         let scale = f16_at(d, b);
         match format {
             PackedQuant::Q8_0 => {
-                for (v, &u) in values.iter_mut().zip(&qs[32 * b..32 * b + 32]) {
-                    *v = scale * (u as i32 - 128) as f32;
+                for (i, v) in values.iter_mut().enumerate() {
+                    *v = scale * (qs[interleaved_index(nb, b, i)] as i32 - 128) as f32;
                 }
             }
             PackedQuant::Q4_0 | PackedQuant::Q4_1 => {
@@ -191,10 +207,26 @@ mod tests {
     use crate::ops::compare::{seeded_values, test_seed};
 
     #[test]
+    fn interleaved_index_is_a_permutation() {
+        for nb in [1, 4, 6, 18] {
+            let mut seen = vec![false; nb * BLOCK];
+            for b in 0..nb {
+                for i in 0..BLOCK {
+                    let at = interleaved_index(nb, b, i);
+                    assert!(!seen[at], "nb {nb}: block {b} value {i} collides");
+                    seen[at] = true;
+                }
+            }
+        }
+        assert_eq!(interleaved_index(6, 1, 17), 64 + 16 + 1);
+        assert_eq!(interleaved_index(6, 5, 3), 5 * 32 + 3);
+    }
+
+    #[test]
     fn packing_keeps_every_value_of_every_format() {
         let seed = test_seed();
         for format in [PackedQuant::Q8_0, PackedQuant::Q4_0, PackedQuant::Q4_1] {
-            for (case, blocks) in [1usize, 3, 18].into_iter().enumerate() {
+            for (case, blocks) in [1usize, 3, 4, 9, 18].into_iter().enumerate() {
                 let values: Vec<f32> = seeded_values(seed + case as u64, blocks * BLOCK).iter().map(|v| v * 3.0).collect();
                 let ggml = quantize_to_ggml_row(format, &values);
                 assert_eq!(ggml.len(), blocks * format.ggml_type().block_bytes());

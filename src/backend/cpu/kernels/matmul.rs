@@ -39,6 +39,7 @@ thread_local! {
     static DEQUANTIZED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// A task's rows as f32 panels, `[panels, k, panel_rows]`, and as f32 rows `[rows, k]`.
     static PANELS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Quantized activations, taken out for the duration of a call (see `matmul_with`).
     static ACTIVATIONS: RefCell<QuantizedActivations> = RefCell::new(QuantizedActivations::default());
 }
 
@@ -59,18 +60,29 @@ pub fn matmul_with(isa: Isa, x: &[f32], w: &WeightMatrix, out: &mut [f32]) {
     }
     let rows_per_task = rows_per_task(w, n, rayon::current_num_threads());
     let tasks = m.div_ceil(rows_per_task);
+    // The integer path quantizes the activations once, here, for all tasks. The buffer is taken
+    // out of its thread-local slot rather than borrowed: while this thread waits for the tasks,
+    // rayon may run another step's matmul on it, which then simply finds the slot empty.
+    let integer = matches!(w.format, WeightFormat::Packed(_)) && n <= INT_DOT_MAX_TOKENS;
+    let mut xq = if integer { ACTIVATIONS.with_borrow_mut(std::mem::take) } else { QuantizedActivations::default() };
+    if integer {
+        xq.quantize(isa, x, k);
+    }
     let out = OutPtr(out.as_mut_ptr());
     let run = |task: usize| {
         let rows = task * rows_per_task..((task + 1) * rows_per_task).min(m);
         // SAFETY: task `task` writes only columns `rows` of `out` (`[n, m]`), and the tasks' row
         // ranges are disjoint, so no two tasks write the same element.
         let sink = OutColumns { out: out.get(), m, n };
-        compute_rows(isa, x, n, w, rows, &sink);
+        compute_rows(isa, x, &xq, n, w, rows, &sink);
     };
     if tasks == 1 {
         run(0);
     } else {
         (0..tasks).into_par_iter().for_each(run);
+    }
+    if integer {
+        ACTIVATIONS.with_borrow_mut(|slot| *slot = xq);
     }
 }
 
@@ -121,7 +133,16 @@ impl OutColumns {
     }
 }
 
-fn compute_rows(isa: Isa, x: &[f32], n: usize, w: &WeightMatrix, rows: std::ops::Range<usize>, out: &OutColumns) {
+#[allow(clippy::too_many_arguments)]
+fn compute_rows(
+    isa: Isa,
+    x: &[f32],
+    xq: &QuantizedActivations,
+    n: usize,
+    w: &WeightMatrix,
+    rows: std::ops::Range<usize>,
+    out: &OutColumns,
+) {
     let k = w.cols;
     let row_bytes = w.row_bytes();
     let bytes = w.bytes();
@@ -137,14 +158,20 @@ fn compute_rows(isa: Isa, x: &[f32], n: usize, w: &WeightMatrix, rows: std::ops:
         WeightFormat::Bf16 if few_tokens || isa == Isa::Portable => {
             float_rows::<BF16>(isa, x, n, k, task_bytes, row_bytes, rows.start, out)
         }
-        WeightFormat::Packed(format) if n <= INT_DOT_MAX_TOKENS => ACTIVATIONS.with_borrow_mut(|xq| {
-            xq.quantize(x, k);
-            for (r, row) in task_bytes.chunks_exact(row_bytes).enumerate() {
+        WeightFormat::Packed(format) if n <= INT_DOT_MAX_TOKENS => {
+            let task_rows = rows.len();
+            // Ragged edges repeat the last row and drop the repeated results.
+            let row = |r: usize| &task_bytes[r.min(task_rows - 1) * row_bytes..][..row_bytes];
+            for r0 in (0..task_rows).step_by(4) {
+                let weights = std::array::from_fn(|i| row(r0 + i));
                 for t in 0..n {
-                    out.store(t, rows.start + r, quant_dot::dot_packed(isa, format, row, xq, t));
+                    let sums = quant_dot::dot_packed4(isa, format, weights, xq, t);
+                    for (i, &sum) in sums.iter().enumerate().take(task_rows - r0) {
+                        out.store(t, rows.start + r0 + i, sum);
+                    }
                 }
             }
-        }),
+        }
         _ if isa != Isa::Portable => gemm_rows(isa, x, n, w, task_bytes, rows.start, out),
         format => DEQUANTIZED.with_borrow_mut(|buffer| {
             buffer.resize(rows.len() * k, 0.0);

@@ -5,15 +5,17 @@
 //! Every format is "affine unsigned", w = d·u + m, and the activations are x ≈ dx·q, so one block
 //! contributes d·dx·Σ u·q + m·(dx·Σ q) = d·dx·dot + m·s, with s = dx·Σq computed once per
 //! activation block. `vpdpbusd` (AVX-512 VNNI) computes Σ u·q for unsigned u and signed q
-//! directly; AVX2 uses `vpmaddubsw` + `vpmaddwd`. Per two blocks the AVX-512 loop does one weight
-//! load, one activation load, three byte shuffles, one dot, one convert and one FMA, which keeps
-//! it at memory bandwidth on two cores.
+//! directly; AVX2 uses `vpmaddubsw` + `vpmaddwd`. The activations' 8-bit quants are stored in the
+//! interleaved order of `packed_quant::interleaved_index`, so per four blocks the AVX-512 loop
+//! does one 64-byte weight load (two for Q8_0), two nibble masks, two dots into one accumulator,
+//! one scale spread, one convert and one FMA per row, with the activation loads shared by four
+//! rows: about 2.5 instructions per 32 weights, well under memory bandwidth on two cores.
 //!
 //! Also here: the SIMD dequantization of packed rows to f32 that the prefill matmul uses.
 
 use half::f16;
 
-use crate::model::packed_quant::{self, PackedQuant, BLOCK};
+use crate::model::packed_quant::{self, interleaved_index, PackedQuant, BLOCK};
 
 /// Activations of n rows quantized to 8-bit blocks. Each row's block count is padded to a multiple
 /// of 8 with zero blocks, so the kernels read whole groups of eight without bounds checks.
@@ -28,7 +30,7 @@ pub struct QuantizedActivations {
 
 impl QuantizedActivations {
     /// Quantizes `x` (`[n, k]`, k a multiple of 32), reusing this buffer's memory.
-    pub fn quantize(&mut self, x: &[f32], k: usize) {
+    pub fn quantize(&mut self, isa: super::Isa, x: &[f32], k: usize) {
         assert_eq!(k % BLOCK, 0, "quantized activations need k to be a multiple of 32");
         let n = x.len() / k;
         self.blocks_per_row = k / BLOCK;
@@ -41,19 +43,14 @@ impl QuantizedActivations {
         self.s.clear();
         self.s.resize(n * pb, 0.0);
         for (t, row) in x.chunks_exact(k).enumerate() {
-            for (b, block) in row.chunks_exact(BLOCK).enumerate() {
-                let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let d = amax / 127.0;
-                let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-                let qs = &mut self.qs[(t * pb + b) * BLOCK..(t * pb + b + 1) * BLOCK];
-                let mut sum = 0i32;
-                for (q, &v) in qs.iter_mut().zip(block) {
-                    let rounded = (v * id).round_ties_even() as i32;
-                    *q = rounded as i8;
-                    sum += rounded;
-                }
-                self.d[t * pb + b] = d;
-                self.s[t * pb + b] = d * sum as f32;
+            let blocks = t * pb..t * pb + k / BLOCK;
+            let qs = &mut self.qs[blocks.start * BLOCK..blocks.end * BLOCK];
+            let (d, s) = (&mut self.d[blocks.clone()], &mut self.s[blocks]);
+            match isa {
+                // SAFETY: the level is supported (callers check); the slices hold the row's blocks.
+                #[cfg(target_arch = "x86_64")]
+                super::Isa::Avx512 => unsafe { x86::quantize_row_avx512(row, qs, d, s) },
+                _ => quantize_row(isa, row, qs, d, s),
             }
         }
     }
@@ -63,6 +60,30 @@ impl QuantizedActivations {
         (&self.qs[t * pb * BLOCK..(t + 1) * pb * BLOCK], &self.d[t * pb..(t + 1) * pb], &self.s[t * pb..(t + 1) * pb])
     }
 }
+
+#[inline(always)]
+fn quantize_row_body<const FMA: bool>(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    let nb = x.len() / BLOCK;
+    for (b, ((block, d), s)) in x.chunks_exact(BLOCK).zip(d.iter_mut()).zip(s.iter_mut()).enumerate() {
+        let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let scale = amax / 127.0;
+        let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        let mut quants = [0i8; BLOCK];
+        let mut sum = 0i32;
+        for (q, &v) in quants.iter_mut().zip(block) {
+            let rounded = (v * inverse).round_ties_even() as i32;
+            *q = rounded as i8;
+            sum += rounded;
+        }
+        let (lo, hi) = (interleaved_index(nb, b, 0), interleaved_index(nb, b, 16));
+        qs[lo..lo + 16].copy_from_slice(&quants[..16]);
+        qs[hi..hi + 16].copy_from_slice(&quants[16..]);
+        *d = scale;
+        *s = scale * sum as f32;
+    }
+}
+
+super::multiversion!(fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) => quantize_row_body);
 
 /// The values the integer path actually multiplies: `x` rounded the way [`QuantizedActivations`]
 /// rounds it (plain code, for tests to build their oracle from).
@@ -77,6 +98,25 @@ pub fn round_activations(x: &[f32]) -> Vec<f32> {
     out
 }
 
+/// [`dot_packed`] for four rows at once: the activation loads and scale setup are shared, which
+/// matters at the model's short rows (k = 576 is 18 blocks).
+pub fn dot_packed4(isa: super::Isa, format: PackedQuant, rows: [&[u8]; 4], xq: &QuantizedActivations, t: usize) -> [f32; 4] {
+    let nb = xq.blocks_per_row;
+    for row in rows {
+        assert_eq!(row.len(), format.row_bytes(nb * BLOCK), "weight row and activations disagree on k");
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        super::Isa::Avx512 => {
+            let (qs, d, s) = xq.row(t);
+            let ptrs = rows.map(|r| r.as_ptr());
+            // SAFETY: as in dot_packed, for each of the four rows.
+            unsafe { x86::dot_rows_avx512::<4>(format, ptrs, nb, qs.as_ptr(), d.as_ptr(), s.as_ptr()) }
+        }
+        _ => rows.map(|row| dot_packed(isa, format, row, xq, t)),
+    }
+}
+
 /// `Σ_i w[i] · x_t[i]` for one packed weight row (`format.row_bytes(k)` bytes) and activation row t.
 pub fn dot_packed(isa: super::Isa, format: PackedQuant, row: &[u8], xq: &QuantizedActivations, t: usize) -> f32 {
     let nb = xq.blocks_per_row;
@@ -86,7 +126,9 @@ pub fn dot_packed(isa: super::Isa, format: PackedQuant, row: &[u8], xq: &Quantiz
         // SAFETY: the row length was checked above; the activation buffers hold whole padded
         // groups of 8 blocks, and weight reads past the last block are masked.
         #[cfg(target_arch = "x86_64")]
-        super::Isa::Avx512 => unsafe { x86::dot_avx512(format, row.as_ptr(), nb, qs.as_ptr(), d.as_ptr(), s.as_ptr()) },
+        super::Isa::Avx512 => unsafe {
+            x86::dot_rows_avx512::<1>(format, [row.as_ptr()], nb, qs.as_ptr(), d.as_ptr(), s.as_ptr())[0]
+        },
         #[cfg(target_arch = "x86_64")]
         super::Isa::Avx2 => unsafe { x86::dot_avx2(format, row.as_ptr(), nb, qs.as_ptr(), d.as_ptr(), s.as_ptr()) },
         _ => dot_portable(format, row, nb, qs, d, s),
@@ -101,17 +143,22 @@ fn dot_portable(format: PackedQuant, row: &[u8], nb: usize, qs: &[i8], d: &[f32]
     let sections = packed_quant::split_row(format, row, nb * BLOCK);
     let mut total = 0f32;
     for b in 0..nb {
-        let x = &qs[b * BLOCK..(b + 1) * BLOCK];
-        let dot: i32 = match format {
-            PackedQuant::Q8_0 => {
-                sections.qs[32 * b..32 * b + 32].iter().zip(x).map(|(&u, &q)| u as i32 * q as i32).sum()
-            }
-            PackedQuant::Q4_0 | PackedQuant::Q4_1 => sections.qs[16 * b..16 * b + 16]
-                .iter()
-                .enumerate()
-                .map(|(i, &byte)| (byte & 0x0F) as i32 * x[i] as i32 + (byte >> 4) as i32 * x[i + 16] as i32)
-                .sum(),
-        };
+        let mut dot = 0i32;
+        for i in 0..BLOCK {
+            let at = interleaved_index(nb, b, i);
+            let u = match format {
+                PackedQuant::Q8_0 => sections.qs[at],
+                PackedQuant::Q4_0 | PackedQuant::Q4_1 => {
+                    let byte = sections.qs[16 * b + i % 16];
+                    if i < 16 {
+                        byte & 0x0F
+                    } else {
+                        byte >> 4
+                    }
+                }
+            };
+            dot += u as i32 * qs[at] as i32;
+        }
         let dw = f16_at(sections.d, b);
         let m = match format.offset_factor() {
             Some(c) => -c * dw,
@@ -135,7 +182,7 @@ pub fn dequantize_packed(isa: super::Isa, format: PackedQuant, row: &[u8], out: 
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{PackedQuant, BLOCK};
+    use super::{interleaved_index, PackedQuant, BLOCK};
     use std::arch::x86_64::*;
 
     /// Where a row's sections start: (d, m, qs).
@@ -146,72 +193,148 @@ mod x86 {
         (d, m, qs)
     }
 
+    /// [`super::quantize_row_body`] with the same rounding (the default MXCSR mode is round to
+    /// nearest even), 32 values per step.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn quantize_row_avx512(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+        let nb = x.len() / BLOCK;
+        assert!(qs.len() >= nb * BLOCK && d.len() >= nb && s.len() >= nb, "quantized row buffers");
+        let sign = _mm512_set1_ps(-0.0);
+        for b in 0..nb {
+            let v0 = _mm512_loadu_ps(x.as_ptr().add(b * BLOCK));
+            let v1 = _mm512_loadu_ps(x.as_ptr().add(b * BLOCK + 16));
+            let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_andnot_ps(sign, v1)));
+            let scale = amax / 127.0;
+            let inverse = _mm512_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+            let q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, inverse));
+            let q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, inverse));
+            let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+            let (lo, hi) = (interleaved_index(nb, b, 0), interleaved_index(nb, b, 16));
+            _mm_storeu_si128(qs.as_mut_ptr().add(lo) as *mut __m128i, _mm512_cvtepi32_epi8(q0));
+            _mm_storeu_si128(qs.as_mut_ptr().add(hi) as *mut __m128i, _mm512_cvtepi32_epi8(q1));
+            d[b] = scale;
+            s[b] = scale * sum as f32;
+        }
+    }
+
+    /// Two tail blocks (plain order) of quants as 64 bytes: for Q4, each block's low nibbles then
+    /// its high nibbles. `both` is false when only the first block exists.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn load_pair(format: PackedQuant, qs: *const u8, both: bool) -> __m512i {
+        match format {
+            PackedQuant::Q8_0 => {
+                let mask: __mmask64 = if both { u64::MAX } else { u32::MAX as u64 };
+                _mm512_maskz_loadu_epi8(mask, qs as *const i8)
+            }
+            _ => {
+                let mask: __mmask32 = if both { u32::MAX } else { u16::MAX as u32 };
+                let raw = _mm256_maskz_loadu_epi8(mask, qs as *const i8);
+                let spread = _mm512_permutexvar_epi64(_mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0), _mm512_castsi256_si512(raw));
+                let shifted = _mm512_srlv_epi64(spread, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0));
+                _mm512_and_si512(shifted, _mm512_set1_epi8(0x0F))
+            }
+        }
+    }
+
+    /// An index vector for `_mm512_permutexvar_ps` that gives each group of `lanes` consecutive
+    /// lanes the scale `first + group`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn spread_index(first: i32, lanes: usize) -> __m512i {
+        let mut index = [0i32; 16];
+        for (lane, value) in index.iter_mut().enumerate() {
+            *value = first + (lane / lanes) as i32;
+        }
+        _mm512_loadu_si512(index.as_ptr() as *const _)
+    }
+
+    /// R rows against one activation row. Per 8 blocks each row's scales are formed once (8 f32
+    /// lanes); each whole group of 4 blocks then costs per row one or two loads, two dots into one
+    /// accumulator (lanes 4j..4j+4 belong to block j), one scale spread, a convert and an FMA.
+    /// Blocks past the last whole group go two at a time in their plain order.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
-    pub unsafe fn dot_avx512(
+    pub unsafe fn dot_rows_avx512<const R: usize>(
         format: PackedQuant,
-        row: *const u8,
+        rows: [*const u8; R],
         nb: usize,
         xqs: *const i8,
         xd: *const f32,
         xs: *const f32,
-    ) -> f32 {
-        let (d_ptr, m_ptr, qs) = sections(format, row, nb);
+    ) -> [f32; R] {
         let quant_bytes = format.quant_bytes();
-        // Lane i of the scale vector serves 8 dot lanes: block 2p in the low half, 2p+1 the high.
-        let pair_index = |p: i32| _mm512_set_epi32(
-            2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1,
-            2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p,
-        );
-        let pair_indices = [pair_index(0), pair_index(1), pair_index(2), pair_index(3)];
-        // Q4: 16 bytes of nibbles per block become 32 bytes: low nibbles then high nibbles.
-        let duplicate_halves = _mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0);
-        let nibble_shift = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
+        let whole = nb / 4 * 4;
+        let sections = rows.map(|row| sections(format, row, nb));
+        let group_index = [spread_index(0, 4), spread_index(4, 4)];
+        let pair_index = [spread_index(0, 8), spread_index(2, 8), spread_index(4, 8), spread_index(6, 8)];
         let low_nibbles = _mm512_set1_epi8(0x0F);
-        let mut acc = _mm512_setzero_ps();
-        let mut offset_acc = _mm256_setzero_ps();
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut offset_acc = [_mm256_setzero_ps(); R];
         let mut b = 0;
         while b < nb {
             let valid = (nb - b).min(8);
             let mask8: __mmask8 = ((1u32 << valid) - 1) as u8;
-            let dw = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(mask8, d_ptr.add(b) as *const i16));
             let dx = _mm256_loadu_ps(xd.add(b));
             let sx = _mm256_loadu_ps(xs.add(b));
-            let scales = _mm512_castps256_ps512(_mm256_mul_ps(dw, dx));
-            offset_acc = match format {
-                PackedQuant::Q4_1 => {
-                    let m = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(mask8, m_ptr.add(b) as *const i16));
-                    _mm256_fmadd_ps(m, sx, offset_acc)
-                }
-                _ => _mm256_fmadd_ps(dw, sx, offset_acc),
-            };
-            for p in 0..valid.div_ceil(2) {
-                let block = b + 2 * p;
-                let both = block + 1 < nb;
-                let wq = match format {
-                    PackedQuant::Q8_0 => {
-                        let mask: __mmask64 = if both { u64::MAX } else { u32::MAX as u64 };
-                        _mm512_maskz_loadu_epi8(mask, qs.add(block * quant_bytes) as *const i8)
+            let mut scales = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                let (d_ptr, m_ptr, _) = sections[r];
+                let dw = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(mask8, d_ptr.add(b) as *const i16));
+                scales[r] = _mm512_castps256_ps512(_mm256_mul_ps(dw, dx));
+                offset_acc[r] = match format {
+                    PackedQuant::Q4_1 => {
+                        let m = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(mask8, m_ptr.add(b) as *const i16));
+                        _mm256_fmadd_ps(m, sx, offset_acc[r])
                     }
-                    _ => {
-                        let mask: __mmask32 = if both { u32::MAX } else { u16::MAX as u32 };
-                        let raw = _mm256_maskz_loadu_epi8(mask, qs.add(block * quant_bytes) as *const i8);
-                        let spread = _mm512_permutexvar_epi64(duplicate_halves, _mm512_castsi256_si512(raw));
-                        _mm512_and_si512(_mm512_srlv_epi64(spread, nibble_shift), low_nibbles)
-                    }
+                    _ => _mm256_fmadd_ps(dw, sx, offset_acc[r]),
                 };
-                let xq = _mm512_loadu_si512(xqs.add(block * BLOCK) as *const _);
-                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, xq);
-                let scale = _mm512_permutexvar_ps(pair_indices[p], scales);
-                acc = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc);
+            }
+            let mut c = b;
+            while c + 4 <= whole.min(b + 8) {
+                let x_lo = _mm512_loadu_si512(xqs.add(c * BLOCK) as *const _);
+                let x_hi = _mm512_loadu_si512(xqs.add(c * BLOCK + 64) as *const _);
+                let index = group_index[(c - b) / 4];
+                for r in 0..R {
+                    let qs = sections[r].2.add(c * quant_bytes);
+                    let (w_lo, w_hi) = match format {
+                        PackedQuant::Q8_0 => {
+                            (_mm512_loadu_si512(qs as *const _), _mm512_loadu_si512(qs.add(64) as *const _))
+                        }
+                        _ => {
+                            let raw = _mm512_loadu_si512(qs as *const _);
+                            (_mm512_and_si512(raw, low_nibbles), _mm512_and_si512(_mm512_srli_epi16(raw, 4), low_nibbles))
+                        }
+                    };
+                    let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w_lo, x_lo), w_hi, x_hi);
+                    let scale = _mm512_permutexvar_ps(index, scales[r]);
+                    acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r]);
+                }
+                c += 4;
+            }
+            while c < b + valid {
+                let both = c + 1 < nb;
+                let xq = _mm512_loadu_si512(xqs.add(c * BLOCK) as *const _);
+                let index = pair_index[(c - b) / 2];
+                for r in 0..R {
+                    let wq = load_pair(format, sections[r].2.add(c * quant_bytes), both);
+                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, xq);
+                    let scale = _mm512_permutexvar_ps(index, scales[r]);
+                    acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r]);
+                }
+                c += 2;
             }
             b += 8;
         }
-        let offset_sum = hsum256(offset_acc);
-        let offsets = match format.offset_factor() {
-            Some(c) => -c * offset_sum,
-            None => offset_sum,
-        };
-        _mm512_reduce_add_ps(acc) + offsets
+        let mut out = [0f32; R];
+        for r in 0..R {
+            let offset_sum = hsum256(offset_acc[r]);
+            let offsets = match format.offset_factor() {
+                Some(c) => -c * offset_sum,
+                None => offset_sum,
+            };
+            out[r] = _mm512_reduce_add_ps(acc[r]) + offsets;
+        }
+        out
     }
 
     #[inline]
@@ -262,12 +385,13 @@ mod x86 {
             };
             for j in 0..valid {
                 let block = b + j;
-                let xq = _mm256_loadu_si256(xqs.add(block * BLOCK) as *const __m256i);
+                let (lo, hi) = (interleaved_index(nb, block, 0), interleaved_index(nb, block, 16));
+                let xq = _mm256_loadu2_m128i(xqs.add(hi) as *const __m128i, xqs.add(lo) as *const __m128i);
                 let pairs = match format {
                     PackedQuant::Q8_0 => {
                         // u·q with u up to 255 would saturate vpmaddubsw: use w = u − 128 and the
                         // sign trick |w|·(q·sign w), then add back 128·Σq through the offset term.
-                        let u = _mm256_loadu_si256(qs.add(block * 32) as *const __m256i);
+                        let u = _mm256_loadu2_m128i(qs.add(hi) as *const __m128i, qs.add(lo) as *const __m128i);
                         let w = _mm256_xor_si256(u, sign_bits);
                         _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xq, w))
                     }
@@ -327,8 +451,8 @@ mod x86 {
             let target = o.add(b * BLOCK);
             let (lo, hi) = match format {
                 PackedQuant::Q8_0 => (
-                    _mm_loadu_si128(qs.add(b * 32) as *const __m128i),
-                    _mm_loadu_si128(qs.add(b * 32 + 16) as *const __m128i),
+                    _mm_loadu_si128(qs.add(interleaved_index(nb, b, 0)) as *const __m128i),
+                    _mm_loadu_si128(qs.add(interleaved_index(nb, b, 16)) as *const __m128i),
                 ),
                 _ => {
                     let raw = _mm_loadu_si128(qs.add(b * 16) as *const __m128i);
