@@ -177,6 +177,70 @@ fn attention_matches_the_reference_over_paged_blocks() {
 }
 
 #[test]
+fn prefill_attention_matches_the_reference_token_by_token() {
+    let seed = test_seed();
+    let mut shapes = Shapes(seed ^ 3);
+    for isa in Isa::available() {
+        for case in 0..8u64 {
+            let kv_heads = shapes.between(1, 3);
+            let shape = AttentionShape {
+                num_heads: kv_heads * shapes.between(1, 3),
+                num_kv_heads: kv_heads,
+                head_dim: 2 * shapes.between(1, 40),
+            };
+            // A chunk of `tokens` after `earlier` cached positions, sometimes with a window.
+            let (block_size, tokens, earlier) = (shapes.between(1, 16), shapes.between(1, 75), shapes.between(0, 40));
+            let window = if case % 3 == 1 { Some(shapes.between(1, 30)) } else { None };
+            let len = earlier + tokens;
+            let (d, kv_dim, q_dim) = (shape.head_dim, kv_heads * shape.head_dim, shape.num_heads * shape.head_dim);
+            let keys = seeded_values(seed + 10 * case, len * kv_dim);
+            let values = seeded_values(seed + 10 * case + 1, len * kv_dim);
+            let q: Vec<f32> = seeded_values(seed + 10 * case + 2, tokens * q_dim).iter().map(|v| v * 3.0).collect();
+            let block_len = block_size * kv_dim;
+            let num_blocks = len.div_ceil(block_size);
+            let (mut paged_keys, mut paged_values) = (vec![0.0; num_blocks * block_len], vec![0.0; num_blocks * block_len]);
+            let table: Vec<usize> = (0..num_blocks).rev().collect();
+            for p in 0..len {
+                let slot = table[p / block_size] * block_len + (p % block_size) * kv_dim;
+                paged_keys[slot..slot + kv_dim].copy_from_slice(&keys[p * kv_dim..(p + 1) * kv_dim]);
+                paged_values[slot..slot + kv_dim].copy_from_slice(&values[p * kv_dim..(p + 1) * kv_dim]);
+            }
+            let mut reference = vec![f32::NAN; tokens * q_dim];
+            for (t, out) in reference.chunks_exact_mut(q_dim).enumerate() {
+                let position = earlier + t;
+                let first = window.map_or(0, |w| (position + 1).saturating_sub(w));
+                ops::attention::attention(
+                    &q[t * q_dim..(t + 1) * q_dim],
+                    shape,
+                    first..position + 1,
+                    |p, g| &keys[p * kv_dim + g * d..p * kv_dim + (g + 1) * d],
+                    |p, g| &values[p * kv_dim + g * d..p * kv_dim + (g + 1) * d],
+                    &mut Vec::new(),
+                    out,
+                );
+            }
+            let mut got = vec![f32::NAN; tokens * q_dim];
+            attention::attention_prefill(
+                isa,
+                &q,
+                shape,
+                earlier,
+                window,
+                block_size,
+                |i| {
+                    let b = table[i] * block_len;
+                    (&paged_keys[b..b + block_len], &paged_values[b..b + block_len])
+                },
+                &mut got,
+            );
+            if let Err(message) = check_close(&got, &reference, F32_ACCUMULATION) {
+                panic!("prefill attention {} {shape:?} block {block_size} tokens {tokens} after {earlier} window {window:?}: {message}", isa.name());
+            }
+        }
+    }
+}
+
+#[test]
 fn elementwise_ops_match_the_reference() {
     let seed = test_seed();
     let mut shapes = Shapes(seed ^ 2);

@@ -12,6 +12,9 @@ use crate::model::ModelConfig;
 use crate::ops::attention::AttentionShape;
 use crate::ops::embedding::embedding;
 
+/// Sequences with at least this many tokens in a step use the matrix-product attention.
+const PREFILL_ATTENTION_MIN_TOKENS: usize = 8;
+
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     isa: Isa,
@@ -58,8 +61,30 @@ pub fn forward(
         // earlier tokens of the same step as well as those of earlier steps.
         let kv_ref: &CpuKvCache = kv;
         let q_ref: &[f32] = q;
+        // A prefill run attends as two matrix products per block of queries; the other tokens
+        // (decode steps, short chunks) one by one.
+        for seq in 0..plan.num_seqs() {
+            let (start, count) = (plan.seq_token_start[seq] as usize, plan.seq_token_count[seq] as usize);
+            if count < PREFILL_ATTENTION_MIN_TOKENS {
+                continue;
+            }
+            let table = plan.block_table(seq);
+            attention::attention_prefill(
+                isa,
+                &q_ref[start * q_dim..(start + count) * q_dim],
+                shape,
+                plan.positions[start] as usize,
+                config.sliding_window,
+                plan.block_size,
+                |i| kv_ref.block(layer_index, table[i] as usize),
+                &mut attn[start * q_dim..(start + count) * q_dim],
+            );
+        }
         attn.par_chunks_mut(q_dim).enumerate().with_max_len(4).for_each(|(t, out)| {
             let seq = plan.token_seq[t] as usize;
+            if plan.seq_token_count[seq] as usize >= PREFILL_ATTENTION_MIN_TOKENS {
+                return;
+            }
             let position = plan.positions[t] as usize;
             let first_visible = match config.sliding_window {
                 Some(window) => (position + 1).saturating_sub(window),

@@ -154,3 +154,203 @@ fn attention_body<'a, const FMA: bool, B: Fn(usize) -> (&'a [f32], &'a [f32])>(
         p += rows;
     }
 }
+
+thread_local! {
+    /// Per task of `attention_prefill`: keys and values gathered `[positions, head_dim]`, keys
+    /// and value columns packed as panels, and the scores `[rows, positions]`.
+    static PREFILL: RefCell<PrefillScratch> = RefCell::new(PrefillScratch::default());
+}
+
+#[derive(Default)]
+struct PrefillScratch {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    key_panels: Vec<f32>,
+    value_panels: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+/// Query tokens per task of `attention_prefill`.
+const PREFILL_QUERY_BLOCK: usize = 32;
+
+/// Causal attention for a run of consecutive tokens of one sequence (a prefill chunk), as two
+/// matrix products per (block of 32 queries, KV head) on the `gemm` microkernel: scores =
+/// Q·Kᵀ with the keys packed as panels, a masked softmax per row, then out = P·V with the values'
+/// columns as panels. No horizontal sums: what the per-token kernel spends most of its time on.
+///
+/// q and out are `[tokens, num_heads * head_dim]`; token i is at position `first_position + i`
+/// and sees positions from `window`'s start (or 0) to its own. `block(i)` is as in [`attention`].
+/// Runs its tasks on the rayon pool. The portable level falls back to [`attention`] per token.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_prefill<'a>(
+    isa: Isa,
+    q: &[f32],
+    shape: AttentionShape,
+    first_position: usize,
+    window: Option<usize>,
+    block_size: usize,
+    block: impl Fn(usize) -> (&'a [f32], &'a [f32]) + Sync,
+    out: &mut [f32],
+) {
+    use rayon::prelude::*;
+    let AttentionShape { num_heads, num_kv_heads, head_dim } = shape;
+    let q_dim = num_heads * head_dim;
+    assert!(q.len() % q_dim == 0 && out.len() == q.len(), "queries and output must be [tokens, {q_dim}]");
+    let tokens = q.len() / q_dim;
+    let first_visible = |position: usize| window.map_or(0, |w| (position + 1).saturating_sub(w));
+    if isa == Isa::Portable {
+        for (t, out) in out.chunks_exact_mut(q_dim).enumerate() {
+            let position = first_position + t;
+            attention(isa, &q[t * q_dim..(t + 1) * q_dim], shape, first_visible(position)..position + 1, block_size, &block, out);
+        }
+        return;
+    }
+    let blocks = tokens.div_ceil(PREFILL_QUERY_BLOCK);
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    (0..blocks * num_kv_heads).into_par_iter().for_each(|task| {
+        let (query_block, kv_head) = (task / num_kv_heads, task % num_kv_heads);
+        let t0 = query_block * PREFILL_QUERY_BLOCK;
+        let rows = PREFILL_QUERY_BLOCK.min(tokens - t0);
+        let visible = first_visible(first_position + t0)..first_position + t0 + rows;
+        PREFILL.with_borrow_mut(|scratch| {
+            // SAFETY: this task writes only the columns of heads of `kv_head` for tokens
+            // t0..t0 + rows of `out`; tasks differ in query block or KV head, so never overlap.
+            let out = out_ptr.get();
+            unsafe {
+                prefill_task(isa, q, shape, first_position, window, (t0, rows, kv_head), visible, block_size, &block, scratch, out)
+            }
+        });
+    });
+}
+
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint elements through it (see attention_prefill).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+impl SharedOut {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[inline(always)]
+fn masked_softmax_body<const FMA: bool>(row: &mut [f32], start: usize, end: usize, scale: f32) {
+    row[..start].fill(0.0);
+    row[end..].fill(0.0);
+    let live = &mut row[start..end];
+    // Sixteen running maxima and sums, so both loops vectorize.
+    let mut maxima = [f32::NEG_INFINITY; 16];
+    for chunk in live.chunks(16) {
+        for (m, &v) in maxima.iter_mut().zip(chunk) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    let max = maxima.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
+    let mut totals = [0f32; 16];
+    for chunk in live.chunks_mut(16) {
+        for (t, v) in totals.iter_mut().zip(chunk.iter_mut()) {
+            *v = exp::<FMA>(fma::<FMA>(*v, scale, -max));
+            *t += *v;
+        }
+    }
+    let inverse = 1.0 / totals.iter().sum::<f32>();
+    for v in live.iter_mut() {
+        *v *= inverse;
+    }
+}
+
+super::multiversion!(
+    /// `row[start..end] = softmax(row[start..end] · scale)`, zero elsewhere (scale > 0).
+    fn masked_softmax(row: &mut [f32], start: usize, end: usize, scale: f32) => masked_softmax_body
+);
+
+/// One (query block, KV head) task of [`attention_prefill`]; `out` is the whole output.
+///
+/// # Safety
+/// `out` must be the `[tokens, q_dim]` output, written by no other task at this task's elements.
+#[allow(clippy::too_many_arguments)]
+unsafe fn prefill_task<'a>(
+    isa: Isa,
+    q: &[f32],
+    shape: AttentionShape,
+    first_position: usize,
+    window: Option<usize>,
+    (t0, rows, kv_head): (usize, usize, usize),
+    visible: Range<usize>,
+    block_size: usize,
+    block: &impl Fn(usize) -> (&'a [f32], &'a [f32]),
+    scratch: &mut PrefillScratch,
+    out: *mut f32,
+) {
+    use super::gemm;
+    let AttentionShape { num_heads, num_kv_heads, head_dim: d } = shape;
+    let (group, q_dim, kv_dim) = (num_heads / num_kv_heads, num_heads * d, num_kv_heads * d);
+    let (nr, mt) = (gemm::panel_rows(isa), gemm::block_tokens(isa));
+    let len = visible.len();
+    let PrefillScratch { keys, values, key_panels, value_panels, scores } = scratch;
+
+    // This KV head's keys and values of the visible positions, `[len, d]`.
+    keys.resize(len * d, 0.0);
+    values.resize(len * d, 0.0);
+    let mut p = visible.start;
+    while p < visible.end {
+        let (block_keys, block_values) = block(p / block_size);
+        let first_row = p % block_size;
+        let count = (block_size - first_row).min(visible.end - p);
+        for row in first_row..first_row + count {
+            let (from, to) = (row * kv_dim + kv_head * d, (p + row - first_row - visible.start) * d);
+            keys[to..to + d].copy_from_slice(&block_keys[from..from + d]);
+            values[to..to + d].copy_from_slice(&block_values[from..from + d]);
+        }
+        p += count;
+    }
+    // Keys as the "weight rows" of Q·Kᵀ; value columns as panels `[d / nr][len][nr]` of P·V.
+    key_panels.resize(len.div_ceil(nr) * d * nr, 0.0);
+    gemm::pack_panels(isa, keys, d, key_panels);
+    value_panels.resize(d.div_ceil(nr) * len * nr, 0.0);
+    for (j, panel) in value_panels.chunks_exact_mut(len * nr).enumerate() {
+        let cols = nr.min(d - j * nr);
+        for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
+            row[..cols].copy_from_slice(&values[p * d + j * nr..p * d + j * nr + cols]);
+            row[cols..].fill(0.0);
+        }
+    }
+
+    scores.resize(rows * len, 0.0);
+    let scale = 1.0 / (d as f32).sqrt();
+    let first_visible = |position: usize| window.map_or(0, |w| (position + 1).saturating_sub(w));
+    for h in kv_head * group..(kv_head + 1) * group {
+        for r0 in (0..rows).step_by(mt) {
+            let xs = std::array::from_fn(|i| q[(t0 + (r0 + i).min(rows - 1)) * q_dim + h * d..].as_ptr());
+            for panel in 0..len.div_ceil(nr) {
+                let cols = nr.min(len - panel * nr);
+                // SAFETY: each query row holds d values; the panel d·nr; the block of scores
+                // (rows r0.., columns panel·nr..) lies inside `scores` (`[rows, len]`).
+                gemm::microkernel(
+                    isa,
+                    &xs,
+                    d,
+                    key_panels[panel * d * nr..].as_ptr(),
+                    scores[r0 * len + panel * nr..].as_mut_ptr(),
+                    len,
+                    mt.min(rows - r0),
+                    cols,
+                );
+            }
+        }
+        for (r, row) in scores.chunks_exact_mut(len).enumerate() {
+            let position = first_position + t0 + r;
+            masked_softmax(isa, row, first_visible(position) - visible.start, position + 1 - visible.start, scale);
+        }
+        for r0 in (0..rows).step_by(mt) {
+            let xs = std::array::from_fn(|i| scores[(r0 + i).min(rows - 1) * len..].as_ptr());
+            for (j, panel) in value_panels.chunks_exact(len * nr).enumerate() {
+                let cols = nr.min(d - j * nr);
+                // SAFETY: each score row holds len values, the panel len·nr; the output block is
+                // this task's (tokens t0 + r0.., columns of head h), inside `out` (caller).
+                gemm::microkernel(isa, &xs, len, panel.as_ptr(), out.add((t0 + r0) * q_dim + h * d + j * nr), q_dim, mt.min(rows - r0), cols);
+            }
+        }
+    }
+}

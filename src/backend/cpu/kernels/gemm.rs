@@ -33,7 +33,7 @@ pub fn pack_panels(isa: super::Isa, rows: &[f32], k: usize, panels: &mut [f32]) 
     #[cfg(target_arch = "x86_64")]
     if isa == super::Isa::Avx512 {
         // SAFETY: the level is supported (callers check), and the lengths were checked above.
-        return unsafe { x86::pack_panels_avx512(rows, k, panels) };
+        return unsafe { x86::pack_panels_avx512::<{ super::dot_tile::F32 }>(rows.as_ptr() as *const u8, num_rows, k, panels) };
     }
     panels.fill(0.0);
     for (r, row) in rows.chunks_exact(k).enumerate() {
@@ -43,6 +43,20 @@ pub fn pack_panels(isa: super::Isa, rows: &[f32], k: usize, panels: &mut [f32]) 
             base[kk * nr + column] = value;
         }
     }
+}
+
+/// [`pack_panels`] straight from f16 or bf16 rows (`DT`, `[num_rows, k]`), converting on the way,
+/// where the level has a packing kernel for it; returns false (and does nothing) where it does not.
+pub fn pack_half_panels<const DT: u8>(isa: super::Isa, rows: &[u8], k: usize, panels: &mut [f32]) -> bool {
+    let num_rows = rows.len() / (2 * k);
+    assert_eq!(panels.len(), num_rows.div_ceil(panel_rows(isa)) * k * panel_rows(isa), "panel buffer size");
+    match isa {
+        // SAFETY: the level is supported (callers check), and the lengths were checked above.
+        #[cfg(target_arch = "x86_64")]
+        super::Isa::Avx512 => unsafe { x86::pack_panels_avx512::<DT>(rows.as_ptr(), num_rows, k, panels) },
+        _ => return false,
+    }
+    true
 }
 
 /// `out[t * out_stride + c] = Σ_kk x_t[kk] · panel[kk * NR + c]` for `t < tokens`, `c < cols`.
@@ -73,6 +87,7 @@ pub unsafe fn microkernel(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::super::dot_tile::{F16, F32};
     use std::arch::x86_64::*;
 
     /// Transposes 16 vectors in place: afterwards `v[i][j]` is the old `v[j][i]`.
@@ -112,12 +127,24 @@ mod x86 {
         }
     }
 
-    /// `pack_panels` for panels of 32 rows: 16×16 blocks loaded as rows, transposed in
-    /// registers, stored as k-major columns.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub unsafe fn pack_panels_avx512(rows: &[f32], k: usize, panels: &mut [f32]) {
-        let num_rows = rows.len() / k;
-        let src = rows.as_ptr();
+    /// Sixteen elements of type DT at `src` (element index `i`), masked, as f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+    unsafe fn load16<const DT: u8>(src: *const u8, i: usize, mask: __mmask16) -> __m512 {
+        match DT {
+            F32 => _mm512_maskz_loadu_ps(mask, (src as *const f32).add(i)),
+            F16 => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, (src as *const i16).add(i))),
+            _ => {
+                let raw = _mm256_maskz_loadu_epi16(mask, (src as *const i16).add(i));
+                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16))
+            }
+        }
+    }
+
+    /// `pack_panels` for panels of 32 rows of element type DT: 16×16 blocks loaded as rows
+    /// (converted to f32), transposed in registers, stored as k-major columns.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+    pub unsafe fn pack_panels_avx512<const DT: u8>(src: *const u8, num_rows: usize, k: usize, panels: &mut [f32]) {
         let dst = panels.as_mut_ptr();
         for r0 in (0..num_rows.next_multiple_of(32)).step_by(16) {
             let (panel, half) = (r0 / 32, (r0 % 32) / 16);
@@ -127,7 +154,7 @@ mod x86 {
                 let mut v = [_mm512_setzero_ps(); 16];
                 for (i, vi) in v.iter_mut().enumerate() {
                     if r0 + i < num_rows {
-                        *vi = _mm512_maskz_loadu_ps(mask, src.add((r0 + i) * k + k0));
+                        *vi = load16::<DT>(src, (r0 + i) * k + k0, mask);
                     }
                 }
                 transpose16(&mut v);

@@ -204,12 +204,19 @@ fn gemm_rows(isa: Isa, x: &[f32], n: usize, w: &WeightMatrix, weights: &[u8], fi
     let rows = weights.len() / w.row_bytes();
     let num_panels = rows.div_ceil(nr);
     PANELS.with_borrow_mut(|(panels, converted)| {
-        converted.resize(rows * k, 0.0);
-        for (stored, row) in weights.chunks_exact(w.row_bytes()).zip(converted.chunks_exact_mut(k)) {
-            row_to_f32(isa, w.format, stored, row);
-        }
         panels.resize(num_panels * k * nr, 0.0);
-        gemm::pack_panels(isa, converted, k, panels);
+        let packed = match w.format {
+            WeightFormat::F16 => gemm::pack_half_panels::<F16>(isa, weights, k, panels),
+            WeightFormat::Bf16 => gemm::pack_half_panels::<BF16>(isa, weights, k, panels),
+            _ => false,
+        };
+        if !packed {
+            converted.resize(rows * k, 0.0);
+            for (stored, row) in weights.chunks_exact(w.row_bytes()).zip(converted.chunks_exact_mut(k)) {
+                row_to_f32(isa, w.format, stored, row);
+            }
+            gemm::pack_panels(isa, converted, k, panels);
+        }
         for t0 in (0..n).step_by(mt) {
             let xs: [*const f32; 8] = std::array::from_fn(|i| x[(t0 + i).min(n - 1) * k..].as_ptr());
             for p in 0..num_panels {
