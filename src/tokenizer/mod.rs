@@ -10,6 +10,7 @@ pub mod detok;
 mod error;
 mod pyjinja;
 mod special;
+mod stream;
 mod tojson;
 mod token_bytes;
 
