@@ -13,13 +13,14 @@ use super::generate::stop_ids;
 use super::load::load_model;
 use crate::engine::serving::{start_engine, EngineConfig};
 use crate::launch::CpuLimits;
-use crate::server::api::pricing::Prices;
+use crate::server::api::pricing::{Prices, DEFAULT_PRICES};
 use crate::server::app::{unix_now, App};
 use crate::server::http::{shutdown_on_signals, HttpConfig, Server};
 use crate::server::metrics::ServerMetrics;
 use crate::server::routes::Routes;
 use crate::server::webhook::WebhookPolicy;
 
+#[derive(Debug, Clone)]
 pub struct ServeArgs {
     pub model: Option<PathBuf>,
     pub host: String,
@@ -37,7 +38,37 @@ pub struct ServeArgs {
     pub prices: Prices,
 }
 
+impl Default for ServeArgs {
+    fn default() -> Self {
+        ServeArgs {
+            model: None,
+            host: "127.0.0.1".into(),
+            port: 8000,
+            api_keys: Vec::new(),
+            api_keys_file: None,
+            served_model_name: None,
+            webhook_allow: Vec::new(),
+            kv_memory_bytes: 1 << 30,
+            max_batch_tokens: 512,
+            max_seqs: 16,
+            max_prefill_chunk: 256,
+            max_waiting: 256,
+            max_connections: 1000,
+            prices: DEFAULT_PRICES,
+        }
+    }
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let server = start(args, true)?;
+    let report = server.wait();
+    tracing::info!("stopped ({} connections were still open at the deadline)", report.unfinished_connections);
+    Ok(())
+}
+
+/// Binds, loads the model and starts the engine; returns the running server. `signals`: stop
+/// gracefully on SIGTERM/SIGINT (the CLI); tests leave it off and stop through the handle.
+pub fn start(args: ServeArgs, signals: bool) -> anyhow::Result<Server> {
     let address: SocketAddr = (args.host.as_str(), args.port)
         .to_socket_addrs()
         .with_context(|| format!("resolving --host {}", args.host))?
@@ -51,7 +82,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let slot: Arc<OnceLock<Arc<App>>> = Arc::new(OnceLock::new());
     let http = HttpConfig { max_connections: args.max_connections, ..HttpConfig::default() };
     let server = Server::bind(address, http, Routes(slot.clone())).with_context(|| format!("listening on {address}"))?;
-    shutdown_on_signals(server.shutdown_handle())?;
+    if signals {
+        shutdown_on_signals(server.shutdown_handle())?;
+    }
     tracing::info!("listening on http://{} (503 until the model is ready)", server.local_addr());
 
     let limits = CpuLimits { kv_memory_bytes: args.kv_memory_bytes, max_batch_tokens: args.max_batch_tokens, max_seqs: args.max_seqs };
@@ -84,7 +117,5 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let _ = slot.set(Arc::new(app));
     tracing::info!("serving {model_name} at http://{}/v1 (OpenAI API) and /v1/inference/{model_name}", server.local_addr());
-    let report = server.wait();
-    tracing::info!("stopped ({} connections were still open at the deadline)", report.unfinished_connections);
-    Ok(())
+    Ok(server)
 }
