@@ -23,11 +23,11 @@ use crate::model::ModelConfig;
 pub struct BenchArgs {
     /// A Hugging Face model directory, or a .gguf file (run with its weights as stored, quantized
     /// ones included). Default: the default model's directory.
-    #[arg(long, conflicts_with = "model_geometry")]
+    #[arg(long, conflicts_with_all = ["model_geometry", "default_gguf"])]
     pub model: Option<PathBuf>,
-    /// Threads of the compute pool (default: one per core).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    /// The default model's original GGUF (Q4_1), pulled if needed, instead of its f16 directory.
+    #[arg(long, conflicts_with = "model_geometry")]
+    pub default_gguf: bool,
     /// Tokens of the prefill prompt.
     #[arg(long, default_value_t = 512)]
     pub prompt_tokens: usize,
@@ -114,16 +114,14 @@ pub struct BenchReport {
 }
 
 /// Runs the benchmark and prints its report.
+///
+/// The thread count is the global pool's (`kiln --threads N bench`, see `cli::init_threads`).
 pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
-    if let Some(threads) = args.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global()
-            .map_err(|e| anyhow::anyhow!("cannot size the thread pool: {e}"))?;
-    }
     anyhow::ensure!(args.prompt_tokens > 0 && args.decode_prompt_tokens > 0, "prompts need at least one token");
     let context = args.prompt_tokens.max(args.decode_prompt_tokens + args.decode_tokens) + 16;
-    let limits = CpuLimits { kv_tokens: context, max_batch_tokens: args.prompt_tokens.max(16), max_seqs: 1 };
+    // Room for 2 MiB of KV per token (a 7B model's f32 KV is 1 MiB); pages never written are
+    // never resident, so the small model's peak memory does not count the slack.
+    let limits = CpuLimits { kv_memory_bytes: context << 21, max_batch_tokens: args.prompt_tokens.max(16), max_seqs: 1 };
 
     let start = Instant::now();
     let (backend, plan_limits, model) = match (&args.model, args.model_geometry) {
@@ -139,6 +137,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             };
             let (backend, plan_limits) = cpu_backend(config, weights, limits);
             (backend, plan_limits, format!("{geometry:?} (random weights)"))
+        }
+        (_, None) if args.default_gguf => {
+            let path = crate::model::pull::pull_default_gguf_into(&crate::model::pull::kiln_home()?)?;
+            let (backend, plan_limits) = load_cpu_backend_from_gguf(&path, limits)?;
+            (backend, plan_limits, path.display().to_string())
         }
         (Some(path), None) if path.is_file() => {
             let (backend, plan_limits) = load_cpu_backend_from_gguf(path, limits)?;
