@@ -127,3 +127,129 @@ impl Loader<'_> {
         self.gguf.dequantize(info)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+
+    use super::*;
+    use crate::model::gguf::testing::{string, GgufWriter};
+    use crate::model::gguf::MetaValue;
+    use crate::model::packed_quant::{quantize_to_ggml_row, PackedQuant};
+    use crate::ops::compare::seeded_values;
+
+    const HIDDEN: usize = 64;
+    const FFN: usize = 96;
+    const HEADS: usize = 2;
+    const HEAD_DIM: usize = 32;
+    const VOCAB: usize = 40;
+
+    /// `[rows, cols]` values, row-major in Hugging Face order.
+    fn values(seed: u64, rows: usize, cols: usize) -> Vec<f32> {
+        seeded_values(seed, rows * cols)
+    }
+
+    fn f16_bytes(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect()
+    }
+
+    /// Rows reordered the way llama.cpp's converter stores Q and K.
+    fn permuted(values: &[f32], cols: usize) -> Vec<f32> {
+        let rows = values.len() / cols;
+        let mut out = vec![0.0; values.len()];
+        for hf_row in 0..rows {
+            let stored = gguf_row_for_hf_row(hf_row, HEAD_DIM);
+            out[stored * cols..(stored + 1) * cols].copy_from_slice(&values[hf_row * cols..(hf_row + 1) * cols]);
+        }
+        out
+    }
+
+    fn quantized(format: PackedQuant, values: &[f32], cols: usize) -> Vec<u8> {
+        values.chunks_exact(cols).flat_map(|row| quantize_to_ggml_row(format, row)).collect()
+    }
+
+    #[test]
+    fn loads_every_format_in_hugging_face_row_order() {
+        let embed = values(1, VOCAB, HIDDEN);
+        let q = values(2, HEADS * HEAD_DIM, HIDDEN);
+        let k = values(3, HEAD_DIM, HIDDEN);
+        let v = values(4, HEAD_DIM, HIDDEN);
+        let gate = values(5, FFN, HIDDEN);
+        let norm = vec![1.5f32; HIDDEN];
+        let d = |rows: usize, cols: usize| [cols as u64, rows as u64];
+        let writer = GgufWriter::new()
+            .kv("general.architecture", string("llama"))
+            .kv("llama.embedding_length", MetaValue::U32(HIDDEN as u32))
+            .kv("llama.feed_forward_length", MetaValue::U32(FFN as u32))
+            .kv("llama.block_count", MetaValue::U32(1))
+            .kv("llama.attention.head_count", MetaValue::U32(HEADS as u32))
+            .kv("llama.attention.head_count_kv", MetaValue::U32(1))
+            .kv("llama.vocab_size", MetaValue::U32(VOCAB as u32))
+            .kv("llama.rope.freq_base", MetaValue::F32(100000.0))
+            .kv("tokenizer.ggml.eos_token_id", MetaValue::U32(2))
+            .tensor("token_embd.weight", &d(VOCAB, HIDDEN), 8, quantized(PackedQuant::Q8_0, &embed, HIDDEN))
+            .f32_tensor("blk.0.attn_norm.weight", &[HIDDEN as u64], &norm)
+            .tensor("blk.0.attn_q.weight", &d(HEADS * HEAD_DIM, HIDDEN), 1, f16_bytes(&permuted(&q, HIDDEN)))
+            .tensor("blk.0.attn_k.weight", &d(HEAD_DIM, HIDDEN), 3, quantized(PackedQuant::Q4_1, &permuted(&k, HIDDEN), HIDDEN))
+            .tensor("blk.0.attn_v.weight", &d(HEAD_DIM, HIDDEN), 2, quantized(PackedQuant::Q4_0, &v, HIDDEN))
+            .tensor("blk.0.attn_output.weight", &d(HIDDEN, HEADS * HEAD_DIM), 1, f16_bytes(&values(6, HIDDEN, HIDDEN)))
+            .f32_tensor("blk.0.ffn_norm.weight", &[HIDDEN as u64], &norm)
+            .tensor("blk.0.ffn_gate.weight", &d(FFN, HIDDEN), 1, f16_bytes(&gate))
+            .tensor("blk.0.ffn_up.weight", &d(FFN, HIDDEN), 1, f16_bytes(&values(7, FFN, HIDDEN)))
+            .tensor("blk.0.ffn_down.weight", &d(HIDDEN, FFN), 1, f16_bytes(&values(8, HIDDEN, FFN)))
+            .f32_tensor("output_norm.weight", &[HIDDEN as u64], &norm);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        std::fs::write(&path, writer.to_bytes()).unwrap();
+
+        let (config, weights) = load_gguf_weights(&path).unwrap();
+        assert_eq!((config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim), (HIDDEN, HEADS, 1, HEAD_DIM));
+        assert!(config.tie_word_embeddings);
+        assert_eq!(config.eos_token_ids, vec![2]);
+        let layer = &weights.layers[0];
+        assert_eq!(layer.input_norm, norm);
+        let formats = [&layer.q_proj, &layer.k_proj, &layer.v_proj, &weights.lm_head].map(|m| m.format.name());
+        assert_eq!(formats, ["f16", "q4_1", "q4_0", "q8_0"]);
+
+        // Each loaded row equals the source row as stored (f16-rounded or quantized, then back).
+        let check = |name: &str, matrix: &WeightMatrix, source: &[f32], stored: &dyn Fn(&[f32]) -> Vec<f32>| {
+            let cols = matrix.cols;
+            let mut row = vec![f32::NAN; cols];
+            for r in 0..matrix.rows {
+                matrix.row_to_f32(r, &mut row);
+                assert_eq!(row, stored(&source[r * cols..(r + 1) * cols]), "{name} row {r}");
+            }
+        };
+        let as_f16 = |row: &[f32]| row.iter().map(|&v| f16::from_f32(v).to_f32()).collect::<Vec<f32>>();
+        let through = |format: PackedQuant| {
+            move |row: &[f32]| {
+                let mut out = vec![0.0; row.len()];
+                crate::model::packed_quant::dequantize_ggml_row(format, &quantize_to_ggml_row(format, row), &mut out);
+                out
+            }
+        };
+        check("q_proj", &layer.q_proj, &q, &as_f16);
+        check("k_proj", &layer.k_proj, &k, &through(PackedQuant::Q4_1));
+        check("v_proj", &layer.v_proj, &v, &through(PackedQuant::Q4_0));
+        check("gate_proj", &layer.gate_proj, &gate, &as_f16);
+        check("lm_head", &weights.lm_head, &embed, &through(PackedQuant::Q8_0));
+    }
+
+    #[test]
+    fn rejects_formats_it_cannot_compute_on() {
+        let writer = GgufWriter::new()
+            .kv("general.architecture", string("llama"))
+            .kv("llama.embedding_length", MetaValue::U32(32))
+            .kv("llama.feed_forward_length", MetaValue::U32(32))
+            .kv("llama.block_count", MetaValue::U32(1))
+            .kv("llama.attention.head_count", MetaValue::U32(1))
+            .kv("llama.vocab_size", MetaValue::U32(4))
+            // Q5_0 (type 6): 22-byte blocks of 32 values.
+            .tensor("token_embd.weight", &[32, 4], 6, vec![0; 4 * 22]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q5.gguf");
+        std::fs::write(&path, writer.to_bytes()).unwrap();
+        let err = load_gguf_weights(&path).err().expect("Q5_0 is refused").to_string();
+        assert!(err.contains("tensor `token_embd.weight` is Q5_0"), "{err}");
+    }
+}

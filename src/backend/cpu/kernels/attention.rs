@@ -239,22 +239,29 @@ fn masked_softmax_body<const FMA: bool>(row: &mut [f32], start: usize, end: usiz
     row[..start].fill(0.0);
     row[end..].fill(0.0);
     let live = &mut row[start..end];
-    // Sixteen running maxima and sums, so both loops vectorize.
+    // Sixteen running maxima and sums over whole chunks, so both loops vectorize.
     let mut maxima = [f32::NEG_INFINITY; 16];
-    for chunk in live.chunks(16) {
-        for (m, &v) in maxima.iter_mut().zip(chunk) {
-            *m = if v > *m { v } else { *m };
+    let mut chunks = live.chunks_exact(16);
+    for chunk in &mut chunks {
+        for l in 0..16 {
+            maxima[l] = if chunk[l] > maxima[l] { chunk[l] } else { maxima[l] };
         }
     }
-    let max = maxima.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
+    let max = chunks.remainder().iter().chain(&maxima).fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
     let mut totals = [0f32; 16];
-    for chunk in live.chunks_mut(16) {
-        for (t, v) in totals.iter_mut().zip(chunk.iter_mut()) {
-            *v = exp::<FMA>(fma::<FMA>(*v, scale, -max));
-            *t += *v;
+    let mut chunks = live.chunks_exact_mut(16);
+    for chunk in &mut chunks {
+        for l in 0..16 {
+            chunk[l] = exp::<FMA>(fma::<FMA>(chunk[l], scale, -max));
+            totals[l] += chunk[l];
         }
     }
-    let inverse = 1.0 / totals.iter().sum::<f32>();
+    let mut total: f32 = totals.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = exp::<FMA>(fma::<FMA>(*v, scale, -max));
+        total += *v;
+    }
+    let inverse = 1.0 / total;
     for v in live.iter_mut() {
         *v *= inverse;
     }

@@ -152,10 +152,12 @@ fn compute_rows(
         WeightFormat::F32 if few_tokens || isa == Isa::Portable => {
             float_rows::<F32>(isa, x, n, k, task_bytes, row_bytes, rows.start, out)
         }
-        WeightFormat::F16 if few_tokens || isa == Isa::Portable => {
+        // The portable level converts half-precision rows with `half`'s slice conversion (which
+        // finds F16C at run time) below, rather than element by element in the tile.
+        WeightFormat::F16 if few_tokens && isa != Isa::Portable => {
             float_rows::<F16>(isa, x, n, k, task_bytes, row_bytes, rows.start, out)
         }
-        WeightFormat::Bf16 if few_tokens || isa == Isa::Portable => {
+        WeightFormat::Bf16 if few_tokens && isa != Isa::Portable => {
             float_rows::<BF16>(isa, x, n, k, task_bytes, row_bytes, rows.start, out)
         }
         WeightFormat::Packed(format) if n <= INT_DOT_MAX_TOKENS => {
