@@ -4,8 +4,11 @@
 //!
 //! Tolerance (kiln::ops::compare): f32 accumulation in a different order, F32_ACCUMULATION
 //! (|got − ref| ≤ 1e-4 + 1e-4·|ref|) for k ≤ 600. Quantized weights are compared with the
-//! reference on the same quantized values; where the integer path also rounds the activations
-//! to 8 bits, the oracle multiplies those rounded activations (`round_activations`).
+//! reference on the same quantized values; since the integer path also rounds the activations to
+//! 8 bits, the oracle multiplies those rounded activations (`round_activations`).
+//!
+//! Batch invariance is exact: a token's matmul and attention outputs are the same bits alone as
+//! in any batch.
 
 use half::{bf16, f16};
 use kiln::backend::cpu::kernels::{attention, elementwise, matmul, quant_dot, Isa};
@@ -71,7 +74,7 @@ fn k_quant_matrix(format: WeightFormat, m: usize, k: usize, seed: u64) -> Weight
 fn check_matmul(isa: Isa, format: WeightFormat, n: usize, m: usize, k: usize, seed: u64) {
     let w = float_matrix(format, m, k, seed);
     let x = seeded_values(seed + 1, n * k);
-    let integer_path = matches!(format, WeightFormat::Packed(_)) && n <= matmul::INT_DOT_MAX_TOKENS;
+    let integer_path = matches!(format, WeightFormat::Packed(_));
     let oracle_x = if integer_path { quant_dot::round_activations(&x) } else { x.clone() };
     let mut reference = vec![f32::NAN; n * m];
     ops::matmul::matmul(&oracle_x, &w, &mut reference);
@@ -112,6 +115,34 @@ fn matmul_matches_the_reference_for_every_format_and_level() {
         for format in [WeightFormat::Q4_K, WeightFormat::Q6_K] {
             check_matmul(isa, format, 1, 33, 512, seed);
             check_matmul(isa, format, 11, 40, 256, seed);
+        }
+    }
+}
+
+#[test]
+fn matmul_gives_a_token_the_same_bits_in_any_batch() {
+    let seed = test_seed();
+    let mut shapes = Shapes(seed ^ 4);
+    let formats = [WeightFormat::F32, WeightFormat::F16, WeightFormat::Bf16, WeightFormat::Packed(PackedQuant::Q4_1)];
+    for isa in Isa::available() {
+        for format in formats {
+            for n in [2, 3, 5, 12] {
+                let (m, k) = (shapes.between(1, 70), 32 * shapes.between(1, 10));
+                let w = float_matrix(format, m, k, seed);
+                let x = seeded_values(seed + 1, n * k);
+                let mut batch = vec![f32::NAN; n * m];
+                matmul::matmul_with(isa, &x, &w, &mut batch);
+                for t in 0..n {
+                    let mut alone = vec![f32::NAN; m];
+                    matmul::matmul_with(isa, &x[t * k..(t + 1) * k], &w, &mut alone);
+                    assert!(
+                        alone.iter().zip(&batch[t * m..(t + 1) * m]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{} {}: token {t} of {n} differs from the same token alone (m={m} k={k})",
+                        isa.name(),
+                        format.name()
+                    );
+                }
+            }
         }
     }
 }
@@ -220,7 +251,7 @@ fn prefill_attention_matches_the_reference_token_by_token() {
                 );
             }
             let mut got = vec![f32::NAN; tokens * q_dim];
-            attention::attention_prefill(
+            attention::attention_run(
                 isa,
                 &q,
                 shape,
@@ -235,6 +266,28 @@ fn prefill_attention_matches_the_reference_token_by_token() {
             );
             if let Err(message) = check_close(&got, &reference, F32_ACCUMULATION) {
                 panic!("prefill attention {} {shape:?} block {block_size} tokens {tokens} after {earlier} window {window:?}: {message}", isa.name());
+            }
+            // Each token alone (a decode step at its position) gets the same bits as in the run.
+            for t in [0, tokens / 2, tokens - 1] {
+                let mut alone = vec![f32::NAN; q_dim];
+                attention::attention_run(
+                    isa,
+                    &q[t * q_dim..(t + 1) * q_dim],
+                    shape,
+                    earlier + t,
+                    window,
+                    block_size,
+                    |i| {
+                        let b = table[i] * block_len;
+                        (&paged_keys[b..b + block_len], &paged_values[b..b + block_len])
+                    },
+                    &mut alone,
+                );
+                assert!(
+                    alone.iter().zip(&got[t * q_dim..(t + 1) * q_dim]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "attention {}: token {t} alone differs from the same token in a run of {tokens}",
+                    isa.name()
+                );
             }
         }
     }
@@ -288,5 +341,55 @@ fn elementwise_ops_match_the_reference() {
             elementwise::apply_rope(isa, &mut got, width, head_dim, &cos, &sin);
             assert_eq!(got, reference, "rope {} heads={heads} head_dim={head_dim}: not bit-identical", isa.name());
         }
+    }
+}
+
+/// The whole forward pass is batch- and chunk-invariant: a sequence's logits are the same bits
+/// whether its prompt is computed in one step or token by token, alone or beside other sequences.
+#[test]
+fn forward_logits_are_the_same_bits_in_any_batch_or_chunking() {
+    use kiln::backend::cpu::CpuBackend;
+    use kiln::backend::{Backend, KvLayout};
+    use kiln::engine::plan::{PlanLimits, StepPlan};
+    use kiln::model::random::{random_llama_weights, random_llama_weights_quantized};
+    use kiln::model::safetensors_dir::WeightDtype;
+    use kiln::model::ModelConfig;
+
+    let config = ModelConfig::from_json(
+        r#"{"architectures":["LlamaForCausalLM"],"hidden_size":64,"intermediate_size":96,"num_hidden_layers":2,
+        "num_attention_heads":4,"num_key_value_heads":2,"vocab_size":256,"rms_norm_eps":1e-5,
+        "max_position_embeddings":512,"rope_theta":10000.0,"tie_word_embeddings":true}"#,
+        std::path::Path::new("test config"),
+    )
+    .unwrap();
+    let limits = PlanLimits { max_batch_tokens: 64, max_seqs: 4, max_blocks_per_seq: 16 };
+    let layout = KvLayout { block_size: 4, num_blocks: 64 };
+    let prompt: Vec<u32> = (0..23u32).map(|i| (i * 37 + 5) % 256).collect();
+    let other: Vec<u32> = (0..9u32).map(|i| (i * 11 + 3) % 256).collect();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    for quantized in [false, true] {
+        let weights = |seed| {
+            if quantized {
+                random_llama_weights_quantized(&config, seed, kiln::model::packed_quant::PackedQuant::Q4_1)
+            } else {
+                random_llama_weights(&config, seed, WeightDtype::F16)
+            }
+        };
+        let mut backend = CpuBackend::new(config.clone(), weights(9), layout, limits);
+        let mut plan = StepPlan::new(limits, layout.block_size);
+        let mut logits = vec![f32::NAN; 2 * 256];
+        // The whole prompt in one step.
+        plan.push_sequence(&prompt, 0, &[0, 1, 2, 3, 4, 5], true).unwrap();
+        backend.execute(&plan, &mut logits).unwrap();
+        let whole = bits(&logits[..256]);
+        // The same prompt as a chunk of 22 then one decode step beside another sequence's prefill.
+        plan.clear();
+        plan.push_sequence(&prompt[..22], 0, &[10, 11, 12, 13, 14, 15], false).unwrap();
+        backend.execute(&plan, &mut logits).unwrap();
+        plan.clear();
+        plan.push_sequence(&other, 0, &[20, 21, 22], true).unwrap();
+        let row = plan.push_sequence(&prompt[22..], 22, &[10, 11, 12, 13, 14, 15], true).unwrap().unwrap();
+        backend.execute(&plan, &mut logits).unwrap();
+        assert_eq!(bits(&logits[row * 256..(row + 1) * 256]), whole, "quantized={quantized}: chunked and batched differs");
     }
 }

@@ -1,8 +1,6 @@
 //! One Llama forward step on the CPU over a flat batch of tokens from many sequences, composed
 //! from the fast kernels (`kernels`); `crate::ops` holds the reference of each op.
 
-use rayon::prelude::*;
-
 use super::kernels::{attention, elementwise, matmul, Isa};
 use super::kv_cache::CpuKvCache;
 use super::workspace::Workspace;
@@ -11,9 +9,6 @@ use crate::model::weights::LlamaWeights;
 use crate::model::ModelConfig;
 use crate::ops::attention::AttentionShape;
 use crate::ops::embedding::embedding;
-
-/// Sequences with at least this many tokens in a step use the matrix-product attention.
-const PREFILL_ATTENTION_MIN_TOKENS: usize = 8;
 
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
@@ -61,15 +56,11 @@ pub fn forward(
         // earlier tokens of the same step as well as those of earlier steps.
         let kv_ref: &CpuKvCache = kv;
         let q_ref: &[f32] = q;
-        // A prefill run attends as two matrix products per block of queries; the other tokens
-        // (decode steps, short chunks) one by one.
+        // Each sequence's tokens of this step are one run of consecutive positions.
         for seq in 0..plan.num_seqs() {
             let (start, count) = (plan.seq_token_start[seq] as usize, plan.seq_token_count[seq] as usize);
-            if count < PREFILL_ATTENTION_MIN_TOKENS {
-                continue;
-            }
             let table = plan.block_table(seq);
-            attention::attention_prefill(
+            attention::attention_run(
                 isa,
                 &q_ref[start * q_dim..(start + count) * q_dim],
                 shape,
@@ -80,27 +71,6 @@ pub fn forward(
                 &mut attn[start * q_dim..(start + count) * q_dim],
             );
         }
-        attn.par_chunks_mut(q_dim).enumerate().with_max_len(4).for_each(|(t, out)| {
-            let seq = plan.token_seq[t] as usize;
-            if plan.seq_token_count[seq] as usize >= PREFILL_ATTENTION_MIN_TOKENS {
-                return;
-            }
-            let position = plan.positions[t] as usize;
-            let first_visible = match config.sliding_window {
-                Some(window) => (position + 1).saturating_sub(window),
-                None => 0,
-            };
-            let table = plan.block_table(seq);
-            attention::attention(
-                isa,
-                &q_ref[t * q_dim..(t + 1) * q_dim],
-                shape,
-                first_visible..position + 1,
-                plan.block_size,
-                |i| kv_ref.block(layer_index, table[i] as usize),
-                out,
-            );
-        });
         matmul::matmul_with(isa, attn, &layer.o_proj, proj);
         // MLP block: x += down(silu(gate(x')) * up(x')) with x' = rmsnorm(x).
         elementwise::rmsnorm_residual(isa, hidden, proj, &layer.post_attention_norm, eps, normed);

@@ -156,7 +156,7 @@ fn attention_body<'a, const FMA: bool, B: Fn(usize) -> (&'a [f32], &'a [f32])>(
 }
 
 thread_local! {
-    /// Per task of `attention_prefill`: keys and values gathered `[positions, head_dim]`, keys
+    /// Per task of `attention_run`: keys and values gathered `[positions, head_dim]`, keys
     /// and value columns packed as panels, and the scores `[rows, positions]`.
     static PREFILL: RefCell<PrefillScratch> = RefCell::new(PrefillScratch::default());
 }
@@ -170,19 +170,26 @@ struct PrefillScratch {
     scores: Vec<f32>,
 }
 
-/// Query tokens per task of `attention_prefill`.
+/// Query tokens per task of `attention_run`.
 const PREFILL_QUERY_BLOCK: usize = 32;
 
-/// Causal attention for a run of consecutive tokens of one sequence (a prefill chunk), as two
-/// matrix products per (block of 32 queries, KV head) on the `gemm` microkernel: scores =
-/// Q·Kᵀ with the keys packed as panels, a masked softmax per row, then out = P·V with the values'
-/// columns as panels. No horizontal sums: what the per-token kernel spends most of its time on.
+/// Causal attention for a run of consecutive tokens of one sequence (a prefill chunk, or the one
+/// token of a decode step), as two matrix products per (block of up to 32 queries, KV head) on
+/// the `gemm` microkernel: scores = Q·Kᵀ with the keys packed as panels, a masked softmax per row,
+/// then out = P·V with the values' columns as panels. No horizontal sums, which is what a
+/// per-token dot-product kernel spends most of its time on.
+///
+/// Every query row goes through the same instructions in the same order whether its block holds
+/// one query or 32: the microkernel's sums run in order of k, the softmax adds position p into
+/// running sum p % 16 (masked positions get weight exactly 0), so a token's output does not depend
+/// on the run it is part of. The portable level runs [`attention`] per token, which has the same
+/// property.
 ///
 /// q and out are `[tokens, num_heads * head_dim]`; token i is at position `first_position + i`
 /// and sees positions from `window`'s start (or 0) to its own. `block(i)` is as in [`attention`].
-/// Runs its tasks on the rayon pool. The portable level falls back to [`attention`] per token.
+/// Runs its tasks on the rayon pool.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_prefill<'a>(
+pub fn attention_run<'a>(
     isa: Isa,
     q: &[f32],
     shape: AttentionShape,
@@ -225,7 +232,7 @@ pub fn attention_prefill<'a>(
 
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint elements through it (see attention_prefill).
+// SAFETY: tasks write disjoint elements through it (see attention_run).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 impl SharedOut {
@@ -235,11 +242,11 @@ impl SharedOut {
 }
 
 #[inline(always)]
-fn masked_softmax_body<const FMA: bool>(row: &mut [f32], start: usize, end: usize, scale: f32) {
+fn masked_softmax_body<const FMA: bool>(row: &mut [f32], start: usize, end: usize, scale: f32, first_position: usize) {
     row[..start].fill(0.0);
     row[end..].fill(0.0);
     let live = &mut row[start..end];
-    // Sixteen running maxima and sums over whole chunks, so both loops vectorize.
+    // The maximum is exact whatever the order; sixteen running maxima let it vectorize.
     let mut maxima = [f32::NEG_INFINITY; 16];
     let mut chunks = live.chunks_exact(16);
     for chunk in &mut chunks {
@@ -248,31 +255,40 @@ fn masked_softmax_body<const FMA: bool>(row: &mut [f32], start: usize, end: usiz
         }
     }
     let max = chunks.remainder().iter().chain(&maxima).fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
+    // The sum is not: position p always adds into running sum p % 16, in order of p, so a
+    // query's total is the same bits whichever block of queries it is computed with.
+    let first_lane = (first_position + start) % 16;
+    let head = ((16 - first_lane) % 16).min(live.len());
     let mut totals = [0f32; 16];
-    let mut chunks = live.chunks_exact_mut(16);
+    let (head_values, aligned) = live.split_at_mut(head);
+    for (i, v) in head_values.iter_mut().enumerate() {
+        *v = exp::<FMA>(fma::<FMA>(*v, scale, -max));
+        totals[first_lane + i] += *v;
+    }
+    let mut chunks = aligned.chunks_exact_mut(16);
     for chunk in &mut chunks {
         for l in 0..16 {
             chunk[l] = exp::<FMA>(fma::<FMA>(chunk[l], scale, -max));
             totals[l] += chunk[l];
         }
     }
-    let mut total: f32 = totals.iter().sum();
-    for v in chunks.into_remainder() {
+    for (l, v) in chunks.into_remainder().iter_mut().enumerate() {
         *v = exp::<FMA>(fma::<FMA>(*v, scale, -max));
-        total += *v;
+        totals[l] += *v;
     }
-    let inverse = 1.0 / total;
+    let inverse = 1.0 / totals.iter().sum::<f32>();
     for v in live.iter_mut() {
         *v *= inverse;
     }
 }
 
 super::multiversion!(
-    /// `row[start..end] = softmax(row[start..end] · scale)`, zero elsewhere (scale > 0).
-    fn masked_softmax(row: &mut [f32], start: usize, end: usize, scale: f32) => masked_softmax_body
+    /// `row[start..end] = softmax(row[start..end] · scale)`, zero elsewhere (scale > 0); `row[0]`
+    /// belongs to position `first_position`.
+    fn masked_softmax(row: &mut [f32], start: usize, end: usize, scale: f32, first_position: usize) => masked_softmax_body
 );
 
-/// One (query block, KV head) task of [`attention_prefill`]; `out` is the whole output.
+/// One (query block, KV head) task of [`attention_run`]; `out` is the whole output.
 ///
 /// # Safety
 /// `out` must be the `[tokens, q_dim]` output, written by no other task at this task's elements.
@@ -348,7 +364,7 @@ unsafe fn prefill_task<'a>(
         }
         for (r, row) in scores.chunks_exact_mut(len).enumerate() {
             let position = first_position + t0 + r;
-            masked_softmax(isa, row, first_visible(position) - visible.start, position + 1 - visible.start, scale);
+            masked_softmax(isa, row, first_visible(position) - visible.start, position + 1 - visible.start, scale, visible.start);
         }
         for r0 in (0..rows).step_by(mt) {
             let xs = std::array::from_fn(|i| scores[(r0 + i).min(rows - 1) * len..].as_ptr());

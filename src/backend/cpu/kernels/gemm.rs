@@ -1,7 +1,8 @@
-//! The prefill matmul's inner kernel: a register-blocked outer product over weight panels.
+//! A register-blocked outer product over k-major panels: the inner kernel of attention's two
+//! matrix products (scores = Q·Kᵀ over panels of keys, out = P·V over panels of value columns).
 //!
-//! A task first packs its weight rows, converted to f32, into panels of NR rows stored k-major
-//! (`panel[kk][r]`, `[K, NR]`), zero-padded to whole panels. The microkernel then computes an
+//! The caller packs the "weight" rows (keys, or value columns) as f32 panels of NR rows stored
+//! k-major (`panel[kk][r]`, `[K, NR]`), zero-padded to whole panels. The microkernel computes an
 //! MR×NR block of the output, `out[t][j0 + r] = Σ_kk x[t][kk] · panel[kk][r]`, keeping the MR×NR
 //! sums in registers: each k step loads NR/16 vectors of the panel, broadcasts MR activations and
 //! issues MR·NR/16 FMAs, with no horizontal sums. AVX-512: MR = 8, NR = 32 (16 accumulators,
@@ -45,21 +46,9 @@ pub fn pack_panels(isa: super::Isa, rows: &[f32], k: usize, panels: &mut [f32]) 
     }
 }
 
-/// [`pack_panels`] straight from f16 or bf16 rows (`DT`, `[num_rows, k]`), converting on the way,
-/// where the level has a packing kernel for it; returns false (and does nothing) where it does not.
-pub fn pack_half_panels<const DT: u8>(isa: super::Isa, rows: &[u8], k: usize, panels: &mut [f32]) -> bool {
-    let num_rows = rows.len() / (2 * k);
-    assert_eq!(panels.len(), num_rows.div_ceil(panel_rows(isa)) * k * panel_rows(isa), "panel buffer size");
-    match isa {
-        // SAFETY: the level is supported (callers check), and the lengths were checked above.
-        #[cfg(target_arch = "x86_64")]
-        super::Isa::Avx512 => unsafe { x86::pack_panels_avx512::<DT>(rows.as_ptr(), num_rows, k, panels) },
-        _ => return false,
-    }
-    true
-}
-
-/// `out[t * out_stride + c] = Σ_kk x_t[kk] · panel[kk * NR + c]` for `t < tokens`, `c < cols`.
+/// `out[t * out_stride + c] = Σ_kk x_t[kk] · panel[kk * NR + c]` for `t < tokens`, `c < cols`,
+/// each sum taken in order of kk with one FMA per step, so a row's results do not depend on the
+/// other rows of the call.
 ///
 /// # Safety
 /// `x[t]` must point to `k` readable f32 for every t < `block_tokens(isa)` (repeat the last row
@@ -76,12 +65,22 @@ pub unsafe fn microkernel(
     tokens: usize,
     cols: usize,
 ) {
+    // Fewer rows than the block compile to a kernel with fewer accumulators; each row's sums are
+    // the same instructions in the same order whatever the row count.
+    macro_rules! rows {
+        ($kernel:ident, $($mr:literal)*) => {
+            match tokens {
+                $($mr => x86::$kernel::<$mr>(x, k, panel, out, out_stride, cols),)*
+                _ => unreachable!("at most block_tokens rows"),
+            }
+        };
+    }
     match isa {
         #[cfg(target_arch = "x86_64")]
-        super::Isa::Avx512 => x86::kernel_8x32(x, k, panel, out, out_stride, tokens, cols),
+        super::Isa::Avx512 => rows!(kernel_x32, 1 2 3 4 5 6 7 8),
         #[cfg(target_arch = "x86_64")]
-        super::Isa::Avx2 => x86::kernel_6x16(x, k, panel, out, out_stride, tokens, cols),
-        _ => unreachable!("the portable path multiplies with dot_tile"),
+        super::Isa::Avx2 => rows!(kernel_x16, 1 2 3 4 5 6),
+        _ => unreachable!("the portable level multiplies with dot_tile"),
     }
 }
 
@@ -165,21 +164,21 @@ mod x86 {
         }
     }
 
+    /// MR rows (MR ≤ 8) × 32 columns.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
-    pub unsafe fn kernel_8x32(
+    pub unsafe fn kernel_x32<const MR: usize>(
         x: &[*const f32; 8],
         k: usize,
         panel: *const f32,
         out: *mut f32,
         out_stride: usize,
-        tokens: usize,
         cols: usize,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); 2]; 8];
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         for kk in 0..k {
             let b0 = _mm512_loadu_ps(panel.add(kk * 32));
             let b1 = _mm512_loadu_ps(panel.add(kk * 32 + 16));
-            for t in 0..8 {
+            for t in 0..MR {
                 let a = _mm512_set1_ps(*x[t].add(kk));
                 acc[t][0] = _mm512_fmadd_ps(a, b0, acc[t][0]);
                 acc[t][1] = _mm512_fmadd_ps(a, b1, acc[t][1]);
@@ -187,34 +186,34 @@ mod x86 {
         }
         let mask_lo: __mmask16 = if cols >= 16 { 0xFFFF } else { ((1u32 << cols) - 1) as u16 };
         let mask_hi: __mmask16 = if cols >= 32 { 0xFFFF } else if cols <= 16 { 0 } else { ((1u32 << (cols - 16)) - 1) as u16 };
-        for t in 0..tokens.min(8) {
+        for t in 0..MR {
             let row = out.add(t * out_stride);
             _mm512_mask_storeu_ps(row, mask_lo, acc[t][0]);
             _mm512_mask_storeu_ps(row.add(16), mask_hi, acc[t][1]);
         }
     }
 
+    /// MR rows (MR ≤ 6) × 16 columns.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn kernel_6x16(
+    pub unsafe fn kernel_x16<const MR: usize>(
         x: &[*const f32; 8],
         k: usize,
         panel: *const f32,
         out: *mut f32,
         out_stride: usize,
-        tokens: usize,
         cols: usize,
     ) {
-        let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         for kk in 0..k {
             let b0 = _mm256_loadu_ps(panel.add(kk * 16));
             let b1 = _mm256_loadu_ps(panel.add(kk * 16 + 8));
-            for t in 0..6 {
+            for t in 0..MR {
                 let a = _mm256_broadcast_ss(&*x[t].add(kk));
                 acc[t][0] = _mm256_fmadd_ps(a, b0, acc[t][0]);
                 acc[t][1] = _mm256_fmadd_ps(a, b1, acc[t][1]);
             }
         }
-        for t in 0..tokens.min(6) {
+        for t in 0..MR {
             let row = out.add(t * out_stride);
             if cols >= 16 {
                 _mm256_storeu_ps(row, acc[t][0]);

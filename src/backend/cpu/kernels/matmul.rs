@@ -2,32 +2,33 @@
 //! contract as `ops::matmul::matmul`, which stays its test oracle.
 //!
 //! Launch geometry: weight rows are cut into tasks for the rayon pool (at least four per thread,
-//! and few enough rows per task that they stay in L2 while every token block streams past them).
-//! Inside a task:
-//! - few tokens (decode), float weights: 1 token × 8 rows dot products converting the weights in
-//!   registers (`dot_tile`), bound by memory bandwidth;
-//! - few tokens, Q8_0/Q4_0/Q4_1: activations quantized to 8 bits once per task, then integer dot
-//!   products on the packed rows (`quant_dot`);
-//! - many tokens (prefill), any format: the task's rows are converted or dequantized to f32 once,
-//!   packed into k-major panels, and multiplied by the register-blocked `gemm` microkernel, so
-//!   the conversion is paid once per call and the product runs at FMA throughput;
-//! - the portable level uses `dot_tile` (4 tokens × 4 rows) for every float product.
+//! and, with many tokens, few enough rows per task that they stay in L2 while every block of tokens
+//! streams past them). Inside a task:
+//! - float weights (f32/f16/bf16): tiles of dot products, 1 token × 8 rows (decode, converting
+//!   the weights in registers, bound by memory bandwidth) or 4 tokens × 4 rows over the task's rows
+//!   converted to f32 once (prefill, bound by FMA throughput) (`dot_tile`);
+//! - Q8_0/Q4_0/Q4_1: the activations are rounded to 8 bits once per call, then integer tiles of
+//!   4 rows × 2 tokens (`quant_dot`), as llama.cpp does for every batch size;
+//! - Q4_K/Q6_K: rows dequantized to f32, then the float tiles.
+//!
+//! Batch invariance: a (token, row) result goes through the same instructions in the same order
+//! whichever path, tile shape or task it lands in, so a token's outputs do not depend on how many
+//! other tokens share its step. Seeded sampling then gives the same text under any load, chunking
+//! or prefix caching. (An outer-product GEMM microkernel sums in another order: it serves
+//! attention, where the same kernel handles every token; see `attention`.)
 
 use std::cell::RefCell;
 
 use rayon::prelude::*;
 
 use super::dot_tile::{self, BF16, F16, F32};
-use super::gemm;
 use super::quant_dot::{self, QuantizedActivations};
 use super::Isa;
 use crate::model::quant;
 use crate::model::weights::{WeightFormat, WeightMatrix};
 
-/// Up to this many tokens, quantized weights use integer dot products on activations rounded to
-/// 8 bits (`quant_dot::round_activations`); above, f32 panels.
-pub const INT_DOT_MAX_TOKENS: usize = 8;
-/// From this many tokens on, float weights run as 4×4 tiles rather than one token at a time.
+/// From this many tokens on, float weights run as 4×4 tiles over f32 rows rather than one token at
+/// a time (the results are the same bits either way).
 const TILE_MIN_TOKENS: usize = 4;
 /// Bytes of a task's weight rows that should stay cache-resident while token blocks stream by.
 const TASK_WEIGHT_BYTES: usize = 384 << 10;
@@ -35,10 +36,8 @@ const TASK_WEIGHT_BYTES: usize = 384 << 10;
 const TASKS_PER_THREAD: usize = 4;
 
 thread_local! {
-    /// A task's rows dequantized to f32, `[rows, k]` (portable level).
-    static DEQUANTIZED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// A task's rows as f32 panels, `[panels, k, panel_rows]`, and as f32 rows `[rows, k]`.
-    static PANELS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// A task's rows converted or dequantized to f32, `[rows, k]`.
+    static CONVERTED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Quantized activations, taken out for the duration of a call (see `matmul_with`).
     static ACTIVATIONS: RefCell<QuantizedActivations> = RefCell::new(QuantizedActivations::default());
 }
@@ -63,7 +62,7 @@ pub fn matmul_with(isa: Isa, x: &[f32], w: &WeightMatrix, out: &mut [f32]) {
     // The integer path quantizes the activations once, here, for all tasks. The buffer is taken
     // out of its thread-local slot rather than borrowed: while this thread waits for the tasks,
     // rayon may run another step's matmul on it, which then simply finds the slot empty.
-    let integer = matches!(w.format, WeightFormat::Packed(_)) && n <= INT_DOT_MAX_TOKENS;
+    let integer = matches!(w.format, WeightFormat::Packed(_));
     let mut xq = if integer { ACTIVATIONS.with_borrow_mut(std::mem::take) } else { QuantizedActivations::default() };
     if integer {
         xq.quantize(isa, x, k);
@@ -89,14 +88,13 @@ pub fn matmul_with(isa: Isa, x: &[f32], w: &WeightMatrix, out: &mut [f32]) {
 fn rows_per_task(w: &WeightMatrix, n: usize, threads: usize) -> usize {
     let balanced = w.rows.div_ceil(TASKS_PER_THREAD * threads.max(1));
     // In prefill a task's rows are re-read for every token block: keep them in L2.
-    // Prefill converts a task's rows to f32 panels.
+    // With many tokens a task's rows are converted to f32 first.
     let bytes_per_row = 4 * w.cols;
-    if n < TILE_MIN_TOKENS {
+    if n < TILE_MIN_TOKENS || matches!(w.format, WeightFormat::Packed(_)) {
         return balanced.next_multiple_of(8);
     }
-    let resident = (TASK_WEIGHT_BYTES / bytes_per_row).max(32);
-    // Whole panels of the widest microkernel.
-    balanced.min(resident).next_multiple_of(32)
+    let resident = (TASK_WEIGHT_BYTES / bytes_per_row).max(8);
+    balanced.min(resident).next_multiple_of(8)
 }
 
 #[derive(Clone, Copy)]
@@ -124,13 +122,6 @@ impl OutColumns {
         // for why tasks never write the same element.
         unsafe { *self.out.add(t * self.m + j) = value }
     }
-
-    /// Where element (t, j) lives, for kernels that store whole blocks.
-    fn at(&self, t: usize, j: usize) -> *mut f32 {
-        debug_assert!(t < self.n && j < self.m);
-        // SAFETY: in bounds of the [n, m] output, as asserted.
-        unsafe { self.out.add(t * self.m + j) }
-    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -149,9 +140,7 @@ fn compute_rows(
     let task_bytes = &bytes[rows.start * row_bytes..rows.end * row_bytes];
     let few_tokens = n < TILE_MIN_TOKENS;
     match w.format {
-        WeightFormat::F32 if few_tokens || isa == Isa::Portable => {
-            float_rows::<F32>(isa, x, n, k, task_bytes, row_bytes, rows.start, out)
-        }
+        WeightFormat::F32 => float_rows::<F32>(isa, x, n, k, task_bytes, row_bytes, rows.start, out),
         // The portable level converts half-precision rows with `half`'s slice conversion (which
         // finds F16C at run time) below, rather than element by element in the tile.
         WeightFormat::F16 if few_tokens && isa != Isa::Portable => {
@@ -160,22 +149,27 @@ fn compute_rows(
         WeightFormat::Bf16 if few_tokens && isa != Isa::Portable => {
             float_rows::<BF16>(isa, x, n, k, task_bytes, row_bytes, rows.start, out)
         }
-        WeightFormat::Packed(format) if n <= INT_DOT_MAX_TOKENS => {
+        WeightFormat::Packed(format) => {
             let task_rows = rows.len();
-            // Ragged edges repeat the last row and drop the repeated results.
+            // Ragged edges repeat the last row or token and drop the repeated results.
             let row = |r: usize| &task_bytes[r.min(task_rows - 1) * row_bytes..][..row_bytes];
-            for r0 in (0..task_rows).step_by(4) {
-                let weights = std::array::from_fn(|i| row(r0 + i));
-                for t in 0..n {
-                    let sums = quant_dot::dot_packed4(isa, format, weights, xq, t);
-                    for (i, &sum) in sums.iter().enumerate().take(task_rows - r0) {
-                        out.store(t, rows.start + r0 + i, sum);
+            for t0 in (0..n).step_by(2) {
+                for r0 in (0..task_rows).step_by(4) {
+                    let weights = std::array::from_fn(|i| row(r0 + i));
+                    let sums = if n == 1 {
+                        [quant_dot::dot_packed_tile::<4, 1>(isa, format, weights, xq, [0])[0]; 2]
+                    } else {
+                        quant_dot::dot_packed_tile::<4, 2>(isa, format, weights, xq, [t0, (t0 + 1).min(n - 1)])
+                    };
+                    for (t, row_sums) in sums.iter().enumerate().take(n - t0) {
+                        for (i, &sum) in row_sums.iter().enumerate().take(task_rows - r0) {
+                            out.store(t0 + t, rows.start + r0 + i, sum);
+                        }
                     }
                 }
             }
         }
-        _ if isa != Isa::Portable => gemm_rows(isa, x, n, w, task_bytes, rows.start, out),
-        format => DEQUANTIZED.with_borrow_mut(|buffer| {
+        format => CONVERTED.with_borrow_mut(|buffer| {
             buffer.resize(rows.len() * k, 0.0);
             for (row, values) in task_bytes.chunks_exact(row_bytes).zip(buffer.chunks_exact_mut(k)) {
                 row_to_f32(isa, format, row, values);
@@ -196,50 +190,6 @@ fn row_to_f32(isa: Isa, format: WeightFormat, row: &[u8], out: &mut [f32]) {
         WeightFormat::Q4_K => quant::dequantize_row_q4_k(row, out),
         WeightFormat::Q6_K => quant::dequantize_row_q6_k(row, out),
     }
-}
-
-/// The prefill product of a task: its rows (`weights`, stored rows back to back) packed as f32
-/// panels, then every block of tokens against every panel.
-fn gemm_rows(isa: Isa, x: &[f32], n: usize, w: &WeightMatrix, weights: &[u8], first_row: usize, out: &OutColumns) {
-    let k = w.cols;
-    let (nr, mt) = (gemm::panel_rows(isa), gemm::block_tokens(isa));
-    let rows = weights.len() / w.row_bytes();
-    let num_panels = rows.div_ceil(nr);
-    PANELS.with_borrow_mut(|(panels, converted)| {
-        panels.resize(num_panels * k * nr, 0.0);
-        let packed = match w.format {
-            WeightFormat::F16 => gemm::pack_half_panels::<F16>(isa, weights, k, panels),
-            WeightFormat::Bf16 => gemm::pack_half_panels::<BF16>(isa, weights, k, panels),
-            _ => false,
-        };
-        if !packed {
-            converted.resize(rows * k, 0.0);
-            for (stored, row) in weights.chunks_exact(w.row_bytes()).zip(converted.chunks_exact_mut(k)) {
-                row_to_f32(isa, w.format, stored, row);
-            }
-            gemm::pack_panels(isa, converted, k, panels);
-        }
-        for t0 in (0..n).step_by(mt) {
-            let xs: [*const f32; 8] = std::array::from_fn(|i| x[(t0 + i).min(n - 1) * k..].as_ptr());
-            for p in 0..num_panels {
-                let cols = nr.min(rows - p * nr);
-                // SAFETY: every x pointer starts a full row of k values; the panel holds k·nr
-                // values; the output block (tokens × cols) lies inside this task's columns.
-                unsafe {
-                    gemm::microkernel(
-                        isa,
-                        &xs,
-                        k,
-                        panels[p * k * nr..].as_ptr(),
-                        out.at(t0, first_row + p * nr),
-                        out.m,
-                        mt.min(n - t0),
-                        cols,
-                    )
-                };
-            }
-        }
-    });
 }
 
 /// Dot products of every token with `weights` (`rows × row_bytes`, element type DT), written to

@@ -98,9 +98,17 @@ pub fn round_activations(x: &[f32]) -> Vec<f32> {
     out
 }
 
-/// [`dot_packed`] for four rows at once: the activation loads and scale setup are shared, which
-/// matters at the model's short rows (k = 576 is 18 blocks).
-pub fn dot_packed4(isa: super::Isa, format: PackedQuant, rows: [&[u8]; 4], xq: &QuantizedActivations, t: usize) -> [f32; 4] {
+/// [`dot_packed`] for R rows × T activation rows at once: weight loads are shared by the tokens
+/// and activation loads by the rows. Every (row, token) pair goes through the same instructions in
+/// the same order whatever R and T are, so a token's result does not depend on what it is batched
+/// with. `t0..t0 + T` must be activation rows of `xq` (repeat the last one for ragged edges).
+pub fn dot_packed_tile<const R: usize, const T: usize>(
+    isa: super::Isa,
+    format: PackedQuant,
+    rows: [&[u8]; R],
+    xq: &QuantizedActivations,
+    tokens: [usize; T],
+) -> [[f32; R]; T] {
     let nb = xq.blocks_per_row;
     for row in rows {
         assert_eq!(row.len(), format.row_bytes(nb * BLOCK), "weight row and activations disagree on k");
@@ -108,12 +116,13 @@ pub fn dot_packed4(isa: super::Isa, format: PackedQuant, rows: [&[u8]; 4], xq: &
     match isa {
         #[cfg(target_arch = "x86_64")]
         super::Isa::Avx512 => {
-            let (qs, d, s) = xq.row(t);
-            let ptrs = rows.map(|r| r.as_ptr());
-            // SAFETY: as in dot_packed, for each of the four rows.
-            unsafe { x86::dot_rows_avx512::<4>(format, ptrs, nb, qs.as_ptr(), d.as_ptr(), s.as_ptr()) }
+            let x = tokens.map(|t| xq.row(t));
+            let (qs, d, s) = (x.map(|r| r.0.as_ptr()), x.map(|r| r.1.as_ptr()), x.map(|r| r.2.as_ptr()));
+            // SAFETY: the row lengths were checked above; each activation row holds whole padded
+            // groups of 8 blocks; weight reads past the last block are masked.
+            unsafe { x86::dot_tile_avx512::<R, T>(format, rows.map(|r| r.as_ptr()), nb, qs, d, s) }
         }
-        _ => rows.map(|row| dot_packed(isa, format, row, xq, t)),
+        _ => tokens.map(|t| rows.map(|row| dot_packed(isa, format, row, xq, t))),
     }
 }
 
@@ -127,7 +136,7 @@ pub fn dot_packed(isa: super::Isa, format: PackedQuant, row: &[u8], xq: &Quantiz
         // groups of 8 blocks, and weight reads past the last block are masked.
         #[cfg(target_arch = "x86_64")]
         super::Isa::Avx512 => unsafe {
-            x86::dot_rows_avx512::<1>(format, [row.as_ptr()], nb, qs.as_ptr(), d.as_ptr(), s.as_ptr())[0]
+            x86::dot_tile_avx512::<1, 1>(format, [row.as_ptr()], nb, [qs.as_ptr()], [d.as_ptr()], [s.as_ptr()])[0][0]
         },
         #[cfg(target_arch = "x86_64")]
         super::Isa::Avx2 => unsafe { x86::dot_avx2(format, row.as_ptr(), nb, qs.as_ptr(), d.as_ptr(), s.as_ptr()) },
@@ -249,51 +258,45 @@ mod x86 {
         _mm512_loadu_si512(index.as_ptr() as *const _)
     }
 
-    /// R rows against one activation row. Per 8 blocks each row's scales are formed once (8 f32
-    /// lanes); each whole group of 4 blocks then costs per row one or two loads, two dots into one
-    /// accumulator (lanes 4j..4j+4 belong to block j), one scale spread, a convert and an FMA.
-    /// Blocks past the last whole group go two at a time in their plain order.
+    /// R rows × T activation rows. Per 8 blocks, each row's d (and m) and each token's dx (and
+    /// s) are loaded once; each whole group of 4 blocks then costs per row one or two loads (plus
+    /// the nibble masks) and a scale spread, per token two loads and a scale spread, and per pair
+    /// two dots into one accumulator (lanes 4j..4j+4 belong to block j), a scale product, a
+    /// convert and an FMA. Blocks past the last whole group go two at a time in plain order.
+    /// The offset terms Σ m·s run as a second pass over the blocks, in the same order for every
+    /// pair.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
-    pub unsafe fn dot_rows_avx512<const R: usize>(
+    pub unsafe fn dot_tile_avx512<const R: usize, const T: usize>(
         format: PackedQuant,
         rows: [*const u8; R],
         nb: usize,
-        xqs: *const i8,
-        xd: *const f32,
-        xs: *const f32,
-    ) -> [f32; R] {
+        xqs: [*const i8; T],
+        xd: [*const f32; T],
+        xs: [*const f32; T],
+    ) -> [[f32; R]; T] {
         let quant_bytes = format.quant_bytes();
         let whole = nb / 4 * 4;
         let sections = rows.map(|row| sections(format, row, nb));
         let group_index = [spread_index(0, 4), spread_index(4, 4)];
         let pair_index = [spread_index(0, 8), spread_index(2, 8), spread_index(4, 8), spread_index(6, 8)];
         let low_nibbles = _mm512_set1_epi8(0x0F);
-        let mut acc = [_mm512_setzero_ps(); R];
-        let mut offset_acc = [_mm256_setzero_ps(); R];
+        let mut acc = [[_mm512_setzero_ps(); R]; T];
         let mut b = 0;
         while b < nb {
             let valid = (nb - b).min(8);
             let mask8: __mmask8 = ((1u32 << valid) - 1) as u8;
-            let dx = _mm256_loadu_ps(xd.add(b));
-            let sx = _mm256_loadu_ps(xs.add(b));
-            let mut scales = [_mm512_setzero_ps(); R];
-            for r in 0..R {
-                let (d_ptr, m_ptr, _) = sections[r];
-                let dw = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(mask8, d_ptr.add(b) as *const i16));
-                scales[r] = _mm512_castps256_ps512(_mm256_mul_ps(dw, dx));
-                offset_acc[r] = match format {
-                    PackedQuant::Q4_1 => {
-                        let m = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(mask8, m_ptr.add(b) as *const i16));
-                        _mm256_fmadd_ps(m, sx, offset_acc[r])
-                    }
-                    _ => _mm256_fmadd_ps(dw, sx, offset_acc[r]),
-                };
-            }
+            let dw = sections.map(|(d_ptr, _, _)| {
+                _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_maskz_loadu_epi16(mask8, d_ptr.add(b) as *const i16)))
+            });
+            let dx = xd.map(|xd| _mm512_castps256_ps512(_mm256_loadu_ps(xd.add(b))));
             let mut c = b;
             while c + 4 <= whole.min(b + 8) {
-                let x_lo = _mm512_loadu_si512(xqs.add(c * BLOCK) as *const _);
-                let x_hi = _mm512_loadu_si512(xqs.add(c * BLOCK + 64) as *const _);
                 let index = group_index[(c - b) / 4];
+                let x = std::array::from_fn::<_, T, _>(|t| {
+                    let lo = _mm512_loadu_si512(xqs[t].add(c * BLOCK) as *const _);
+                    let hi = _mm512_loadu_si512(xqs[t].add(c * BLOCK + 64) as *const _);
+                    (lo, hi, _mm512_permutexvar_ps(index, dx[t]))
+                });
                 for r in 0..R {
                     let qs = sections[r].2.add(c * quant_bytes);
                     let (w_lo, w_hi) = match format {
@@ -305,34 +308,61 @@ mod x86 {
                             (_mm512_and_si512(raw, low_nibbles), _mm512_and_si512(_mm512_srli_epi16(raw, 4), low_nibbles))
                         }
                     };
-                    let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w_lo, x_lo), w_hi, x_hi);
-                    let scale = _mm512_permutexvar_ps(index, scales[r]);
-                    acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r]);
+                    let w_scale = _mm512_permutexvar_ps(index, dw[r]);
+                    for t in 0..T {
+                        let (x_lo, x_hi, x_scale) = x[t];
+                        let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w_lo, x_lo), w_hi, x_hi);
+                        let scale = _mm512_mul_ps(w_scale, x_scale);
+                        acc[t][r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[t][r]);
+                    }
                 }
                 c += 4;
             }
             while c < b + valid {
                 let both = c + 1 < nb;
-                let xq = _mm512_loadu_si512(xqs.add(c * BLOCK) as *const _);
                 let index = pair_index[(c - b) / 2];
+                let x = std::array::from_fn::<_, T, _>(|t| {
+                    (_mm512_loadu_si512(xqs[t].add(c * BLOCK) as *const _), _mm512_permutexvar_ps(index, dx[t]))
+                });
                 for r in 0..R {
                     let wq = load_pair(format, sections[r].2.add(c * quant_bytes), both);
-                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, xq);
-                    let scale = _mm512_permutexvar_ps(index, scales[r]);
-                    acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r]);
+                    let w_scale = _mm512_permutexvar_ps(index, dw[r]);
+                    for t in 0..T {
+                        let (xq, x_scale) = x[t];
+                        let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, xq);
+                        let scale = _mm512_mul_ps(w_scale, x_scale);
+                        acc[t][r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[t][r]);
+                    }
                 }
                 c += 2;
             }
             b += 8;
         }
-        let mut out = [0f32; R];
-        for r in 0..R {
-            let offset_sum = hsum256(offset_acc[r]);
-            let offsets = match format.offset_factor() {
-                Some(c) => -c * offset_sum,
-                None => offset_sum,
-            };
-            out[r] = _mm512_reduce_add_ps(acc[r]) + offsets;
+        // Σ m·s (Q4_1) or Σ d·s (the others, scaled by −c below), eight blocks at a time.
+        let mut offset_acc = [[_mm256_setzero_ps(); R]; T];
+        let mut b = 0;
+        while b < nb {
+            let mask8: __mmask8 = ((1u32 << (nb - b).min(8)) - 1) as u8;
+            for r in 0..R {
+                let (d_ptr, m_ptr, _) = sections[r];
+                let source = if format == PackedQuant::Q4_1 { m_ptr } else { d_ptr };
+                let w = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(mask8, source.add(b) as *const i16));
+                for t in 0..T {
+                    offset_acc[t][r] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xs[t].add(b)), offset_acc[t][r]);
+                }
+            }
+            b += 8;
+        }
+        let mut out = [[0f32; R]; T];
+        for t in 0..T {
+            for r in 0..R {
+                let offset_sum = hsum256(offset_acc[t][r]);
+                let offsets = match format.offset_factor() {
+                    Some(c) => -c * offset_sum,
+                    None => offset_sum,
+                };
+                out[t][r] = _mm512_reduce_add_ps(acc[t][r]) + offsets;
+            }
         }
         out
     }
