@@ -43,9 +43,7 @@ pub fn forward(
     for (layer_index, layer) in weights.layers.iter().enumerate() {
         // Attention block: x += o_proj(attention(rope(q), rope(k), v)) over rmsnorm(x).
         elementwise::rmsnorm_residual(isa, hidden, proj, &layer.input_norm, eps, normed);
-        matmul::matmul_with(isa, normed, &layer.q_proj, q);
-        matmul::matmul_with(isa, normed, &layer.k_proj, k);
-        matmul::matmul_with(isa, normed, &layer.v_proj, v);
+        matmul::matmul_group_with(isa, normed, &[&layer.q_proj, &layer.k_proj, &layer.v_proj], &mut [&mut *q, &mut *k, &mut *v]);
         elementwise::apply_rope(isa, q, q_dim, config.head_dim, cos, sin);
         elementwise::apply_rope(isa, k, kv_dim, config.head_dim, cos, sin);
         for t in 0..n {
@@ -74,8 +72,7 @@ pub fn forward(
         matmul::matmul_with(isa, attn, &layer.o_proj, proj);
         // MLP block: x += down(silu(gate(x')) * up(x')) with x' = rmsnorm(x).
         elementwise::rmsnorm_residual(isa, hidden, proj, &layer.post_attention_norm, eps, normed);
-        matmul::matmul_with(isa, normed, &layer.gate_proj, gate);
-        matmul::matmul_with(isa, normed, &layer.up_proj, up);
+        matmul::matmul_group_with(isa, normed, &[&layer.gate_proj, &layer.up_proj], &mut [&mut *gate, &mut *up]);
         elementwise::silu_mul(isa, gate, up, act);
         matmul::matmul_with(isa, act, &layer.down_proj, proj);
     }
