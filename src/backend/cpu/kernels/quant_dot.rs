@@ -246,16 +246,42 @@ mod x86 {
         }
     }
 
-    /// An index vector for `_mm512_permutexvar_ps` that gives each group of `lanes` consecutive
-    /// lanes the scale `first + group`.
+    /// Index vectors for `_mm512_permutexvar_ps` that spread 8 per-block scales over the dot
+    /// lanes: for a whole group of 4 blocks (4 lanes each; groups at blocks 0 and 4 of the 8), and
+    /// for a pair of tail blocks (8 lanes each; pairs at blocks 0, 2, 4, 6).
+    const SPREAD: [[i32; 16]; 6] = {
+        let mut table = [[0i32; 16]; 6];
+        let mut lane = 0;
+        while lane < 16 {
+            table[0][lane] = (lane / 4) as i32;
+            table[1][lane] = 4 + (lane / 4) as i32;
+            let mut pair = 0;
+            while pair < 4 {
+                table[2 + pair][lane] = (2 * pair + lane / 8) as i32;
+                pair += 1;
+            }
+            lane += 1;
+        }
+        table
+    };
+
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn spread_index(first: i32, lanes: usize) -> __m512i {
-        let mut index = [0i32; 16];
-        for (lane, value) in index.iter_mut().enumerate() {
-            *value = first + (lane / lanes) as i32;
-        }
-        _mm512_loadu_si512(index.as_ptr() as *const _)
+    unsafe fn spread_index(which: usize) -> __m512i {
+        _mm512_loadu_si512(SPREAD[which].as_ptr() as *const _)
+    }
+
+    /// `[Σa, Σb, Σc, Σd]` of four 8-lane vectors, each by the same tree whatever the others are.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum4(v: [__m256; 4]) -> [f32; 4] {
+        let ab = _mm256_hadd_ps(v[0], v[1]);
+        let cd = _mm256_hadd_ps(v[2], v[3]);
+        let abcd = _mm256_hadd_ps(ab, cd);
+        let sums = _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+        let mut out = [0f32; 4];
+        _mm_storeu_ps(out.as_mut_ptr(), sums);
+        out
     }
 
     /// R rows × T activation rows. Per 8 blocks, each row's d (and m) and each token's dx (and
@@ -277,8 +303,8 @@ mod x86 {
         let quant_bytes = format.quant_bytes();
         let whole = nb / 4 * 4;
         let sections = rows.map(|row| sections(format, row, nb));
-        let group_index = [spread_index(0, 4), spread_index(4, 4)];
-        let pair_index = [spread_index(0, 8), spread_index(2, 8), spread_index(4, 8), spread_index(6, 8)];
+        let group_index = [spread_index(0), spread_index(1)];
+        let pair_index = [spread_index(2), spread_index(3), spread_index(4), spread_index(5)];
         let low_nibbles = _mm512_set1_epi8(0x0F);
         let mut acc = [[_mm512_setzero_ps(); R]; T];
         let mut b = 0;
@@ -353,15 +379,24 @@ mod x86 {
             }
             b += 8;
         }
+        // Each pair's total: its 16 dot lanes folded to 8, plus its 8 offset lanes (times −c for
+        // the formats whose offset is −c·d), summed four pairs at a time by one tree.
+        let factor = _mm256_set1_ps(format.offset_factor().map_or(1.0, |c| -c));
         let mut out = [[0f32; R]; T];
         for t in 0..T {
-            for r in 0..R {
-                let offset_sum = hsum256(offset_acc[t][r]);
-                let offsets = match format.offset_factor() {
-                    Some(c) => -c * offset_sum,
-                    None => offset_sum,
-                };
-                out[t][r] = _mm512_reduce_add_ps(acc[t][r]) + offsets;
+            for r0 in (0..R).step_by(4) {
+                let lanes = std::array::from_fn(|i| {
+                    if r0 + i >= R {
+                        return _mm256_setzero_ps();
+                    }
+                    let a = acc[t][r0 + i];
+                    let folded = _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+                    _mm256_fmadd_ps(offset_acc[t][r0 + i], factor, folded)
+                });
+                let sums = hsum4(lanes);
+                for i in 0..4.min(R - r0) {
+                    out[t][r0 + i] = sums[i];
+                }
             }
         }
         out
