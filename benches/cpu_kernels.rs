@@ -31,6 +31,8 @@ fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs this without `--bench`: then one quick pass as a smoke test.
+    let quick = !std::env::args().any(|a| a == "--bench");
     let threads: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1);
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().expect("pool");
     println!("threads {threads}, best level {}", Isa::best().name());
@@ -39,14 +41,15 @@ fn main() {
     let portable = std::env::args().any(|a| a == "portable");
     // `format=q4_1` measures one format only (with more repetitions, for profiling).
     let only = std::env::args().find_map(|a| a.strip_prefix("format=").map(str::to_string));
-    let decode_reps = if only.is_some() { 20_000 } else { 50 };
+    let decode_reps = if quick { 1 } else if only.is_some() { 20_000 } else { 50 };
+    let prefill_reps = if quick { 1 } else { 3 };
     let levels = if portable { vec![Isa::best(), Isa::Portable] } else { vec![Isa::best()] };
     for isa in levels {
         for format in ["f16", "q8_0", "q4_1"] {
             if only.as_deref().is_some_and(|f| f != format) {
                 continue;
             }
-            for &(name, m, k) in &shapes {
+            for &(name, m, k) in shapes.iter().filter(|(name, ..)| !quick || *name == "q/o") {
                 let w = matrix(format, m, k);
                 let x = seeded_values(3, 512 * k);
                 let mut out = vec![0f32; 512 * m];
@@ -57,7 +60,7 @@ fn main() {
                     println!("{line}");
                     continue;
                 }
-                let prefill = best_of(3, || rayon::scope(|_| matmul::matmul_with(isa, &x, &w, &mut out)));
+                let prefill = best_of(prefill_reps, || rayon::scope(|_| matmul::matmul_with(isa, &x, &w, &mut out)));
                 let gflops = 2.0 * 512.0 * (m * k) as f64 / prefill / 1e9;
                 println!("{line}   prefill(512) {:>7.2} ms {:>6.1} GFLOP/s", prefill * 1e3, gflops);
             }

@@ -10,8 +10,7 @@
 //! does one 64-byte weight load (two for Q8_0), two nibble masks, two dots into one accumulator,
 //! one scale spread, one convert and one FMA per row, with the activation loads shared by four
 //! rows: about 2.5 instructions per 32 weights, well under memory bandwidth on two cores.
-//!
-//! Also here: the SIMD dequantization of packed rows to f32 that the prefill matmul uses.
+
 
 use half::f16;
 
@@ -176,17 +175,6 @@ fn dot_portable(format: PackedQuant, row: &[u8], nb: usize, qs: &[i8], d: &[f32]
         total += dw * d[b] * dot as f32 + m * s[b];
     }
     total
-}
-
-/// Dequantizes one packed row to f32 (`out.len()` values) with the widest available instructions.
-pub fn dequantize_packed(isa: super::Isa, format: PackedQuant, row: &[u8], out: &mut [f32]) {
-    assert_eq!(row.len(), format.row_bytes(out.len()), "packed row length");
-    match isa {
-        // SAFETY: lengths checked above.
-        #[cfg(target_arch = "x86_64")]
-        super::Isa::Avx512 | super::Isa::Avx2 => unsafe { x86::dequantize_avx2(format, row, out) },
-        _ => packed_quant::dequantize_packed_row(format, row, out),
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -481,54 +469,5 @@ mod x86 {
             PackedQuant::Q4_1 => offset_sum,
         };
         hsum256(acc) + offsets
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn half_to_f32(bits: u16) -> f32 {
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-    }
-
-    /// `target[0..8] = d·u + m` for the low 8 bytes of `bytes`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn store8(target: *mut f32, d: __m256, m: __m256, bytes: __m128i) {
-        let q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
-        _mm256_storeu_ps(target, _mm256_fmadd_ps(d, q, m));
-    }
-
-    /// Dequantization of a packed row: 32 values per block as two or four 8-wide FMAs.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dequantize_avx2(format: PackedQuant, row: &[u8], out: &mut [f32]) {
-        let nb = out.len() / BLOCK;
-        let (d_ptr, m_ptr, qs) = sections(format, row.as_ptr(), nb);
-        let o = out.as_mut_ptr();
-        for b in 0..nb {
-            let d = half_to_f32(*d_ptr.add(b));
-            let (m, bias) = match format {
-                PackedQuant::Q4_1 => (half_to_f32(*m_ptr.add(b)), 0),
-                PackedQuant::Q4_0 => (0.0, 8),
-                PackedQuant::Q8_0 => (0.0, 128),
-            };
-            // value = d·u + (m − bias·d)
-            let dv = _mm256_set1_ps(d);
-            let mv = _mm256_set1_ps(m - bias as f32 * d);
-            let target = o.add(b * BLOCK);
-            let (lo, hi) = match format {
-                PackedQuant::Q8_0 => (
-                    _mm_loadu_si128(qs.add(interleaved_index(nb, b, 0)) as *const __m128i),
-                    _mm_loadu_si128(qs.add(interleaved_index(nb, b, 16)) as *const __m128i),
-                ),
-                _ => {
-                    let raw = _mm_loadu_si128(qs.add(b * 16) as *const __m128i);
-                    let mask = _mm_set1_epi8(0x0F);
-                    (_mm_and_si128(raw, mask), _mm_and_si128(_mm_srli_epi16(raw, 4), mask))
-                }
-            };
-            store8(target, dv, mv, lo);
-            store8(target.add(8), dv, mv, _mm_srli_si128(lo, 8));
-            store8(target.add(16), dv, mv, hi);
-            store8(target.add(24), dv, mv, _mm_srli_si128(hi, 8));
-        }
     }
 }
