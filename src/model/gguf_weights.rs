@@ -32,16 +32,17 @@ pub fn load_gguf_weights(path: &Path) -> Result<(ModelConfig, LlamaWeights), Mod
     let config = config_from_gguf(&gguf)?;
     let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
     // SAFETY: read-only map of a file kiln never writes, with the same contract as GgufFile::open.
-    let map = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
-    let bytes: SharedBytes = Arc::new(MappedFile(map));
-    let loader = Loader { gguf: &gguf, bytes, config: &config };
+    let map = Arc::new(MappedFile(unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?));
+    let loader = Loader { gguf: &gguf, bytes: map.clone(), map: &map, config: &config };
     let weights = loader.weights()?;
     Ok((config, weights))
 }
 
 struct Loader<'a> {
     gguf: &'a GgufFile,
+    /// The file, for views that keep it alive, and typed, to release pages.
     bytes: SharedBytes,
+    map: &'a MappedFile,
     config: &'a ModelConfig,
 }
 
@@ -105,7 +106,8 @@ impl Loader<'_> {
         if !cols.is_multiple_of(format.block_values()) {
             return Err(ModelError::invalid(self.gguf.path(), format!("tensor `{name}`: rows are not whole blocks")));
         }
-        let data = self.gguf.tensor_data(info);
+        let range = self.gguf.tensor_file_range(info);
+        let data = &self.map.0[range.clone()];
         let row_bytes = info.row_bytes();
         let source_row = |r: usize| {
             let stored = match unpermute_head_dim {
@@ -117,9 +119,15 @@ impl Loader<'_> {
         let float = matches!(format, WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16);
         if float && unpermute_head_dim.is_none() {
             // Used in place: the pages of the map are the matrix.
-            return Ok(WeightMatrix::from_shared(format, rows, cols, self.bytes.clone(), self.gguf.tensor_file_range(info)));
+            return Ok(WeightMatrix::from_shared(format, rows, cols, self.bytes.clone(), range));
         }
-        Ok(WeightMatrix::from_ggml_rows(format, rows, cols, source_row))
+        let matrix = WeightMatrix::from_ggml_rows(format, rows, cols, source_row);
+        // The copy is what runs; dropping the source pages from this process now keeps peak
+        // memory near one copy of the model. SAFETY: the map is a read-only shared file mapping,
+        // so MADV_DONTNEED loses nothing: a later read of these pages (a float tensor sharing the
+        // first or last page) faults them back in from the file.
+        let _ = unsafe { self.map.0.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, range.len()) };
+        Ok(matrix)
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {

@@ -132,8 +132,11 @@ impl WeightMatrix {
         ggml_row: impl Fn(usize) -> &'a [u8],
     ) -> WeightMatrix {
         let row_bytes = format.row_bytes(cols);
-        let mut bytes = vec![0u8; rows * row_bytes];
-        for (r, out) in bytes.chunks_exact_mut(row_bytes).enumerate() {
+        let len = rows * row_bytes;
+        // Written straight into u64 storage, so float views are aligned without a second copy.
+        let mut words = vec![0u64; len.div_ceil(8)];
+        let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..len];
+        for (r, out) in bytes.chunks_exact_mut(row_bytes.max(1)).enumerate() {
             let source = ggml_row(r);
             assert_eq!(source.len(), row_bytes, "row {r} of a {} matrix with {cols} columns", format.name());
             match format {
@@ -141,7 +144,7 @@ impl WeightMatrix {
                 _ => out.copy_from_slice(source),
             }
         }
-        Self::from_owned_bytes(format, rows, cols, bytes)
+        WeightMatrix { format, rows, cols, bytes: Arc::new(AlignedBytes(words)), range: 0..len }
     }
 
     /// Quantizes f32 values with ggml's rounding: for tests and random-weight benchmarks.
