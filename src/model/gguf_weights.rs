@@ -1,7 +1,7 @@
 //! Loads a Llama GGUF's weights directly, keeping them in their stored format: float tensors as
-//! views into the memory-mapped file, Q8_0/Q4_0/Q4_1 regrouped into kiln's row layout (the same
-//! number of bytes), Q4_K/Q6_K as ggml blocks. What lets `kiln` run the original quantized file
-//! instead of its f16 conversion.
+//! they are, Q8_0/Q4_0/Q4_1 regrouped into kiln's row layout (the same number of bytes), Q4_K/Q6_K
+//! as ggml blocks, all copied into one huge-page arena. What lets `kiln` run the original
+//! quantized file instead of its f16 conversion.
 //!
 //! Q and K projections are stored by llama.cpp's converter with each head's rows interleaved for
 //! its RoPE; they are put back in Hugging Face order here (a row copy), as the conversion does.
@@ -18,52 +18,74 @@ use super::safetensors_dir::SharedBytes;
 use super::weights::{LayerWeights, LlamaWeights, WeightFormat, WeightMatrix};
 use super::{ModelConfig, ModelError};
 
-struct MappedFile(Mmap);
-
-impl AsRef<[u8]> for MappedFile {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
 /// The configuration and weights of the Llama model in the GGUF at `path`.
 pub fn load_gguf_weights(path: &Path) -> Result<(ModelConfig, LlamaWeights), ModelError> {
     let gguf = GgufFile::open(path)?;
     let config = config_from_gguf(&gguf)?;
     let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
     // SAFETY: read-only map of a file kiln never writes, with the same contract as GgufFile::open.
-    let map = Arc::new(MappedFile(unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?));
-    let loader = Loader { gguf: &gguf, bytes: map.clone(), map: &map, config: &config };
-    let weights = loader.weights()?;
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+    // First every tensor is checked and given its place in one arena, then the arena is filled,
+    // then the matrices become views into it.
+    let mut loader = Loader { gguf: &gguf, planned: Vec::new(), arena_bytes: 0 };
+    let mut weights = loader.weights(&config)?;
+    let arena = loader.fill_arena(path, &map)?;
+    let mut views = loader.planned.into_iter().map(|plan| {
+        WeightMatrix::from_shared(plan.format, plan.rows, plan.cols, arena.clone(), plan.arena)
+    });
+    let mut next = || views.next().expect("one view per planned matrix");
+    weights.embed_tokens = next();
+    for layer in &mut weights.layers {
+        for matrix in [&mut layer.q_proj, &mut layer.k_proj, &mut layer.v_proj, &mut layer.o_proj] {
+            *matrix = next();
+        }
+        for matrix in [&mut layer.gate_proj, &mut layer.up_proj, &mut layer.down_proj] {
+            *matrix = next();
+        }
+    }
+    weights.lm_head = if gguf.tensor("output.weight").is_some() { next() } else { weights.embed_tokens.clone() };
     Ok((config, weights))
 }
 
+/// Where a matrix goes in the arena and where it comes from in the file.
+struct Planned {
+    format: WeightFormat,
+    rows: usize,
+    cols: usize,
+    source: std::ops::Range<usize>,
+    row_bytes: usize,
+    unpermute_head_dim: Option<usize>,
+    arena: std::ops::Range<usize>,
+}
+
+/// 2 MiB: the arena's alignment, so transparent huge pages can back it.
+const HUGE_PAGE: usize = 2 << 20;
+
 struct Loader<'a> {
     gguf: &'a GgufFile,
-    /// The file, for views that keep it alive, and typed, to release pages.
-    bytes: SharedBytes,
-    map: &'a MappedFile,
-    config: &'a ModelConfig,
+    planned: Vec<Planned>,
+    arena_bytes: usize,
 }
 
 impl Loader<'_> {
-    fn weights(&self) -> Result<LlamaWeights, ModelError> {
-        let c = self.config;
+    /// Checks every tensor and plans its matrices (in the order `load_gguf_weights` fills them
+    /// back in); the returned weights hold the real norms and empty placeholder matrices.
+    fn weights(&mut self, c: &ModelConfig) -> Result<LlamaWeights, ModelError> {
         let h = c.hidden_size;
         let embed_tokens = self.matrix("token_embd.weight", c.vocab_size, h, None)?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let name = |n: &str| format!("blk.{i}.{n}.weight");
             layers.push(LayerWeights {
-                input_norm: self.vector(&name("attn_norm"), h)?,
                 q_proj: self.matrix(&name("attn_q"), c.q_dim(), h, Some(c.head_dim))?,
                 k_proj: self.matrix(&name("attn_k"), c.kv_dim(), h, Some(c.head_dim))?,
                 v_proj: self.matrix(&name("attn_v"), c.kv_dim(), h, None)?,
                 o_proj: self.matrix(&name("attn_output"), h, c.q_dim(), None)?,
-                post_attention_norm: self.vector(&name("ffn_norm"), h)?,
                 gate_proj: self.matrix(&name("ffn_gate"), c.intermediate_size, h, None)?,
                 up_proj: self.matrix(&name("ffn_up"), c.intermediate_size, h, None)?,
                 down_proj: self.matrix(&name("ffn_down"), h, c.intermediate_size, None)?,
+                input_norm: self.vector(&name("attn_norm"), h)?,
+                post_attention_norm: self.vector(&name("ffn_norm"), h)?,
             });
         }
         let final_norm = self.vector("output_norm.weight", h)?;
@@ -90,9 +112,9 @@ impl Loader<'_> {
         Ok(info)
     }
 
-    /// A matrix in its stored format. `unpermute_head_dim` is set for Q and K, whose rows come
-    /// back to Hugging Face order.
-    fn matrix(&self, name: &str, rows: usize, cols: usize, unpermute_head_dim: Option<usize>) -> Result<WeightMatrix, ModelError> {
+    /// Plans a matrix kept in its stored format (Q8_0/Q4_0/Q4_1 regrouped into kiln's row
+    /// layout). `unpermute_head_dim` is set for Q and K, whose rows go back to Hugging Face order.
+    fn matrix(&mut self, name: &str, rows: usize, cols: usize, unpermute_head_dim: Option<usize>) -> Result<WeightMatrix, ModelError> {
         let info = self.tensor(name, rows, cols)?;
         let format = WeightFormat::from_ggml(info.ggml_type).ok_or_else(|| {
             ModelError::invalid(
@@ -106,33 +128,59 @@ impl Loader<'_> {
         if !cols.is_multiple_of(format.block_values()) {
             return Err(ModelError::invalid(self.gguf.path(), format!("tensor `{name}`: rows are not whole blocks")));
         }
-        let range = self.gguf.tensor_file_range(info);
-        let data = &self.map.0[range.clone()];
-        let row_bytes = info.row_bytes();
-        let source_row = |r: usize| {
-            let stored = match unpermute_head_dim {
-                Some(head_dim) => gguf_row_for_hf_row(r, head_dim),
-                None => r,
-            };
-            &data[stored * row_bytes..(stored + 1) * row_bytes]
-        };
-        let float = matches!(format, WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16);
-        if float && unpermute_head_dim.is_none() {
-            // Used in place: the pages of the map are the matrix.
-            return Ok(WeightMatrix::from_shared(format, rows, cols, self.bytes.clone(), range));
-        }
-        let matrix = WeightMatrix::from_ggml_rows(format, rows, cols, source_row);
-        // The copy is what runs; dropping the source pages from this process now keeps peak
-        // memory near one copy of the model. SAFETY: the map is a read-only shared file mapping,
-        // so MADV_DONTNEED loses nothing: a later read of these pages (a float tensor sharing the
-        // first or last page) faults them back in from the file.
-        let _ = unsafe { self.map.0.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, range.len()) };
-        Ok(matrix)
+        let (source, row_bytes) = (self.gguf.tensor_file_range(info), info.row_bytes());
+        let start = self.arena_bytes.next_multiple_of(64);
+        let arena = start..start + rows * format.row_bytes(cols);
+        self.arena_bytes = arena.end;
+        self.planned.push(Planned { format, rows, cols, source, row_bytes, unpermute_head_dim, arena });
+        Ok(WeightMatrix::from_f32(0, cols, Vec::new()))
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
         let info = self.tensor(name, 1, len)?;
         self.gguf.dequantize(info)
+    }
+
+    /// All matrices in one anonymous mapping advised for transparent huge pages: decode streams
+    /// every weight once per token, and with 4 KiB pages the page walks (dearer under
+    /// virtualization) cost a share of the bandwidth. The file pages each matrix came from are
+    /// released as soon as it is copied, so peak memory stays near one copy of the model.
+    fn fill_arena(&self, path: &Path, file: &Mmap) -> Result<SharedBytes, ModelError> {
+        let mut arena = memmap2::MmapMut::map_anon(self.arena_bytes + HUGE_PAGE).map_err(|e| ModelError::io(path, e))?;
+        // Only a hint: without huge pages the memory works the same.
+        let _ = arena.advise(memmap2::Advice::HugePage);
+        let base = (HUGE_PAGE - arena.as_ptr() as usize % HUGE_PAGE) % HUGE_PAGE;
+        for plan in &self.planned {
+            let data = &file[plan.source.clone()];
+            let source_row = |r: usize| {
+                let stored = plan.unpermute_head_dim.map_or(r, |head_dim| gguf_row_for_hf_row(r, head_dim));
+                &data[stored * plan.row_bytes..(stored + 1) * plan.row_bytes]
+            };
+            let out = &mut arena[base + plan.arena.start..base + plan.arena.end];
+            for (r, row) in out.chunks_exact_mut(plan.format.row_bytes(plan.cols).max(1)).enumerate() {
+                match plan.format {
+                    WeightFormat::Packed(q) => crate::model::packed_quant::pack_ggml_row(q, source_row(r), row),
+                    _ => row.copy_from_slice(source_row(r)),
+                }
+            }
+            // SAFETY: the file map is read-only and shared, so MADV_DONTNEED loses nothing: a
+            // later read of these pages faults them back in from the file.
+            let _ = unsafe { file.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, plan.source.start, plan.source.len()) };
+        }
+        let map = arena.make_read_only().map_err(|e| ModelError::io(path, e))?;
+        Ok(Arc::new(Arena { map, base }))
+    }
+}
+
+/// The filled arena; its bytes start at `base` (2 MiB-aligned).
+struct Arena {
+    map: Mmap,
+    base: usize,
+}
+
+impl AsRef<[u8]> for Arena {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.base..]
     }
 }
 

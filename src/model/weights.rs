@@ -132,19 +132,24 @@ impl WeightMatrix {
         ggml_row: impl Fn(usize) -> &'a [u8],
     ) -> WeightMatrix {
         let row_bytes = format.row_bytes(cols);
-        let len = rows * row_bytes;
-        // Written straight into u64 storage, so float views are aligned without a second copy.
-        let mut words = vec![0u64; len.div_ceil(8)];
-        let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..len];
-        for (r, out) in bytes.chunks_exact_mut(row_bytes.max(1)).enumerate() {
-            let source = ggml_row(r);
-            assert_eq!(source.len(), row_bytes, "row {r} of a {} matrix with {cols} columns", format.name());
-            match format {
-                WeightFormat::Packed(q) => packed_quant::pack_ggml_row(q, source, out),
-                _ => out.copy_from_slice(source),
+        let (bytes, range) = owned_storage(rows * row_bytes, |bytes| {
+            for (r, out) in bytes.chunks_exact_mut(row_bytes.max(1)).enumerate() {
+                let source = ggml_row(r);
+                assert_eq!(source.len(), row_bytes, "row {r} of a {} matrix with {cols} columns", format.name());
+                match format {
+                    WeightFormat::Packed(q) => packed_quant::pack_ggml_row(q, source, out),
+                    _ => out.copy_from_slice(source),
+                }
             }
-        }
-        WeightMatrix { format, rows, cols, bytes: Arc::new(AlignedBytes(words)), range: 0..len }
+        });
+        WeightMatrix { format, rows, cols, bytes, range }
+    }
+
+    /// A copy of `bytes` (the matrix in `format`) in memory of its own: see [`owned_storage`].
+    pub fn copied(format: WeightFormat, rows: usize, cols: usize, bytes: &[u8]) -> WeightMatrix {
+        assert_eq!(bytes.len(), rows * format.row_bytes(cols), "the bytes must hold [rows, cols]");
+        let (bytes, range) = owned_storage(bytes.len(), |out| out.copy_from_slice(bytes));
+        WeightMatrix { format, rows, cols, bytes, range }
     }
 
     /// Quantizes f32 values with ggml's rounding: for tests and random-weight benchmarks.
@@ -178,12 +183,7 @@ impl WeightMatrix {
     }
 
     fn from_owned_bytes(format: WeightFormat, rows: usize, cols: usize, bytes: Vec<u8>) -> WeightMatrix {
-        // A Vec<u8> is only byte-aligned; copy into u64 storage so every float view is aligned.
-        let mut words = vec![0u64; bytes.len().div_ceil(8)];
-        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
-        let len = bytes.len();
-        let owner: SharedBytes = Arc::new(AlignedBytes(words));
-        WeightMatrix { format, rows, cols, bytes: owner, range: 0..len }
+        Self::copied(format, rows, cols, &bytes)
     }
 
     /// The float dtype, for f32/f16/bf16 matrices.
@@ -246,6 +246,40 @@ impl WeightMatrix {
 
     pub fn size_bytes(&self) -> usize {
         self.range.len()
+    }
+}
+
+/// Size from which matrices get memory of their own, aligned for 2 MiB pages.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Memory for `len` bytes filled by `fill`, as an owner and the range that holds them. A large
+/// matrix gets anonymous memory advised for transparent huge pages and aligned to 2 MiB: decode
+/// streams every weight once per token, and with 4 KiB pages the page walks (dearer still under
+/// virtualization) cost a visible share of the memory bandwidth. Small ones go in a Vec of u64,
+/// so any float view is aligned.
+fn owned_storage(len: usize, fill: impl FnOnce(&mut [u8])) -> (SharedBytes, std::ops::Range<usize>) {
+    let map = if len >= HUGE_PAGE { memmap2::MmapMut::map_anon(len + HUGE_PAGE).ok() } else { None };
+    match map {
+        Some(mut map) => {
+            // Only a hint: without huge pages the memory works the same.
+            let _ = map.advise(memmap2::Advice::HugePage);
+            let start = (HUGE_PAGE - map.as_ptr() as usize % HUGE_PAGE) % HUGE_PAGE;
+            fill(&mut map[start..start + len]);
+            (Arc::new(AnonymousBytes(map)), start..start + len)
+        }
+        None => {
+            let mut words = vec![0u64; len.div_ceil(8)];
+            fill(&mut bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..len]);
+            (Arc::new(AlignedBytes(words)), 0..len)
+        }
+    }
+}
+
+struct AnonymousBytes(memmap2::MmapMut);
+
+impl AsRef<[u8]> for AnonymousBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 
