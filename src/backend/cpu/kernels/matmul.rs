@@ -176,14 +176,25 @@ fn compute_rows(
             let task_rows = rows.len();
             // Ragged edges repeat the last row or token and drop the repeated results.
             let row = |r: usize| &task_bytes[r.min(task_rows - 1) * row_bytes..][..row_bytes];
+            if n == 1 {
+                // Decode: 8 rows per call, to spread the per-call setup of a short row (k = 576
+                // is 18 blocks) over more work.
+                for r0 in (0..task_rows).step_by(8) {
+                    let ahead = ((r0 + 8) * row_bytes).min(task_bytes.len())..((r0 + 16) * row_bytes).min(task_bytes.len());
+                    super::prefetch(&task_bytes[ahead]);
+                    let weights = std::array::from_fn(|i| row(r0 + i));
+                    let [sums] = quant_dot::dot_packed_tile::<8, 1>(isa, format, weights, xq, [0]);
+                    for (i, &sum) in sums.iter().enumerate().take(task_rows - r0) {
+                        out.store(0, rows.start + r0 + i, sum);
+                    }
+                }
+                return;
+            }
             for t0 in (0..n).step_by(2) {
                 for r0 in (0..task_rows).step_by(4) {
                     let weights = std::array::from_fn(|i| row(r0 + i));
-                    let sums = if n == 1 {
-                        [quant_dot::dot_packed_tile::<4, 1>(isa, format, weights, xq, [0])[0]; 2]
-                    } else {
-                        quant_dot::dot_packed_tile::<4, 2>(isa, format, weights, xq, [t0, (t0 + 1).min(n - 1)])
-                    };
+                    let tokens = [t0, (t0 + 1).min(n - 1)];
+                    let sums = quant_dot::dot_packed_tile::<4, 2>(isa, format, weights, xq, tokens);
                     for (t, row_sums) in sums.iter().enumerate().take(n - t0) {
                         for (i, &sum) in row_sums.iter().enumerate().take(task_rows - r0) {
                             out.store(t0 + t, rows.start + r0 + i, sum);
@@ -235,6 +246,10 @@ fn float_rows<const DT: u8>(
     if n < TILE_MIN_TOKENS {
         for t in 0..n {
             for r0 in (0..rows).step_by(8) {
+                if t == 0 {
+                    let ahead = ((r0 + 8) * row_bytes).min(weights.len())..((r0 + 16) * row_bytes).min(weights.len());
+                    super::prefetch(&weights[ahead]);
+                }
                 let w = std::array::from_fn(|i| w_row(r0 + i));
                 // SAFETY: every pointer starts a full row of k elements inside x or weights.
                 let [sums] = unsafe { dot_tile::tile::<1, 8, DT>(isa, [x_row(t)], w, k) };
