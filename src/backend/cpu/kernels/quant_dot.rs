@@ -115,11 +115,20 @@ pub fn dot_packed_tile<const R: usize, const T: usize>(
     match isa {
         #[cfg(target_arch = "x86_64")]
         super::Isa::Avx512 => {
-            let x = tokens.map(|t| xq.row(t));
-            let (qs, d, s) = (x.map(|r| r.0.as_ptr()), x.map(|r| r.1.as_ptr()), x.map(|r| r.2.as_ptr()));
+            // Plain loops rather than array maps: those are not always inlined, and this runs
+            // once per tile.
+            let (mut qs, mut d, mut s) = ([std::ptr::null(); T], [std::ptr::null(); T], [std::ptr::null(); T]);
+            for (i, &t) in tokens.iter().enumerate() {
+                let (row_qs, row_d, row_s) = xq.row(t);
+                (qs[i], d[i], s[i]) = (row_qs.as_ptr(), row_d.as_ptr(), row_s.as_ptr());
+            }
+            let mut weights = [std::ptr::null(); R];
+            for (pointer, row) in weights.iter_mut().zip(rows) {
+                *pointer = row.as_ptr();
+            }
             // SAFETY: the row lengths were checked above; each activation row holds whole padded
             // groups of 8 blocks; weight reads past the last block are masked.
-            unsafe { x86::dot_tile_avx512::<R, T>(format, rows.map(|r| r.as_ptr()), nb, qs, d, s) }
+            unsafe { x86::dot_tile_avx512::<R, T>(format, weights, nb, qs, d, s) }
         }
         _ => tokens.map(|t| rows.map(|row| dot_packed(isa, format, row, xq, t))),
     }
@@ -288,9 +297,15 @@ mod x86 {
         xd: [*const f32; T],
         xs: [*const f32; T],
     ) -> [[f32; R]; T] {
+        // Loops over fixed arrays throughout, not array maps or from_fn: a closure that is not
+        // inlined would run its intrinsics as calls, outside this function's target features.
         let quant_bytes = format.quant_bytes();
         let whole = nb / 4 * 4;
-        let sections = rows.map(|row| sections(format, row, nb));
+        let mut sections_of = [(std::ptr::null::<u16>(), std::ptr::null::<u16>(), std::ptr::null::<u8>()); R];
+        for r in 0..R {
+            sections_of[r] = sections(format, rows[r], nb);
+        }
+        let sections = sections_of;
         let group_index = [spread_index(0), spread_index(1)];
         let pair_index = [spread_index(2), spread_index(3), spread_index(4), spread_index(5)];
         let low_nibbles = _mm512_set1_epi8(0x0F);
@@ -299,18 +314,24 @@ mod x86 {
         while b < nb {
             let valid = (nb - b).min(8);
             let mask8: __mmask8 = ((1u32 << valid) - 1) as u8;
-            let dw = sections.map(|(d_ptr, _, _)| {
-                _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_maskz_loadu_epi16(mask8, d_ptr.add(b) as *const i16)))
-            });
-            let dx = xd.map(|xd| _mm512_castps256_ps512(_mm256_loadu_ps(xd.add(b))));
+            let mut dw = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                let d_ptr = sections[r].0;
+                dw[r] = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_maskz_loadu_epi16(mask8, d_ptr.add(b) as *const i16)));
+            }
+            let mut dx = [_mm512_setzero_ps(); T];
+            for t in 0..T {
+                dx[t] = _mm512_castps256_ps512(_mm256_loadu_ps(xd[t].add(b)));
+            }
             let mut c = b;
             while c + 4 <= whole.min(b + 8) {
                 let index = group_index[(c - b) / 4];
-                let x = std::array::from_fn::<_, T, _>(|t| {
+                let mut x = [(_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_ps()); T];
+                for t in 0..T {
                     let lo = _mm512_loadu_si512(xqs[t].add(c * BLOCK) as *const _);
                     let hi = _mm512_loadu_si512(xqs[t].add(c * BLOCK + 64) as *const _);
-                    (lo, hi, _mm512_permutexvar_ps(index, dx[t]))
-                });
+                    x[t] = (lo, hi, _mm512_permutexvar_ps(index, dx[t]));
+                }
                 for r in 0..R {
                     let qs = sections[r].2.add(c * quant_bytes);
                     let (w_lo, w_hi) = match format {
@@ -335,9 +356,10 @@ mod x86 {
             while c < b + valid {
                 let both = c + 1 < nb;
                 let index = pair_index[(c - b) / 2];
-                let x = std::array::from_fn::<_, T, _>(|t| {
-                    (_mm512_loadu_si512(xqs[t].add(c * BLOCK) as *const _), _mm512_permutexvar_ps(index, dx[t]))
-                });
+                let mut x = [(_mm512_setzero_si512(), _mm512_setzero_ps()); T];
+                for t in 0..T {
+                    x[t] = (_mm512_loadu_si512(xqs[t].add(c * BLOCK) as *const _), _mm512_permutexvar_ps(index, dx[t]));
+                }
                 for r in 0..R {
                     let wq = load_pair(format, sections[r].2.add(c * quant_bytes), both);
                     let w_scale = _mm512_permutexvar_ps(index, dw[r]);
@@ -373,14 +395,12 @@ mod x86 {
         let mut out = [[0f32; R]; T];
         for t in 0..T {
             for r0 in (0..R).step_by(4) {
-                let lanes = std::array::from_fn(|i| {
-                    if r0 + i >= R {
-                        return _mm256_setzero_ps();
-                    }
+                let mut lanes = [_mm256_setzero_ps(); 4];
+                for i in 0..4.min(R - r0) {
                     let a = acc[t][r0 + i];
                     let folded = _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
-                    _mm256_fmadd_ps(offset_acc[t][r0 + i], factor, folded)
-                });
+                    lanes[i] = _mm256_fmadd_ps(offset_acc[t][r0 + i], factor, folded);
+                }
                 let sums = hsum4(lanes);
                 for i in 0..4.min(R - r0) {
                     out[t][r0 + i] = sums[i];
