@@ -1,7 +1,7 @@
 //! The fast matmul op, `out = x · Wᵀ` with f32 accumulation, for every weight format: the same
 //! contract as `ops::matmul::matmul`, which stays its test oracle.
 //!
-//! Launch geometry: weight rows are cut into tasks for the rayon pool (at least four per thread,
+//! Launch geometry: weight rows are cut into tasks for the rayon pool (two per thread,
 //! and, with many tokens, few enough rows per task that they stay in L2 while every block of tokens
 //! streams past them). Inside a task:
 //! - float weights (f32/f16/bf16): tiles of dot products, 1 token × 8 rows (decode, converting
@@ -32,8 +32,9 @@ use crate::model::weights::{WeightFormat, WeightMatrix};
 const TILE_MIN_TOKENS: usize = 4;
 /// Bytes of a task's weight rows that should stay cache-resident while token blocks stream by.
 const TASK_WEIGHT_BYTES: usize = 384 << 10;
-/// Tasks per pool thread: enough for balance when a core is busy with something else.
-const TASKS_PER_THREAD: usize = 4;
+/// Tasks per pool thread: two leaves room to even out a core that is busy with something else,
+/// while each task still streams a long run of rows (more, shorter tasks measured slower).
+const TASKS_PER_THREAD: usize = 2;
 
 thread_local! {
     /// A task's rows converted or dequantized to f32, `[rows, k]`.
