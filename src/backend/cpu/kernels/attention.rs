@@ -166,7 +166,6 @@ struct PrefillScratch {
     keys: Vec<f32>,
     values: Vec<f32>,
     key_panels: Vec<f32>,
-    value_panels: Vec<f32>,
     scores: Vec<f32>,
 }
 
@@ -311,11 +310,12 @@ unsafe fn prefill_task<'a>(
     let (group, q_dim, kv_dim) = (num_heads / num_kv_heads, num_heads * d, num_kv_heads * d);
     let (nr, mt) = (gemm::panel_rows(isa), gemm::block_tokens(isa));
     let len = visible.len();
-    let PrefillScratch { keys, values, key_panels, value_panels, scores } = scratch;
+    let PrefillScratch { keys, values, key_panels, scores } = scratch;
 
-    // This KV head's keys and values of the visible positions, `[len, d]`.
+    // This KV head's keys and values of the visible positions, `[len, d]`; the values' rows are
+    // read nr at a time as panels of P·V, so the buffer has nr floats of slack at its end.
     keys.resize(len * d, 0.0);
-    values.resize(len * d, 0.0);
+    values.resize(len * d + nr, 0.0);
     let mut p = visible.start;
     while p < visible.end {
         let (block_keys, block_values) = block(p / block_size);
@@ -328,17 +328,10 @@ unsafe fn prefill_task<'a>(
         }
         p += count;
     }
-    // Keys as the "weight rows" of Q·Kᵀ; value columns as panels `[d / nr][len][nr]` of P·V.
+    // Keys as the "weight rows" of Q·Kᵀ, packed; the values' rows are P·V's panels as they are
+    // (columns j·nr.. of row p at p·d + j·nr, stride d).
     key_panels.resize(len.div_ceil(nr) * d * nr, 0.0);
     gemm::pack_panels(isa, keys, d, key_panels);
-    value_panels.resize(d.div_ceil(nr) * len * nr, 0.0);
-    for (j, panel) in value_panels.chunks_exact_mut(len * nr).enumerate() {
-        let cols = nr.min(d - j * nr);
-        for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
-            row[..cols].copy_from_slice(&values[p * d + j * nr..p * d + j * nr + cols]);
-            row[cols..].fill(0.0);
-        }
-    }
 
     scores.resize(rows * len, 0.0);
     let scale = 1.0 / (d as f32).sqrt();
@@ -355,6 +348,7 @@ unsafe fn prefill_task<'a>(
                     &xs,
                     d,
                     key_panels[panel * d * nr..].as_ptr(),
+                    nr,
                     scores[r0 * len + panel * nr..].as_mut_ptr(),
                     len,
                     mt.min(rows - r0),
@@ -368,11 +362,13 @@ unsafe fn prefill_task<'a>(
         }
         for r0 in (0..rows).step_by(mt) {
             let xs = std::array::from_fn(|i| scores[(r0 + i).min(rows - 1) * len..].as_ptr());
-            for (j, panel) in value_panels.chunks_exact(len * nr).enumerate() {
+            for j in 0..d.div_ceil(nr) {
                 let cols = nr.min(d - j * nr);
-                // SAFETY: each score row holds len values, the panel len·nr; the output block is
-                // this task's (tokens t0 + r0.., columns of head h), inside `out` (caller).
-                gemm::microkernel(isa, &xs, len, panel.as_ptr(), out.add((t0 + r0) * q_dim + h * d + j * nr), q_dim, mt.min(rows - r0), cols);
+                // SAFETY: each score row holds len values; the value rows span (len − 1)·d + nr
+                // floats from column j·nr (the slack); the output block is this task's (tokens
+                // t0 + r0.., columns of head h), inside `out` (caller).
+                let panel = values[j * nr..].as_ptr();
+                gemm::microkernel(isa, &xs, len, panel, d, out.add((t0 + r0) * q_dim + h * d + j * nr), q_dim, mt.min(rows - r0), cols);
             }
         }
     }

@@ -46,13 +46,15 @@ pub fn pack_panels(isa: super::Isa, rows: &[f32], k: usize, panels: &mut [f32]) 
     }
 }
 
-/// `out[t * out_stride + c] = Σ_kk x_t[kk] · panel[kk * NR + c]` for `t < tokens`, `c < cols`,
+/// `out[t * out_stride + c] = Σ_kk x_t[kk] · panel[kk * panel_stride + c]` for `t < tokens`,
+/// `c < cols` (a packed panel has stride NR; any row-major block with NR readable floats per row
+/// serves as well),
 /// each sum taken in order of kk with one FMA per step, so a row's results do not depend on the
 /// other rows of the call.
 ///
 /// # Safety
 /// `x[t]` must point to `k` readable f32 for every t < `block_tokens(isa)` (repeat the last row
-/// for ragged blocks), `panel` to `k * panel_rows(isa)` f32, and `out` must be writable at
+/// for ragged blocks), `panel` to `(k - 1) * panel_stride + panel_rows(isa)` f32, and `out` must be writable at
 /// `t * out_stride + c` for t < tokens, c < cols.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn microkernel(
@@ -60,6 +62,7 @@ pub unsafe fn microkernel(
     x: &[*const f32; 8],
     k: usize,
     panel: *const f32,
+    panel_stride: usize,
     out: *mut f32,
     out_stride: usize,
     tokens: usize,
@@ -70,7 +73,7 @@ pub unsafe fn microkernel(
     macro_rules! rows {
         ($kernel:ident, $($mr:literal)*) => {
             match tokens {
-                $($mr => x86::$kernel::<$mr>(x, k, panel, out, out_stride, cols),)*
+                $($mr => x86::$kernel::<$mr>(x, k, panel, panel_stride, out, out_stride, cols),)*
                 _ => unreachable!("at most block_tokens rows"),
             }
         };
@@ -170,14 +173,15 @@ mod x86 {
         x: &[*const f32; 8],
         k: usize,
         panel: *const f32,
+        panel_stride: usize,
         out: *mut f32,
         out_stride: usize,
         cols: usize,
     ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         for kk in 0..k {
-            let b0 = _mm512_loadu_ps(panel.add(kk * 32));
-            let b1 = _mm512_loadu_ps(panel.add(kk * 32 + 16));
+            let b0 = _mm512_loadu_ps(panel.add(kk * panel_stride));
+            let b1 = _mm512_loadu_ps(panel.add(kk * panel_stride + 16));
             for t in 0..MR {
                 let a = _mm512_set1_ps(*x[t].add(kk));
                 acc[t][0] = _mm512_fmadd_ps(a, b0, acc[t][0]);
@@ -199,14 +203,15 @@ mod x86 {
         x: &[*const f32; 8],
         k: usize,
         panel: *const f32,
+        panel_stride: usize,
         out: *mut f32,
         out_stride: usize,
         cols: usize,
     ) {
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         for kk in 0..k {
-            let b0 = _mm256_loadu_ps(panel.add(kk * 16));
-            let b1 = _mm256_loadu_ps(panel.add(kk * 16 + 8));
+            let b0 = _mm256_loadu_ps(panel.add(kk * panel_stride));
+            let b1 = _mm256_loadu_ps(panel.add(kk * panel_stride + 8));
             for t in 0..MR {
                 let a = _mm256_broadcast_ss(&*x[t].add(kk));
                 acc[t][0] = _mm256_fmadd_ps(a, b0, acc[t][0]);
