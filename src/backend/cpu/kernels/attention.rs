@@ -34,7 +34,7 @@ pub fn attention<'a>(
     assert_eq!(q.len(), shape.num_heads * shape.head_dim, "query must be [heads, head_dim]");
     assert_eq!(out.len(), q.len(), "attention output must be [heads, head_dim]");
     assert!(!visible.is_empty(), "a query always sees at least its own position");
-    assert!(shape.num_kv_heads > 0 && shape.num_heads % shape.num_kv_heads == 0, "heads must group evenly");
+    assert!(shape.num_kv_heads > 0 && shape.num_heads.is_multiple_of(shape.num_kv_heads), "heads must group evenly");
     SCORES.with_borrow_mut(|scores| {
         scores.resize(shape.num_heads * visible.len(), 0.0);
         match isa {
@@ -201,7 +201,7 @@ pub fn attention_run<'a>(
     use rayon::prelude::*;
     let AttentionShape { num_heads, num_kv_heads, head_dim } = shape;
     let q_dim = num_heads * head_dim;
-    assert!(q.len() % q_dim == 0 && out.len() == q.len(), "queries and output must be [tokens, {q_dim}]");
+    assert!(q.len().is_multiple_of(q_dim) && out.len() == q.len(), "queries and output must be [tokens, {q_dim}]");
     let tokens = q.len() / q_dim;
     let first_visible = |position: usize| window.map_or(0, |w| (position + 1).saturating_sub(w));
     if isa == Isa::Portable {

@@ -9,6 +9,9 @@
 //! A k that is not a multiple of the vector width ends with one masked (AVX-512) or scalar (AVX2,
 //! portable) step.
 
+// Index loops over fixed-size register arrays read as the math does.
+#![allow(clippy::needless_range_loop)]
+
 use half::{bf16, f16};
 
 /// Element type of the weight rows, as a const generic.

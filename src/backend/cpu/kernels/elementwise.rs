@@ -49,7 +49,7 @@ multiversion!(fn add_rmsnorm_rows(residual: &mut [f32], delta: &[f32], weight: &
 /// `out = x / sqrt(mean(x²) + eps) * weight` row by row (`[rows, weight.len()]`).
 pub fn rmsnorm(isa: Isa, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let dim = weight.len();
-    assert!(x.len() == out.len() && x.len() % dim == 0, "rmsnorm operands must be [rows, {dim}]");
+    assert!(x.len() == out.len() && x.len().is_multiple_of(dim), "rmsnorm operands must be [rows, {dim}]");
     let rows_per_task = rows_per_task(dim, x.len());
     if x.len() < PARALLEL_MIN_ELEMENTS {
         return rmsnorm_rows(isa, x, weight, eps, out);
@@ -63,7 +63,7 @@ pub fn rmsnorm(isa: Isa, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 pub fn rmsnorm_residual(isa: Isa, residual: &mut [f32], delta: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let dim = weight.len();
     assert!(
-        residual.len() == delta.len() && residual.len() == out.len() && residual.len() % dim == 0,
+        residual.len() == delta.len() && residual.len() == out.len() && residual.len().is_multiple_of(dim),
         "rmsnorm_residual operands must be [rows, {dim}]"
     );
     if residual.len() < PARALLEL_MIN_ELEMENTS {
@@ -140,7 +140,7 @@ multiversion!(fn rope_rows(x: &mut [f32], width: usize, head_dim: usize, cos: &[
 /// with the token's row of the tables from [`rope_table`].
 pub fn apply_rope(isa: Isa, x: &mut [f32], width: usize, head_dim: usize, cos: &[f32], sin: &[f32]) {
     let half = head_dim / 2;
-    assert!(width % head_dim == 0 && x.len() % width == 0, "rope input must be [tokens, heads * {head_dim}]");
+    assert!(width.is_multiple_of(head_dim) && x.len().is_multiple_of(width), "rope input must be [tokens, heads * {head_dim}]");
     assert!(cos.len() == x.len() / width * half && sin.len() == cos.len(), "rope tables must be [tokens, {half}]");
     if x.len() < PARALLEL_MIN_ELEMENTS {
         return rope_rows(isa, x, width, head_dim, cos, sin);

@@ -9,6 +9,9 @@
 //! 10 loads per 16 FMAs); AVX2: MR = 6, NR = 16 (12 accumulators). Bound by FMA throughput: the
 //! panel (NR·K floats) and the activation rows stream from L1/L2.
 
+// Index loops over fixed-size register arrays read as the math does.
+#![allow(clippy::needless_range_loop)]
+
 /// Panel width (weight rows per panel) for a level.
 pub fn panel_rows(isa: super::Isa) -> usize {
     match isa {

@@ -61,7 +61,7 @@ pub fn matmul_group_with(isa: Isa, x: &[f32], ws: &[&WeightMatrix], outs: &mut [
     assert!(isa.supported(), "{} kernels do not run on this CPU", isa.name());
     let Some(first) = ws.first() else { return };
     let k = first.cols;
-    assert!(k > 0 && x.len() % k == 0, "matmul input must be [n, {k}]");
+    assert!(k > 0 && x.len().is_multiple_of(k), "matmul input must be [n, {k}]");
     let n = x.len() / k;
     let threads = rayon::current_num_threads();
     // (matrix, rows per task, first task) for each matrix.
