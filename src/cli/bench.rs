@@ -136,7 +136,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
                 RandomFormat::Q4_1 => random_llama_weights_quantized(&config, 1, PackedQuant::Q4_1),
             };
             let (backend, plan_limits) = cpu_backend(config, weights, limits);
-            (backend, plan_limits, format!("{geometry:?} (random weights)"))
+            let name = geometry.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
+            (backend, plan_limits, format!("{name} geometry, random weights"))
         }
         (_, None) if args.default_gguf => {
             let path = crate::model::pull::pull_default_gguf_into(&crate::model::pull::kiln_home()?)?;
