@@ -166,3 +166,11 @@ fn n_completions_share_the_prompt_and_match_single_runs() {
     }
     assert_idle(&engine);
 }
+
+#[test]
+fn the_concurrency_benchmark_runs_every_request_to_the_end() {
+    let report = kiln::cli::bench_concurrency::run(Box::new(backend(256)), 4, 6, 5, 64).unwrap();
+    assert_eq!((report.concurrency, report.prompt_tokens, report.new_tokens), (4, 6, 5));
+    assert!(report.single_tokens_per_s > 0.0 && report.aggregate_tokens_per_s > 0.0);
+    assert!((report.speedup - report.aggregate_tokens_per_s / report.single_tokens_per_s).abs() < 1e-9);
+}
