@@ -80,7 +80,7 @@ pub fn run(backend: Box<dyn Backend>, concurrency: usize, prompt_tokens: usize, 
         Ok(generated as f64 / started.elapsed().as_secs_f64())
     };
     // A warm-up request first, so page faults of the weights are not measured.
-    timed(&[prompt(usize::MAX / 2)], &engine)?;
+    timed(&[prompt(concurrency + 1)], &engine)?;
     let single = timed(&[prompt(0)], &engine)?;
     let batch: Vec<Vec<u32>> = (1..=concurrency).map(prompt).collect();
     let aggregate = timed(&batch, &engine)?;
