@@ -263,7 +263,7 @@ pub fn decode_benchmark(
 ) -> Result<Vec<DecodeResult>, CudaError> {
     let max_batch = batches.iter().copied().max().unwrap_or(1);
     let block_size = crate::launch::KV_BLOCK_SIZE;
-    let blocks_per_seq = (context + steps + 1).div_ceil(block_size);
+    let blocks_per_seq = (context + steps + 4).div_ceil(block_size);
     let layout = KvLayout { block_size, num_blocks: max_batch * blocks_per_seq };
     let limits = PlanLimits { max_batch_tokens: max_batch.max(64), max_seqs: max_batch, max_blocks_per_seq: blocks_per_seq };
     let mut backend = CudaBackend::new(config.clone(), WeightSource::RandomSeed(7), layout, limits, CudaOptions { dtype, graphs: true })?;
@@ -290,10 +290,27 @@ pub fn decode_benchmark(
         }
         let start = std::time::Instant::now();
         for i in 0..steps {
-            step(context + 3 + i.min(steps), &mut tokens, &mut backend)?;
+            step(context + 3 + i, &mut tokens, &mut backend)?;
         }
         let ms_per_step = start.elapsed().as_secs_f64() * 1e3 / steps as f64;
         results.push(DecodeResult { batch, context, ms_per_step, tokens_per_s: batch as f64 * 1e3 / ms_per_step, floor_ms });
     }
     Ok(results)
+}
+
+/// Model geometries benchmarks can name instead of a model directory.
+pub fn geometry(name: &str) -> Option<ModelConfig> {
+    let (hidden, ffn, layers, heads, kv_heads, vocab, theta) = match name {
+        "llama2-7b" => (4096, 11008, 32, 32, 32, 32000, 10_000.0),
+        "llama2-13b" => (5120, 13824, 40, 40, 40, 32000, 10_000.0),
+        "llama2-70b" => (8192, 28672, 80, 64, 8, 32000, 10_000.0),
+        "llama3-8b" => (4096, 14336, 32, 32, 8, 128_256, 500_000.0),
+        _ => return None,
+    };
+    let json = format!(
+        r#"{{"architectures":["LlamaForCausalLM"],"hidden_size":{hidden},"intermediate_size":{ffn},"num_hidden_layers":{layers},
+        "num_attention_heads":{heads},"num_key_value_heads":{kv_heads},"vocab_size":{vocab},"rms_norm_eps":1e-5,
+        "max_position_embeddings":4096,"rope_theta":{theta:.1}}}"#
+    );
+    Some(ModelConfig::from_json(&json, std::path::Path::new(name)).expect("built-in geometries are valid"))
 }
