@@ -1,7 +1,8 @@
 //! Compiles the CUDA kernels in cuda/ when the `cuda` feature is on; a CPU-only build needs no nvcc.
 //!
-//! Each `cuda/*.cu` becomes one fatbin (sm_80 and sm_90 machine code, compute_90 PTX for newer
-//! GPUs, sm_90a for files that use wgmma) embedded in the binary through `$OUT_DIR/kernels.rs`.
+//! Each `cuda/*.cu` becomes one fatbin (sm_80 and sm_90 machine code and compute_90 PTX for newer
+//! GPUs; `*_sm90.cu` files, which use wgmma, sm_90a alone) embedded in the binary through
+//! `$OUT_DIR/kernels.rs`.
 //! nvcc is looked up in `$NVCC`, `$CUDA_HOME/bin`, `PATH`, then the `.venv` that
 //! `tools/setup-cuda` fills. ptxas's register report is parsed: any spill fails the build (every
 //! kernel here is on the per-token path), and `KILN_PTXAS_REPORT=1` prints the whole table.
@@ -11,9 +12,9 @@ use std::process::Command;
 
 /// Machine code for Ampere and Hopper, plus PTX that newer drivers compile for later GPUs.
 const GENCODE: [&str; 2] = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=[sm_90,compute_90]"];
-/// Files with wgmma paths also get Hopper's architecture-specific target.
+/// Files named `*_sm90.cu` use Hopper-only instructions (wgmma) and get only Hopper's
+/// architecture-specific target; the backend loads them on compute capability 9.0 alone.
 const GENCODE_SM90A: &str = "-gencode=arch=compute_90a,code=sm_90a";
-const SM90A_FILES: [&str; 1] = ["gemm.cu"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -121,13 +122,14 @@ fn compile(nvcc: &Path, cuda_dir: &Path, source: &Path, output: &Path) -> Result
     let mut command = Command::new(nvcc);
     command
         .args(["-fatbin", "-O3", "-std=c++17", "--expt-relaxed-constexpr", "-Xptxas", "-v", "-lineinfo"])
-        .args(GENCODE)
         .arg(format!("-I{}", cuda_dir.display()))
         .arg("-o")
         .arg(output)
         .arg(source);
-    if SM90A_FILES.contains(&name.as_ref()) {
+    if name.ends_with("_sm90.cu") {
         command.arg(GENCODE_SM90A);
+    } else {
+        command.args(GENCODE);
     }
     let out = command.output().map_err(|e| format!("could not run {}: {e}", nvcc.display()))?;
     let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);

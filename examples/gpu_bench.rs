@@ -77,6 +77,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             for m in [512, 2048] {
                 timings.extend(bench::bench_gemm(&gpu, &config, dtype, m, GemmVariant::Auto)?);
             }
+            if gpu.info.wgmma {
+                // The mma.sync kernel on the same shapes, to show what wgmma buys.
+                timings.extend(bench::bench_gemm(&gpu, &config, dtype, 2048, GemmVariant::TensorCoreLarge)?);
+            }
             for (batch, context) in [(1, 1024), (8, 1024), (32, 1024), (64, 512)] {
                 timings.push(bench::bench_attention_decode(&gpu, &config, dtype, batch, context)?);
             }

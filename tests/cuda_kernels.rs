@@ -215,10 +215,16 @@ fn gemm_every_variant_matches_reference() {
         (GemmVariant::TensorCoreLarge, &[1, 130, 300], 264, 72),
         (GemmVariant::TensorCoreLarge, &[512], 1024, 4096),
         (GemmVariant::Auto, &[3, 40, 700], 520, 40),
+        (GemmVariant::Wgmma, &[1, 77, 128, 300], 264, 72),
+        (GemmVariant::Wgmma, &[512], 1024, 4096),
     ];
     for dtype in DTYPES {
         let kernels = gemm::kernels(&gpu, dtype).unwrap();
         for (case, &(variant, ms, n, k)) in cases.iter().enumerate() {
+            if variant == GemmVariant::Wgmma && !kernels.has_wgmma() {
+                eprintln!("skipped the wgmma cases: not a compute capability 9.0 GPU (or KILN_NO_WGMMA is set)");
+                continue;
+            }
             let w = round(&seeded_values(seed + case as u64, n * k), dtype);
             let w_device = gpu.upload_as(&w, dtype).unwrap();
             let w_host = matrix(n, k, &w, dtype);

@@ -177,6 +177,9 @@ pub struct GpuInfo {
     pub compute_capability: (i32, i32),
     pub multiprocessors: u32,
     pub total_bytes: usize,
+    /// The sm_90a kernels (wgmma) are loaded: a compute capability 9.0 GPU, and
+    /// `KILN_NO_WGMMA` unset.
+    pub wgmma: bool,
 }
 
 /// The device: context, the one stream every kernel and copy runs on, and the loaded modules.
@@ -207,6 +210,7 @@ impl Gpu {
             compute_capability: ctx.compute_capability()?,
             multiprocessors: ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
             total_bytes: ctx.total_mem()?,
+            wgmma: false,
         };
         if info.compute_capability.0 < 8 {
             return Err(CudaError::Unavailable(format!(
@@ -214,9 +218,15 @@ impl Gpu {
                 info.name, info.compute_capability.0, info.compute_capability.1
             )));
         }
+        let mut info = info;
+        // sm_90a machine code runs on compute capability 9.0 alone.
+        info.wgmma = info.compute_capability == (9, 0) && std::env::var_os("KILN_NO_WGMMA").is_none();
         let mut modules = Vec::new();
         let mut functions = HashMap::new();
         for (file, fatbin) in super::kernels::ALL {
+            if file.ends_with("_sm90") && !info.wgmma {
+                continue;
+            }
             let module = ctx.load_module(Ptx::from_binary(fatbin.to_vec()))?;
             for &name in super::kernels_in(file) {
                 let function = module.load_function(name).map_err(|e| CudaError::Module(format!("{file}.cu: {name}: {e}")))?;

@@ -1,6 +1,7 @@
-//! Launchers of cuda/gemv.cu and cuda/gemm.cu: `out = x · wᵀ` against a weight matrix
-//! (reference: ops::matmul). 1..8 rows go to the bandwidth-bound GEMV, more to the tensor-core
-//! GEMM, whose small tile keeps enough blocks in flight for batched decode.
+//! Launchers of cuda/gemv.cu, cuda/gemm.cu and cuda/gemm_sm90.cu: `out = x · wᵀ` against a
+//! weight matrix (reference: ops::matmul). 1..8 rows go to the bandwidth-bound GEMV, more to the
+//! mma.sync GEMM, whose small tile keeps enough blocks in flight for batched decode; large
+//! products go to the wgmma GEMM on Hopper.
 
 use super::device::{DeviceArray, Dtype, Gpu, Kernel, Launch};
 use super::params::GemmParams;
@@ -10,6 +11,8 @@ const GEMM_STAGES: u32 = 3;
 const GEMM_ROW_BYTES: u32 = 80; // 32 k-elements of 2 bytes, padded by 16
 const LARGE: (u32, u32, u32) = (128, 128, 256); // (BM, BN, threads)
 const SMALL: (u32, u32, u32) = (64, 32, 128);
+const WGMMA: (u32, u32, u32) = (128, 128, 256);
+const WGMMA_SHARED_BYTES: u32 = 4 * 32 * 1024 + 1024; // 4 stages of two 16 KiB tiles, 1 KiB to align
 
 fn shared_bytes((bm, bn, _): (u32, u32, u32)) -> u32 {
     GEMM_STAGES * (bm + bn) * GEMM_ROW_BYTES
@@ -20,6 +23,9 @@ pub(crate) fn configure(gpu: &Gpu) -> Result<(), CudaError> {
     for dtype in ["f16", "bf16"] {
         gpu.set_dynamic_shared(&format!("gemm_128x128_{dtype}"), shared_bytes(LARGE))?;
         gpu.set_dynamic_shared(&format!("gemm_64x32_{dtype}"), shared_bytes(SMALL))?;
+        if gpu.info.wgmma {
+            gpu.set_dynamic_shared(&format!("gemm_wgmma_{dtype}"), WGMMA_SHARED_BYTES)?;
+        }
     }
     Ok(())
 }
@@ -31,12 +37,15 @@ pub enum GemmVariant {
     Gemv,
     TensorCoreSmall,
     TensorCoreLarge,
+    /// Hopper only (`GemmKernels::has_wgmma`).
+    Wgmma,
 }
 
 pub struct GemmKernels {
     gemv: Vec<Kernel>, // [8]: rows 1..=8
     small: Kernel,
     large: Kernel,
+    wgmma: Option<Kernel>,
     multiprocessors: u32,
 }
 
@@ -46,11 +55,16 @@ pub fn kernels(gpu: &Gpu, dtype: Dtype) -> Result<GemmKernels, CudaError> {
         gemv: (1..=8).map(|m| gpu.kernel(&format!("gemv_m{m}_{s}"))).collect::<Result<_, _>>()?,
         small: gpu.kernel(&format!("gemm_64x32_{s}"))?,
         large: gpu.kernel(&format!("gemm_128x128_{s}"))?,
+        wgmma: if gpu.info.wgmma { Some(gpu.kernel(&format!("gemm_wgmma_{s}"))?) } else { None },
         multiprocessors: gpu.info.multiprocessors,
     })
 }
 
 impl GemmKernels {
+    pub fn has_wgmma(&self) -> bool {
+        self.wgmma.is_some()
+    }
+
     pub fn choose(&self, m: usize, n: usize) -> GemmVariant {
         if m <= 8 {
             return GemmVariant::Gemv;
@@ -58,6 +72,8 @@ impl GemmKernels {
         let large_tiles = m.div_ceil(LARGE.0 as usize) * n.div_ceil(LARGE.1 as usize);
         if m <= 64 || large_tiles < 2 * self.multiprocessors as usize {
             GemmVariant::TensorCoreSmall
+        } else if self.wgmma.is_some() {
+            GemmVariant::Wgmma
         } else {
             GemmVariant::TensorCoreLarge
         }
@@ -100,6 +116,11 @@ pub fn gemm(
             let (tile, kernel) = if variant == GemmVariant::TensorCoreSmall { (SMALL, &kernels.small) } else { (LARGE, &kernels.large) };
             let grid = (n.div_ceil(tile.1 as usize) as u32, m.max(1).div_ceil(tile.0 as usize) as u32, 1);
             Launch::new(kernel, grid, (tile.2, 1, 1), shared_bytes(tile), &params)
+        }
+        GemmVariant::Wgmma => {
+            let kernel = kernels.wgmma.as_ref().ok_or_else(|| CudaError::Unsupported("the wgmma GEMM needs a compute capability 9.0 GPU".into()))?;
+            let grid = (n.div_ceil(WGMMA.1 as usize) as u32, m.max(1).div_ceil(WGMMA.0 as usize) as u32, 1);
+            Launch::new(kernel, grid, (WGMMA.2, 1, 1), WGMMA_SHARED_BYTES, &params)
         }
         GemmVariant::Auto => unreachable!("Auto was resolved above"),
     };

@@ -87,6 +87,7 @@ pub(crate) fn kernels_in(file: &str) -> &'static [&'static str] {
         ],
         "embedding" => &["embedding_f16", "embedding_bf16"],
         "gemm" => &["gemm_128x128_f16", "gemm_128x128_bf16", "gemm_64x32_f16", "gemm_64x32_bf16"],
+        "gemm_sm90" => &["gemm_wgmma_f16", "gemm_wgmma_bf16"],
         "gemv" => &[
             "gemv_m1_f16",
             "gemv_m1_bf16",
