@@ -15,15 +15,15 @@ pub const KV_BLOCK_SIZE: usize = 16;
 
 #[derive(Debug, Clone, Copy)]
 pub struct CpuLimits {
-    /// Tokens the KV cache holds across all sequences.
-    pub kv_tokens: usize,
+    /// Bytes of KV cache across all sequences (f32 keys and values on the CPU).
+    pub kv_memory_bytes: usize,
     pub max_batch_tokens: usize,
     pub max_seqs: usize,
 }
 
 impl Default for CpuLimits {
     fn default() -> Self {
-        CpuLimits { kv_tokens: 16_384, max_batch_tokens: 512, max_seqs: 16 }
+        CpuLimits { kv_memory_bytes: 1 << 30, max_batch_tokens: 512, max_seqs: 16 }
     }
 }
 
@@ -35,7 +35,8 @@ pub fn load_cpu_backend(dir: &Path, limits: CpuLimits) -> Result<(CpuBackend, Pl
 }
 
 pub fn cpu_backend(config: ModelConfig, weights: LlamaWeights, limits: CpuLimits) -> (CpuBackend, PlanLimits) {
-    let num_blocks = limits.kv_tokens.div_ceil(KV_BLOCK_SIZE).max(1);
+    let kv_tokens = limits.kv_memory_bytes / CpuKvCache::bytes_per_token(&config);
+    let num_blocks = (kv_tokens / KV_BLOCK_SIZE).max(1);
     let layout = KvLayout { block_size: KV_BLOCK_SIZE, num_blocks };
     let max_tokens_per_seq = config.max_position_embeddings.min(layout.capacity_tokens());
     let plan_limits = PlanLimits {

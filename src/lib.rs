@@ -5,6 +5,7 @@
 //! `model` loads weights and configs; `tokenizer` turns text into ids and back.
 
 pub mod backend;
+pub mod cli;
 pub mod engine;
 pub mod launch;
 pub mod model;

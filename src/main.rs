@@ -1,5 +1,161 @@
 //! The `kiln` command line: parses arguments and calls the library.
 
-fn main() {
-    println!("kiln");
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use kiln::engine::sampler::SamplingParams;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "A kernel-first LLM inference server for Llama-family models")]
+struct Cli {
+    /// Worker threads for the CPU backend (default: every core).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch the default model (SmolLM2-135M-Instruct) into $KILN_HOME and print its directory.
+    Pull,
+    /// Serve the OpenAI-compatible and native HTTP APIs.
+    Serve(ServeOptions),
+    /// Generate text from a prompt; only the generated text goes to stdout.
+    Generate {
+        /// A Hugging Face model directory or a GGUF file (default: the default model, pulled if needed).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The text to continue, or with --chat the user's message.
+        #[arg(long)]
+        prompt: String,
+        /// Send the prompt as one user message through the model's chat template.
+        #[arg(long)]
+        chat: bool,
+        /// A system message (with --chat).
+        #[arg(long, requires = "chat")]
+        system: Option<String>,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        /// 0 means greedy decoding.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        /// 0 means no top-k cut.
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f32,
+        /// Seed for sampled decoding (same seed, same text).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeOptions {
+    /// A Hugging Face model directory or a GGUF file (default: the default model, pulled if needed).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// An accepted API key (repeatable); with none, the API is open.
+    #[arg(long = "api-key")]
+    api_keys: Vec<String>,
+    /// A file of accepted API keys, one per line.
+    #[arg(long)]
+    api_keys_file: Option<PathBuf>,
+    /// The model id clients use (default: the model directory's name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// A host (or host:port) webhooks may be delivered to (repeatable); none are allowed by default.
+    #[arg(long = "webhook-allow")]
+    webhook_allow: Vec<String>,
+    /// KV cache size in GiB.
+    #[arg(long, default_value_t = 1.0)]
+    kv_memory: f64,
+    /// Most tokens computed in one step (prefill chunks and decodes together).
+    #[arg(long, default_value_t = 512)]
+    max_batch_tokens: usize,
+    /// Most sequences in one step.
+    #[arg(long, default_value_t = 16)]
+    max_seqs: usize,
+    /// Most prompt tokens of one sequence per step, so decoding users keep getting tokens.
+    #[arg(long, default_value_t = 256)]
+    max_prefill_chunk: usize,
+    /// Requests that may wait for a place; beyond it clients get 429.
+    #[arg(long, default_value_t = 256)]
+    max_waiting: usize,
+    #[arg(long, default_value_t = 1000)]
+    max_connections: usize,
+    /// USD per million prompt tokens.
+    #[arg(long, default_value_t = 0.64)]
+    price_input: f64,
+    /// USD per million generated tokens.
+    #[arg(long, default_value_t = 0.80)]
+    price_output: f64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    kiln::cli::init_logging();
+    let result = kiln::cli::init_threads(cli.threads).and_then(|_| run(cli.command));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kiln: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Pull => {
+            let dir = kiln::model::pull::pull_default_model()?;
+            println!("{}", dir.display());
+            Ok(())
+        }
+        Command::Serve(o) => {
+            if !(o.kv_memory > 0.0 && o.kv_memory.is_finite()) {
+                anyhow::bail!("--kv-memory must be a positive number of GiB");
+            }
+            if o.max_batch_tokens == 0 || o.max_seqs == 0 || o.max_prefill_chunk == 0 {
+                anyhow::bail!("--max-batch-tokens, --max-seqs and --max-prefill-chunk must be positive");
+            }
+            kiln::cli::serve::run(kiln::cli::serve::ServeArgs {
+                model: o.model,
+                host: o.host,
+                port: o.port,
+                api_keys: o.api_keys,
+                api_keys_file: o.api_keys_file,
+                served_model_name: o.served_model_name,
+                webhook_allow: o.webhook_allow,
+                kv_memory_bytes: (o.kv_memory * (1u64 << 30) as f64) as usize,
+                max_batch_tokens: o.max_batch_tokens,
+                max_seqs: o.max_seqs,
+                max_prefill_chunk: o.max_prefill_chunk,
+                max_waiting: o.max_waiting,
+                max_connections: o.max_connections,
+                prices: kiln::server::api::pricing::Prices { input_per_million_usd: o.price_input, output_per_million_usd: o.price_output },
+            })
+        }
+        Command::Generate { model, prompt, chat, system, max_tokens, temperature, top_p, top_k, repetition_penalty, seed } => {
+            let checks = [
+                (temperature >= 0.0 && temperature.is_finite(), "--temperature must be 0 or more"),
+                (top_p > 0.0 && top_p <= 1.0, "--top-p must be in (0, 1]"),
+                (repetition_penalty > 0.0 && repetition_penalty.is_finite(), "--repetition-penalty must be positive"),
+            ];
+            if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
+                anyhow::bail!("{message}");
+            }
+            let sampling = SamplingParams { temperature, top_p, top_k, repetition_penalty, seed, ..SamplingParams::greedy() };
+            kiln::cli::generate::run(kiln::cli::generate::GenerateArgs { model, prompt, chat, system, max_tokens, sampling })
+        }
+    }
 }

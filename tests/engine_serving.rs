@@ -28,7 +28,7 @@ impl StreamDecoder for LetterDecoder {
     }
 }
 impl TokenText for Letters {
-    fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
+    fn stream_decoder(&self, _continues_prompt: bool) -> Box<dyn StreamDecoder> {
         Box::new(LetterDecoder)
     }
 }

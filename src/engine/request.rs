@@ -29,6 +29,8 @@ pub struct RequestParams {
     /// `Some(k)`: report each chosen token's log-probability and the k most likely alternatives.
     pub top_logprobs: Option<usize>,
     pub constraint: Option<ConstraintFactory>,
+    /// The output continues the prompt's text (completions) rather than starting a new one (chat).
+    pub continues_prompt: bool,
 }
 
 impl RequestParams {
@@ -41,6 +43,7 @@ impl RequestParams {
             n: 1,
             top_logprobs: None,
             constraint: None,
+            continues_prompt: true,
         }
     }
 }

@@ -271,7 +271,7 @@ impl EngineLoop {
                     request: request_id,
                     choice,
                     sampler: Sampler::new(sampling, &request.prompt_ids),
-                    decoder: self.text.stream_decoder(),
+                    decoder: self.text.stream_decoder(request.params.continues_prompt),
                     stop: StopMatcher::new(request.params.stop_strings.clone()),
                     constraint: request.params.constraint.as_ref().map(|make| make()),
                     generated: 0,

@@ -10,5 +10,7 @@ pub trait StreamDecoder: Send {
 }
 
 pub trait TokenText: Send + Sync {
-    fn stream_decoder(&self) -> Box<dyn StreamDecoder>;
+    /// `continues_prompt`: the output continues the prompt's text (completions), so a leading
+    /// space is kept; otherwise it starts a new text (a chat answer), decoded as on its own.
+    fn stream_decoder(&self, continues_prompt: bool) -> Box<dyn StreamDecoder>;
 }

@@ -1,6 +1,11 @@
 //! The HTTP server: our HTTP/1.1 layer on may (`http`), and the API on top of it.
 
 pub mod api;
+pub mod app;
+pub mod generation;
 pub mod http;
 pub mod metrics;
+mod native_routes;
+mod openai_routes;
+pub mod routes;
 pub mod webhook;

@@ -1,0 +1,121 @@
+//! `kiln serve`: the HTTP server in front of the engine. It listens at once (answering 503 while
+//! the model loads), then serves until SIGTERM or SIGINT, letting running requests finish.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::generate::stop_ids;
+use super::load::load_model;
+use crate::engine::serving::{start_engine, EngineConfig};
+use crate::launch::CpuLimits;
+use crate::server::api::pricing::{Prices, DEFAULT_PRICES};
+use crate::server::app::{unix_now, App};
+use crate::server::http::{shutdown_on_signals, HttpConfig, Server};
+use crate::server::metrics::ServerMetrics;
+use crate::server::routes::Routes;
+use crate::server::webhook::WebhookPolicy;
+
+#[derive(Debug, Clone)]
+pub struct ServeArgs {
+    pub model: Option<PathBuf>,
+    pub host: String,
+    pub port: u16,
+    pub api_keys: Vec<String>,
+    pub api_keys_file: Option<PathBuf>,
+    pub served_model_name: Option<String>,
+    pub webhook_allow: Vec<String>,
+    pub kv_memory_bytes: usize,
+    pub max_batch_tokens: usize,
+    pub max_seqs: usize,
+    pub max_prefill_chunk: usize,
+    pub max_waiting: usize,
+    pub max_connections: usize,
+    pub prices: Prices,
+}
+
+impl Default for ServeArgs {
+    fn default() -> Self {
+        ServeArgs {
+            model: None,
+            host: "127.0.0.1".into(),
+            port: 8000,
+            api_keys: Vec::new(),
+            api_keys_file: None,
+            served_model_name: None,
+            webhook_allow: Vec::new(),
+            kv_memory_bytes: 1 << 30,
+            max_batch_tokens: 512,
+            max_seqs: 16,
+            max_prefill_chunk: 256,
+            max_waiting: 256,
+            max_connections: 1000,
+            prices: DEFAULT_PRICES,
+        }
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let server = start(args, true)?;
+    let report = server.wait();
+    tracing::info!("stopped ({} connections were still open at the deadline)", report.unfinished_connections);
+    Ok(())
+}
+
+/// Binds, loads the model and starts the engine; returns the running server. `signals`: stop
+/// gracefully on SIGTERM/SIGINT (the CLI); tests leave it off and stop through the handle.
+pub fn start(args: ServeArgs, signals: bool) -> anyhow::Result<Server> {
+    let address: SocketAddr = (args.host.as_str(), args.port)
+        .to_socket_addrs()
+        .with_context(|| format!("resolving --host {}", args.host))?
+        .next()
+        .with_context(|| format!("--host {} has no address", args.host))?;
+    let mut api_keys = args.api_keys.clone();
+    if let Some(path) = &args.api_keys_file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading the API keys file {}", path.display()))?;
+        api_keys.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string));
+    }
+    let slot: Arc<OnceLock<Arc<App>>> = Arc::new(OnceLock::new());
+    let http = HttpConfig { max_connections: args.max_connections, ..HttpConfig::default() };
+    let server = Server::bind(address, http, Routes(slot.clone())).with_context(|| format!("listening on {address}"))?;
+    if signals {
+        shutdown_on_signals(server.shutdown_handle())?;
+    }
+    tracing::info!("listening on http://{} (503 until the model is ready)", server.local_addr());
+
+    let limits = CpuLimits { kv_memory_bytes: args.kv_memory_bytes, max_batch_tokens: args.max_batch_tokens, max_seqs: args.max_seqs };
+    let loaded = load_model(args.model.as_deref(), limits)?;
+    let config = crate::backend::Backend::config(&loaded.backend).clone();
+    let tokenizer = Arc::new(loaded.tokenizer);
+    let json_vocabulary: Vec<Vec<u8>> = (0..tokenizer.vocab_size() as u32)
+        .map(|id| if tokenizer.is_special(id) { Vec::new() } else { tokenizer.token_bytes(id).to_vec() })
+        .collect();
+    let engine_config = EngineConfig {
+        max_batch_tokens: args.max_batch_tokens,
+        max_seqs: args.max_seqs,
+        max_prefill_chunk: args.max_prefill_chunk,
+        max_waiting: args.max_waiting,
+    };
+    let (engine, _engine_thread) = start_engine(Box::new(loaded.backend), tokenizer.clone(), engine_config);
+    let model_name = args.served_model_name.clone().unwrap_or(loaded.name);
+    let app = App {
+        engine,
+        stop_token_ids: stop_ids(&config.eos_token_ids, tokenizer.eos_token_id()),
+        tokenizer,
+        model_name: model_name.clone(),
+        api_keys,
+        prices: args.prices,
+        webhooks: WebhookPolicy { allowed: args.webhook_allow, timeout: Duration::from_secs(10), attempts: 3, retry_backoff: Duration::from_secs(1) },
+        json_vocabulary: Arc::new(json_vocabulary),
+        ready: AtomicBool::new(true),
+        metrics: ServerMetrics::default(),
+        started_unix: unix_now(),
+    };
+    let _ = slot.set(Arc::new(app));
+    tracing::info!("serving {model_name} at http://{}/v1 (OpenAI API) and /v1/inference/{model_name}", server.local_addr());
+    Ok(server)
+}

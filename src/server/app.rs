@@ -1,0 +1,40 @@
+//! The server's shared state, built once at start-up and read by every connection.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use super::api::pricing::Prices;
+use super::metrics::ServerMetrics;
+use super::webhook::WebhookPolicy;
+use crate::engine::serving::EngineHandle;
+use crate::tokenizer::Tokenizer;
+
+pub struct App {
+    pub engine: EngineHandle,
+    pub tokenizer: Arc<Tokenizer>,
+    /// The id clients name in `model`; requests naming another get 404.
+    pub model_name: String,
+    /// Accepted bearer keys; empty means no authentication.
+    pub api_keys: Vec<String>,
+    pub prices: Prices,
+    pub webhooks: WebhookPolicy,
+    /// Token ids that end a completion (the model's EOS ids).
+    pub stop_token_ids: Vec<u32>,
+    /// Every token's output bytes, special tokens empty: what JSON mode masks with.
+    pub json_vocabulary: Arc<Vec<Vec<u8>>>,
+    /// False until the model is loaded and the engine runs: `/health` answers 503 until then.
+    pub ready: AtomicBool,
+    pub metrics: ServerMetrics,
+    /// Unix time of start-up, reported as the model's `created`.
+    pub started_unix: u64,
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A request id: a prefix and 24 random hex digits.
+pub fn request_id(prefix: &str) -> String {
+    let mut rng = crate::engine::rng::Rng::from_entropy();
+    format!("{prefix}{:016x}{:08x}", rng.next_u64(), rng.next_u64() as u32)
+}

@@ -1,0 +1,205 @@
+//! From a validated request to engine requests and back: tokenizing prompts, checking the context,
+//! submitting one engine request per prompt, and collecting the events of every choice.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::api::error::ApiError;
+use super::api::responses::ChoiceResult;
+use super::api::valid::{PromptInput, ValidGeneration};
+use super::app::App;
+use crate::engine::json_mode::JsonObjectConstraint;
+use crate::engine::request::{ConstraintFactory, EngineEvent, EngineRequest, EventSink, RequestParams, TokenConstraint};
+use crate::tokenizer::chat::ChatMessage;
+use crate::tokenizer::TokenizerError;
+
+/// Prompts ready for the engine.
+pub struct PreparedPrompts {
+    pub prompt_ids: Vec<Vec<u32>>,
+    /// Each prompt as text, for `echo`.
+    pub prompt_texts: Vec<String>,
+    pub max_tokens: usize,
+    pub continues_prompt: bool,
+}
+
+impl PreparedPrompts {
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_ids.iter().map(Vec::len).sum()
+    }
+}
+
+pub fn prepare(app: &App, valid: &ValidGeneration) -> Result<PreparedPrompts, ApiError> {
+    let tokenizer = &app.tokenizer;
+    let (prompt_ids, prompt_texts, continues_prompt) = match &valid.prompt {
+        PromptInput::Chat(messages) => {
+            let messages: Vec<ChatMessage> = messages.iter().map(|m| ChatMessage::new(m.role.as_str(), m.content.as_str())).collect();
+            let text = tokenizer.apply_chat_template(&messages, true).map_err(chat_error)?;
+            let ids = tokenizer.encode(&text, false).map_err(|e| ApiError::internal(e.to_string()))?;
+            (vec![ids], vec![text], false)
+        }
+        PromptInput::Text(texts) => {
+            let ids = texts
+                .iter()
+                .map(|t| tokenizer.encode(t, true).map_err(|e| ApiError::internal(e.to_string())))
+                .collect::<Result<Vec<_>, _>>()?;
+            (ids, texts.clone(), true)
+        }
+        PromptInput::Tokens(lists) => {
+            let vocab = tokenizer.vocab_size() as u32;
+            if let Some(bad) = lists.iter().flatten().find(|&&id| id >= vocab) {
+                return Err(ApiError::invalid_param("prompt", format!("Token id {bad} is outside the vocabulary of {vocab} tokens.")));
+            }
+            let texts = lists.iter().map(|ids| tokenizer.decode(ids)).collect();
+            (lists.clone(), texts, true)
+        }
+    };
+    if let Some(empty) = prompt_ids.iter().position(Vec::is_empty) {
+        return Err(ApiError::invalid_param("prompt", format!("Prompt {empty} is empty: there is nothing to continue.")));
+    }
+    let context = app.engine.max_sequence_tokens();
+    let longest = prompt_ids.iter().map(Vec::len).max().unwrap_or(0);
+    let room = context.saturating_sub(longest);
+    let max_tokens = match valid.max_tokens {
+        Some(requested) if requested > room => {
+            if valid.cap_max_tokens_to_context && room > 0 {
+                room
+            } else {
+                return Err(ApiError::context_length_exceeded(longest, requested, context));
+            }
+        }
+        Some(requested) => requested,
+        None if room == 0 => return Err(ApiError::context_length_exceeded(longest, 1, context)),
+        None => room,
+    };
+    Ok(PreparedPrompts { prompt_ids, prompt_texts, max_tokens, continues_prompt })
+}
+
+fn chat_error(error: TokenizerError) -> ApiError {
+    match error {
+        TokenizerError::ChatTemplate(message) => ApiError::invalid_param("messages", message),
+        TokenizerError::NoChatTemplate => ApiError::bad_request(error.to_string()),
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+/// The events of every prompt's engine request, tagged with the prompt's index.
+pub type TaggedEvent = (usize, EngineEvent);
+
+struct MaySink {
+    prompt: usize,
+    sender: may::sync::mpsc::Sender<TaggedEvent>,
+}
+
+impl EventSink for MaySink {
+    fn send(&mut self, event: EngineEvent) -> bool {
+        self.sender.send((self.prompt, event)).is_ok()
+    }
+}
+
+/// Submitted work: its events arrive on `events`; `cancel()` stops every part of it.
+pub struct Submitted {
+    pub events: may::sync::mpsc::Receiver<TaggedEvent>,
+    cancel_flags: Vec<Arc<AtomicBool>>,
+}
+
+impl Submitted {
+    pub fn cancel(&self) {
+        for flag in &self.cancel_flags {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+pub fn submit(app: &App, valid: &ValidGeneration, prepared: &PreparedPrompts) -> Result<Submitted, ApiError> {
+    let (sender, events) = may::sync::mpsc::channel();
+    let constraint: Option<ConstraintFactory> = valid.json_mode.then(|| {
+        let vocabulary = app.json_vocabulary.clone();
+        let make: ConstraintFactory = Arc::new(move || Box::new(JsonObjectConstraint::new(vocabulary.clone())) as Box<dyn TokenConstraint>);
+        make
+    });
+    let params = RequestParams {
+        max_new_tokens: prepared.max_tokens,
+        sampling: valid.sampling.clone(),
+        stop_strings: valid.stop.clone(),
+        stop_token_ids: app.stop_token_ids.clone(),
+        n: valid.n,
+        top_logprobs: valid.logprobs,
+        constraint,
+        continues_prompt: prepared.continues_prompt,
+    };
+    let submitted = Submitted { events, cancel_flags: Vec::new() };
+    let mut submitted = submitted;
+    for (prompt, ids) in prepared.prompt_ids.iter().enumerate() {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let request = EngineRequest {
+            prompt_ids: ids.clone(),
+            params: params.clone(),
+            sink: Box::new(MaySink { prompt, sender: sender.clone() }),
+            cancel: cancel.clone(),
+        };
+        if let Err(error) = app.engine.submit(request) {
+            // Parts already queued must not run for nobody.
+            submitted.cancel();
+            return Err(error.into());
+        }
+        submitted.cancel_flags.push(cancel);
+    }
+    Ok(submitted)
+}
+
+/// What one event did to the collected results.
+pub enum Progress {
+    /// Choice `index` got a token with this text.
+    Token { index: usize, text: String, token_id: u32 },
+    /// Choice `index` finished; `text` is its last released text.
+    Finished { index: usize, text: String },
+    Failed(String),
+}
+
+/// The results of every choice, indexed `prompt * n + choice` as OpenAI numbers them.
+pub struct Collector {
+    pub choices: Vec<ChoiceResult>,
+    n: usize,
+    open: usize,
+}
+
+impl Collector {
+    pub fn new(prompts: usize, n: usize) -> Collector {
+        Collector { choices: vec![ChoiceResult::default(); prompts * n], n, open: prompts * n }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.open == 0
+    }
+
+    pub fn completion_tokens(&self) -> usize {
+        self.choices.iter().map(|c| c.token_ids.len()).sum()
+    }
+
+    pub fn apply(&mut self, (prompt, event): TaggedEvent) -> Progress {
+        match event {
+            EngineEvent::Token { choice, token_id, text, logprob } => {
+                let index = prompt * self.n + choice;
+                let c = &mut self.choices[index];
+                c.text.push_str(&text);
+                c.token_ids.push(token_id);
+                c.token_texts.push(text.clone());
+                if let Some(lp) = logprob {
+                    c.logprobs.push(lp);
+                }
+                Progress::Token { index, text, token_id }
+            }
+            EngineEvent::Finished { choice, reason, text, .. } => {
+                let index = prompt * self.n + choice;
+                let c = &mut self.choices[index];
+                c.text.push_str(&text);
+                if c.finish_reason.is_none() {
+                    c.finish_reason = Some(reason);
+                    self.open -= 1;
+                }
+                Progress::Finished { index, text }
+            }
+            EngineEvent::Error { message } => Progress::Failed(message),
+        }
+    }
+}

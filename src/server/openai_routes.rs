@@ -1,0 +1,178 @@
+//! `POST /v1/chat/completions` and `POST /v1/completions` (also under `/v1/openai/`): validated
+//! requests go to the engine; the answer is one JSON object or a stream of Server-Sent Events.
+
+use std::time::Duration;
+
+use super::api::error::ApiError;
+use super::api::openai::{parse_chat, parse_completion};
+use super::api::responses::{
+    chat_logprobs, completion_logprobs, full_response, sse_event, stream_chunk, usage_chunk, Flavor, ResponseMeta, SSE_DONE,
+};
+use super::api::valid::ValidGeneration;
+use super::app::{request_id, unix_now, App};
+use super::generation::{prepare, submit, Collector, PreparedPrompts, Progress, Submitted};
+use super::http::{Responder, Response, WaitError};
+use super::routes::{check_model, json_response, send};
+
+/// How often a waiting handler checks whether its client is still there: well under one step.
+pub const DISCONNECT_POLL: Duration = Duration::from_millis(20);
+
+pub fn chat(app: &App, request: &super::http::Request, responder: &mut Responder<'_>) -> Result<u16, ApiError> {
+    let valid = parse_chat(&request.body)?;
+    generate(app, Flavor::Chat, valid, responder)
+}
+
+pub fn completions(app: &App, request: &super::http::Request, responder: &mut Responder<'_>) -> Result<u16, ApiError> {
+    let valid = parse_completion(&request.body)?;
+    generate(app, Flavor::Completion, valid, responder)
+}
+
+fn generate(app: &App, flavor: Flavor, valid: ValidGeneration, responder: &mut Responder<'_>) -> Result<u16, ApiError> {
+    check_model(app, valid.model.as_deref())?;
+    let prepared = prepare(app, &valid)?;
+    let submitted = submit(app, &valid, &prepared)?;
+    let id = request_id(match flavor {
+        Flavor::Chat => "chatcmpl-",
+        Flavor::Completion => "cmpl-",
+    });
+    let meta = ResponseMeta { id: &id, created: unix_now(), model: &app.model_name, prices: app.prices };
+    if valid.stream {
+        stream(app, flavor, &valid, &prepared, &submitted, &meta, responder)
+    } else {
+        whole(app, flavor, &valid, &prepared, &submitted, &meta, responder)
+    }
+}
+
+fn token_text(app: &App) -> impl Fn(u32) -> String + '_ {
+    move |id| String::from_utf8_lossy(app.tokenizer.token_bytes(id)).into_owned()
+}
+
+/// Waits for every choice, then answers with one JSON object.
+fn whole(
+    app: &App,
+    flavor: Flavor,
+    valid: &ValidGeneration,
+    prepared: &PreparedPrompts,
+    submitted: &Submitted,
+    meta: &ResponseMeta,
+    responder: &mut Responder<'_>,
+) -> Result<u16, ApiError> {
+    let mut collector = Collector::new(prepared.prompt_ids.len(), valid.n);
+    while !collector.is_done() {
+        match responder.wait_for(&submitted.events, DISCONNECT_POLL) {
+            Ok(event) => {
+                if let Progress::Failed(message) = collector.apply(event) {
+                    submitted.cancel();
+                    return Err(ApiError::internal(message));
+                }
+            }
+            Err(WaitError::ClientGone) => {
+                submitted.cancel();
+                return Ok(499); // nginx's "client closed request": nobody to answer
+            }
+            Err(WaitError::ChannelClosed) => return Err(ApiError::internal("the engine stopped before finishing")),
+        }
+    }
+    let echo = valid.echo.then_some(prepared.prompt_texts.as_slice());
+    let body = full_response(
+        flavor,
+        meta,
+        &collector.choices,
+        echo,
+        valid.n,
+        valid.logprobs.is_some(),
+        prepared.prompt_tokens(),
+        &token_text(app),
+    );
+    send(responder, json_response(200, &body))
+}
+
+/// Streams chunks as tokens arrive: the role first (chat), content deltas, a chunk with the
+/// finish reason per choice, the usage chunk when asked, then `[DONE]`.
+fn stream(
+    app: &App,
+    flavor: Flavor,
+    valid: &ValidGeneration,
+    prepared: &PreparedPrompts,
+    submitted: &Submitted,
+    meta: &ResponseMeta,
+    responder: &mut Responder<'_>,
+) -> Result<u16, ApiError> {
+    let head = Response::new(200)
+        .header("Content-Type", "text/event-stream")
+        .header("Cache-Control", "no-cache")
+        .header("X-Accel-Buffering", "no");
+    let Ok(mut body) = responder.stream(head) else {
+        submitted.cancel();
+        return Ok(499);
+    };
+    let mut collector = Collector::new(prepared.prompt_ids.len(), valid.n);
+    if flavor == Flavor::Chat {
+        for index in 0..collector.choices.len() {
+            if body.send(&sse_event(&stream_chunk(flavor, meta, index, true, None, None, None))).is_err() {
+                submitted.cancel();
+                return Ok(499);
+            }
+        }
+    }
+    let token_text = token_text(app);
+    while !collector.is_done() {
+        let event = match body.wait_for(&submitted.events, DISCONNECT_POLL) {
+            Ok(event) => event,
+            Err(WaitError::ClientGone) => {
+                submitted.cancel();
+                return Ok(499);
+            }
+            Err(WaitError::ChannelClosed) => break,
+        };
+        let chunk = match collector.apply(event) {
+            Progress::Token { index, text, .. } => {
+                let logprobs = valid.logprobs.map(|_| {
+                    let entry = collector.choices[index].logprobs.last().cloned().into_iter().collect::<Vec<_>>();
+                    match flavor {
+                        Flavor::Chat => chat_logprobs(&entry, &token_text),
+                        Flavor::Completion => completion_logprobs(&entry, &token_text, 0),
+                    }
+                });
+                // Held-back text (a partial character or a possible stop string) sends nothing yet.
+                if text.is_empty() && logprobs.is_none() {
+                    continue;
+                }
+                stream_chunk(flavor, meta, index, false, Some(&text), logprobs, None)
+            }
+            Progress::Finished { index, text } => {
+                if !text.is_empty() {
+                    let tail = stream_chunk(flavor, meta, index, false, Some(&text), None, None);
+                    if body.send(&sse_event(&tail)).is_err() {
+                        submitted.cancel();
+                        return Ok(499);
+                    }
+                }
+                let empty = match flavor {
+                    Flavor::Chat => None,
+                    Flavor::Completion => Some(""),
+                };
+                stream_chunk(flavor, meta, index, false, empty, None, collector.choices[index].finish_reason)
+            }
+            Progress::Failed(message) => {
+                submitted.cancel();
+                let error = ApiError::internal(message);
+                let _ = body.send(&sse_event(&error.body()));
+                return Ok(500);
+            }
+        };
+        if body.send(&sse_event(&chunk)).is_err() {
+            submitted.cancel();
+            return Ok(499);
+        }
+    }
+    if valid.include_usage {
+        let usage = usage_chunk(flavor, meta, prepared.prompt_tokens(), collector.completion_tokens());
+        if body.send(&sse_event(&usage)).is_err() {
+            return Ok(499);
+        }
+    }
+    let _ = body.send(SSE_DONE);
+    let _ = body.finish();
+    Ok(200)
+}

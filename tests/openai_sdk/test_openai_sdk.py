@@ -1,0 +1,109 @@
+"""The official OpenAI Python SDK, unchanged, against a running `kiln serve` on the default model.
+
+Run by tests/openai_sdk.rs, which starts the server and passes its address in KILN_BASE_URL.
+"""
+import json
+import os
+import unittest
+
+import openai
+
+BASE_URL = os.environ["KILN_BASE_URL"]
+MODEL = os.environ.get("KILN_MODEL", "SmolLM2-135M-Instruct")
+FRANCE = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+
+
+def client(**kwargs):
+    return openai.OpenAI(base_url=BASE_URL, api_key=os.environ.get("KILN_API_KEY", "unused"), max_retries=0, **kwargs)
+
+
+class Chat(unittest.TestCase):
+    def test_chat(self):
+        r = client().chat.completions.create(model=MODEL, messages=FRANCE, temperature=0, max_tokens=20)
+        self.assertEqual(r.choices[0].message.content, "The capital of France is Paris.")
+        self.assertEqual(r.choices[0].finish_reason, "stop")
+        self.assertEqual(r.usage.completion_tokens, 7)
+        self.assertEqual(r.usage.total_tokens, r.usage.prompt_tokens + 7)
+
+    def test_chat_stream_with_usage(self):
+        stream = client().chat.completions.create(
+            model=MODEL, messages=FRANCE, temperature=0, max_tokens=20, stream=True, stream_options={"include_usage": True}
+        )
+        chunks = list(stream)
+        self.assertEqual(chunks[0].choices[0].delta.role, "assistant")
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        self.assertEqual(text, "The capital of France is Paris.")
+        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        self.assertEqual(finishes, ["stop"])
+        self.assertEqual(chunks[-1].choices, [])
+        self.assertEqual(chunks[-1].usage.completion_tokens, 7)
+
+    def test_stop_is_not_returned(self):
+        r = client().chat.completions.create(model=MODEL, messages=FRANCE, temperature=0, max_tokens=20, stop=["Paris"])
+        self.assertEqual(r.choices[0].message.content, "The capital of France is ")
+        stream = client().chat.completions.create(model=MODEL, messages=FRANCE, temperature=0, max_tokens=20, stop="Paris", stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        self.assertEqual(text, "The capital of France is ")
+
+    def test_n_and_seed(self):
+        kwargs = dict(model=MODEL, messages=FRANCE, temperature=1.0, max_tokens=10, n=3, seed=42)
+        a = client().chat.completions.create(**kwargs)
+        b = client().chat.completions.create(**kwargs)
+        self.assertEqual(len(a.choices), 3)
+        self.assertEqual([c.index for c in a.choices], [0, 1, 2])
+        self.assertEqual([c.message.content for c in a.choices], [c.message.content for c in b.choices])
+
+    def test_logprobs(self):
+        r = client().chat.completions.create(model=MODEL, messages=FRANCE, temperature=0, max_tokens=20, logprobs=True, top_logprobs=2)
+        content = r.choices[0].logprobs.content
+        self.assertEqual(len(content), r.usage.completion_tokens)
+        self.assertEqual(len(content[0].top_logprobs), 2)
+        self.assertLessEqual(content[0].logprob, 0.0)
+        # Greedy picks the most likely token, so it leads its own top list.
+        self.assertEqual(content[0].top_logprobs[0].token, content[0].token)
+
+    def test_json_mode(self):
+        messages = [
+            {"role": "user", "content": "What is the capital of Italy? Answer in JSON."},
+            {"role": "assistant", "content": '{"capital": "Rome"}'},
+            {"role": "user", "content": "What is the capital of France? Answer in JSON."},
+        ]
+        r = client().chat.completions.create(
+            model=MODEL, messages=messages, temperature=0, max_tokens=100, response_format={"type": "json_object"}
+        )
+        self.assertIsInstance(json.loads(r.choices[0].message.content), dict)
+
+    def test_errors(self):
+        with self.assertRaises(openai.BadRequestError) as e:
+            client().chat.completions.create(model=MODEL, messages=FRANCE, temperature=5)
+        self.assertEqual(e.exception.body["param"], "temperature")
+        with self.assertRaises(openai.NotFoundError):
+            client().chat.completions.create(model="gpt-4o", messages=FRANCE)
+        with self.assertRaises(openai.BadRequestError) as e:
+            client().chat.completions.create(model=MODEL, messages=FRANCE, max_tokens=100000)
+        self.assertEqual(e.exception.body["code"], "context_length_exceeded")
+
+
+class Completions(unittest.TestCase):
+    def test_completion(self):
+        r = client().completions.create(model=MODEL, prompt="The capital of France is", max_tokens=5, temperature=0)
+        self.assertEqual(r.choices[0].text, " Paris.\n\nThe")
+        self.assertEqual(r.choices[0].finish_reason, "length")
+
+    def test_completion_stream(self):
+        stream = client().completions.create(model=MODEL, prompt="The capital of France is", max_tokens=5, temperature=0, stream=True)
+        self.assertEqual("".join(c.choices[0].text for c in stream), " Paris.\n\nThe")
+
+    def test_completion_logprobs_and_echo(self):
+        r = client().completions.create(model=MODEL, prompt="1, 2, 3,", max_tokens=4, temperature=0, logprobs=1, echo=True)
+        self.assertTrue(r.choices[0].text.startswith("1, 2, 3, 4"))
+        self.assertEqual(len(r.choices[0].logprobs.tokens), 4)
+
+
+class Models(unittest.TestCase):
+    def test_models(self):
+        self.assertEqual([m.id for m in client().models.list()], [MODEL])
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
