@@ -122,3 +122,53 @@ impl Backend for CudaBackend {
         self.executor.read_logits(plan.num_logits(), logits).map_err(failed)
     }
 }
+
+/// Sizes of a CUDA backend, as `launch::CpuLimits` for the CPU one.
+#[derive(Debug, Clone, Copy)]
+pub struct CudaLimits {
+    /// Tokens the KV cache holds; None: what fits in 90% of the GPU memory left after the weights
+    /// and activations (capped at 1M tokens).
+    pub kv_tokens: Option<usize>,
+    pub max_batch_tokens: usize,
+    pub max_seqs: usize,
+}
+
+impl Default for CudaLimits {
+    fn default() -> Self {
+        CudaLimits { kv_tokens: None, max_batch_tokens: 2048, max_seqs: 64 }
+    }
+}
+
+/// Builds a CUDA backend the way `launch::cpu_backend` builds a CPU one (same KV block size and
+/// plan limits), for `--backend cuda|auto` and `kiln bench`.
+pub fn cuda_backend(
+    config: ModelConfig,
+    weights: WeightSource<'_>,
+    limits: CudaLimits,
+    options: CudaOptions,
+) -> Result<(CudaBackend, PlanLimits), CudaError> {
+    let block_size = crate::launch::KV_BLOCK_SIZE;
+    let kv_token_bytes = 2 * config.num_layers * config.kv_dim() * options.dtype.size_bytes();
+    let kv_tokens = match limits.kv_tokens {
+        Some(tokens) => tokens,
+        None => {
+            super::cuda_available().map_err(CudaError::Unavailable)?;
+            let ctx = cudarc::driver::CudaContext::new(0)?;
+            let (free, _) = ctx.mem_get_info()?;
+            let h = config.hidden_size;
+            let activations = limits.max_batch_tokens * (h * 12 + config.intermediate_size * 6 + config.q_dim() * 6)
+                + limits.max_seqs * config.vocab_size * 12;
+            let left = free.saturating_sub(DeviceWeights::total_bytes(&config, options.dtype) + activations);
+            (left / 10 * 9 / kv_token_bytes.max(1)).min(1 << 20)
+        }
+    };
+    let num_blocks = kv_tokens.div_ceil(block_size).max(1);
+    let layout = KvLayout { block_size, num_blocks };
+    let max_tokens_per_seq = config.max_position_embeddings.min(layout.capacity_tokens());
+    let plan_limits = PlanLimits {
+        max_batch_tokens: limits.max_batch_tokens,
+        max_seqs: limits.max_seqs,
+        max_blocks_per_seq: max_tokens_per_seq.div_ceil(block_size),
+    };
+    Ok((CudaBackend::new(config, weights, layout, plan_limits, options)?, plan_limits))
+}

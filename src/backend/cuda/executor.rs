@@ -415,6 +415,9 @@ impl Executor {
     /// Copies the first `rows` rows of logits to the host (synchronises).
     pub fn read_logits(&self, rows: usize, out: &mut [f32]) -> Result<(), CudaError> {
         let len = rows * self.config.vocab_size;
+        if len == 0 {
+            return Ok(());
+        }
         self.gpu.copy_to_host(bytemuck::cast_slice_mut(&mut out[..len]), self.acts.logits.array().slice(0, len))?;
         self.gpu.synchronize()
     }
