@@ -65,7 +65,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Command::Kernels { geometry, dtype: d } => {
             let (config, dtype) = (config(&geometry), dtype(&d));
             let gpu = Gpu::new()?;
-            println!(r#"{{"kind":"device","name":"{}","sms":{},"total_gib":{:.1}}}"#, gpu.info.name, gpu.info.multiprocessors, gpu.info.total_bytes as f64 / (1u64 << 30) as f64);
+            println!(
+                r#"{{"kind":"device","name":"{}","sms":{},"total_gib":{:.1}}}"#,
+                gpu.info.name,
+                gpu.info.multiprocessors,
+                gpu.info.total_bytes as f64 / (1u64 << 30) as f64
+            );
             println!(r#"{{"kind":"copy","gbs":{:.1}}}"#, bench::copy_bandwidth_gbs(&gpu)?);
             let mut timings: Vec<KernelTiming> = Vec::new();
             for m in [1, 8] {
@@ -85,7 +90,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 timings.push(bench::bench_attention_decode(&gpu, &config, dtype, batch, context)?);
             }
             for rows in [1, 64] {
-                timings.push(bench::bench_sampling(&gpu, rows, config.vocab_size, &SamplingParams::greedy(), "greedy")?);
+                timings.push(bench::bench_sampling(
+                    &gpu,
+                    rows,
+                    config.vocab_size,
+                    &SamplingParams::greedy(),
+                    "greedy",
+                )?);
                 let top_p = SamplingParams { temperature: 0.8, top_p: 0.9, top_k: 50, ..SamplingParams::greedy() };
                 timings.push(bench::bench_sampling(&gpu, rows, config.vocab_size, &top_p, "top_k_top_p")?);
             }

@@ -46,7 +46,11 @@ fn errors(gpu: &[f32], cpu: &[f32]) -> (f64, f32) {
 
 /// Relative error bound of whole-model logits with activations rounded to the dtype each layer.
 fn model_tolerance(dtype: Dtype) -> f64 {
-    if dtype == Dtype::F16 { 1e-2 } else { 4e-2 }
+    if dtype == Dtype::F16 {
+        1e-2
+    } else {
+        4e-2
+    }
 }
 
 /// Runs the same sequence of plans on both backends and compares every step's logits.
@@ -59,7 +63,10 @@ fn compare_steps(cpu: &mut CpuBackend, gpu: &mut CudaBackend, plans: &[StepPlan]
         cpu.execute(plan, &mut expected).unwrap();
         gpu.execute(plan, &mut got).unwrap();
         let (relative, max) = errors(&got, &expected);
-        eprintln!("{label} step {i}: {} tokens, {rows} logit rows, relative error {relative:.2e}, max abs {max:.3e}", plan.num_tokens());
+        eprintln!(
+            "{label} step {i}: {} tokens, {rows} logit rows, relative error {relative:.2e}, max abs {max:.3e}",
+            plan.num_tokens()
+        );
         assert!(relative < model_tolerance(dtype), "{label} step {i}: relative error {relative:.3e}");
     }
 }
@@ -101,7 +108,14 @@ fn gpu_logits_match_cpu_backend() {
         for (dtype, weight_dtype) in [(Dtype::F16, WeightDtype::F16), (Dtype::Bf16, WeightDtype::Bf16)] {
             let config = config(head_dim);
             let weights = random_llama_weights(&config, 11, weight_dtype);
-            let mut gpu = CudaBackend::new(config.clone(), WeightSource::Host(&weights), LAYOUT, LIMITS, CudaOptions { dtype, graphs: true }).unwrap();
+            let mut gpu = CudaBackend::new(
+                config.clone(),
+                WeightSource::Host(&weights),
+                LAYOUT,
+                LIMITS,
+                CudaOptions { dtype, graphs: true },
+            )
+            .unwrap();
             let mut cpu = CpuBackend::new(config, weights, LAYOUT, LIMITS);
             compare_steps(&mut cpu, &mut gpu, &plans(), dtype, &format!("{dtype:?} head_dim {head_dim}"));
         }
@@ -116,8 +130,22 @@ fn graphs_launches_and_device_weights_agree() {
     let config = config(128);
     let dtype = Dtype::F16;
     let host = random_llama_weights(&config, 5, WeightDtype::F16);
-    let mut uploaded = CudaBackend::new(config.clone(), WeightSource::Host(&host), LAYOUT, LIMITS, CudaOptions { dtype, graphs: true }).unwrap();
-    let mut generated = CudaBackend::new(config.clone(), WeightSource::RandomSeed(5), LAYOUT, LIMITS, CudaOptions { dtype, graphs: false }).unwrap();
+    let mut uploaded = CudaBackend::new(
+        config.clone(),
+        WeightSource::Host(&host),
+        LAYOUT,
+        LIMITS,
+        CudaOptions { dtype, graphs: true },
+    )
+    .unwrap();
+    let mut generated = CudaBackend::new(
+        config.clone(),
+        WeightSource::RandomSeed(5),
+        LAYOUT,
+        LIMITS,
+        CudaOptions { dtype, graphs: false },
+    )
+    .unwrap();
     for (i, plan) in plans().iter().enumerate() {
         let mut a = vec![f32::NAN; plan.num_logits() * 1000];
         let mut b = vec![f32::NAN; plan.num_logits() * 1000];
@@ -136,12 +164,20 @@ fn gpu_greedy_sampling_returns_the_argmax() {
     }
     let config = config(64);
     let weights = random_llama_weights(&config, 3, WeightDtype::F16);
-    let mut gpu = CudaBackend::new(config, WeightSource::Host(&weights), LAYOUT, LIMITS, CudaOptions { dtype: Dtype::F16, graphs: true }).unwrap();
+    let mut gpu = CudaBackend::new(
+        config,
+        WeightSource::Host(&weights),
+        LAYOUT,
+        LIMITS,
+        CudaOptions { dtype: Dtype::F16, graphs: true },
+    )
+    .unwrap();
     let greedy = SamplingParams::greedy();
     for plan in plans() {
         let mut logits = vec![f32::NAN; plan.num_logits() * 1000];
         gpu.execute(&plan, &mut logits).unwrap();
-        let rows: Vec<_> = (0..plan.num_logits()).map(|_| sampling::sample_row(&greedy, 0.0, 0, 0, None, None)).collect();
+        let rows: Vec<_> =
+            (0..plan.num_logits()).map(|_| sampling::sample_row(&greedy, 0.0, 0, 0, None, None)).collect();
         let tokens = gpu.execute_and_sample(&plan, &rows, &[], &[]).unwrap().tokens.to_vec();
         let expected: Vec<u32> = logits.chunks(1000).map(argmax).collect();
         assert_eq!(tokens, expected);
@@ -159,7 +195,15 @@ fn a_model_too_large_for_the_gpu_is_a_clear_error() {
         std::path::Path::new("huge"),
     )
     .unwrap();
-    let err = CudaBackend::new(huge, WeightSource::RandomSeed(1), LAYOUT, LIMITS, CudaOptions { dtype: Dtype::F16, graphs: true }).err().expect("does not fit");
+    let err = CudaBackend::new(
+        huge,
+        WeightSource::RandomSeed(1),
+        LAYOUT,
+        LIMITS,
+        CudaOptions { dtype: Dtype::F16, graphs: true },
+    )
+    .err()
+    .expect("does not fit");
     assert!(err.to_string().contains("GiB of GPU memory"), "{err}");
 }
 
@@ -170,6 +214,14 @@ fn without_a_gpu_the_backend_reports_why() {
         return;
     }
     let config = config(64);
-    let err = CudaBackend::new(config, WeightSource::RandomSeed(1), LAYOUT, LIMITS, CudaOptions { dtype: Dtype::F16, graphs: true }).err().expect("no GPU here");
+    let err = CudaBackend::new(
+        config,
+        WeightSource::RandomSeed(1),
+        LAYOUT,
+        LIMITS,
+        CudaOptions { dtype: Dtype::F16, graphs: true },
+    )
+    .err()
+    .expect("no GPU here");
     assert!(err.to_string().starts_with("CUDA is not available"), "{err}");
 }

@@ -62,7 +62,11 @@ fn embedding_gathers_rows() {
         let out = gpu.alloc(Dtype::F32, ids.len() * hidden).unwrap();
         gpu.poison(out.array()).unwrap();
         let k = embedding::kernel(&gpu, dtype).unwrap();
-        run(&gpu, &[embedding::embedding(&k, table_device.array(), hidden, ids_device.array(), out.array(), ids.len()).unwrap()]);
+        run(
+            &gpu,
+            &[embedding::embedding(&k, table_device.array(), hidden, ids_device.array(), out.array(), ids.len())
+                .unwrap()],
+        );
         let mut expected = vec![f32::NAN; ids.len() * hidden];
         kiln::ops::embedding::embedding(&matrix(vocab, hidden, &table, dtype), &ids, &mut expected);
         assert_eq!(gpu.download_f32(out.array()).unwrap(), expected, "{dtype:?}: a gather is exact");
@@ -79,10 +83,15 @@ fn rmsnorm_residual_matches_reference() {
             let delta = seeded_values(seed + 1, rows * dim);
             let weight = seeded_values(seed + 2, dim).iter().map(|v| 1.0 + 0.2 * v).collect::<Vec<_>>();
             let k = norm::kernel(&gpu, dtype).unwrap();
-            let (r, d, w) = (gpu.upload_f32(&residual).unwrap(), gpu.upload_f32(&delta).unwrap(), gpu.upload_f32(&weight).unwrap());
+            let (r, d, w) =
+                (gpu.upload_f32(&residual).unwrap(), gpu.upload_f32(&delta).unwrap(), gpu.upload_f32(&weight).unwrap());
             let out = gpu.alloc(dtype, rows * dim).unwrap();
             gpu.poison(out.array()).unwrap();
-            run(&gpu, &[norm::rmsnorm_residual(&k, r.array(), Some(d.array()), w.array(), out.array(), None, rows, 1e-5).unwrap()]);
+            run(
+                &gpu,
+                &[norm::rmsnorm_residual(&k, r.array(), Some(d.array()), w.array(), out.array(), None, rows, 1e-5)
+                    .unwrap()],
+            );
             let mut expected_residual = residual.clone();
             let mut expected = vec![f32::NAN; rows * dim];
             kiln::ops::norm::rmsnorm_residual(&mut expected_residual, &delta, &weight, 1e-5, &mut expected);
@@ -94,8 +103,22 @@ fn rmsnorm_residual_matches_reference() {
             let index = gpu.upload_u32(&rows_wanted).unwrap();
             let r2 = gpu.upload_f32(&residual).unwrap();
             gpu.poison(out.array()).unwrap();
-            run(&gpu, &[norm::rmsnorm_residual(&k, r2.array(), Some(d.array()), w.array(), out.array(), Some(index.array()), rows, 1e-5).unwrap()]);
-            let gathered: Vec<f32> = rows_wanted.iter().flat_map(|&i| expected[i as usize * dim..(i as usize + 1) * dim].to_vec()).collect();
+            run(
+                &gpu,
+                &[norm::rmsnorm_residual(
+                    &k,
+                    r2.array(),
+                    Some(d.array()),
+                    w.array(),
+                    out.array(),
+                    Some(index.array()),
+                    rows,
+                    1e-5,
+                )
+                .unwrap()],
+            );
+            let gathered: Vec<f32> =
+                rows_wanted.iter().flat_map(|&i| expected[i as usize * dim..(i as usize + 1) * dim].to_vec()).collect();
             assert_close(&gpu.download_f32(out.array()).unwrap(), &gathered, tolerance(dtype));
             assert_eq!(gpu.download_f32(r2.array()).unwrap(), residual, "gathered rows leave the residual alone");
         }
@@ -112,7 +135,11 @@ fn silu_mul_matches_reference() {
         let device = gpu.upload_as(&gate_up, dtype).unwrap();
         let out = gpu.alloc(dtype, n * ffn).unwrap();
         gpu.poison(out.array()).unwrap();
-        run(&gpu, &[activation::silu_mul(&activation::kernel(&gpu, dtype).unwrap(), device.array(), out.array(), n, ffn).unwrap()]);
+        run(
+            &gpu,
+            &[activation::silu_mul(&activation::kernel(&gpu, dtype).unwrap(), device.array(), out.array(), n, ffn)
+                .unwrap()],
+        );
         let (mut gate, mut up) = (Vec::new(), Vec::new());
         for row in gate_up.chunks(2 * ffn) {
             gate.extend_from_slice(&row[..ffn]);
@@ -140,10 +167,25 @@ struct TestPlan {
     _owner: kiln::backend::cuda::DeviceBuffer,
 }
 
-fn device_plan(gpu: &Gpu, positions: &[u32], token_seq: &[u32], starts: &[u32], counts: &[u32], tables: &[u32]) -> TestPlan {
+fn device_plan(
+    gpu: &Gpu,
+    positions: &[u32],
+    token_seq: &[u32],
+    starts: &[u32],
+    counts: &[u32],
+    tables: &[u32],
+) -> TestPlan {
     let mut words: Vec<u32> = Vec::new();
     let mut spans = Vec::new();
-    for array in [&vec![0u32; positions.len()][..], positions, token_seq, starts, counts, tables, &vec![0u32; positions.len()][..]] {
+    for array in [
+        &vec![0u32; positions.len()][..],
+        positions,
+        token_seq,
+        starts,
+        counts,
+        tables,
+        &vec![0u32; positions.len()][..],
+    ] {
         spans.push((words.len(), array.len()));
         words.extend_from_slice(array);
         words.resize(words.len().div_ceil(4) * 4 + 4, 0);
@@ -152,7 +194,15 @@ fn device_plan(gpu: &Gpu, positions: &[u32], token_seq: &[u32], starts: &[u32], 
     let a = owner.array();
     let v = |i: usize| a.slice(spans[i].0, spans[i].1);
     TestPlan {
-        plan: DevicePlan { token_ids: v(0), positions: v(1), token_seq: v(2), seq_token_start: v(3), seq_token_count: v(4), block_tables: v(5), logit_tokens: v(6) },
+        plan: DevicePlan {
+            token_ids: v(0),
+            positions: v(1),
+            token_seq: v(2),
+            seq_token_start: v(3),
+            seq_token_count: v(4),
+            block_tables: v(5),
+            logit_tokens: v(6),
+        },
         _owner: owner,
     }
 }
@@ -164,7 +214,14 @@ fn rope_kv_write_matches_reference_with_llama3_scaling() {
     for dtype in DTYPES {
         let config = llama3_config(8, 2, 64);
         let (hd, q_dim, kv_dim) = (64, 8 * 64, 2 * 64);
-        let g = KvGeometry { num_heads: 8, num_kv_heads: 2, head_dim: hd, block_size: 16, num_blocks: 12, max_blocks_per_seq: 6 };
+        let g = KvGeometry {
+            num_heads: 8,
+            num_kv_heads: 2,
+            head_dim: hd,
+            block_size: 16,
+            num_blocks: 12,
+            max_blocks_per_seq: 6,
+        };
         // Two sequences; positions far apart so long angles are exercised.
         let positions: Vec<u32> = vec![0, 1, 2, 77, 5000];
         let token_seq: Vec<u32> = vec![0, 0, 0, 1, u32::MAX];
@@ -182,7 +239,21 @@ fn rope_kv_write_matches_reference_with_llama3_scaling() {
         }
         let inv = gpu.upload_f32(&inv_freq).unwrap();
         let k = rope::kernel(&gpu, dtype).unwrap();
-        run(&gpu, &[rope::rope_kv_write(&k, g, qkv_d.array(), q_out.array(), k_cache.array(), v_cache.array(), inv.array(), &plan.plan, n).unwrap()]);
+        run(
+            &gpu,
+            &[rope::rope_kv_write(
+                &k,
+                g,
+                qkv_d.array(),
+                q_out.array(),
+                k_cache.array(),
+                v_cache.array(),
+                inv.array(),
+                &plan.plan,
+                n,
+            )
+            .unwrap()],
+        );
         let q_got = gpu.download_f32(q_out.array()).unwrap();
         let k_got = gpu.download_f32(k_cache.array()).unwrap();
         let v_got = gpu.download_f32(v_cache.array()).unwrap();
@@ -197,7 +268,11 @@ fn rope_kv_write_matches_reference_with_llama3_scaling() {
             for head in 0..2 {
                 let at = ((block * 2 + head) * 16 + positions[t] as usize % 16) * hd;
                 assert_close(&k_got[at..at + hd], &kk[head * hd..(head + 1) * hd], tolerance(dtype));
-                assert_eq!(&v_got[at..at + hd], &row[q_dim + kv_dim + head * hd..q_dim + kv_dim + (head + 1) * hd], "v is copied");
+                assert_eq!(
+                    &v_got[at..at + hd],
+                    &row[q_dim + kv_dim + head * hd..q_dim + kv_dim + (head + 1) * hd],
+                    "v is copied"
+                );
             }
         }
     }
@@ -236,9 +311,27 @@ fn gemm_every_variant_matches_reference() {
                 for out_f32 in [true, false] {
                     let out = gpu.alloc(if out_f32 { Dtype::F32 } else { dtype }, m * n).unwrap();
                     gpu.poison(out.array()).unwrap();
-                    run(&gpu, &[gemm::gemm(&kernels, variant, x_device.array(), w_device.array(), out.array(), m, n, k, out_f32).unwrap()]);
+                    run(
+                        &gpu,
+                        &[gemm::gemm(
+                            &kernels,
+                            variant,
+                            x_device.array(),
+                            w_device.array(),
+                            out.array(),
+                            m,
+                            n,
+                            k,
+                            out_f32,
+                        )
+                        .unwrap()],
+                    );
                     // f32 output differs from the reference only in summation order.
-                    let tol = if out_f32 { Tolerance { atol: 2e-4 * (k as f32).sqrt(), rtol: 1e-4 } } else { tolerance(dtype) };
+                    let tol = if out_f32 {
+                        Tolerance { atol: 2e-4 * (k as f32).sqrt(), rtol: 1e-4 }
+                    } else {
+                        tolerance(dtype)
+                    };
                     let got = gpu.download_f32(out.array()).unwrap();
                     if let Err(e) = kiln::ops::compare::check_close(&got, &expected, tol) {
                         panic!("{dtype:?} {variant:?} m={m} n={n} k={k} f32 out={out_f32}: {e}");
@@ -256,11 +349,29 @@ struct Cache {
     tables: Vec<u32>,
 }
 
-fn attention_case(gpu: &Gpu, dtype: Dtype, head_dim: usize, heads: usize, kv_heads: usize, contexts: &[usize], queries: &[usize], window: Option<usize>, seed: u64) {
+#[allow(clippy::too_many_arguments)]
+fn attention_case(
+    gpu: &Gpu,
+    dtype: Dtype,
+    head_dim: usize,
+    heads: usize,
+    kv_heads: usize,
+    contexts: &[usize],
+    queries: &[usize],
+    window: Option<usize>,
+    seed: u64,
+) {
     let block_size = 16;
     let max_blocks = contexts.iter().map(|c| c.div_ceil(block_size)).max().unwrap();
     let num_blocks = contexts.len() * max_blocks + 3;
-    let g = KvGeometry { num_heads: heads, num_kv_heads: kv_heads, head_dim, block_size, num_blocks, max_blocks_per_seq: max_blocks };
+    let g = KvGeometry {
+        num_heads: heads,
+        num_kv_heads: kv_heads,
+        head_dim,
+        block_size,
+        num_blocks,
+        max_blocks_per_seq: max_blocks,
+    };
     let q_dim = heads * head_dim;
     // Blocks of different sequences interleave, in reverse, to catch table mistakes.
     let mut tables = vec![u32::MAX; contexts.len() * max_blocks];
@@ -287,7 +398,11 @@ fn attention_case(gpu: &Gpu, dtype: Dtype, head_dim: usize, heads: usize, kv_hea
     let n = positions.len();
     let q = round(&seeded_values(seed + 2, n * q_dim), dtype);
     let plan = device_plan(gpu, &positions, &token_seq, &starts, &counts, &cache.tables);
-    let (kc, vc, qd) = (gpu.upload_as(&cache.k, dtype).unwrap(), gpu.upload_as(&cache.v, dtype).unwrap(), gpu.upload_as(&q, dtype).unwrap());
+    let (kc, vc, qd) = (
+        gpu.upload_as(&cache.k, dtype).unwrap(),
+        gpu.upload_as(&cache.v, dtype).unwrap(),
+        gpu.upload_as(&q, dtype).unwrap(),
+    );
     let out = gpu.alloc(dtype, n * q_dim).unwrap();
     let kernels = attention::kernels(gpu, dtype, head_dim).unwrap();
 
@@ -311,11 +426,31 @@ fn attention_case(gpu: &Gpu, dtype: Dtype, head_dim: usize, heads: usize, kv_hea
             &mut expected[t * q_dim..(t + 1) * q_dim],
         );
     }
-    let label = format!("{dtype:?} hd={head_dim} heads={heads}/{kv_heads} contexts={contexts:?} queries={queries:?} window={window:?}");
+    let label = format!(
+        "{dtype:?} hd={head_dim} heads={heads}/{kv_heads} contexts={contexts:?} queries={queries:?} window={window:?}"
+    );
     let max_queries = *queries.iter().max().unwrap();
     gpu.poison(out.array()).unwrap();
-    run(gpu, &[attention::prefill(&kernels, g, qd.array(), kc.array(), vc.array(), out.array(), &plan.plan, n, contexts.len(), max_queries, window).unwrap()]);
-    if let Err(e) = kiln::ops::compare::check_close(&gpu.download_f32(out.array()).unwrap(), &expected, tolerance(dtype)) {
+    run(
+        gpu,
+        &[attention::prefill(
+            &kernels,
+            g,
+            qd.array(),
+            kc.array(),
+            vc.array(),
+            out.array(),
+            &plan.plan,
+            n,
+            contexts.len(),
+            max_queries,
+            window,
+        )
+        .unwrap()],
+    );
+    if let Err(e) =
+        kiln::ops::compare::check_close(&gpu.download_f32(out.array()).unwrap(), &expected, tolerance(dtype))
+    {
         panic!("prefill {label}: {e}");
     }
     if queries.iter().all(|&nq| nq == 1) {
@@ -323,9 +458,24 @@ fn attention_case(gpu: &Gpu, dtype: Dtype, head_dim: usize, heads: usize, kv_hea
             let partial = gpu.alloc(Dtype::F32, attention::partial_len(splits, n, heads, head_dim)).unwrap();
             gpu.poison(out.array()).unwrap();
             gpu.poison(partial.array()).unwrap();
-            let launches = attention::decode(&kernels, g, qd.array(), kc.array(), vc.array(), out.array(), partial.array(), &plan.plan, n, splits, window).unwrap();
+            let launches = attention::decode(
+                &kernels,
+                g,
+                qd.array(),
+                kc.array(),
+                vc.array(),
+                out.array(),
+                partial.array(),
+                &plan.plan,
+                n,
+                splits,
+                window,
+            )
+            .unwrap();
             run(gpu, &launches);
-            if let Err(e) = kiln::ops::compare::check_close(&gpu.download_f32(out.array()).unwrap(), &expected, tolerance(dtype)) {
+            if let Err(e) =
+                kiln::ops::compare::check_close(&gpu.download_f32(out.array()).unwrap(), &expected, tolerance(dtype))
+            {
                 panic!("decode splits={splits} {label}: {e}");
             }
         }
@@ -377,7 +527,10 @@ fn sampling_cases() -> Vec<(SamplingParams, &'static str)> {
         (SamplingParams { top_p: 0.3, ..base(1.3) }, "top-p 0.3"),
         (SamplingParams { min_p: 0.05, ..base(1.0) }, "min-p 0.05"),
         (SamplingParams { top_k: 100, top_p: 0.8, min_p: 0.02, ..base(0.8) }, "all cuts"),
-        (SamplingParams { repetition_penalty: 1.3, presence_penalty: 0.5, frequency_penalty: 0.3, ..base(0.9) }, "penalties"),
+        (
+            SamplingParams { repetition_penalty: 1.3, presence_penalty: 0.5, frequency_penalty: 0.3, ..base(0.9) },
+            "penalties",
+        ),
         (SamplingParams { repetition_penalty: 1.5, ..SamplingParams::greedy() }, "greedy with penalty"),
     ]
 }
@@ -421,13 +574,20 @@ fn sampling_matches_the_cpu_sampler() {
             let mut lp = vec![0.0; vocab];
             kiln::ops::logits::log_softmax(row_logits, &mut lp);
             expected_logprobs.push(lp);
-            let even = |id: u32| id % 2 == 0;
+            let even = |id: u32| id.is_multiple_of(2);
             let allowed: Option<&dyn Fn(u32) -> bool> = if masked { Some(&even) } else { None };
             expected.push(sampler.sample(&mut row_logits.to_vec(), allowed));
         }
         let logits_d = gpu.upload_f32(&logits).unwrap();
-        let rows_d = gpu.upload_bytes(Dtype::U8, n * std::mem::size_of::<SampleRow>(), bytemuck::cast_slice(&rows)).unwrap();
-        let pen_d = gpu.upload_bytes(Dtype::U8, penalties.len().max(1) * 16, &[bytemuck::cast_slice(&penalties), &[0u8; 16][..]].concat()[..penalties.len().max(1) * 16]).unwrap();
+        let rows_d =
+            gpu.upload_bytes(Dtype::U8, n * std::mem::size_of::<SampleRow>(), bytemuck::cast_slice(&rows)).unwrap();
+        let pen_d = gpu
+            .upload_bytes(
+                Dtype::U8,
+                penalties.len().max(1) * 16,
+                &[bytemuck::cast_slice(&penalties), &[0u8; 16][..]].concat()[..penalties.len().max(1) * 16],
+            )
+            .unwrap();
         let mask_d = gpu.upload_u32(&if mask.is_empty() { vec![0] } else { mask.clone() }).unwrap();
         let outputs = gpu.alloc(Dtype::U32, 2 * n + n * MAX_TOP_LOGPROBS * 2).unwrap();
         let weights = gpu.alloc(Dtype::F64, n * vocab).unwrap();

@@ -10,8 +10,14 @@ pub fn kernel(gpu: &Gpu, dtype: Dtype) -> Result<Kernel, CudaError> {
 }
 
 /// gate_up `[n_tokens, 2 * ffn]` (gate columns, then up columns) → out `[n_tokens, ffn]`.
-pub fn silu_mul(kernel: &Kernel, gate_up: DeviceArray, out: DeviceArray, n_tokens: usize, ffn: usize) -> Result<Launch, CudaError> {
-    if ffn % 8 != 0 {
+pub fn silu_mul(
+    kernel: &Kernel,
+    gate_up: DeviceArray,
+    out: DeviceArray,
+    n_tokens: usize,
+    ffn: usize,
+) -> Result<Launch, CudaError> {
+    if !ffn.is_multiple_of(8) {
         return Err(CudaError::Unsupported(format!("silu_mul needs an intermediate size divisible by 8, got {ffn}")));
     }
     gate_up.expect("gate_up", gate_up.dtype, n_tokens * 2 * ffn)?;

@@ -19,7 +19,9 @@ pub struct AttentionKernels {
 
 pub fn kernels(gpu: &Gpu, dtype: Dtype, head_dim: usize) -> Result<AttentionKernels, CudaError> {
     if !HEAD_DIMS.contains(&head_dim) {
-        return Err(CudaError::Unsupported(format!("attention kernels exist for head_dim {HEAD_DIMS:?}, the model has {head_dim}")));
+        return Err(CudaError::Unsupported(format!(
+            "attention kernels exist for head_dim {HEAD_DIMS:?}, the model has {head_dim}"
+        )));
     }
     let s = dtype.kernel_suffix();
     Ok(AttentionKernels {
@@ -53,8 +55,11 @@ fn params(
     n_tokens: usize,
     sliding_window: Option<usize>,
 ) -> Result<AttentionParams, CudaError> {
-    if g.head_dim != kernels.head_dim || g.num_kv_heads == 0 || g.num_heads % g.num_kv_heads != 0 {
-        return Err(CudaError::Shape(format!("attention geometry {g:?} does not fit kernels for head_dim {}", kernels.head_dim)));
+    if g.head_dim != kernels.head_dim || g.num_kv_heads == 0 || !g.num_heads.is_multiple_of(g.num_kv_heads) {
+        return Err(CudaError::Shape(format!(
+            "attention geometry {g:?} does not fit kernels for head_dim {}",
+            kernels.head_dim
+        )));
     }
     let q_dim = g.num_heads * g.head_dim;
     q.expect("attention q", q.dtype, n_tokens * q_dim)?;
@@ -136,7 +141,13 @@ pub fn decode(
     let grid = (n_tokens.max(1) as u32, g.num_heads.div_ceil(4) as u32, p.n_splits);
     let mut launches = vec![Launch::new(&kernels.decode, grid, (128, 1, 1), 0, &p)];
     if n_splits > 1 {
-        launches.push(Launch::new(&kernels.reduce, (n_tokens.max(1) as u32, g.num_heads as u32, 1), (g.head_dim as u32, 1, 1), 0, &p));
+        launches.push(Launch::new(
+            &kernels.reduce,
+            (n_tokens.max(1) as u32, g.num_heads as u32, 1),
+            (g.head_dim as u32, 1, 1),
+            0,
+            &p,
+        ));
     }
     Ok(launches)
 }

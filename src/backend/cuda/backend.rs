@@ -73,7 +73,14 @@ impl CudaBackend {
             layout.capacity_tokens(),
             kv_bytes as f64 / (1u64 << 30) as f64
         );
-        let executor = Executor::new(gpu, config, device_weights, layout, limits, ExecutorOptions { dtype: options.dtype, graphs: options.graphs })?;
+        let executor = Executor::new(
+            gpu,
+            config,
+            device_weights,
+            layout,
+            limits,
+            ExecutorOptions { dtype: options.dtype, graphs: options.graphs },
+        )?;
         Ok(CudaBackend { executor })
     }
 
@@ -90,7 +97,11 @@ impl CudaBackend {
         mask: &[u32],
     ) -> Result<SampleOutput<'_>, CudaError> {
         if rows.len() != plan.num_logits() {
-            return Err(CudaError::Shape(format!("{} sampling rows for {} logits rows", rows.len(), plan.num_logits())));
+            return Err(CudaError::Shape(format!(
+                "{} sampling rows for {} logits rows",
+                rows.len(),
+                plan.num_logits()
+            )));
         }
         self.executor.forward(plan)?;
         self.executor.sample(rows, penalties, mask)

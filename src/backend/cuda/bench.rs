@@ -110,16 +110,25 @@ pub fn projection_shapes(config: &ModelConfig) -> Vec<(&'static str, usize, usiz
 }
 
 /// GEMV / GEMM timings at `m` rows for every projection shape of `config`.
-pub fn bench_gemm(gpu: &Gpu, config: &ModelConfig, dtype: Dtype, m: usize, variant: GemmVariant) -> Result<Vec<KernelTiming>, CudaError> {
+pub fn bench_gemm(
+    gpu: &Gpu,
+    config: &ModelConfig,
+    dtype: Dtype,
+    m: usize,
+    variant: GemmVariant,
+) -> Result<Vec<KernelTiming>, CudaError> {
     let kernels = gemm::kernels(gpu, dtype)?;
     let mut out = Vec::new();
     for (name, n, k) in projection_shapes(config) {
         let copies = rotation(n * k * 2);
-        let weights: Vec<DeviceBuffer> = (0..copies).map(|i| random_buffer(gpu, dtype, n * k, 10 + i as u64)).collect::<Result<_, _>>()?;
+        let weights: Vec<DeviceBuffer> =
+            (0..copies).map(|i| random_buffer(gpu, dtype, n * k, 10 + i as u64)).collect::<Result<_, _>>()?;
         let x = random_buffer(gpu, dtype, m * k, 1)?;
         let y = gpu.alloc(dtype, m * n)?;
-        let launches: Vec<Launch> =
-            weights.iter().map(|w| gemm::gemm(&kernels, variant, x.array(), w.array(), y.array(), m, n, k, false)).collect::<Result<_, _>>()?;
+        let launches: Vec<Launch> = weights
+            .iter()
+            .map(|w| gemm::gemm(&kernels, variant, x.array(), w.array(), y.array(), m, n, k, false))
+            .collect::<Result<_, _>>()?;
         let ms = time_launches(gpu, &launches, 3, 20)? / copies as f64;
         let chosen = if variant == GemmVariant::Auto { kernels.choose(m, n) } else { variant };
         out.push(KernelTiming {
@@ -134,7 +143,13 @@ pub fn bench_gemm(gpu: &Gpu, config: &ModelConfig, dtype: Dtype, m: usize, varia
 }
 
 /// Decode attention over `context` cached tokens for `batch` sequences (Llama-2-7B heads).
-pub fn bench_attention_decode(gpu: &Gpu, config: &ModelConfig, dtype: Dtype, batch: usize, context: usize) -> Result<KernelTiming, CudaError> {
+pub fn bench_attention_decode(
+    gpu: &Gpu,
+    config: &ModelConfig,
+    dtype: Dtype,
+    batch: usize,
+    context: usize,
+) -> Result<KernelTiming, CudaError> {
     let block_size = 16;
     let blocks_per_seq = context.div_ceil(block_size);
     let g = KvGeometry {
@@ -153,7 +168,19 @@ pub fn bench_attention_decode(gpu: &Gpu, config: &ModelConfig, dtype: Dtype, bat
     let plan = bench_plan(gpu, batch, context, blocks_per_seq)?;
     let splits = attention::decode_splits(batch, config.num_heads, gpu.info.multiprocessors);
     let partial = gpu.alloc(Dtype::F32, attention::partial_len(splits, batch, config.num_heads, config.head_dim))?;
-    let launches = attention::decode(&kernels, g, q.array(), k_cache.array(), v_cache.array(), out.array(), partial.array(), &plan.0, batch, splits, None)?;
+    let launches = attention::decode(
+        &kernels,
+        g,
+        q.array(),
+        k_cache.array(),
+        v_cache.array(),
+        out.array(),
+        partial.array(),
+        &plan.0,
+        batch,
+        splits,
+        None,
+    )?;
     let ms = time_launches(gpu, &launches, 3, 20)?;
     Ok(KernelTiming {
         kernel: "attention_decode".into(),
@@ -166,7 +193,12 @@ pub fn bench_attention_decode(gpu: &Gpu, config: &ModelConfig, dtype: Dtype, bat
 
 /// A device plan of `batch` sequences, each one token at position `context - 1`, with distinct
 /// blocks; the owner buffer comes along.
-fn bench_plan(gpu: &Gpu, batch: usize, context: usize, blocks_per_seq: usize) -> Result<(DevicePlan, DeviceBuffer), CudaError> {
+fn bench_plan(
+    gpu: &Gpu,
+    batch: usize,
+    context: usize,
+    blocks_per_seq: usize,
+) -> Result<(DevicePlan, DeviceBuffer), CudaError> {
     let mut words: Vec<u32> = Vec::new();
     let mut push = |values: &[u32]| {
         let start = words.len();
@@ -197,7 +229,13 @@ fn bench_plan(gpu: &Gpu, batch: usize, context: usize, blocks_per_seq: usize) ->
 }
 
 /// The sampling kernel over `rows` rows of `vocab` logits, greedy or with top-p.
-pub fn bench_sampling(gpu: &Gpu, rows: usize, vocab: usize, params: &SamplingParams, label: &str) -> Result<KernelTiming, CudaError> {
+pub fn bench_sampling(
+    gpu: &Gpu,
+    rows: usize,
+    vocab: usize,
+    params: &SamplingParams,
+    label: &str,
+) -> Result<KernelTiming, CudaError> {
     let logits = random_buffer(gpu, Dtype::F32, rows * vocab, 5)?;
     let row: Vec<SampleRow> = (0..rows).map(|_| sampling::sample_row(params, 0.5, 0, 0, None, None)).collect();
     let row_bytes = gpu.upload_bytes(Dtype::U8, rows * std::mem::size_of::<SampleRow>(), bytemuck::cast_slice(&row))?;
@@ -217,7 +255,13 @@ pub fn bench_sampling(gpu: &Gpu, rows: usize, vocab: usize, params: &SamplingPar
     };
     let launch = sampling::sample(&sampling::kernel(gpu)?, logits.array(), vocab, rows, &buffers)?;
     let ms = time_launches(gpu, &[launch], 2, 10)?;
-    Ok(KernelTiming { kernel: format!("sample_{label}"), shape: format!("rows={rows} vocab={vocab}"), ms, bytes: (rows * vocab * 4) as f64, flops: 0.0 })
+    Ok(KernelTiming {
+        kernel: format!("sample_{label}"),
+        shape: format!("rows={rows} vocab={vocab}"),
+        ms,
+        bytes: (rows * vocab * 4) as f64,
+        flops: 0.0,
+    })
 }
 
 /// Whole-model decode throughput at one batch size.
@@ -265,15 +309,23 @@ pub fn decode_benchmark(
     let block_size = crate::launch::KV_BLOCK_SIZE;
     let blocks_per_seq = (context + steps + 4).div_ceil(block_size);
     let layout = KvLayout { block_size, num_blocks: max_batch * blocks_per_seq };
-    let limits = PlanLimits { max_batch_tokens: max_batch.max(64), max_seqs: max_batch, max_blocks_per_seq: blocks_per_seq };
-    let mut backend = CudaBackend::new(config.clone(), WeightSource::RandomSeed(7), layout, limits, CudaOptions { dtype, graphs: true })?;
+    let limits =
+        PlanLimits { max_batch_tokens: max_batch.max(64), max_seqs: max_batch, max_blocks_per_seq: blocks_per_seq };
+    let mut backend = CudaBackend::new(
+        config.clone(),
+        WeightSource::RandomSeed(7),
+        layout,
+        limits,
+        CudaOptions { dtype, graphs: true },
+    )?;
     let floor_ms = super::weights::DeviceWeights::streamed_bytes(config, dtype) as f64 / copy_gbs / 1e6;
     let greedy = SamplingParams::greedy();
     let mut results = Vec::new();
     let mut plan = StepPlan::new(limits, block_size);
     for &batch in batches {
         let rows: Vec<SampleRow> = (0..batch).map(|_| sampling::sample_row(&greedy, 0.0, 0, 0, None, None)).collect();
-        let tables: Vec<Vec<u32>> = (0..batch).map(|s| ((s * blocks_per_seq) as u32..((s + 1) * blocks_per_seq) as u32).collect()).collect();
+        let tables: Vec<Vec<u32>> =
+            (0..batch).map(|s| ((s * blocks_per_seq) as u32..((s + 1) * blocks_per_seq) as u32).collect()).collect();
         let mut tokens: Vec<u32> = vec![1; batch];
         let mut step = |position: usize, tokens: &mut Vec<u32>, backend: &mut CudaBackend| -> Result<(), CudaError> {
             plan.clear();
@@ -293,7 +345,13 @@ pub fn decode_benchmark(
             step(context + 3 + i, &mut tokens, &mut backend)?;
         }
         let ms_per_step = start.elapsed().as_secs_f64() * 1e3 / steps as f64;
-        results.push(DecodeResult { batch, context, ms_per_step, tokens_per_s: batch as f64 * 1e3 / ms_per_step, floor_ms });
+        results.push(DecodeResult {
+            batch,
+            context,
+            ms_per_step,
+            tokens_per_s: batch as f64 * 1e3 / ms_per_step,
+            floor_ms,
+        });
     }
     Ok(results)
 }

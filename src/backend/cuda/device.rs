@@ -77,7 +77,10 @@ impl DeviceArray {
 
     pub(crate) fn expect(&self, what: &str, dtype: Dtype, len: usize) -> Result<(), CudaError> {
         if self.dtype != dtype || self.len < len {
-            return Err(CudaError::Shape(format!("{what} must hold {len} {dtype:?} values, it is {} {:?}", self.len, self.dtype)));
+            return Err(CudaError::Shape(format!(
+                "{what} must hold {len} {dtype:?} values, it is {} {:?}",
+                self.len, self.dtype
+            )));
         }
         Ok(())
     }
@@ -150,7 +153,13 @@ pub struct Launch {
 unsafe impl Send for Launch {}
 
 impl Launch {
-    pub fn new<P: KernelParams>(kernel: &Kernel, grid: (u32, u32, u32), block: (u32, u32, u32), shared_bytes: u32, params: &P) -> Launch {
+    pub fn new<P: KernelParams>(
+        kernel: &Kernel,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        shared_bytes: u32,
+        params: &P,
+    ) -> Launch {
         let size = std::mem::size_of::<P>();
         assert!(size <= 18 * 8, "kernel params of {size} bytes do not fit a Launch");
         let mut words = [0u64; 18];
@@ -229,7 +238,8 @@ impl Gpu {
             }
             let module = ctx.load_module(Ptx::from_binary(fatbin.to_vec()))?;
             for &name in super::kernels_in(file) {
-                let function = module.load_function(name).map_err(|e| CudaError::Module(format!("{file}.cu: {name}: {e}")))?;
+                let function =
+                    module.load_function(name).map_err(|e| CudaError::Module(format!("{file}.cu: {name}: {e}")))?;
                 functions.insert(name, function);
             }
             modules.push(module);
@@ -329,7 +339,14 @@ impl Gpu {
         // arrays in its params against the kernel's contract; the params bytes are a live copy
         // of the struct the kernel takes by value.
         unsafe {
-            result::launch_kernel(launch.function, launch.grid, launch.block, launch.shared_bytes, self.stream.cu_stream(), &mut args)
+            result::launch_kernel(
+                launch.function,
+                launch.grid,
+                launch.block,
+                launch.shared_bytes,
+                self.stream.cu_stream(),
+                &mut args,
+            )
         }
         .map_err(|e| CudaError::Launch { kernel: launch.name, source: e })
     }

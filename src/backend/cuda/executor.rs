@@ -79,7 +79,16 @@ impl PlanLayout {
         let seq_token_count = take(s);
         let block_tables = take(s * limits.max_blocks_per_seq);
         let logit_tokens = take(t);
-        PlanLayout { token_ids, positions, token_seq, seq_token_start, seq_token_count, block_tables, logit_tokens, total: at }
+        PlanLayout {
+            token_ids,
+            positions,
+            token_seq,
+            seq_token_start,
+            seq_token_count,
+            block_tables,
+            logit_tokens,
+            total: at,
+        }
     }
 }
 
@@ -145,7 +154,8 @@ struct SampleCapacity {
 
 /// The decode batch sizes that get their own graph: powers of two, then the largest batch.
 fn decode_buckets(max_decode: usize) -> Vec<usize> {
-    let mut buckets: Vec<usize> = std::iter::successors(Some(1usize), |b| Some(b * 2)).take_while(|&b| b < max_decode).collect();
+    let mut buckets: Vec<usize> =
+        std::iter::successors(Some(1usize), |b| Some(b * 2)).take_while(|&b| b < max_decode).collect();
     buckets.push(max_decode.max(1));
     buckets
 }
@@ -167,7 +177,8 @@ impl Executor {
             return Err(CudaError::Shape(format!("weights are {:?}, the executor runs {dtype:?}", weights.dtype)));
         }
         let h = config.hidden_size;
-        let (q_dim, kv_dim, ffn, vocab) = (config.q_dim(), config.kv_dim(), config.intermediate_size, config.vocab_size);
+        let (q_dim, kv_dim, ffn, vocab) =
+            (config.q_dim(), config.kv_dim(), config.intermediate_size, config.vocab_size);
         for (what, size) in [("hidden_size", h), ("intermediate_size", ffn), ("q_dim", q_dim), ("kv_dim", kv_dim)] {
             if size % 8 != 0 {
                 return Err(CudaError::Unsupported(format!("{what} {size} is not a multiple of 8")));
@@ -197,7 +208,14 @@ impl Executor {
         let sms = gpu.info.multiprocessors;
         let partial_len = buckets
             .iter()
-            .map(|&b| attention::partial_len(attention::decode_splits(b, config.num_heads, sms), b, config.num_heads, config.head_dim))
+            .map(|&b| {
+                attention::partial_len(
+                    attention::decode_splits(b, config.num_heads, sms),
+                    b,
+                    config.num_heads,
+                    config.head_dim,
+                )
+            })
             .max()
             .unwrap_or(0);
         let cache_len = config.num_layers * geometry.cache_len();
@@ -318,11 +336,17 @@ impl Executor {
     /// Checks a plan against the sizes this executor was built for.
     pub fn check_plan(&self, plan: &StepPlan) -> Result<(), String> {
         let l = self.limits;
-        if plan.limits.max_batch_tokens > l.max_batch_tokens || plan.limits.max_seqs > l.max_seqs || plan.limits.max_blocks_per_seq != l.max_blocks_per_seq {
+        if plan.limits.max_batch_tokens > l.max_batch_tokens
+            || plan.limits.max_seqs > l.max_seqs
+            || plan.limits.max_blocks_per_seq != l.max_blocks_per_seq
+        {
             return Err(format!("plan limits {:?} do not fit the backend's {:?}", plan.limits, l));
         }
         if plan.block_size != self.layout.block_size {
-            return Err(format!("plan uses KV blocks of {} tokens, the cache has {}", plan.block_size, self.layout.block_size));
+            return Err(format!(
+                "plan uses KV blocks of {} tokens, the cache has {}",
+                plan.block_size, self.layout.block_size
+            ));
         }
         if let Some(&bad) = plan.block_tables.iter().find(|&&b| b != u32::MAX && b as usize >= self.layout.num_blocks) {
             return Err(format!("KV block {bad} does not exist"));
@@ -423,7 +447,13 @@ impl Executor {
     }
 
     /// The launches of one forward pass over `n` tokens with `n_logits` logit rows.
-    fn build_launches(&self, n: usize, n_logits: usize, mode: AttentionMode, out: &mut Vec<Launch>) -> Result<(), CudaError> {
+    fn build_launches(
+        &self,
+        n: usize,
+        n_logits: usize,
+        mode: AttentionMode,
+        out: &mut Vec<Launch>,
+    ) -> Result<(), CudaError> {
         out.clear();
         let c = &self.config;
         let k = &self.kernels;
@@ -441,11 +471,30 @@ impl Executor {
         out.push(embedding::embedding(&k.embedding, self.weights.embed_tokens.array(), h, plan.token_ids, hidden, n)?);
         for (i, layer) in self.weights.layers.iter().enumerate() {
             let delta = if i == 0 { None } else { Some(proj) };
-            out.push(norm::rmsnorm_residual(&k.rmsnorm, hidden, delta, layer.input_norm.array(), normed, None, n, eps)?);
+            out.push(norm::rmsnorm_residual(
+                &k.rmsnorm,
+                hidden,
+                delta,
+                layer.input_norm.array(),
+                normed,
+                None,
+                n,
+                eps,
+            )?);
             out.push(gemm::gemm(&k.gemm, auto, normed, layer.qkv.array(), a.qkv.array(), n, qkv_dim, h, false)?);
             let k_cache = self.k_cache.array().slice(i * cache_len, cache_len);
             let v_cache = self.v_cache.array().slice(i * cache_len, cache_len);
-            out.push(rope::rope_kv_write(&k.rope_kv, self.geometry, a.qkv.array(), a.q.array(), k_cache, v_cache, self.inv_freq.array(), &plan, n)?);
+            out.push(rope::rope_kv_write(
+                &k.rope_kv,
+                self.geometry,
+                a.qkv.array(),
+                a.q.array(),
+                k_cache,
+                v_cache,
+                self.inv_freq.array(),
+                &plan,
+                n,
+            )?);
             match mode {
                 AttentionMode::Decode { splits } => out.extend(attention::decode(
                     &k.attention,
@@ -475,8 +524,27 @@ impl Executor {
                 )?),
             }
             out.push(gemm::gemm(&k.gemm, auto, a.attn.array(), layer.o_proj.array(), proj, n, h, q_dim, true)?);
-            out.push(norm::rmsnorm_residual(&k.rmsnorm, hidden, Some(proj), layer.post_attention_norm.array(), normed, None, n, eps)?);
-            out.push(gemm::gemm(&k.gemm, auto, normed, layer.gate_up.array(), a.gate_up.array(), n, 2 * ffn, h, false)?);
+            out.push(norm::rmsnorm_residual(
+                &k.rmsnorm,
+                hidden,
+                Some(proj),
+                layer.post_attention_norm.array(),
+                normed,
+                None,
+                n,
+                eps,
+            )?);
+            out.push(gemm::gemm(
+                &k.gemm,
+                auto,
+                normed,
+                layer.gate_up.array(),
+                a.gate_up.array(),
+                n,
+                2 * ffn,
+                h,
+                false,
+            )?);
             out.push(activation::silu_mul(&k.silu_mul, a.gate_up.array(), a.act.array(), n, ffn)?);
             out.push(gemm::gemm(&k.gemm, auto, a.act.array(), layer.down_proj.array(), proj, n, h, ffn, true)?);
         }
@@ -484,9 +552,28 @@ impl Executor {
         let delta = if self.weights.layers.is_empty() { None } else { Some(proj) };
         let last_normed = a.last_normed.array().slice(0, n_logits * h);
         let rows = plan.logit_tokens.slice(0, n_logits);
-        out.push(norm::rmsnorm_residual(&k.rmsnorm, hidden, delta, self.weights.final_norm.array(), last_normed, Some(rows), n_logits, eps)?);
+        out.push(norm::rmsnorm_residual(
+            &k.rmsnorm,
+            hidden,
+            delta,
+            self.weights.final_norm.array(),
+            last_normed,
+            Some(rows),
+            n_logits,
+            eps,
+        )?);
         let logits = a.logits.array().slice(0, n_logits * c.vocab_size);
-        out.push(gemm::gemm(&k.gemm, auto, last_normed, self.weights.lm_head(), logits, n_logits, c.vocab_size, h, true)?);
+        out.push(gemm::gemm(
+            &k.gemm,
+            auto,
+            last_normed,
+            self.weights.lm_head(),
+            logits,
+            n_logits,
+            c.vocab_size,
+            h,
+            true,
+        )?);
         Ok(())
     }
 
@@ -494,7 +581,12 @@ impl Executor {
     /// `forward`); `penalties` are the rows' history entries (each row's `penalty_start` indexes
     /// them), `mask` the allowed-token bitmask rows. Only the ids (and log-probabilities) come
     /// back; the call synchronises.
-    pub fn sample(&mut self, rows: &[SampleRow], penalties: &[PenaltyEntry], mask: &[u32]) -> Result<SampleOutput<'_>, CudaError> {
+    pub fn sample(
+        &mut self,
+        rows: &[SampleRow],
+        penalties: &[PenaltyEntry],
+        mask: &[u32],
+    ) -> Result<SampleOutput<'_>, CudaError> {
         let cap = self.sample_capacity;
         if rows.len() > cap.rows || penalties.len() > cap.penalties || mask.len() > cap.mask_words {
             return Err(CudaError::Shape(format!(
@@ -533,7 +625,8 @@ impl Executor {
         let want_logprobs = rows.iter().any(|r| r.want_logprobs != 0);
         if want_logprobs {
             self.gpu.copy_to_host(bytemuck::cast_slice_mut(&mut self.sampled_logprobs[..n]), b.logprobs_out)?;
-            self.gpu.copy_to_host(bytemuck::cast_slice_mut(&mut self.sampled_top[..n * MAX_TOP_LOGPROBS]), b.top_out)?;
+            self.gpu
+                .copy_to_host(bytemuck::cast_slice_mut(&mut self.sampled_top[..n * MAX_TOP_LOGPROBS]), b.top_out)?;
         }
         self.gpu.synchronize()?;
         Ok(SampleOutput {
@@ -575,7 +668,15 @@ mod tests {
     #[test]
     fn plan_arrays_are_aligned_and_disjoint() {
         let l = PlanLayout::new(PlanLimits { max_batch_tokens: 13, max_seqs: 3, max_blocks_per_seq: 5 });
-        let starts = [l.token_ids, l.positions, l.token_seq, l.seq_token_start, l.seq_token_count, l.block_tables, l.logit_tokens];
+        let starts = [
+            l.token_ids,
+            l.positions,
+            l.token_seq,
+            l.seq_token_start,
+            l.seq_token_count,
+            l.block_tables,
+            l.logit_tokens,
+        ];
         assert!(starts.iter().all(|s| s % 4 == 0));
         assert!(starts.windows(2).all(|w| w[0] < w[1]));
         assert!(l.logit_tokens + 13 <= l.total);

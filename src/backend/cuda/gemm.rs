@@ -94,8 +94,10 @@ pub fn gemm(
     k: usize,
     out_f32: bool,
 ) -> Result<Launch, CudaError> {
-    if k % 8 != 0 || n % 2 != 0 {
-        return Err(CudaError::Unsupported(format!("matrix products need k divisible by 8 and n even, got n {n}, k {k}")));
+    if !k.is_multiple_of(8) || !n.is_multiple_of(2) {
+        return Err(CudaError::Unsupported(format!(
+            "matrix products need k divisible by 8 and n even, got n {n}, k {k}"
+        )));
     }
     if !matches!(x.dtype, Dtype::F16 | Dtype::Bf16) {
         return Err(CudaError::Shape(format!("matrix product inputs must be f16 or bf16, got {:?}", x.dtype)));
@@ -103,7 +105,8 @@ pub fn gemm(
     x.expect("matmul input", x.dtype, m * k)?;
     w.expect("matmul weight", x.dtype, n * k)?;
     out.expect("matmul output", if out_f32 { Dtype::F32 } else { x.dtype }, m * n)?;
-    let params = GemmParams { x: x.ptr, w: w.ptr, out: out.ptr, m: m as u32, n: n as u32, k: k as u32, out_f32: out_f32 as u32 };
+    let params =
+        GemmParams { x: x.ptr, w: w.ptr, out: out.ptr, m: m as u32, n: n as u32, k: k as u32, out_f32: out_f32 as u32 };
     let variant = if variant == GemmVariant::Auto { kernels.choose(m, n) } else { variant };
     let launch = match variant {
         GemmVariant::Gemv => {
@@ -113,12 +116,16 @@ pub fn gemm(
             Launch::new(&kernels.gemv[m - 1], (n.div_ceil(8) as u32, 1, 1), (256, 1, 1), 0, &params)
         }
         GemmVariant::TensorCoreSmall | GemmVariant::TensorCoreLarge => {
-            let (tile, kernel) = if variant == GemmVariant::TensorCoreSmall { (SMALL, &kernels.small) } else { (LARGE, &kernels.large) };
+            let (tile, kernel) =
+                if variant == GemmVariant::TensorCoreSmall { (SMALL, &kernels.small) } else { (LARGE, &kernels.large) };
             let grid = (n.div_ceil(tile.1 as usize) as u32, m.max(1).div_ceil(tile.0 as usize) as u32, 1);
             Launch::new(kernel, grid, (tile.2, 1, 1), shared_bytes(tile), &params)
         }
         GemmVariant::Wgmma => {
-            let kernel = kernels.wgmma.as_ref().ok_or_else(|| CudaError::Unsupported("the wgmma GEMM needs a compute capability 9.0 GPU".into()))?;
+            let kernel = kernels
+                .wgmma
+                .as_ref()
+                .ok_or_else(|| CudaError::Unsupported("the wgmma GEMM needs a compute capability 9.0 GPU".into()))?;
             let grid = (n.div_ceil(WGMMA.1 as usize) as u32, m.max(1).div_ceil(WGMMA.0 as usize) as u32, 1);
             Launch::new(kernel, grid, (WGMMA.2, 1, 1), WGMMA_SHARED_BYTES, &params)
         }

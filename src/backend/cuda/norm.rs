@@ -23,7 +23,7 @@ pub fn rmsnorm_residual(
     eps: f32,
 ) -> Result<Launch, CudaError> {
     let dim = weight.len;
-    if dim % 4 != 0 {
+    if !dim.is_multiple_of(4) {
         return Err(CudaError::Unsupported(format!("rmsnorm needs a dimension divisible by 4, got {dim}")));
     }
     weight.expect("rmsnorm weight", Dtype::F32, dim)?;

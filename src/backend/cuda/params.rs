@@ -178,20 +178,24 @@ unsafe impl bytemuck::Pod for TopLogprob {}
 mod tests {
     use super::*;
 
-    /// (struct, size, [(field, offset)]) as cuda/params.h pins them.
-    fn header_layouts() -> Vec<(String, usize, Vec<(String, usize)>)> {
+    /// (struct, size, [(field, offset)]).
+    type Layout = (String, usize, Vec<(String, usize)>);
+
+    /// Every struct's layout as cuda/params.h pins it.
+    fn header_layouts() -> Vec<Layout> {
         let header = include_str!("../../../cuda/params.h");
-        let mut out: Vec<(String, usize, Vec<(String, usize)>)> = Vec::new();
+        let mut out: Vec<Layout> = Vec::new();
         for line in header.lines().map(str::trim) {
             let args = |prefix: &str| {
-                line.strip_prefix(prefix).and_then(|rest| rest.strip_suffix(')')).map(|inner| {
-                    inner.split(',').map(|a| a.trim().to_string()).collect::<Vec<_>>()
-                })
+                line.strip_prefix(prefix)
+                    .and_then(|rest| rest.strip_suffix(')'))
+                    .map(|inner| inner.split(',').map(|a| a.trim().to_string()).collect::<Vec<_>>())
             };
             if let Some(a) = args("KILN_LAYOUT(") {
                 out.push((a[0].clone(), a[1].parse().expect("size is a number"), Vec::new()));
             } else if let Some(a) = args("KILN_FIELD(") {
-                let entry = out.iter_mut().find(|(name, _, _)| *name == a[0]).expect("KILN_FIELD follows its KILN_LAYOUT");
+                let entry =
+                    out.iter_mut().find(|(name, _, _)| *name == a[0]).expect("KILN_FIELD follows its KILN_LAYOUT");
                 entry.2.push((a[1].clone(), a[2].parse().expect("offset is a number")));
             }
         }

@@ -15,7 +15,14 @@ pub fn kernel(gpu: &Gpu) -> Result<Kernel, CudaError> {
 
 /// The flattened settings of one row. `uniform` is the row's draw from its sequence's seeded
 /// generator (`Rng::next_f64`), taken only when the row is not greedy, as the CPU sampler does.
-pub fn sample_row(params: &SamplingParams, uniform: f64, penalty_start: usize, penalty_count: usize, mask_row: Option<usize>, top_logprobs: Option<usize>) -> SampleRow {
+pub fn sample_row(
+    params: &SamplingParams,
+    uniform: f64,
+    penalty_start: usize,
+    penalty_count: usize,
+    mask_row: Option<usize>,
+    top_logprobs: Option<usize>,
+) -> SampleRow {
     SampleRow {
         uniform,
         temperature: params.temperature,
@@ -67,7 +74,13 @@ pub struct SampleBuffers {
 }
 
 /// Samples one token per row of `logits` (`[n_rows, vocab]` f32, modified in place).
-pub fn sample(kernel: &Kernel, logits: DeviceArray, vocab: usize, n_rows: usize, buffers: &SampleBuffers) -> Result<Launch, CudaError> {
+pub fn sample(
+    kernel: &Kernel,
+    logits: DeviceArray,
+    vocab: usize,
+    n_rows: usize,
+    buffers: &SampleBuffers,
+) -> Result<Launch, CudaError> {
     logits.expect("logits", Dtype::F32, n_rows * vocab)?;
     buffers.rows.expect("sample rows", Dtype::U8, n_rows * std::mem::size_of::<SampleRow>())?;
     buffers.tokens_out.expect("sampled tokens", Dtype::U32, n_rows)?;

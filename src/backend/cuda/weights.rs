@@ -38,18 +38,25 @@ impl DeviceWeights {
     /// gathered, unless it doubles as the output head).
     pub fn streamed_bytes(config: &ModelConfig, dtype: Dtype) -> usize {
         let h = config.hidden_size;
-        let per_layer = h * (config.q_dim() + 2 * config.kv_dim()) + config.q_dim() * h + 3 * h * config.intermediate_size;
+        let per_layer =
+            h * (config.q_dim() + 2 * config.kv_dim()) + config.q_dim() * h + 3 * h * config.intermediate_size;
         (config.num_layers * per_layer + config.vocab_size * h) * dtype.size_bytes()
     }
 
     /// Bytes of all device weights.
     pub fn total_bytes(config: &ModelConfig, dtype: Dtype) -> usize {
-        let embed = if config.tie_word_embeddings { 0 } else { config.vocab_size * config.hidden_size * dtype.size_bytes() };
+        let embed =
+            if config.tie_word_embeddings { 0 } else { config.vocab_size * config.hidden_size * dtype.size_bytes() };
         Self::streamed_bytes(config, dtype) + embed + (2 * config.num_layers + 1) * config.hidden_size * 4
     }
 
     /// Copies host weights to the device, converting matrices to `dtype` (f16 or bf16).
-    pub fn upload(gpu: &Gpu, config: &ModelConfig, weights: &LlamaWeights, dtype: Dtype) -> Result<DeviceWeights, CudaError> {
+    pub fn upload(
+        gpu: &Gpu,
+        config: &ModelConfig,
+        weights: &LlamaWeights,
+        dtype: Dtype,
+    ) -> Result<DeviceWeights, CudaError> {
         let matrices = |parts: &[&WeightMatrix]| -> Result<DeviceBuffer, CudaError> {
             let len: usize = parts.iter().map(|m| m.rows * m.cols).sum();
             let buffer = gpu.alloc(dtype, len)?;
