@@ -219,16 +219,17 @@ fn rope_kv_write_matches_reference_with_llama3_scaling() {
             num_kv_heads: 2,
             head_dim: hd,
             block_size: 16,
-            num_blocks: 12,
-            max_blocks_per_seq: 6,
+            num_blocks: 400,
+            max_blocks_per_seq: 320,
         };
-        // Two sequences; positions far apart so long angles are exercised.
-        let positions: Vec<u32> = vec![0, 1, 2, 77, 5000];
-        let token_seq: Vec<u32> = vec![0, 0, 0, 1, u32::MAX];
-        let tables: Vec<u32> = vec![3, 9, 4, 4, 4, 4, /* seq 1 */ 0, 1, 2, 3, 5, 7];
+        // Two sequences and a padding token; positions far apart so long angles are exercised.
+        let positions: Vec<u32> = vec![0, 1, 2, 77, 5000, 9];
+        let token_seq: Vec<u32> = vec![0, 0, 0, 1, 1, u32::MAX];
+        let width = g.max_blocks_per_seq;
+        let tables: Vec<u32> = (0..width as u32).chain((0..width as u32).map(|b| 399 - b)).collect();
         let n = positions.len();
         let qkv = round(&seeded_values(seed, n * (q_dim + 2 * kv_dim)), dtype);
-        let plan = device_plan(&gpu, &positions, &token_seq, &[0, 3], &[3, 1], &tables);
+        let plan = device_plan(&gpu, &positions, &token_seq, &[0, 3], &[3, 2], &tables);
         let inv_freq = kiln::ops::rope::rope_inv_freq(&config);
         let qkv_d = gpu.upload_as(&qkv, dtype).unwrap();
         let q_out = gpu.alloc(dtype, n * q_dim).unwrap();
@@ -264,7 +265,7 @@ fn rope_kv_write_matches_reference_with_llama3_scaling() {
             kiln::ops::rope::apply_rope(&mut kk, hd, positions[t] as usize, &inv_freq);
             assert_close(&q_got[t * q_dim..(t + 1) * q_dim], &q, tolerance(dtype));
             let seq = token_seq[t] as usize;
-            let block = tables[seq * 6 + positions[t] as usize / 16] as usize;
+            let block = tables[seq * width + positions[t] as usize / 16] as usize;
             for head in 0..2 {
                 let at = ((block * 2 + head) * 16 + positions[t] as usize % 16) * hd;
                 assert_close(&k_got[at..at + hd], &kk[head * hd..(head + 1) * hd], tolerance(dtype));
