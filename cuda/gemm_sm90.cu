@@ -55,6 +55,13 @@ __device__ __forceinline__ void wgmma_m64n128k16(float d[64], uint64_t desc_a, u
 #endif
 }
 
+// Keeps the compiler from moving accumulator reads or writes across the wgmma fences and waits
+// (wgmma writes them asynchronously; CUTLASS's warpgroup_fence_operand).
+__device__ __forceinline__ void fence_operands(float d[64]) {
+#pragma unroll
+    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+
 __device__ __forceinline__ void store_pair(float* out, float v0, float v1) { *reinterpret_cast<float2*>(out) = make_float2(v0, v1); }
 __device__ __forceinline__ void store_pair(__half* out, float v0, float v1) { *reinterpret_cast<__half2*>(out) = __floats2half2_rn(v0, v1); }
 __device__ __forceinline__ void store_pair(bf16* out, float v0, float v1) { *reinterpret_cast<__nv_bfloat162*>(out) = __floats2bfloat162_rn(v0, v1); }
@@ -108,6 +115,7 @@ __device__ void gemm_wgmma(const GemmParams& p) {
         cp_async_commit();
         const uint32_t a_tile = base + (kt % STAGES) * STAGE_BYTES + warpgroup * 64 * 128;
         const uint32_t b_tile = base + (kt % STAGES) * STAGE_BYTES + TILE_BYTES;
+        fence_operands(d);
         asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
         for (int kk = 0; kk < BK / 16; kk++) {
@@ -116,6 +124,7 @@ __device__ void gemm_wgmma(const GemmParams& p) {
         }
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        fence_operands(d);
     }
     cp_async_wait<0>();
 
