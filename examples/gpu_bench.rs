@@ -114,6 +114,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             for result in bench::decode_benchmark(&config, dtype, &batches, context, steps, copy_gbs)? {
                 println!("{}", result.json());
             }
+            for result in bench::prefill_benchmark(&config, dtype, &[512, 2048])? {
+                println!("{}", result.json());
+            }
         }
     }
     Ok(())

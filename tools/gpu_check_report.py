@@ -77,6 +77,15 @@ def main():
     for d in decode:
         if d["kind"] == "decode":
             print(f"| {d['batch']} | {d['ms_per_step']:.2f} | {d['tokens_per_s']:.0f} | {d['floor_ms']:.2f} | {d['fraction']:.2f} |")
+    prefill = [d for d in decode if d["kind"] == "prefill"]
+    if prefill:
+        print()
+        print("Prefill, one prompt per step, same model (matrix-product TFLOP/s; attention not counted):")
+        print()
+        print("| tokens | ms | tokens/s | TFLOP/s |")
+        print("|---:|---:|---:|---:|")
+        for d in prefill:
+            print(f"| {d['tokens']} | {d['ms']:.1f} | {d['tokens_per_s']:.0f} | {d['tflops']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -356,6 +356,74 @@ pub fn decode_benchmark(
     Ok(results)
 }
 
+/// Whole-model prefill throughput for one prompt length.
+#[derive(Debug, Clone)]
+pub struct PrefillResult {
+    pub tokens: usize,
+    pub ms: f64,
+    pub tokens_per_s: f64,
+    /// Matrix-product TFLOP/s (2 × parameters × tokens, attention not counted).
+    pub tflops: f64,
+}
+
+impl PrefillResult {
+    pub fn json(&self) -> String {
+        format!(
+            r#"{{"kind":"prefill","tokens":{},"ms":{:.3},"tokens_per_s":{:.0},"tflops":{:.1}}}"#,
+            self.tokens, self.ms, self.tokens_per_s, self.tflops
+        )
+    }
+}
+
+/// Prefill of one prompt of each length (one step each, logits of the last token back to the
+/// host), on seeded device-side weights; the median of five runs after a warm-up.
+pub fn prefill_benchmark(
+    config: &ModelConfig,
+    dtype: Dtype,
+    lengths: &[usize],
+) -> Result<Vec<PrefillResult>, CudaError> {
+    let max_len = lengths.iter().copied().max().unwrap_or(1);
+    let block_size = crate::launch::KV_BLOCK_SIZE;
+    let blocks_per_seq = max_len.div_ceil(block_size);
+    let layout = KvLayout { block_size, num_blocks: blocks_per_seq };
+    let limits = PlanLimits { max_batch_tokens: max_len, max_seqs: 1, max_blocks_per_seq: blocks_per_seq };
+    let mut backend = CudaBackend::new(
+        config.clone(),
+        WeightSource::RandomSeed(7),
+        layout,
+        limits,
+        CudaOptions { dtype, graphs: true },
+    )?;
+    let table: Vec<u32> = (0..blocks_per_seq as u32).collect();
+    let mut logits = vec![0.0f32; config.vocab_size];
+    let mut plan = StepPlan::new(limits, block_size);
+    let matmul_flops = 2.0 * (config.num_parameters() - config.vocab_size * config.hidden_size) as f64;
+    let mut results = Vec::new();
+    for &len in lengths {
+        let prompt: Vec<u32> = (0..len as u32).map(|i| (i * 7919) % config.vocab_size as u32).collect();
+        plan.clear();
+        plan.push_sequence(&prompt, 0, &table, true).map_err(|e| CudaError::Shape(e.to_string()))?;
+        let mut times = Vec::new();
+        for run in 0..6 {
+            let start = std::time::Instant::now();
+            crate::backend::Backend::execute(&mut backend, &plan, &mut logits)
+                .map_err(|e| CudaError::Shape(e.to_string()))?;
+            if run > 0 {
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let ms = times[times.len() / 2];
+        results.push(PrefillResult {
+            tokens: len,
+            ms,
+            tokens_per_s: len as f64 * 1e3 / ms,
+            tflops: matmul_flops * len as f64 / ms / 1e9,
+        });
+    }
+    Ok(results)
+}
+
 /// Model geometries benchmarks can name instead of a model directory.
 pub fn geometry(name: &str) -> Option<ModelConfig> {
     let (hidden, ffn, layers, heads, kv_heads, vocab, theta) = match name {

@@ -394,7 +394,9 @@ impl Executor {
     }
 
     /// Runs the forward pass of one step; the logits of its `num_logits()` rows are then on the
-    /// device (read them with `read_logits`, or sample with `sample`).
+    /// device (read them with `read_logits`, or sample with `sample`). Asynchronous: the plan
+    /// goes through a pinned buffer, so the caller reads logits or samples (which synchronise)
+    /// before the next `forward`.
     pub fn forward(&mut self, plan: &StepPlan) -> Result<(), CudaError> {
         self.check_plan(plan).map_err(CudaError::Shape)?;
         if plan.num_tokens() == 0 {
