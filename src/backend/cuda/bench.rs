@@ -397,7 +397,9 @@ pub fn prefill_benchmark(
     let table: Vec<u32> = (0..blocks_per_seq as u32).collect();
     let mut logits = vec![0.0f32; config.vocab_size];
     let mut plan = StepPlan::new(limits, block_size);
-    let matmul_flops = 2.0 * (config.num_parameters() - config.vocab_size * config.hidden_size) as f64;
+    // Per prompt token: every layer's projections (the embedding is a gather, the head runs once).
+    let embeddings = if config.tie_word_embeddings { 1 } else { 2 } * config.vocab_size * config.hidden_size;
+    let matmul_flops = 2.0 * (config.num_parameters() - embeddings) as f64;
     let mut results = Vec::new();
     for &len in lengths {
         let prompt: Vec<u32> = (0..len as u32).map(|i| (i * 7919) % config.vocab_size as u32).collect();
