@@ -20,10 +20,14 @@ use kiln::model::safetensors_dir::WeightDtype;
 const LAYOUT: KvLayout = KvLayout { block_size: 16, num_blocks: 64 };
 const LIMITS: PlanLimits = PlanLimits { max_batch_tokens: 128, max_seqs: 8, max_blocks_per_seq: 16 };
 
-/// Small, but with the kernels' real constraints: GQA, head_dim 64, sizes multiples of 8.
+/// Small, but with the kernels' real constraints: GQA, head_dim 64 or 128, sizes multiples of 8.
 fn config(head_dim: usize) -> ModelConfig {
+    config_with_layers(head_dim, 3)
+}
+
+fn config_with_layers(head_dim: usize, layers: usize) -> ModelConfig {
     let json = format!(
-        r#"{{"architectures":["LlamaForCausalLM"],"hidden_size":256,"intermediate_size":688,"num_hidden_layers":3,
+        r#"{{"architectures":["LlamaForCausalLM"],"hidden_size":256,"intermediate_size":688,"num_hidden_layers":{layers},
         "num_attention_heads":{},"num_key_value_heads":2,"head_dim":{head_dim},"vocab_size":1000,"rms_norm_eps":1e-5,
         "max_position_embeddings":256,"rope_theta":10000.0,"tie_word_embeddings":false}}"#,
         512 / head_dim
@@ -104,20 +108,20 @@ fn gpu_logits_match_cpu_backend() {
     if gpu_or_skip("gpu_logits_match_cpu_backend").is_none() {
         return;
     }
-    for head_dim in [64, 128] {
-        for (dtype, weight_dtype) in [(Dtype::F16, WeightDtype::F16), (Dtype::Bf16, WeightDtype::Bf16)] {
-            let config = config(head_dim);
-            let weights = random_llama_weights(&config, 11, weight_dtype);
-            let mut gpu = CudaBackend::new(
-                config.clone(),
-                WeightSource::Host(&weights),
-                LAYOUT,
-                LIMITS,
-                CudaOptions { dtype, graphs: true },
-            )
-            .unwrap();
-            let mut cpu = CpuBackend::new(config, weights, LAYOUT, LIMITS);
-            compare_steps(&mut cpu, &mut gpu, &plans(), dtype, &format!("{dtype:?} head_dim {head_dim}"));
+    // 0 layers checks embedding, final norm and head alone; 1 layer adds one attention and MLP
+    // block: when the 3-layer model fails, the first failing depth says where to look.
+    for layers in [0, 1, 3] {
+        for head_dim in [64, 128] {
+            for (dtype, weight_dtype) in [(Dtype::F16, WeightDtype::F16), (Dtype::Bf16, WeightDtype::Bf16)] {
+                let config = config_with_layers(head_dim, layers);
+                let weights = random_llama_weights(&config, 11, weight_dtype);
+                let options = CudaOptions { dtype, graphs: true };
+                let mut gpu =
+                    CudaBackend::new(config.clone(), WeightSource::Host(&weights), LAYOUT, LIMITS, options).unwrap();
+                let mut cpu = CpuBackend::new(config, weights, LAYOUT, LIMITS);
+                let label = format!("{dtype:?} head_dim {head_dim} layers {layers}");
+                compare_steps(&mut cpu, &mut gpu, &plans(), dtype, &label);
+            }
         }
     }
 }
