@@ -233,10 +233,20 @@ impl Gpu {
         let mut modules = Vec::new();
         let mut functions = HashMap::new();
         for (file, fatbin) in super::kernels::ALL {
-            if file.ends_with("_sm90") && !info.wgmma {
+            let hopper_only = file.ends_with("_sm90");
+            if hopper_only && !info.wgmma {
                 continue;
             }
-            let module = ctx.load_module(Ptx::from_binary(fatbin.to_vec()))?;
+            let module = match ctx.load_module(Ptx::from_binary(fatbin.to_vec())) {
+                Ok(module) => module,
+                // The Hopper-only kernels are an optimisation: without them the mma.sync path runs.
+                Err(e) if hopper_only => {
+                    tracing::warn!("cuda/{file}.cu did not load ({e}); using the mma.sync GEMM");
+                    info.wgmma = false;
+                    continue;
+                }
+                Err(e) => return Err(CudaError::Module(format!("cuda/{file}.cu did not load: {e}"))),
+            };
             for &name in super::kernels_in(file) {
                 let function =
                     module.load_function(name).map_err(|e| CudaError::Module(format!("{file}.cu: {name}: {e}")))?;
