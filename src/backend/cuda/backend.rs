@@ -3,8 +3,9 @@
 //! returns only the sampled ids.
 
 use super::device::{Dtype, Gpu};
-use super::executor::{Executor, ExecutorOptions, SampleOutput};
+use super::executor::{Executor, ExecutorOptions};
 use super::params::{PenaltyEntry, SampleRow};
+use super::sampler::SampleOutput;
 use super::weights::DeviceWeights;
 use super::CudaError;
 use crate::backend::{Backend, BackendError, KvLayout};

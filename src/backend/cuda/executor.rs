@@ -15,9 +15,10 @@ use super::device::{DeviceArray, DeviceBuffer, Dtype, Gpu, Kernel, Launch, Pinne
 use super::embedding;
 use super::gemm::{self, GemmKernels, GemmVariant};
 use super::norm;
-use super::params::{PenaltyEntry, SampleRow, TopLogprob, KILN_NONE, MAX_TOP_LOGPROBS};
+use super::params::{PenaltyEntry, SampleRow, KILN_NONE};
 use super::rope::{self, DevicePlan, KvGeometry};
-use super::sampling::{self, SampleBuffers};
+use super::sampler::{GpuSampler, SampleOutput};
+use super::sampling;
 use super::weights::DeviceWeights;
 use super::CudaError;
 use crate::backend::KvLayout;
@@ -133,23 +134,7 @@ pub struct Executor {
     graphs: Vec<Option<BucketGraph>>,
     launches: Vec<Launch>,
     options: ExecutorOptions,
-    sample_host: PinnedBuffer,
-    /// Owners of the memory `sample_buffers` views: inputs, outputs, f64 scratch.
-    _sample_device: DeviceBuffer,
-    _sample_outputs: DeviceBuffer,
-    _sample_weights: DeviceBuffer,
-    sample_buffers: SampleBuffers,
-    sample_capacity: SampleCapacity,
-    sampled: Vec<u32>,
-    sampled_logprobs: Vec<f32>,
-    sampled_top: Vec<TopLogprob>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct SampleCapacity {
-    rows: usize,
-    penalties: usize,
-    mask_words: usize,
+    sampler: GpuSampler,
 }
 
 /// The decode batch sizes that get their own graph: powers of two, then the largest batch.
@@ -245,30 +230,7 @@ impl Executor {
         let plan_device = gpu.alloc(Dtype::U32, plan_layout.total)?;
         gpu.memset(plan_device.array(), 0)?;
 
-        let sample_capacity = SampleCapacity {
-            rows,
-            penalties: rows * limits.max_blocks_per_seq * layout.block_size,
-            mask_words: rows * vocab.div_ceil(32),
-        };
-        let row_bytes = rows * std::mem::size_of::<SampleRow>();
-        let penalty_bytes = sample_capacity.penalties * std::mem::size_of::<PenaltyEntry>();
-        let mask_bytes = sample_capacity.mask_words * 4;
-        let sample_bytes = row_bytes + penalty_bytes + mask_bytes;
-        let sample_host = gpu.alloc_pinned(sample_bytes)?;
-        let sample_device = gpu.alloc(Dtype::U8, sample_bytes)?;
-        let outputs = gpu.alloc(Dtype::U32, rows * 2 + rows * MAX_TOP_LOGPROBS * 2)?;
-        let weights_scratch = gpu.alloc(Dtype::F64, rows * vocab)?;
-        let sd = sample_device.array();
-        let o = outputs.array();
-        let sample_buffers = SampleBuffers {
-            rows: sd.slice(0, row_bytes),
-            penalties: sd.slice(row_bytes, penalty_bytes),
-            mask: sd.slice(row_bytes + penalty_bytes, mask_bytes).reinterpret(Dtype::U32),
-            tokens_out: o.slice(0, rows),
-            logprobs_out: o.slice(rows, rows).reinterpret(Dtype::F32),
-            top_out: o.slice(2 * rows, rows * MAX_TOP_LOGPROBS * 2).reinterpret(Dtype::U8),
-            weights: weights_scratch.array(),
-        };
+        let sampler = GpuSampler::new(&gpu, rows, rows * limits.max_blocks_per_seq * layout.block_size, vocab)?;
         gpu.synchronize()?;
         let graphs = buckets.iter().map(|_| None).collect();
         Ok(Executor {
@@ -290,15 +252,7 @@ impl Executor {
             graphs,
             launches: Vec::with_capacity(32 * 12),
             options,
-            sample_host,
-            _sample_device: sample_device,
-            _sample_outputs: outputs,
-            _sample_weights: weights_scratch,
-            sample_buffers,
-            sample_capacity,
-            sampled: vec![0; rows],
-            sampled_logprobs: vec![0.0; rows],
-            sampled_top: vec![TopLogprob::default(); rows * MAX_TOP_LOGPROBS],
+            sampler,
         })
     }
 
@@ -580,62 +534,15 @@ impl Executor {
     }
 
     /// Samples one token for each of the first `rows.len()` logits rows on the GPU (after
-    /// `forward`); `penalties` are the rows' history entries (each row's `penalty_start` indexes
-    /// them), `mask` the allowed-token bitmask rows. Only the ids (and log-probabilities) come
-    /// back; the call synchronises.
+    /// `forward`); see `GpuSampler::sample`. The call synchronises.
     pub fn sample(
         &mut self,
         rows: &[SampleRow],
         penalties: &[PenaltyEntry],
         mask: &[u32],
     ) -> Result<SampleOutput<'_>, CudaError> {
-        let cap = self.sample_capacity;
-        if rows.len() > cap.rows || penalties.len() > cap.penalties || mask.len() > cap.mask_words {
-            return Err(CudaError::Shape(format!(
-                "sampling {} rows with {} penalty entries and {} mask words exceeds {:?}",
-                rows.len(),
-                penalties.len(),
-                mask.len(),
-                cap
-            )));
-        }
-        let n = rows.len();
-        if n == 0 {
-            return Ok(SampleOutput { tokens: &[], logprobs: &[], top: &[] });
-        }
-        let b = self.sample_buffers;
-        let row_bytes: &[u8] = bytemuck::cast_slice(rows);
-        let penalty_bytes: &[u8] = bytemuck::cast_slice(penalties);
-        let mask_bytes: &[u8] = bytemuck::cast_slice(mask);
-        let host = self.sample_host.as_mut_bytes();
-        let (row_at, penalty_at, mask_at) = (0, b.rows.len, b.rows.len + b.penalties.len);
-        host[row_at..row_at + row_bytes.len()].copy_from_slice(row_bytes);
-        host[penalty_at..penalty_at + penalty_bytes.len()].copy_from_slice(penalty_bytes);
-        host[mask_at..mask_at + mask_bytes.len()].copy_from_slice(mask_bytes);
-        let host = self.sample_host.as_bytes();
-        self.gpu.copy_to_device(b.rows, &host[row_at..row_at + row_bytes.len()])?;
-        if !penalty_bytes.is_empty() {
-            self.gpu.copy_to_device(b.penalties, &host[penalty_at..penalty_at + penalty_bytes.len()])?;
-        }
-        if !mask_bytes.is_empty() {
-            self.gpu.copy_to_device(b.mask, &host[mask_at..mask_at + mask_bytes.len()])?;
-        }
-        let vocab = self.config.vocab_size;
-        let logits = self.acts.logits.array().slice(0, n * vocab);
-        self.gpu.launch(&sampling::sample(&self.kernels.sample, logits, vocab, n, &b)?)?;
-        self.gpu.copy_to_host(bytemuck::cast_slice_mut(&mut self.sampled[..n]), b.tokens_out)?;
-        let want_logprobs = rows.iter().any(|r| r.want_logprobs != 0);
-        if want_logprobs {
-            self.gpu.copy_to_host(bytemuck::cast_slice_mut(&mut self.sampled_logprobs[..n]), b.logprobs_out)?;
-            self.gpu
-                .copy_to_host(bytemuck::cast_slice_mut(&mut self.sampled_top[..n * MAX_TOP_LOGPROBS]), b.top_out)?;
-        }
-        self.gpu.synchronize()?;
-        Ok(SampleOutput {
-            tokens: &self.sampled[..n],
-            logprobs: if want_logprobs { &self.sampled_logprobs[..n] } else { &[] },
-            top: if want_logprobs { &self.sampled_top[..n * MAX_TOP_LOGPROBS] } else { &[] },
-        })
+        let logits = self.acts.logits.array();
+        self.sampler.sample(&self.gpu, &self.kernels.sample, logits, self.config.vocab_size, rows, penalties, mask)
     }
 
     /// Device views for tools and tests.
@@ -646,14 +553,6 @@ impl Executor {
     pub fn weights(&self) -> &DeviceWeights {
         &self.weights
     }
-}
-
-/// What `Executor::sample` returns: per row its token, and when asked its log-probability and
-/// `MAX_TOP_LOGPROBS` alternatives (row-major; rows that asked for fewer have unused entries).
-pub struct SampleOutput<'a> {
-    pub tokens: &'a [u32],
-    pub logprobs: &'a [f32],
-    pub top: &'a [TopLogprob],
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! Layers, as in the rest of kiln: `device` (context, stream, memory, launches, graphs); one
 //! launcher module per .cu file, each checking shapes and dtypes before it builds a `Launch`;
 //! `weights` (upload or device-side random weights); `executor` (the step's launches, one CUDA
-//! graph per decode batch bucket); `backend` (`CudaBackend`, the `Backend` implementation);
+//! graph per decode batch bucket); `sampler` (the GPU sampling step's buffers); `backend` (`CudaBackend`, the `Backend` implementation);
 //! `bench` (the measurements `tools/gpu-check` prints); `testing` (skip-or-device for tests).
 
 pub mod activation;
@@ -20,6 +20,7 @@ pub mod norm;
 pub mod params;
 pub mod random;
 pub mod rope;
+pub mod sampler;
 pub mod sampling;
 pub mod testing;
 pub mod weights;
