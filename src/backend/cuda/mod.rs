@@ -5,8 +5,9 @@
 //! Layers, as in the rest of kiln: `device` (context, stream, memory, launches, graphs); one
 //! launcher module per .cu file, each checking shapes and dtypes before it builds a `Launch`;
 //! `weights` (upload or device-side random weights); `executor` (the step's launches, one CUDA
-//! graph per decode batch bucket); `sampler` (the GPU sampling step's buffers); `backend` (`CudaBackend`, the `Backend` implementation);
-//! `bench` (the measurements `tools/gpu-check` prints); `testing` (skip-or-device for tests).
+//! graph per decode batch bucket); `sampler` (the GPU sampling step's buffers); `backend`
+//! (`CudaBackend`, the `Backend` implementation); `bench` (the measurements `tools/gpu-check`
+//! prints); `testing` (skip-or-device for tests).
 
 pub mod activation;
 pub mod attention;

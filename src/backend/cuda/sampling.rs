@@ -195,7 +195,7 @@ mod tests {
         let total: f64 = weights.iter().sum();
         if row.min_p > 0.0 {
             for (i, w) in weights.iter_mut().enumerate() {
-                if *w > 0.0 && !(*w >= row.min_p as f64) && keys[i] != top_key {
+                if *w > 0.0 && *w < row.min_p as f64 && keys[i] != top_key {
                     *w = 0.0;
                 }
             }
