@@ -86,6 +86,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 // The mma.sync kernel on the same shapes, to show what wgmma buys.
                 timings.extend(bench::bench_gemm(&gpu, &config, dtype, 2048, GemmVariant::TensorCoreLarge)?);
             }
+            timings.extend(bench::bench_small_kernels(&gpu, &config, dtype, 2048)?);
             for (batch, context) in [(1, 1024), (8, 1024), (32, 1024), (64, 512)] {
                 timings.push(bench::bench_attention_decode(&gpu, &config, dtype, batch, context)?);
             }

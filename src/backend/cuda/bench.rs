@@ -191,6 +191,149 @@ pub fn bench_attention_decode(
     })
 }
 
+/// The elementwise and normalisation kernels and the prefill attention over `tokens` tokens
+/// (one sequence) of `config`'s shapes.
+pub fn bench_small_kernels(
+    gpu: &Gpu,
+    config: &ModelConfig,
+    dtype: Dtype,
+    tokens: usize,
+) -> Result<Vec<KernelTiming>, CudaError> {
+    use super::{activation, embedding, norm, rope};
+    let (h, ffn, q_dim, kv_dim) = (config.hidden_size, config.intermediate_size, config.q_dim(), config.kv_dim());
+    let t = dtype.size_bytes();
+    let mut out = Vec::new();
+    let mut record = |kernel: &str, launches: &[Launch], bytes: usize, flops: f64| -> Result<(), CudaError> {
+        let ms = time_launches(gpu, launches, 3, 20)?;
+        out.push(KernelTiming {
+            kernel: kernel.into(),
+            shape: format!("tokens={tokens}"),
+            ms,
+            bytes: bytes as f64,
+            flops,
+        });
+        Ok(())
+    };
+
+    let residual = random_buffer(gpu, Dtype::F32, tokens * h, 20)?;
+    let delta = random_buffer(gpu, Dtype::F32, tokens * h, 21)?;
+    let weight = random_buffer(gpu, Dtype::F32, h, 22)?;
+    let normed = gpu.alloc(dtype, tokens * h)?;
+    let launch = norm::rmsnorm_residual(
+        &norm::kernel(gpu, dtype)?,
+        residual.array(),
+        Some(delta.array()),
+        weight.array(),
+        normed.array(),
+        None,
+        tokens,
+        1e-5,
+    )?;
+    record("rmsnorm_residual", &[launch], tokens * h * (4 + 4 + 4 + t), 0.0)?;
+
+    let gate_up = random_buffer(gpu, dtype, tokens * 2 * ffn, 23)?;
+    let act = gpu.alloc(dtype, tokens * ffn)?;
+    let launch = activation::silu_mul(&activation::kernel(gpu, dtype)?, gate_up.array(), act.array(), tokens, ffn)?;
+    record("silu_mul", &[launch], tokens * ffn * 3 * t, 0.0)?;
+
+    let table = random_buffer(gpu, dtype, config.vocab_size * h, 24)?;
+    let block_size = 16;
+    let blocks = tokens.div_ceil(block_size);
+    let (plan, _plan_owner) = prefill_plan(gpu, tokens, blocks, config.vocab_size)?;
+    let hidden = gpu.alloc(Dtype::F32, tokens * h)?;
+    let launch = embedding::embedding(
+        &embedding::kernel(gpu, dtype)?,
+        table.array(),
+        h,
+        plan.token_ids,
+        hidden.array(),
+        tokens,
+    )?;
+    record("embedding", &[launch], tokens * h * (t + 4), 0.0)?;
+
+    let g = KvGeometry {
+        num_heads: config.num_heads,
+        num_kv_heads: config.num_kv_heads,
+        head_dim: config.head_dim,
+        block_size,
+        num_blocks: blocks,
+        max_blocks_per_seq: blocks,
+    };
+    let qkv = random_buffer(gpu, dtype, tokens * (q_dim + 2 * kv_dim), 25)?;
+    let q = gpu.alloc(dtype, tokens * q_dim)?;
+    let k_cache = gpu.alloc(dtype, g.cache_len())?;
+    let v_cache = gpu.alloc(dtype, g.cache_len())?;
+    let inv_freq = gpu.upload_f32(&crate::ops::rope::rope_inv_freq(config))?;
+    let launch = rope::rope_kv_write(
+        &rope::kernel(gpu, dtype)?,
+        g,
+        qkv.array(),
+        q.array(),
+        k_cache.array(),
+        v_cache.array(),
+        inv_freq.array(),
+        &plan,
+        tokens,
+    )?;
+    record("rope_kv_write", &[launch], tokens * (q_dim + 2 * kv_dim) * 2 * t, 0.0)?;
+
+    let attn = gpu.alloc(dtype, tokens * q_dim)?;
+    let kernels = attention::kernels(gpu, dtype, config.head_dim)?;
+    let launch = attention::prefill(
+        &kernels,
+        g,
+        q.array(),
+        k_cache.array(),
+        v_cache.array(),
+        attn.array(),
+        &plan,
+        tokens,
+        1,
+        tokens,
+        None,
+    )?;
+    // Causal: half of the tokens × tokens score matrix, two products (QKᵀ and PV) per head.
+    let flops = 2.0 * 2.0 * (tokens * tokens / 2) as f64 * (config.head_dim * config.num_heads) as f64;
+    record("attention_prefill", &[launch], tokens * (2 * q_dim + 2 * kv_dim) * t, flops)?;
+    Ok(out)
+}
+
+/// A device plan of one sequence of `tokens` tokens from position 0 (prefill).
+fn prefill_plan(
+    gpu: &Gpu,
+    tokens: usize,
+    blocks: usize,
+    vocab: usize,
+) -> Result<(DevicePlan, DeviceBuffer), CudaError> {
+    let mut words: Vec<u32> = Vec::new();
+    let mut push = |values: &[u32]| {
+        let start = words.len();
+        words.extend_from_slice(values);
+        words.resize(words.len().div_ceil(4) * 4, 0);
+        (start, values.len())
+    };
+    let ids = push(&(0..tokens as u32).map(|i| (i * 7919) % vocab as u32).collect::<Vec<_>>());
+    let positions = push(&(0..tokens as u32).collect::<Vec<_>>());
+    let seqs = push(&vec![0; tokens]);
+    let starts = push(&[0]);
+    let counts = push(&[tokens as u32]);
+    let tables = push(&(0..blocks as u32).collect::<Vec<_>>());
+    let logits = push(&[tokens as u32 - 1]);
+    let buffer = gpu.upload_u32(&words)?;
+    let a = buffer.array();
+    let view = |(start, len): (usize, usize)| a.slice(start, len);
+    let plan = DevicePlan {
+        token_ids: view(ids),
+        positions: view(positions),
+        token_seq: view(seqs),
+        seq_token_start: view(starts),
+        seq_token_count: view(counts),
+        block_tables: view(tables),
+        logit_tokens: view(logits),
+    };
+    Ok((plan, buffer))
+}
+
 /// A device plan of `batch` sequences, each one token at position `context - 1`, with distinct
 /// blocks; the owner buffer comes along.
 fn bench_plan(
