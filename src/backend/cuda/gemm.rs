@@ -69,11 +69,14 @@ impl GemmKernels {
         if m <= 8 {
             return GemmVariant::Gemv;
         }
+        // Large tiles pay once they fill the GPU: wgmma runs one 128x128 block per SM, so about
+        // half a wave is enough; the mma.sync kernel wants two waves.
         let large_tiles = m.div_ceil(LARGE.0 as usize) * n.div_ceil(LARGE.1 as usize);
-        if m <= 64 || large_tiles < 2 * self.multiprocessors as usize {
-            GemmVariant::TensorCoreSmall
-        } else if self.wgmma.is_some() {
+        let sms = self.multiprocessors as usize;
+        if m > 64 && self.wgmma.is_some() && 2 * large_tiles >= sms {
             GemmVariant::Wgmma
+        } else if m <= 64 || large_tiles < 2 * sms {
+            GemmVariant::TensorCoreSmall
         } else {
             GemmVariant::TensorCoreLarge
         }
