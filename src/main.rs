@@ -93,6 +93,9 @@ struct ServeOptions {
     max_waiting: usize,
     #[arg(long, default_value_t = 1000)]
     max_connections: usize,
+    /// Recompute every prompt instead of reusing the KV blocks of repeated prefixes.
+    #[arg(long)]
+    no_prefix_caching: bool,
     /// USD per million prompt tokens.
     #[arg(long, default_value_t = 0.64)]
     price_input: f64,
@@ -141,6 +144,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 max_seqs: o.max_seqs,
                 max_prefill_chunk: o.max_prefill_chunk,
                 max_waiting: o.max_waiting,
+                prefix_caching: !o.no_prefix_caching,
                 max_connections: o.max_connections,
                 prices: kiln::server::api::pricing::Prices { input_per_million_usd: o.price_input, output_per_million_usd: o.price_output },
             })

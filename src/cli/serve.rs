@@ -34,6 +34,7 @@ pub struct ServeArgs {
     pub max_seqs: usize,
     pub max_prefill_chunk: usize,
     pub max_waiting: usize,
+    pub prefix_caching: bool,
     pub max_connections: usize,
     pub prices: Prices,
 }
@@ -53,6 +54,7 @@ impl Default for ServeArgs {
             max_seqs: 16,
             max_prefill_chunk: 256,
             max_waiting: 256,
+            prefix_caching: true,
             max_connections: 1000,
             prices: DEFAULT_PRICES,
         }
@@ -99,6 +101,7 @@ pub fn start(args: ServeArgs, signals: bool) -> anyhow::Result<Server> {
         max_seqs: args.max_seqs,
         max_prefill_chunk: args.max_prefill_chunk,
         max_waiting: args.max_waiting,
+        prefix_caching: args.prefix_caching,
     };
     let (engine, _engine_thread) = start_engine(Box::new(loaded.backend), tokenizer.clone(), engine_config);
     let model_name = args.served_model_name.clone().unwrap_or(loaded.name);
