@@ -127,6 +127,27 @@ fn gpu_logits_match_cpu_backend() {
 }
 
 #[test]
+fn copied_kv_blocks_match_the_cpu_backend() {
+    if gpu_or_skip("copied_kv_blocks_match_the_cpu_backend").is_none() {
+        return;
+    }
+    // Sequence A fills blocks 0 and 1 (21 tokens); B shares them, and before B writes into the
+    // half-full block 1 the step copies it to block 7 (the scheduler's copy-on-write).
+    let config = config(64);
+    let weights = random_llama_weights(&config, 13, WeightDtype::F16);
+    let options = CudaOptions { dtype: Dtype::F16, graphs: true };
+    let mut gpu = CudaBackend::new(config.clone(), WeightSource::Host(&weights), LAYOUT, LIMITS, options).unwrap();
+    let mut cpu = CpuBackend::new(config, weights, LAYOUT, LIMITS);
+    let mut prefill = StepPlan::new(LIMITS, LAYOUT.block_size);
+    prefill.push_sequence(&prompt(4, 21), 0, &[0, 1], true).unwrap();
+    let mut fork = StepPlan::new(LIMITS, LAYOUT.block_size);
+    fork.block_copies.push((1, 7));
+    fork.push_sequence(&[42], 21, &[0, 7], true).unwrap();
+    fork.push_sequence(&[43], 21, &[0, 1], true).unwrap();
+    compare_steps(&mut cpu, &mut gpu, &[prefill, fork], Dtype::F16, "copy-on-write");
+}
+
+#[test]
 fn graphs_launches_and_device_weights_agree() {
     if gpu_or_skip("graphs_launches_and_device_weights_agree").is_none() {
         return;

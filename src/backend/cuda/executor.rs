@@ -308,6 +308,13 @@ impl Executor {
         if let Some(&bad) = plan.token_ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
             return Err(format!("token id {bad} is outside the vocabulary"));
         }
+        if let Some(&(source, destination)) = plan
+            .block_copies
+            .iter()
+            .find(|&&(s, d)| s as usize >= self.layout.num_blocks || d as usize >= self.layout.num_blocks)
+        {
+            return Err(format!("KV block copy {source} → {destination} is out of range"));
+        }
         if plan.num_logits() > l.max_seqs {
             return Err(format!("plan asks for {} logit rows, the backend holds {}", plan.num_logits(), l.max_seqs));
         }
@@ -353,6 +360,7 @@ impl Executor {
     /// before the next `forward`.
     pub fn forward(&mut self, plan: &StepPlan) -> Result<(), CudaError> {
         self.check_plan(plan).map_err(CudaError::Shape)?;
+        self.copy_blocks(&plan.block_copies)?;
         if plan.num_tokens() == 0 {
             return Ok(());
         }
@@ -390,6 +398,24 @@ impl Executor {
                 result
             }
         }
+    }
+
+    /// Copy-on-write of shared KV blocks, every layer, ordered on the stream before the step:
+    /// one block of one layer is contiguous (`[num_kv_heads, block_size, head_dim]`).
+    fn copy_blocks(&self, copies: &[(u32, u32)]) -> Result<(), CudaError> {
+        let block_len = self.geometry.num_kv_heads * self.geometry.block_size * self.geometry.head_dim;
+        let cache_len = self.geometry.cache_len();
+        for &(source, destination) in copies {
+            for layer in 0..self.config.num_layers {
+                for cache in [&self.k_cache, &self.v_cache] {
+                    let layer_cache = cache.array().slice(layer * cache_len, cache_len);
+                    let from = layer_cache.slice(source as usize * block_len, block_len);
+                    let to = layer_cache.slice(destination as usize * block_len, block_len);
+                    self.gpu.copy_device(to, from, from.bytes())?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Copies the first `rows` rows of logits to the host (synchronises).
