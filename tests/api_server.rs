@@ -15,7 +15,7 @@ const MODEL: &str = "SmolLM2-135M-Instruct";
 const FRANCE: &str = "What is the capital of France? Answer in one sentence.";
 
 fn server_with(args: ServeArgs) -> Server {
-    start(ServeArgs { port: 0, kv_memory_bytes: 256 << 20, max_batch_tokens: 256, max_seqs: 8, ..args }, false).expect("the server starts")
+    start(ServeArgs { port: 0, kv_memory_bytes: Some(256 << 20), backend: kiln::cli::load::BackendChoice::Cpu, max_batch_tokens: 256, max_seqs: 8, ..args }, false).expect("the server starts")
 }
 
 /// One server for the whole file: loading the model once keeps the suite fast.

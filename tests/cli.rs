@@ -38,6 +38,12 @@ fn help_and_errors() {
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("/nonexistent/model") && !stderr.contains("panicked"), "{stderr}");
+    // Without a GPU (or a CUDA build), asking for CUDA is a clear error, never a panic.
+    let out = kiln(&["generate", "--backend", "cuda", "--prompt", "x", "--max-tokens", "1"]);
+    if !out.status.success() {
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.contains("--backend cuda:") && !stderr.contains("panicked"), "{stderr}");
+    }
     let out = kiln(&["generate", "--prompt", "x", "--temperature=-1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8(out.stderr).unwrap().contains("--temperature"));
