@@ -34,6 +34,13 @@ pub fn load_cpu_backend(dir: &Path, limits: CpuLimits) -> Result<(CpuBackend, Pl
     Ok(cpu_backend(config, weights, limits))
 }
 
+/// Loads a GGUF's config and weights directly, keeping quantized tensors quantized (see
+/// `model::gguf_weights`), and sizes a CPU backend for `limits`.
+pub fn load_cpu_backend_from_gguf(path: &Path, limits: CpuLimits) -> Result<(CpuBackend, PlanLimits), ModelError> {
+    let (config, weights) = crate::model::gguf_weights::load_gguf_weights(path)?;
+    Ok(cpu_backend(config, weights, limits))
+}
+
 pub fn cpu_backend(config: ModelConfig, weights: LlamaWeights, limits: CpuLimits) -> (CpuBackend, PlanLimits) {
     let kv_tokens = limits.kv_memory_bytes / CpuKvCache::bytes_per_token(&config);
     let num_blocks = (kv_tokens / KV_BLOCK_SIZE).max(1);

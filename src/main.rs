@@ -28,6 +28,8 @@ enum Command {
     Pull,
     /// Serve the OpenAI-compatible and native HTTP APIs.
     Serve(ServeOptions),
+    /// Measure prefill and decode speed and peak memory of a model on this machine.
+    Bench(kiln::cli::bench::BenchArgs),
     /// Generate text from a prompt; only the generated text goes to stdout.
     Generate {
         /// A Hugging Face model directory or a GGUF file (default: the default model, pulled if needed).
@@ -155,6 +157,7 @@ fn run(command: Command, backend: BackendChoice) -> anyhow::Result<()> {
                 prices: kiln::server::api::pricing::Prices { input_per_million_usd: o.price_input, output_per_million_usd: o.price_output },
             })
         }
+        Command::Bench(args) => kiln::cli::bench::run(&args).map(|_| ()),
         Command::Generate { model, prompt, chat, system, max_tokens, temperature, top_p, top_k, repetition_penalty, seed } => {
             let checks = [
                 (temperature >= 0.0 && temperature.is_finite(), "--temperature must be 0 or more"),

@@ -80,6 +80,20 @@ pub fn convert_gguf_to_hf(gguf_path: &Path, out_dir: &Path, progress: Option<&Pr
     partial.finish(out_dir)
 }
 
+/// The model configuration a conversion of this GGUF would write: for loading a GGUF's weights
+/// directly, without converting them (`gguf_weights`).
+pub fn config_from_gguf(gguf: &GgufFile) -> Result<super::ModelConfig, ModelError> {
+    let architecture = gguf.require_str("general.architecture")?;
+    if architecture != "llama" {
+        return Err(ModelError::UnsupportedArchitecture { path: gguf.path().into(), architecture: architecture.into() });
+    }
+    let geometry = read_geometry(gguf)?;
+    let tied = gguf.tensor("output.weight").is_none();
+    let bos = gguf.get_u32("tokenizer.ggml.bos_token_id")?;
+    let eos = gguf.get_u32("tokenizer.ggml.eos_token_id")?;
+    super::ModelConfig::from_json(&config_json(&geometry, tied, bos, eos).to_string(), gguf.path())
+}
+
 fn read_geometry(gguf: &GgufFile) -> Result<Geometry, ModelError> {
     let invalid = |message: String| ModelError::invalid(gguf.path(), message);
     let key = |name: &str| format!("llama.{name}");

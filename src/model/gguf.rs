@@ -378,6 +378,12 @@ impl GgufFile {
         self.tensor(name).ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), name: name.to_string() })
     }
 
+    /// Where a tensor's bytes lie in the file: for loaders that map the file themselves and keep
+    /// views into it.
+    pub fn tensor_file_range(&self, info: &TensorInfo) -> std::ops::Range<usize> {
+        info.data_start..info.data_start + info.n_bytes
+    }
+
     /// The raw bytes of a tensor of this file.
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
         self.storage

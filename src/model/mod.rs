@@ -6,6 +6,8 @@ pub mod convert;
 pub mod error;
 pub mod gguf;
 pub mod gguf_tokenizer;
+pub mod gguf_weights;
+pub mod packed_quant;
 pub mod pull;
 pub mod quant;
 pub mod random;

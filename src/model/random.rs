@@ -3,6 +3,7 @@
 
 use half::{bf16, f16};
 
+use super::packed_quant::PackedQuant;
 use super::safetensors_dir::WeightDtype;
 use super::weights::{LayerWeights, LlamaWeights, WeightMatrix};
 use super::ModelConfig;
@@ -11,16 +12,29 @@ use crate::ops::compare::seeded_values;
 /// Weights drawn uniformly from ±scale with scale 1/√fan_in, so activations stay O(1) through the
 /// layers as in a trained model, and norms near 1.
 pub fn random_llama_weights(config: &ModelConfig, seed: u64, dtype: WeightDtype) -> LlamaWeights {
+    random_weights_with(config, seed, |rows, cols, values| match dtype {
+        WeightDtype::F32 => WeightMatrix::from_f32(rows, cols, values),
+        WeightDtype::F16 => WeightMatrix::from_f16(rows, cols, values.into_iter().map(f16::from_f32).collect()),
+        WeightDtype::Bf16 => WeightMatrix::from_bf16(rows, cols, values.into_iter().map(bf16::from_f32).collect()),
+    })
+}
+
+/// [`random_llama_weights`] with every matrix quantized to `format` (ggml's rounding).
+pub fn random_llama_weights_quantized(config: &ModelConfig, seed: u64, format: PackedQuant) -> LlamaWeights {
+    random_weights_with(config, seed, |rows, cols, values| WeightMatrix::quantized_from_f32(format, rows, cols, &values))
+}
+
+fn random_weights_with(
+    config: &ModelConfig,
+    seed: u64,
+    mut store: impl FnMut(usize, usize, Vec<f32>) -> WeightMatrix,
+) -> LlamaWeights {
     let mut next_seed = seed;
     let mut matrix = |rows: usize, cols: usize| {
         next_seed = next_seed.wrapping_add(1);
         let scale = 1.0 / (cols as f32).sqrt();
         let values: Vec<f32> = seeded_values(next_seed, rows * cols).into_iter().map(|v| v * scale).collect();
-        match dtype {
-            WeightDtype::F32 => WeightMatrix::from_f32(rows, cols, values),
-            WeightDtype::F16 => WeightMatrix::from_f16(rows, cols, values.into_iter().map(f16::from_f32).collect()),
-            WeightDtype::Bf16 => WeightMatrix::from_bf16(rows, cols, values.into_iter().map(bf16::from_f32).collect()),
-        }
+        store(rows, cols, values)
     };
     let h = config.hidden_size;
     let norm = |seed: u64| seeded_values(seed, h).into_iter().map(|v| 1.0 + 0.1 * v).collect::<Vec<f32>>();

@@ -1,18 +1,94 @@
-//! The Llama weights as typed views over the model files: matrices stay in their stored dtype
-//! (f32, f16 or bf16, memory-mapped), norms are copied to f32 since they are tiny.
+//! The Llama weights as typed views over the model files: float matrices stay in their stored
+//! dtype (f32, f16 or bf16, memory-mapped); GGUF block quantizations are kept quantized (Q8_0, Q4_0
+//! and Q4_1 regrouped into kiln's row layout, see `packed_quant`; Q4_K and Q6_K as ggml blocks);
+//! norms are copied to f32 since they are tiny.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use half::{bf16, f16};
 
+use super::packed_quant::{self, PackedQuant};
+use super::quant::{self, GgmlType};
 use super::safetensors_dir::{SafetensorsDir, SharedBytes, WeightDtype};
 use super::{ModelConfig, ModelError};
 
-/// A row-major matrix `[rows, cols]` in its stored dtype; rows are what matmuls stream.
+/// How a matrix's elements are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
+pub enum WeightFormat {
+    F32,
+    F16,
+    Bf16,
+    /// Block quantizations in kiln's row layout (`packed_quant`).
+    Packed(PackedQuant),
+    /// k-quants, as ggml blocks: computed on through per-row dequantization.
+    Q4_K,
+    Q6_K,
+}
+
+impl WeightFormat {
+    pub fn from_dtype(dtype: WeightDtype) -> WeightFormat {
+        match dtype {
+            WeightDtype::F32 => WeightFormat::F32,
+            WeightDtype::F16 => WeightFormat::F16,
+            WeightDtype::Bf16 => WeightFormat::Bf16,
+        }
+    }
+
+    /// The format a GGUF tensor of `ggml_type` is kept in, if kiln computes on it.
+    pub fn from_ggml(ggml_type: GgmlType) -> Option<WeightFormat> {
+        Some(match ggml_type {
+            GgmlType::F32 => WeightFormat::F32,
+            GgmlType::F16 => WeightFormat::F16,
+            GgmlType::BF16 => WeightFormat::Bf16,
+            GgmlType::Q8_0 => WeightFormat::Packed(PackedQuant::Q8_0),
+            GgmlType::Q4_0 => WeightFormat::Packed(PackedQuant::Q4_0),
+            GgmlType::Q4_1 => WeightFormat::Packed(PackedQuant::Q4_1),
+            GgmlType::Q4_K => WeightFormat::Q4_K,
+            GgmlType::Q6_K => WeightFormat::Q6_K,
+            _ => return None,
+        })
+    }
+
+    /// Values per block: a row's length must be a multiple of it.
+    pub fn block_values(self) -> usize {
+        match self {
+            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16 => 1,
+            WeightFormat::Packed(_) => packed_quant::BLOCK,
+            WeightFormat::Q4_K | WeightFormat::Q6_K => quant::QK_K,
+        }
+    }
+
+    /// Bytes of one row of `cols` values (`cols` a multiple of [`Self::block_values`]).
+    pub fn row_bytes(self, cols: usize) -> usize {
+        match self {
+            WeightFormat::F32 => 4 * cols,
+            WeightFormat::F16 | WeightFormat::Bf16 => 2 * cols,
+            WeightFormat::Packed(q) => q.row_bytes(cols),
+            WeightFormat::Q4_K => GgmlType::Q4_K.row_bytes(cols).expect("cols is a multiple of 256"),
+            WeightFormat::Q6_K => GgmlType::Q6_K.row_bytes(cols).expect("cols is a multiple of 256"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::F16 => "f16",
+            WeightFormat::Bf16 => "bf16",
+            WeightFormat::Packed(PackedQuant::Q8_0) => "q8_0",
+            WeightFormat::Packed(PackedQuant::Q4_0) => "q4_0",
+            WeightFormat::Packed(PackedQuant::Q4_1) => "q4_1",
+            WeightFormat::Q4_K => "q4_k",
+            WeightFormat::Q6_K => "q6_k",
+        }
+    }
+}
+
+/// A row-major matrix `[rows, cols]` in its stored format; rows are what matmuls stream.
 #[derive(Clone)]
 pub struct WeightMatrix {
-    pub dtype: WeightDtype,
+    pub format: WeightFormat,
     pub rows: usize,
     pub cols: usize,
     bytes: SharedBytes,
@@ -24,46 +100,120 @@ pub enum MatrixElements<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
     Bf16(&'a [bf16]),
+    /// `rows * format.row_bytes(cols)` bytes of a quantized format, rows back to back, unaligned.
+    Quantized(&'a [u8]),
 }
 
 impl WeightMatrix {
     pub fn from_f32(rows: usize, cols: usize, values: Vec<f32>) -> WeightMatrix {
         assert_eq!(values.len(), rows * cols, "matrix values must fill [rows, cols]");
         let bytes: Vec<u8> = bytemuck::cast_slice(&values).to_vec();
-        Self::from_owned_bytes(WeightDtype::F32, rows, cols, bytes)
+        Self::from_owned_bytes(WeightFormat::F32, rows, cols, bytes)
     }
 
     pub fn from_f16(rows: usize, cols: usize, values: Vec<f16>) -> WeightMatrix {
         assert_eq!(values.len(), rows * cols, "matrix values must fill [rows, cols]");
         let bytes: Vec<u8> = bytemuck::cast_slice(&values).to_vec();
-        Self::from_owned_bytes(WeightDtype::F16, rows, cols, bytes)
+        Self::from_owned_bytes(WeightFormat::F16, rows, cols, bytes)
     }
 
     pub fn from_bf16(rows: usize, cols: usize, values: Vec<bf16>) -> WeightMatrix {
         assert_eq!(values.len(), rows * cols, "matrix values must fill [rows, cols]");
         let bytes: Vec<u8> = bytemuck::cast_slice(&values).to_vec();
-        Self::from_owned_bytes(WeightDtype::Bf16, rows, cols, bytes)
+        Self::from_owned_bytes(WeightFormat::Bf16, rows, cols, bytes)
     }
 
-    fn from_owned_bytes(dtype: WeightDtype, rows: usize, cols: usize, bytes: Vec<u8>) -> WeightMatrix {
-        // A Vec<u8> is only byte-aligned; copy into u32 storage so f32 views are aligned.
-        let words: Vec<u32> = bytes.chunks(4).map(|c| {
-            let mut w = [0u8; 4];
-            w[..c.len()].copy_from_slice(c);
-            u32::from_ne_bytes(w)
-        }).collect();
-        let len = bytes.len();
-        let owner: SharedBytes = Arc::new(AlignedBytes(words));
-        WeightMatrix { dtype, rows, cols, bytes: owner, range: 0..len }
+    /// A matrix from ggml-encoded rows (as a GGUF stores them): `ggml_row(r)` returns the bytes
+    /// of row r. Q8_0/Q4_0/Q4_1 are regrouped into kiln's row layout; other formats are copied.
+    pub fn from_ggml_rows<'a>(
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        ggml_row: impl Fn(usize) -> &'a [u8],
+    ) -> WeightMatrix {
+        let row_bytes = format.row_bytes(cols);
+        let (bytes, range) = owned_storage(rows * row_bytes, |bytes| {
+            for (r, out) in bytes.chunks_exact_mut(row_bytes.max(1)).enumerate() {
+                let source = ggml_row(r);
+                assert_eq!(source.len(), row_bytes, "row {r} of a {} matrix with {cols} columns", format.name());
+                match format {
+                    WeightFormat::Packed(q) => packed_quant::pack_ggml_row(q, source, out),
+                    _ => out.copy_from_slice(source),
+                }
+            }
+        });
+        WeightMatrix { format, rows, cols, bytes, range }
+    }
+
+    /// A copy of `bytes` (the matrix in `format`) in memory of its own: see [`owned_storage`].
+    pub fn copied(format: WeightFormat, rows: usize, cols: usize, bytes: &[u8]) -> WeightMatrix {
+        assert_eq!(bytes.len(), rows * format.row_bytes(cols), "the bytes must hold [rows, cols]");
+        let (bytes, range) = owned_storage(bytes.len(), |out| out.copy_from_slice(bytes));
+        WeightMatrix { format, rows, cols, bytes, range }
+    }
+
+    /// Quantizes f32 values with ggml's rounding: for tests and random-weight benchmarks.
+    pub fn quantized_from_f32(format: PackedQuant, rows: usize, cols: usize, values: &[f32]) -> WeightMatrix {
+        assert_eq!(values.len(), rows * cols, "matrix values must fill [rows, cols]");
+        let ggml: Vec<Vec<u8>> =
+            values.chunks_exact(cols).map(|row| packed_quant::quantize_to_ggml_row(format, row)).collect();
+        Self::from_ggml_rows(WeightFormat::Packed(format), rows, cols, |r| &ggml[r])
+    }
+
+    /// A view of `range` inside `bytes` (a memory map), which must hold the matrix in `format`.
+    pub fn from_shared(
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        bytes: SharedBytes,
+        range: std::ops::Range<usize>,
+    ) -> WeightMatrix {
+        assert_eq!(range.len(), rows * format.row_bytes(cols), "the byte range must hold [rows, cols]");
+        let element_align = match format {
+            WeightFormat::F32 => 4,
+            WeightFormat::F16 | WeightFormat::Bf16 => 2,
+            _ => 1,
+        };
+        let start = (*bytes).as_ref()[range.clone()].as_ptr();
+        if !(start as usize).is_multiple_of(element_align) {
+            let owned = (*bytes).as_ref()[range].to_vec();
+            return Self::from_owned_bytes(format, rows, cols, owned);
+        }
+        WeightMatrix { format, rows, cols, bytes, range }
+    }
+
+    fn from_owned_bytes(format: WeightFormat, rows: usize, cols: usize, bytes: Vec<u8>) -> WeightMatrix {
+        Self::copied(format, rows, cols, &bytes)
+    }
+
+    /// The float dtype, for f32/f16/bf16 matrices.
+    pub fn float_dtype(&self) -> Option<WeightDtype> {
+        match self.format {
+            WeightFormat::F32 => Some(WeightDtype::F32),
+            WeightFormat::F16 => Some(WeightDtype::F16),
+            WeightFormat::Bf16 => Some(WeightDtype::Bf16),
+            _ => None,
+        }
+    }
+
+    /// The raw bytes of the whole matrix, rows back to back.
+    pub fn bytes(&self) -> &[u8] {
+        &(*self.bytes).as_ref()[self.range.clone()]
+    }
+
+    /// Bytes of one stored row.
+    pub fn row_bytes(&self) -> usize {
+        self.format.row_bytes(self.cols)
     }
 
     pub fn elements(&self) -> MatrixElements<'_> {
-        let bytes = &(*self.bytes).as_ref()[self.range.clone()];
-        // Alignment was checked when the view was made (SafetensorsDir copies misaligned tensors).
-        match self.dtype {
-            WeightDtype::F32 => MatrixElements::F32(bytemuck::cast_slice(bytes)),
-            WeightDtype::F16 => MatrixElements::F16(bytemuck::cast_slice(bytes)),
-            WeightDtype::Bf16 => MatrixElements::Bf16(bytemuck::cast_slice(bytes)),
+        let bytes = self.bytes();
+        // Alignment was checked when the view was made (from_shared copies misaligned tensors).
+        match self.format {
+            WeightFormat::F32 => MatrixElements::F32(bytemuck::cast_slice(bytes)),
+            WeightFormat::F16 => MatrixElements::F16(bytemuck::cast_slice(bytes)),
+            WeightFormat::Bf16 => MatrixElements::Bf16(bytemuck::cast_slice(bytes)),
+            WeightFormat::Packed(_) | WeightFormat::Q4_K | WeightFormat::Q6_K => MatrixElements::Quantized(bytes),
         }
     }
 
@@ -71,6 +221,7 @@ impl WeightMatrix {
     pub fn row_to_f32(&self, row: usize, out: &mut [f32]) {
         debug_assert_eq!(out.len(), self.cols);
         let span = row * self.cols..(row + 1) * self.cols;
+        let row_bytes = self.row_bytes();
         match self.elements() {
             MatrixElements::F32(v) => out.copy_from_slice(&v[span]),
             MatrixElements::F16(v) => {
@@ -81,6 +232,15 @@ impl WeightMatrix {
                 use half::slice::HalfFloatSliceExt;
                 v[span].convert_to_f32_slice(out)
             }
+            MatrixElements::Quantized(bytes) => {
+                let stored = &bytes[row * row_bytes..(row + 1) * row_bytes];
+                match self.format {
+                    WeightFormat::Packed(q) => packed_quant::dequantize_packed_row(q, stored, out),
+                    WeightFormat::Q4_K => quant::dequantize_row_q4_k(stored, out),
+                    WeightFormat::Q6_K => quant::dequantize_row_q6_k(stored, out),
+                    _ => unreachable!("float formats are matched above"),
+                }
+            }
         }
     }
 
@@ -89,7 +249,41 @@ impl WeightMatrix {
     }
 }
 
-struct AlignedBytes(Vec<u32>);
+/// Size from which matrices get memory of their own, aligned for 2 MiB pages.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Memory for `len` bytes filled by `fill`, as an owner and the range that holds them. A large
+/// matrix gets anonymous memory advised for transparent huge pages and aligned to 2 MiB: decode
+/// streams every weight once per token, and with 4 KiB pages the page walks (dearer still under
+/// virtualization) cost a visible share of the memory bandwidth. Small ones go in a Vec of u64,
+/// so any float view is aligned.
+fn owned_storage(len: usize, fill: impl FnOnce(&mut [u8])) -> (SharedBytes, std::ops::Range<usize>) {
+    let map = if len >= HUGE_PAGE { memmap2::MmapMut::map_anon(len + HUGE_PAGE).ok() } else { None };
+    match map {
+        Some(mut map) => {
+            // Only a hint: without huge pages the memory works the same.
+            let _ = map.advise(memmap2::Advice::HugePage);
+            let start = (HUGE_PAGE - map.as_ptr() as usize % HUGE_PAGE) % HUGE_PAGE;
+            fill(&mut map[start..start + len]);
+            (Arc::new(AnonymousBytes(map)), start..start + len)
+        }
+        None => {
+            let mut words = vec![0u64; len.div_ceil(8)];
+            fill(&mut bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..len]);
+            (Arc::new(AlignedBytes(words)), 0..len)
+        }
+    }
+}
+
+struct AnonymousBytes(memmap2::MmapMut);
+
+impl AsRef<[u8]> for AnonymousBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+struct AlignedBytes(Vec<u64>);
 
 impl AsRef<[u8]> for AlignedBytes {
     fn as_ref(&self) -> &[u8] {
@@ -167,7 +361,7 @@ fn load_matrix(files: &SafetensorsDir, dir: &Path, name: &str, rows: usize, cols
         });
     }
     let (bytes, range) = location.shared_bytes();
-    Ok(WeightMatrix { dtype: location.dtype, rows, cols, bytes, range })
+    Ok(WeightMatrix::from_shared(WeightFormat::from_dtype(location.dtype), rows, cols, bytes, range))
 }
 
 fn load_vector(files: &SafetensorsDir, dir: &Path, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
@@ -176,7 +370,7 @@ fn load_vector(files: &SafetensorsDir, dir: &Path, name: &str, len: usize) -> Re
         return Err(ModelError::WrongShape { path: location.file.clone(), name: name.into(), got: location.shape.clone(), expected: vec![len] });
     }
     let (bytes, range) = location.shared_bytes();
-    let matrix = WeightMatrix { dtype: location.dtype, rows: 1, cols: len, bytes, range };
+    let matrix = WeightMatrix::from_shared(WeightFormat::from_dtype(location.dtype), 1, len, bytes, range);
     let mut out = vec![0.0; len];
     matrix.row_to_f32(0, &mut out);
     Ok(out)

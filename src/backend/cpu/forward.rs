@@ -1,21 +1,18 @@
-//! One Llama forward step on the CPU over a flat batch of tokens from many sequences.
+//! One Llama forward step on the CPU over a flat batch of tokens from many sequences, composed
+//! from the fast kernels (`kernels`); `crate::ops` holds the reference of each op.
 
-use rayon::prelude::*;
-
+use super::kernels::{attention, elementwise, matmul, Isa};
 use super::kv_cache::CpuKvCache;
 use super::workspace::Workspace;
 use crate::engine::plan::StepPlan;
 use crate::model::weights::LlamaWeights;
 use crate::model::ModelConfig;
-use crate::ops::activation::silu_mul;
-use crate::ops::attention::{attention, AttentionShape};
+use crate::ops::attention::AttentionShape;
 use crate::ops::embedding::embedding;
-use crate::ops::logits::logits;
-use crate::ops::matmul::matmul;
-use crate::ops::norm::{rmsnorm, rmsnorm_residual};
-use crate::ops::rope::apply_rope;
 
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
+    isa: Isa,
     config: &ModelConfig,
     weights: &LlamaWeights,
     inv_freq: &[f32],
@@ -28,6 +25,7 @@ pub fn forward(
     let (h, q_dim, kv_dim, ffn) = (config.hidden_size, config.q_dim(), config.kv_dim(), config.intermediate_size);
     let eps = config.rms_norm_eps;
     let shape = AttentionShape { num_heads: config.num_heads, num_kv_heads: config.num_kv_heads, head_dim: config.head_dim };
+    let half = config.head_dim / 2;
 
     let hidden = &mut ws.hidden[..n * h];
     let normed = &mut ws.normed[..n * h];
@@ -35,65 +33,61 @@ pub fn forward(
     let attn = &mut ws.attn[..n * q_dim];
     let proj = &mut ws.proj[..n * h];
     let (gate, up, act) = (&mut ws.gate[..n * ffn], &mut ws.up[..n * ffn], &mut ws.act[..n * ffn]);
+    let (cos, sin) = (&mut ws.rope_cos[..n * half], &mut ws.rope_sin[..n * half]);
 
     embedding(&weights.embed_tokens, &plan.token_ids, hidden);
+    elementwise::rope_table(&plan.positions, inv_freq, cos, sin);
+    // The first layer's norm has no residual to add yet; later ones fuse the add of the previous
+    // MLP output into their input norm.
+    proj.fill(0.0);
     for (layer_index, layer) in weights.layers.iter().enumerate() {
         // Attention block: x += o_proj(attention(rope(q), rope(k), v)) over rmsnorm(x).
-        rmsnorm(hidden, &layer.input_norm, eps, normed);
-        matmul(normed, &layer.q_proj, q);
-        matmul(normed, &layer.k_proj, k);
-        matmul(normed, &layer.v_proj, v);
+        elementwise::rmsnorm_residual(isa, hidden, proj, &layer.input_norm, eps, normed);
+        matmul::matmul_group_with(isa, normed, &[&layer.q_proj, &layer.k_proj, &layer.v_proj], &mut [&mut *q, &mut *k, &mut *v]);
+        elementwise::apply_rope(isa, q, q_dim, config.head_dim, cos, sin);
+        elementwise::apply_rope(isa, k, kv_dim, config.head_dim, cos, sin);
         for t in 0..n {
-            let position = plan.positions[t] as usize;
-            apply_rope(&mut q[t * q_dim..(t + 1) * q_dim], config.head_dim, position, inv_freq);
-            apply_rope(&mut k[t * kv_dim..(t + 1) * kv_dim], config.head_dim, position, inv_freq);
-            let (block, offset) = plan.kv_slot(plan.token_seq[t] as usize, position);
+            let (block, offset) = plan.kv_slot(plan.token_seq[t] as usize, plan.positions[t] as usize);
             kv.write(layer_index, block, offset, &k[t * kv_dim..(t + 1) * kv_dim], &v[t * kv_dim..(t + 1) * kv_dim]);
         }
         // Every token of this step is in the cache now, so each query sees its own sequence's
         // earlier tokens of the same step as well as those of earlier steps.
         let kv_ref: &CpuKvCache = kv;
-        attn.par_chunks_mut(q_dim).enumerate().for_each_init(Vec::new, |scores, (t, out)| {
-            let seq = plan.token_seq[t] as usize;
-            let position = plan.positions[t] as usize;
-            let first_visible = match config.sliding_window {
-                Some(window) => (position + 1).saturating_sub(window),
-                None => 0,
-            };
-            attention(
-                &q[t * q_dim..(t + 1) * q_dim],
+        let q_ref: &[f32] = q;
+        // Each sequence's tokens of this step are one run of consecutive positions.
+        for seq in 0..plan.num_seqs() {
+            let (start, count) = (plan.seq_token_start[seq] as usize, plan.seq_token_count[seq] as usize);
+            let table = plan.block_table(seq);
+            attention::attention_run(
+                isa,
+                &q_ref[start * q_dim..(start + count) * q_dim],
                 shape,
-                first_visible..position + 1,
-                |p, g| {
-                    let (block, offset) = plan.kv_slot(seq, p);
-                    kv_ref.key(layer_index, block, offset, g)
-                },
-                |p, g| {
-                    let (block, offset) = plan.kv_slot(seq, p);
-                    kv_ref.value(layer_index, block, offset, g)
-                },
-                scores,
-                out,
+                plan.positions[start] as usize,
+                config.sliding_window,
+                plan.block_size,
+                |i| kv_ref.block(layer_index, table[i] as usize),
+                &mut attn[start * q_dim..(start + count) * q_dim],
             );
-        });
-        matmul(attn, &layer.o_proj, proj);
-        // MLP block: x += down(silu(gate(x')) * up(x')) with x' = rmsnorm(x).
-        rmsnorm_residual(hidden, proj, &layer.post_attention_norm, eps, normed);
-        matmul(normed, &layer.gate_proj, gate);
-        matmul(normed, &layer.up_proj, up);
-        silu_mul(gate, up, act);
-        matmul(act, &layer.down_proj, proj);
-        for (x, d) in hidden.iter_mut().zip(proj.iter()) {
-            *x += d;
         }
+        matmul::matmul_with(isa, attn, &layer.o_proj, proj);
+        // MLP block: x += down(silu(gate(x')) * up(x')) with x' = rmsnorm(x).
+        elementwise::rmsnorm_residual(isa, hidden, proj, &layer.post_attention_norm, eps, normed);
+        matmul::matmul_group_with(isa, normed, &[&layer.gate_proj, &layer.up_proj], &mut [&mut *gate, &mut *up]);
+        elementwise::silu_mul(isa, gate, up, act);
+        matmul::matmul_with(isa, act, &layer.down_proj, proj);
     }
 
-    // Logits only for the rows the plan asks for (the last token of each sequence that samples).
+    // Logits only for the rows the plan asks for (the last token of each sequence that samples);
+    // the last MLP output is added to just those rows.
     let rows = plan.num_logits();
     let last_hidden = &mut ws.last_hidden[..rows * h];
     for (r, &t) in plan.logit_tokens.iter().enumerate() {
         let t = t as usize;
-        last_hidden[r * h..(r + 1) * h].copy_from_slice(&hidden[t * h..(t + 1) * h]);
+        for ((o, &x), &d) in last_hidden[r * h..(r + 1) * h].iter_mut().zip(&hidden[t * h..(t + 1) * h]).zip(&proj[t * h..(t + 1) * h]) {
+            *o = x + d;
+        }
     }
-    logits(last_hidden, &weights.final_norm, eps, &weights.lm_head, &mut ws.last_normed[..rows * h], logits_out);
+    let last_normed = &mut ws.last_normed[..rows * h];
+    elementwise::rmsnorm(isa, last_hidden, &weights.final_norm, eps, last_normed);
+    matmul::matmul_with(isa, last_normed, &weights.lm_head, logits_out);
 }

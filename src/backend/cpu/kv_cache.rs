@@ -56,6 +56,13 @@ impl CpuKvCache {
         &self.values[layer][start..start + self.head_dim]
     }
 
+    /// The `[block_size, kv_dim]` keys and values of one block, for kernels that walk a block's
+    /// positions in place.
+    pub fn block(&self, layer: usize, block: usize) -> (&[f32], &[f32]) {
+        let (start, len) = (self.slot(block, 0), self.layout.block_size * self.kv_dim);
+        (&self.keys[layer][start..start + len], &self.values[layer][start..start + len])
+    }
+
     /// Copies a whole block (all layers): copy-on-write of shared prompt blocks.
     pub fn copy_block(&mut self, source: usize, destination: usize) {
         let len = self.layout.block_size * self.kv_dim;

@@ -1,7 +1,9 @@
-//! The CPU backend: the Llama forward pass composed from the reference ops in `crate::ops`,
-//! over a KV cache and activation buffers allocated once at start-up.
+//! The CPU backend: the Llama forward pass composed from the fast kernels in `kernels` (tested
+//! against the reference ops in `crate::ops`), over a KV cache and activation buffers allocated
+//! once at start-up, with the work of each op split over rayon's global pool.
 
 mod forward;
+pub mod kernels;
 mod kv_cache;
 mod workspace;
 
@@ -21,6 +23,7 @@ pub struct CpuBackend {
     limits: PlanLimits,
     workspace: Workspace,
     inv_freq: Vec<f32>,
+    isa: kernels::Isa,
 }
 
 impl CpuBackend {
@@ -29,7 +32,12 @@ impl CpuBackend {
         let kv = CpuKvCache::new(&config, layout);
         let workspace = Workspace::new(&config, limits.max_batch_tokens);
         let inv_freq = crate::ops::rope::rope_inv_freq(&config);
-        CpuBackend { config, weights, kv, limits, workspace, inv_freq }
+        CpuBackend { config, weights, kv, limits, workspace, inv_freq, isa: kernels::Isa::best() }
+    }
+
+    /// The instruction set level the kernels run with.
+    pub fn isa(&self) -> kernels::Isa {
+        self.isa
     }
 
     pub fn weights(&self) -> &LlamaWeights {
@@ -82,7 +90,11 @@ impl Backend for CpuBackend {
         for &(source, destination) in &plan.block_copies {
             self.kv.copy_block(source as usize, destination as usize);
         }
-        forward::forward(&self.config, &self.weights, &self.inv_freq, &mut self.kv, &mut self.workspace, plan, &mut logits[..needed]);
+        let CpuBackend { config, weights, kv, workspace, inv_freq, isa, .. } = self;
+        let logits = &mut logits[..needed];
+        // The whole step runs on a pool thread: the ops' parallel loops then fork and join among
+        // threads that are already awake, instead of each waking the pool from outside.
+        rayon::scope(|_| forward::forward(*isa, config, weights, inv_freq, kv, workspace, plan, logits));
         Ok(())
     }
 }

@@ -15,6 +15,8 @@ pub struct Workspace {
     pub act: Vec<f32>,       // [max_tokens, intermediate] silu(gate) * up
     pub last_hidden: Vec<f32>, // [max_tokens, hidden] rows that need logits
     pub last_normed: Vec<f32>, // [max_tokens, hidden]
+    pub rope_cos: Vec<f32>,    // [max_tokens, head_dim / 2] this step's rotations
+    pub rope_sin: Vec<f32>,    // [max_tokens, head_dim / 2]
 }
 
 impl Workspace {
@@ -33,6 +35,8 @@ impl Workspace {
             act: zeros(config.intermediate_size),
             last_hidden: zeros(config.hidden_size),
             last_normed: zeros(config.hidden_size),
+            rope_cos: zeros(config.head_dim / 2),
+            rope_sin: zeros(config.head_dim / 2),
         }
     }
 }

@@ -1,0 +1,379 @@
+//! Causal grouped-query attention for one query token, reading keys and values in place from the
+//! paged KV cache: the reference (`ops::attention`) looks every position up through a closure,
+//! this walks the sequence block by block, so a block's rows are consecutive memory.
+//!
+//! Per KV head, the key of a position is loaded once for all query heads of its group, and the
+//! value rows are accumulated with the softmax weights as vector FMAs along head_dim. Bound by the
+//! dot products' horizontal sums at short contexts and by KV bandwidth at long ones.
+
+use std::cell::RefCell;
+use std::ops::Range;
+
+use super::{exp, fma, Isa};
+use crate::ops::attention::AttentionShape;
+
+thread_local! {
+    /// `[num_heads, visible positions]` scores, then softmax weights.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `out[h] = softmax(q[h] · K[kv(h)]ᵀ / √d) · V[kv(h)]` over the positions in `visible`.
+///
+/// q and out are `[num_heads, head_dim]`. `block(i)` returns the keys and values of the
+/// sequence's i-th KV block, each `[block_size, kv_dim]`, so position p is row `p % block_size`
+/// of block `p / block_size`.
+pub fn attention<'a>(
+    isa: Isa,
+    q: &[f32],
+    shape: AttentionShape,
+    visible: Range<usize>,
+    block_size: usize,
+    block: impl Fn(usize) -> (&'a [f32], &'a [f32]),
+    out: &mut [f32],
+) {
+    assert_eq!(q.len(), shape.num_heads * shape.head_dim, "query must be [heads, head_dim]");
+    assert_eq!(out.len(), q.len(), "attention output must be [heads, head_dim]");
+    assert!(!visible.is_empty(), "a query always sees at least its own position");
+    assert!(shape.num_kv_heads > 0 && shape.num_heads % shape.num_kv_heads == 0, "heads must group evenly");
+    SCORES.with_borrow_mut(|scores| {
+        scores.resize(shape.num_heads * visible.len(), 0.0);
+        match isa {
+            // SAFETY: callers pass only levels `Isa::supported` confirmed for this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { attention_avx512(q, shape, visible, block_size, block, scores, out) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { attention_avx2(q, shape, visible, block_size, block, scores, out) },
+            _ => attention_body::<false, _>(q, shape, visible, block_size, block, scores, out),
+        }
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+unsafe fn attention_avx512<'a>(
+    q: &[f32],
+    shape: AttentionShape,
+    visible: Range<usize>,
+    block_size: usize,
+    block: impl Fn(usize) -> (&'a [f32], &'a [f32]),
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attention_body::<true, _>(q, shape, visible, block_size, block, scores, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn attention_avx2<'a>(
+    q: &[f32],
+    shape: AttentionShape,
+    visible: Range<usize>,
+    block_size: usize,
+    block: impl Fn(usize) -> (&'a [f32], &'a [f32]),
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attention_body::<true, _>(q, shape, visible, block_size, block, scores, out)
+}
+
+#[inline(always)]
+fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    let mut partial = [0f32; 16];
+    let (a_chunks, b_chunks) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
+    for (a, b) in a_chunks.zip(b_chunks) {
+        for l in 0..16 {
+            partial[l] = fma::<FMA>(a[l], b[l], partial[l]);
+        }
+    }
+    partial.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn attention_body<'a, const FMA: bool, B: Fn(usize) -> (&'a [f32], &'a [f32])>(
+    q: &[f32],
+    shape: AttentionShape,
+    visible: Range<usize>,
+    block_size: usize,
+    block: B,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let AttentionShape { num_heads, num_kv_heads, head_dim } = shape;
+    let (group, kv_dim, len) = (num_heads / num_kv_heads, num_kv_heads * head_dim, visible.len());
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    // Positions are walked block by block with plain loops: a closure here would be compiled
+    // without the caller's target features and turn every FMA into a library call.
+    let mut p = visible.start;
+    while p < visible.end {
+        let (keys, _) = block(p / block_size);
+        let first_row = p % block_size;
+        let rows = (block_size - first_row).min(visible.end - p);
+        for row in first_row..first_row + rows {
+            let key_row = &keys[row * kv_dim..(row + 1) * kv_dim];
+            let i = p + row - first_row - visible.start;
+            for (g, key) in key_row.chunks_exact(head_dim).enumerate() {
+                for h in g * group..(g + 1) * group {
+                    scores[h * len + i] = dot::<FMA>(&q[h * head_dim..(h + 1) * head_dim], key) * scale;
+                }
+            }
+        }
+        p += rows;
+    }
+    for head_scores in scores.chunks_exact_mut(len) {
+        // Subtracting the maximum keeps exp() in range; it cancels in the normalisation.
+        let max = head_scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut total = 0.0;
+        for s in head_scores.iter_mut() {
+            *s = exp::<FMA>(*s - max);
+            total += *s;
+        }
+        let inverse = 1.0 / total;
+        for s in head_scores.iter_mut() {
+            *s *= inverse;
+        }
+    }
+    out.fill(0.0);
+    let mut p = visible.start;
+    while p < visible.end {
+        let (_, values) = block(p / block_size);
+        let first_row = p % block_size;
+        let rows = (block_size - first_row).min(visible.end - p);
+        for row in first_row..first_row + rows {
+            let value_row = &values[row * kv_dim..(row + 1) * kv_dim];
+            let i = p + row - first_row - visible.start;
+            for (g, value) in value_row.chunks_exact(head_dim).enumerate() {
+                for h in g * group..(g + 1) * group {
+                    let weight = scores[h * len + i];
+                    for (o, &v) in out[h * head_dim..(h + 1) * head_dim].iter_mut().zip(value) {
+                        *o = fma::<FMA>(weight, v, *o);
+                    }
+                }
+            }
+        }
+        p += rows;
+    }
+}
+
+thread_local! {
+    /// Per task of `attention_run`: keys and values gathered `[positions, head_dim]`, keys
+    /// and value columns packed as panels, and the scores `[rows, positions]`.
+    static PREFILL: RefCell<PrefillScratch> = RefCell::new(PrefillScratch::default());
+}
+
+#[derive(Default)]
+struct PrefillScratch {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    key_panels: Vec<f32>,
+    value_panels: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+/// Query tokens per task of `attention_run`.
+const PREFILL_QUERY_BLOCK: usize = 32;
+
+/// Causal attention for a run of consecutive tokens of one sequence (a prefill chunk, or the one
+/// token of a decode step), as two matrix products per (block of up to 32 queries, KV head) on
+/// the `gemm` microkernel: scores = Q·Kᵀ with the keys packed as panels, a masked softmax per row,
+/// then out = P·V with the values' columns as panels. No horizontal sums, which is what a
+/// per-token dot-product kernel spends most of its time on.
+///
+/// Every query row goes through the same instructions in the same order whether its block holds
+/// one query or 32: the microkernel's sums run in order of k, the softmax adds position p into
+/// running sum p % 16 (masked positions get weight exactly 0), so a token's output does not depend
+/// on the run it is part of. The portable level runs [`attention`] per token, which has the same
+/// property.
+///
+/// q and out are `[tokens, num_heads * head_dim]`; token i is at position `first_position + i`
+/// and sees positions from `window`'s start (or 0) to its own. `block(i)` is as in [`attention`].
+/// Runs its tasks on the rayon pool.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_run<'a>(
+    isa: Isa,
+    q: &[f32],
+    shape: AttentionShape,
+    first_position: usize,
+    window: Option<usize>,
+    block_size: usize,
+    block: impl Fn(usize) -> (&'a [f32], &'a [f32]) + Sync,
+    out: &mut [f32],
+) {
+    use rayon::prelude::*;
+    let AttentionShape { num_heads, num_kv_heads, head_dim } = shape;
+    let q_dim = num_heads * head_dim;
+    assert!(q.len() % q_dim == 0 && out.len() == q.len(), "queries and output must be [tokens, {q_dim}]");
+    let tokens = q.len() / q_dim;
+    let first_visible = |position: usize| window.map_or(0, |w| (position + 1).saturating_sub(w));
+    if isa == Isa::Portable {
+        for (t, out) in out.chunks_exact_mut(q_dim).enumerate() {
+            let position = first_position + t;
+            attention(isa, &q[t * q_dim..(t + 1) * q_dim], shape, first_visible(position)..position + 1, block_size, &block, out);
+        }
+        return;
+    }
+    let blocks = tokens.div_ceil(PREFILL_QUERY_BLOCK);
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    (0..blocks * num_kv_heads).into_par_iter().for_each(|task| {
+        let (query_block, kv_head) = (task / num_kv_heads, task % num_kv_heads);
+        let t0 = query_block * PREFILL_QUERY_BLOCK;
+        let rows = PREFILL_QUERY_BLOCK.min(tokens - t0);
+        let visible = first_visible(first_position + t0)..first_position + t0 + rows;
+        PREFILL.with_borrow_mut(|scratch| {
+            // SAFETY: this task writes only the columns of heads of `kv_head` for tokens
+            // t0..t0 + rows of `out`; tasks differ in query block or KV head, so never overlap.
+            let out = out_ptr.get();
+            unsafe {
+                prefill_task(isa, q, shape, first_position, window, (t0, rows, kv_head), visible, block_size, &block, scratch, out)
+            }
+        });
+    });
+}
+
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint elements through it (see attention_run).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+impl SharedOut {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[inline(always)]
+fn masked_softmax_body<const FMA: bool>(row: &mut [f32], start: usize, end: usize, scale: f32, first_position: usize) {
+    row[..start].fill(0.0);
+    row[end..].fill(0.0);
+    let live = &mut row[start..end];
+    // The maximum is exact whatever the order; sixteen running maxima let it vectorize.
+    let mut maxima = [f32::NEG_INFINITY; 16];
+    let mut chunks = live.chunks_exact(16);
+    for chunk in &mut chunks {
+        for l in 0..16 {
+            maxima[l] = if chunk[l] > maxima[l] { chunk[l] } else { maxima[l] };
+        }
+    }
+    let max = chunks.remainder().iter().chain(&maxima).fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
+    // The sum is not: position p always adds into running sum p % 16, in order of p, so a
+    // query's total is the same bits whichever block of queries it is computed with.
+    let first_lane = (first_position + start) % 16;
+    let head = ((16 - first_lane) % 16).min(live.len());
+    let mut totals = [0f32; 16];
+    let (head_values, aligned) = live.split_at_mut(head);
+    for (i, v) in head_values.iter_mut().enumerate() {
+        *v = exp::<FMA>(fma::<FMA>(*v, scale, -max));
+        totals[first_lane + i] += *v;
+    }
+    let mut chunks = aligned.chunks_exact_mut(16);
+    for chunk in &mut chunks {
+        for l in 0..16 {
+            chunk[l] = exp::<FMA>(fma::<FMA>(chunk[l], scale, -max));
+            totals[l] += chunk[l];
+        }
+    }
+    for (l, v) in chunks.into_remainder().iter_mut().enumerate() {
+        *v = exp::<FMA>(fma::<FMA>(*v, scale, -max));
+        totals[l] += *v;
+    }
+    let inverse = 1.0 / totals.iter().sum::<f32>();
+    for v in live.iter_mut() {
+        *v *= inverse;
+    }
+}
+
+super::multiversion!(
+    /// `row[start..end] = softmax(row[start..end] · scale)`, zero elsewhere (scale > 0); `row[0]`
+    /// belongs to position `first_position`.
+    fn masked_softmax(row: &mut [f32], start: usize, end: usize, scale: f32, first_position: usize) => masked_softmax_body
+);
+
+/// One (query block, KV head) task of [`attention_run`]; `out` is the whole output.
+///
+/// # Safety
+/// `out` must be the `[tokens, q_dim]` output, written by no other task at this task's elements.
+#[allow(clippy::too_many_arguments)]
+unsafe fn prefill_task<'a>(
+    isa: Isa,
+    q: &[f32],
+    shape: AttentionShape,
+    first_position: usize,
+    window: Option<usize>,
+    (t0, rows, kv_head): (usize, usize, usize),
+    visible: Range<usize>,
+    block_size: usize,
+    block: &impl Fn(usize) -> (&'a [f32], &'a [f32]),
+    scratch: &mut PrefillScratch,
+    out: *mut f32,
+) {
+    use super::gemm;
+    let AttentionShape { num_heads, num_kv_heads, head_dim: d } = shape;
+    let (group, q_dim, kv_dim) = (num_heads / num_kv_heads, num_heads * d, num_kv_heads * d);
+    let (nr, mt) = (gemm::panel_rows(isa), gemm::block_tokens(isa));
+    let len = visible.len();
+    let PrefillScratch { keys, values, key_panels, value_panels, scores } = scratch;
+
+    // This KV head's keys and values of the visible positions, `[len, d]`.
+    keys.resize(len * d, 0.0);
+    values.resize(len * d, 0.0);
+    let mut p = visible.start;
+    while p < visible.end {
+        let (block_keys, block_values) = block(p / block_size);
+        let first_row = p % block_size;
+        let count = (block_size - first_row).min(visible.end - p);
+        for row in first_row..first_row + count {
+            let (from, to) = (row * kv_dim + kv_head * d, (p + row - first_row - visible.start) * d);
+            keys[to..to + d].copy_from_slice(&block_keys[from..from + d]);
+            values[to..to + d].copy_from_slice(&block_values[from..from + d]);
+        }
+        p += count;
+    }
+    // Keys as the "weight rows" of Q·Kᵀ; value columns as panels `[d / nr][len][nr]` of P·V.
+    key_panels.resize(len.div_ceil(nr) * d * nr, 0.0);
+    gemm::pack_panels(isa, keys, d, key_panels);
+    value_panels.resize(d.div_ceil(nr) * len * nr, 0.0);
+    for (j, panel) in value_panels.chunks_exact_mut(len * nr).enumerate() {
+        let cols = nr.min(d - j * nr);
+        for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
+            row[..cols].copy_from_slice(&values[p * d + j * nr..p * d + j * nr + cols]);
+            row[cols..].fill(0.0);
+        }
+    }
+
+    scores.resize(rows * len, 0.0);
+    let scale = 1.0 / (d as f32).sqrt();
+    let first_visible = |position: usize| window.map_or(0, |w| (position + 1).saturating_sub(w));
+    for h in kv_head * group..(kv_head + 1) * group {
+        for r0 in (0..rows).step_by(mt) {
+            let xs = std::array::from_fn(|i| q[(t0 + (r0 + i).min(rows - 1)) * q_dim + h * d..].as_ptr());
+            for panel in 0..len.div_ceil(nr) {
+                let cols = nr.min(len - panel * nr);
+                // SAFETY: each query row holds d values; the panel d·nr; the block of scores
+                // (rows r0.., columns panel·nr..) lies inside `scores` (`[rows, len]`).
+                gemm::microkernel(
+                    isa,
+                    &xs,
+                    d,
+                    key_panels[panel * d * nr..].as_ptr(),
+                    scores[r0 * len + panel * nr..].as_mut_ptr(),
+                    len,
+                    mt.min(rows - r0),
+                    cols,
+                );
+            }
+        }
+        for (r, row) in scores.chunks_exact_mut(len).enumerate() {
+            let position = first_position + t0 + r;
+            masked_softmax(isa, row, first_visible(position) - visible.start, position + 1 - visible.start, scale, visible.start);
+        }
+        for r0 in (0..rows).step_by(mt) {
+            let xs = std::array::from_fn(|i| scores[(r0 + i).min(rows - 1) * len..].as_ptr());
+            for (j, panel) in value_panels.chunks_exact(len * nr).enumerate() {
+                let cols = nr.min(d - j * nr);
+                // SAFETY: each score row holds len values, the panel len·nr; the output block is
+                // this task's (tokens t0 + r0.., columns of head h), inside `out` (caller).
+                gemm::microkernel(isa, &xs, len, panel.as_ptr(), out.add((t0 + r0) * q_dim + h * d + j * nr), q_dim, mt.min(rows - r0), cols);
+            }
+        }
+    }
+}

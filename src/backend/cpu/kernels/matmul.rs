@@ -1,0 +1,276 @@
+//! The fast matmul op, `out = x · Wᵀ` with f32 accumulation, for every weight format: the same
+//! contract as `ops::matmul::matmul`, which stays its test oracle.
+//!
+//! Launch geometry: weight rows are cut into tasks for the rayon pool (at least four per thread,
+//! and, with many tokens, few enough rows per task that they stay in L2 while every block of tokens
+//! streams past them). Inside a task:
+//! - float weights (f32/f16/bf16): tiles of dot products, 1 token × 8 rows (decode, converting
+//!   the weights in registers, bound by memory bandwidth) or 4 tokens × 4 rows over the task's rows
+//!   converted to f32 once (prefill, bound by FMA throughput) (`dot_tile`);
+//! - Q8_0/Q4_0/Q4_1: the activations are rounded to 8 bits once per call, then integer tiles of
+//!   4 rows × 2 tokens (`quant_dot`), as llama.cpp does for every batch size;
+//! - Q4_K/Q6_K: rows dequantized to f32, then the float tiles.
+//!
+//! Batch invariance: a (token, row) result goes through the same instructions in the same order
+//! whichever path, tile shape or task it lands in, so a token's outputs do not depend on how many
+//! other tokens share its step. Seeded sampling then gives the same text under any load, chunking
+//! or prefix caching. (An outer-product GEMM microkernel sums in another order: it serves
+//! attention, where the same kernel handles every token; see `attention`.)
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::dot_tile::{self, BF16, F16, F32};
+use super::quant_dot::{self, QuantizedActivations};
+use super::Isa;
+use crate::model::quant;
+use crate::model::weights::{WeightFormat, WeightMatrix};
+
+/// From this many tokens on, float weights run as 4×4 tiles over f32 rows rather than one token at
+/// a time (the results are the same bits either way).
+const TILE_MIN_TOKENS: usize = 4;
+/// Bytes of a task's weight rows that should stay cache-resident while token blocks stream by.
+const TASK_WEIGHT_BYTES: usize = 384 << 10;
+/// Tasks per pool thread: enough for balance when a core is busy with something else.
+const TASKS_PER_THREAD: usize = 4;
+
+thread_local! {
+    /// A task's rows converted or dequantized to f32, `[rows, k]`.
+    static CONVERTED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Quantized activations, taken out for the duration of a call (see `matmul_with`).
+    static ACTIVATIONS: RefCell<QuantizedActivations> = RefCell::new(QuantizedActivations::default());
+}
+
+/// `out[i, j] = Σ_k x[i, k] · w[j, k]`; x is `[n, w.cols]`, out is `[n, w.rows]`.
+pub fn matmul(x: &[f32], w: &WeightMatrix, out: &mut [f32]) {
+    matmul_with(Isa::best(), x, w, out)
+}
+
+/// [`matmul`] on a chosen instruction set level (tests compare every level with the reference).
+pub fn matmul_with(isa: Isa, x: &[f32], w: &WeightMatrix, out: &mut [f32]) {
+    matmul_group_with(isa, x, &[w], &mut [out]);
+}
+
+/// Several matmuls of the same input, `outs[i] = x · ws[i]ᵀ`, as one parallel loop over all
+/// their rows: q/k/v and gate/up share one fork-join instead of three or two, which matters in
+/// decode, where a step is hundreds of short matmuls.
+pub fn matmul_group_with(isa: Isa, x: &[f32], ws: &[&WeightMatrix], outs: &mut [&mut [f32]]) {
+    assert_eq!(ws.len(), outs.len(), "one output per weight matrix");
+    assert!(isa.supported(), "{} kernels do not run on this CPU", isa.name());
+    let Some(first) = ws.first() else { return };
+    let k = first.cols;
+    assert!(k > 0 && x.len() % k == 0, "matmul input must be [n, {k}]");
+    let n = x.len() / k;
+    let threads = rayon::current_num_threads();
+    // (matrix, rows per task, first task) for each matrix.
+    let mut plans = [(0usize, 0usize, 0usize); 8];
+    assert!(ws.len() <= plans.len(), "at most {} matrices per group", plans.len());
+    let mut tasks = 0;
+    for (i, (w, out)) in ws.iter().zip(outs.iter()).enumerate() {
+        assert_eq!(w.cols, k, "matrices of a group share their input");
+        assert_eq!(out.len(), n * w.rows, "matmul output {i} must be [{n}, {}]", w.rows);
+        let rows_per_task = rows_per_task(w, n, threads);
+        plans[i] = (i, rows_per_task, tasks);
+        tasks += w.rows.div_ceil(rows_per_task);
+    }
+    if n == 0 || tasks == 0 {
+        return;
+    }
+    // The integer path quantizes the activations once, here, for all tasks. The buffer is taken
+    // out of its thread-local slot rather than borrowed: while this thread waits for the tasks,
+    // rayon may run another step's matmul on it, which then simply finds the slot empty.
+    let integer = ws.iter().any(|w| matches!(w.format, WeightFormat::Packed(_)));
+    let mut xq = if integer { ACTIVATIONS.with_borrow_mut(std::mem::take) } else { QuantizedActivations::default() };
+    if integer {
+        xq.quantize(isa, x, k);
+    }
+    let out_ptrs: [OutPtr; 8] = std::array::from_fn(|i| OutPtr(outs.get_mut(i).map_or(std::ptr::null_mut(), |o| o.as_mut_ptr())));
+    let plans = &plans[..ws.len()];
+    let run = |task: usize| {
+        let &(i, rows_per_task, first_task) = plans.iter().rev().find(|plan| plan.2 <= task).expect("task 0 is the first matrix's");
+        let w = ws[i];
+        let local = task - first_task;
+        let rows = local * rows_per_task..((local + 1) * rows_per_task).min(w.rows);
+        // SAFETY: task `task` writes only columns `rows` of output i (`[n, rows of matrix i]`),
+        // and the tasks of one matrix have disjoint row ranges, so no two tasks write the same
+        // element.
+        let sink = OutColumns { out: out_ptrs[i].get(), m: w.rows, n };
+        compute_rows(isa, x, &xq, n, w, rows, &sink);
+    };
+    if tasks == 1 {
+        run(0);
+    } else {
+        (0..tasks).into_par_iter().for_each(run);
+    }
+    if integer {
+        ACTIVATIONS.with_borrow_mut(|slot| *slot = xq);
+    }
+}
+
+fn rows_per_task(w: &WeightMatrix, n: usize, threads: usize) -> usize {
+    let balanced = w.rows.div_ceil(TASKS_PER_THREAD * threads.max(1));
+    // In prefill a task's rows are re-read for every token block: keep them in L2.
+    // With many tokens a task's rows are converted to f32 first.
+    let bytes_per_row = 4 * w.cols;
+    if n < TILE_MIN_TOKENS || matches!(w.format, WeightFormat::Packed(_)) {
+        return balanced.next_multiple_of(8);
+    }
+    let resident = (TASK_WEIGHT_BYTES / bytes_per_row).max(8);
+    balanced.min(resident).next_multiple_of(8)
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the pointer is only written through `OutColumns`, at disjoint columns per task.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Writes into columns of the `[n, m]` output.
+struct OutColumns {
+    out: *mut f32,
+    m: usize,
+    n: usize,
+}
+
+impl OutColumns {
+    fn store(&self, t: usize, j: usize, value: f32) {
+        debug_assert!(t < self.n && j < self.m);
+        // SAFETY: t < n and j < m (the callers iterate within the output's shape); see matmul_with
+        // for why tasks never write the same element.
+        unsafe { *self.out.add(t * self.m + j) = value }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compute_rows(
+    isa: Isa,
+    x: &[f32],
+    xq: &QuantizedActivations,
+    n: usize,
+    w: &WeightMatrix,
+    rows: std::ops::Range<usize>,
+    out: &OutColumns,
+) {
+    let k = w.cols;
+    let row_bytes = w.row_bytes();
+    let bytes = w.bytes();
+    let task_bytes = &bytes[rows.start * row_bytes..rows.end * row_bytes];
+    let few_tokens = n < TILE_MIN_TOKENS;
+    match w.format {
+        WeightFormat::F32 => float_rows::<F32>(isa, x, n, k, task_bytes, row_bytes, rows.start, out),
+        // The portable level converts half-precision rows with `half`'s slice conversion (which
+        // finds F16C at run time) below, rather than element by element in the tile.
+        WeightFormat::F16 if few_tokens && isa != Isa::Portable => {
+            float_rows::<F16>(isa, x, n, k, task_bytes, row_bytes, rows.start, out)
+        }
+        WeightFormat::Bf16 if few_tokens && isa != Isa::Portable => {
+            float_rows::<BF16>(isa, x, n, k, task_bytes, row_bytes, rows.start, out)
+        }
+        WeightFormat::Packed(format) => {
+            let task_rows = rows.len();
+            // Ragged edges repeat the last row or token and drop the repeated results.
+            let row = |r: usize| &task_bytes[r.min(task_rows - 1) * row_bytes..][..row_bytes];
+            if n == 1 {
+                // Decode: 8 rows per call, to spread the per-call setup of a short row (k = 576
+                // is 18 blocks) over more work.
+                for r0 in (0..task_rows).step_by(8) {
+                    let ahead = ((r0 + 8) * row_bytes).min(task_bytes.len())..((r0 + 16) * row_bytes).min(task_bytes.len());
+                    super::prefetch(&task_bytes[ahead]);
+                    let weights = std::array::from_fn(|i| row(r0 + i));
+                    let [sums] = quant_dot::dot_packed_tile::<8, 1>(isa, format, weights, xq, [0]);
+                    for (i, &sum) in sums.iter().enumerate().take(task_rows - r0) {
+                        out.store(0, rows.start + r0 + i, sum);
+                    }
+                }
+                return;
+            }
+            for t0 in (0..n).step_by(2) {
+                for r0 in (0..task_rows).step_by(4) {
+                    let weights = std::array::from_fn(|i| row(r0 + i));
+                    let tokens = [t0, (t0 + 1).min(n - 1)];
+                    let sums = quant_dot::dot_packed_tile::<4, 2>(isa, format, weights, xq, tokens);
+                    for (t, row_sums) in sums.iter().enumerate().take(n - t0) {
+                        for (i, &sum) in row_sums.iter().enumerate().take(task_rows - r0) {
+                            out.store(t0 + t, rows.start + r0 + i, sum);
+                        }
+                    }
+                }
+            }
+        }
+        format => CONVERTED.with_borrow_mut(|buffer| {
+            buffer.resize(rows.len() * k, 0.0);
+            for (row, values) in task_bytes.chunks_exact(row_bytes).zip(buffer.chunks_exact_mut(k)) {
+                row_to_f32(format, row, values);
+            }
+            float_rows::<F32>(isa, x, n, k, bytemuck::cast_slice(buffer), 4 * k, rows.start, out);
+        }),
+    }
+}
+
+/// One stored row (`row`, in `format`) as f32.
+fn row_to_f32(format: WeightFormat, row: &[u8], out: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    match format {
+        WeightFormat::F32 => out.copy_from_slice(bytemuck::cast_slice(row)),
+        WeightFormat::F16 => bytemuck::cast_slice::<u8, half::f16>(row).convert_to_f32_slice(out),
+        WeightFormat::Bf16 => bytemuck::cast_slice::<u8, half::bf16>(row).convert_to_f32_slice(out),
+        WeightFormat::Packed(q) => crate::model::packed_quant::dequantize_packed_row(q, row, out),
+        WeightFormat::Q4_K => quant::dequantize_row_q4_k(row, out),
+        WeightFormat::Q6_K => quant::dequantize_row_q6_k(row, out),
+    }
+}
+
+/// Dot products of every token with `weights` (`rows × row_bytes`, element type DT), written to
+/// output columns `first_row..`.
+#[allow(clippy::too_many_arguments)]
+fn float_rows<const DT: u8>(
+    isa: Isa,
+    x: &[f32],
+    n: usize,
+    k: usize,
+    weights: &[u8],
+    row_bytes: usize,
+    first_row: usize,
+    out: &OutColumns,
+) {
+    let rows = weights.len() / row_bytes;
+    // Ragged edges repeat the last row (of x or w) and drop the repeated results.
+    let w_row = |r: usize| weights[r.min(rows - 1) * row_bytes..].as_ptr();
+    let x_row = |t: usize| x[t.min(n - 1) * k..].as_ptr();
+    if n < TILE_MIN_TOKENS {
+        for t in 0..n {
+            for r0 in (0..rows).step_by(8) {
+                if t == 0 {
+                    let ahead = ((r0 + 8) * row_bytes).min(weights.len())..((r0 + 16) * row_bytes).min(weights.len());
+                    super::prefetch(&weights[ahead]);
+                }
+                let w = std::array::from_fn(|i| w_row(r0 + i));
+                // SAFETY: every pointer starts a full row of k elements inside x or weights.
+                let [sums] = unsafe { dot_tile::tile::<1, 8, DT>(isa, [x_row(t)], w, k) };
+                for (i, &sum) in sums.iter().enumerate().take(rows - r0) {
+                    out.store(t, first_row + r0 + i, sum);
+                }
+            }
+        }
+        return;
+    }
+    for t0 in (0..n).step_by(4) {
+        let xs = std::array::from_fn(|i| x_row(t0 + i));
+        for r0 in (0..rows).step_by(4) {
+            let w = std::array::from_fn(|i| w_row(r0 + i));
+            // SAFETY: as above.
+            let sums = unsafe { dot_tile::tile::<4, 4, DT>(isa, xs, w, k) };
+            for (ti, row_sums) in sums.iter().enumerate().take(n - t0) {
+                for (i, &sum) in row_sums.iter().enumerate().take(rows - r0) {
+                    out.store(t0 + ti, first_row + r0 + i, sum);
+                }
+            }
+        }
+    }
+}

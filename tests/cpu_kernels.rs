@@ -1,0 +1,395 @@
+//! Every fast CPU kernel against its reference in `kiln::ops`, at every instruction set level this
+//! machine runs, on fresh random shapes each run (ragged sizes included: not multiples of the
+//! vector width, of the tile, or of the panel). Outputs are poisoned with NaN before each launch.
+//!
+//! Tolerance (kiln::ops::compare): f32 accumulation in a different order, F32_ACCUMULATION
+//! (|got − ref| ≤ 1e-4 + 1e-4·|ref|) for k ≤ 600. Quantized weights are compared with the
+//! reference on the same quantized values; since the integer path also rounds the activations to
+//! 8 bits, the oracle multiplies those rounded activations (`round_activations`).
+//!
+//! Batch invariance is exact: a token's matmul and attention outputs are the same bits alone as
+//! in any batch.
+
+use half::{bf16, f16};
+use kiln::backend::cpu::kernels::{attention, elementwise, matmul, quant_dot, Isa};
+use kiln::model::packed_quant::PackedQuant;
+use kiln::model::quant::{BlockQ4K, BlockQ6K, QK_K};
+use kiln::model::weights::{WeightFormat, WeightMatrix};
+use kiln::ops;
+use kiln::ops::attention::AttentionShape;
+use kiln::ops::compare::{check_close, seeded_values, test_seed, F32_ACCUMULATION};
+
+/// A tiny deterministic generator for shapes.
+struct Shapes(u64);
+
+impl Shapes {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 33) as usize) % n
+    }
+    fn between(&mut self, lo: usize, hi: usize) -> usize {
+        lo + self.below(hi - lo + 1)
+    }
+}
+
+fn float_matrix(format: WeightFormat, m: usize, k: usize, seed: u64) -> WeightMatrix {
+    let values = seeded_values(seed, m * k);
+    match format {
+        WeightFormat::F32 => WeightMatrix::from_f32(m, k, values),
+        WeightFormat::F16 => WeightMatrix::from_f16(m, k, values.into_iter().map(f16::from_f32).collect()),
+        WeightFormat::Bf16 => WeightMatrix::from_bf16(m, k, values.into_iter().map(bf16::from_f32).collect()),
+        WeightFormat::Packed(q) => WeightMatrix::quantized_from_f32(q, m, k, &values),
+        WeightFormat::Q4_K | WeightFormat::Q6_K => k_quant_matrix(format, m, k, seed),
+    }
+}
+
+/// Random k-quant blocks: any bit pattern is a valid block once the f16 scales are sane.
+fn k_quant_matrix(format: WeightFormat, m: usize, k: usize, seed: u64) -> WeightMatrix {
+    let noise = seeded_values(seed, m * k);
+    let byte = |i: usize| ((noise[i % noise.len()] + 1.0) * 127.5) as u8;
+    let blocks = m * k / QK_K;
+    let mut bytes = Vec::new();
+    for b in 0..blocks {
+        let scale = f16::from_f32(0.01 + 0.001 * (b % 7) as f32);
+        match format {
+            WeightFormat::Q4_K => {
+                let mut block = BlockQ4K { d: scale, dmin: scale, scales: [0; 12], qs: [0; 128] };
+                block.scales.iter_mut().enumerate().for_each(|(i, s)| *s = byte(b * 300 + i));
+                block.qs.iter_mut().enumerate().for_each(|(i, q)| *q = byte(b * 300 + 20 + i));
+                bytes.extend_from_slice(bytemuck::bytes_of(&block));
+            }
+            _ => {
+                let mut block = BlockQ6K { ql: [0; 128], qh: [0; 64], scales: [0; 16], d: scale };
+                block.ql.iter_mut().enumerate().for_each(|(i, q)| *q = byte(b * 300 + i));
+                block.qh.iter_mut().enumerate().for_each(|(i, q)| *q = byte(b * 300 + 130 + i));
+                block.scales.iter_mut().enumerate().for_each(|(i, s)| *s = byte(b * 300 + 200 + i) as i8);
+                bytes.extend_from_slice(bytemuck::bytes_of(&block));
+            }
+        }
+    }
+    let row_bytes = format.row_bytes(k);
+    WeightMatrix::from_ggml_rows(format, m, k, |r| &bytes[r * row_bytes..(r + 1) * row_bytes])
+}
+
+fn check_matmul(isa: Isa, format: WeightFormat, n: usize, m: usize, k: usize, seed: u64) {
+    let w = float_matrix(format, m, k, seed);
+    let x = seeded_values(seed + 1, n * k);
+    let integer_path = matches!(format, WeightFormat::Packed(_));
+    let oracle_x = if integer_path { quant_dot::round_activations(&x) } else { x.clone() };
+    let mut reference = vec![f32::NAN; n * m];
+    ops::matmul::matmul(&oracle_x, &w, &mut reference);
+    let mut got = vec![f32::NAN; n * m];
+    matmul::matmul_with(isa, &x, &w, &mut got);
+    // Integer dots multiply the scales in another order: a few f32 roundings of |ref| more.
+    let tolerance = if integer_path { ops::compare::Tolerance { atol: 2e-4, rtol: 2e-4 } } else { F32_ACCUMULATION };
+    if let Err(message) = check_close(&got, &reference, tolerance) {
+        panic!("matmul {} {} n={n} m={m} k={k}: {message}", isa.name(), format.name());
+    }
+}
+
+#[test]
+fn matmul_matches_the_reference_for_every_format_and_level() {
+    let seed = test_seed();
+    let mut shapes = Shapes(seed);
+    let float_formats = [WeightFormat::F32, WeightFormat::F16, WeightFormat::Bf16];
+    let packed = [PackedQuant::Q8_0, PackedQuant::Q4_0, PackedQuant::Q4_1].map(WeightFormat::Packed);
+    for isa in Isa::available() {
+        // Decode, the integer path's edge, small tiles and a full prefill block.
+        for (case, n) in [1, 2, 3, 4, 5, 8, 9, 13, 40].into_iter().enumerate() {
+            let seed = seed + 100 * case as u64;
+            for format in float_formats {
+                let (m, k) = (shapes.between(1, 70), shapes.between(1, 200));
+                check_matmul(isa, format, n, m, k, seed);
+            }
+            for format in packed {
+                let (m, k) = (shapes.between(1, 70), 32 * shapes.between(1, 19));
+                check_matmul(isa, format, n, m, k, seed);
+            }
+        }
+        // The model's shapes, exactly.
+        check_matmul(isa, WeightFormat::F16, 1, 576, 576, seed);
+        check_matmul(isa, WeightFormat::F16, 37, 192, 576, seed);
+        check_matmul(isa, WeightFormat::Packed(PackedQuant::Q4_1), 1, 1536, 576, seed);
+        check_matmul(isa, WeightFormat::Packed(PackedQuant::Q8_0), 1, 96, 576, seed);
+        check_matmul(isa, WeightFormat::Packed(PackedQuant::Q4_1), 19, 100, 576, seed);
+        for format in [WeightFormat::Q4_K, WeightFormat::Q6_K] {
+            check_matmul(isa, format, 1, 33, 512, seed);
+            check_matmul(isa, format, 11, 40, 256, seed);
+        }
+    }
+}
+
+#[test]
+fn matmul_gives_a_token_the_same_bits_in_any_batch() {
+    let seed = test_seed();
+    let mut shapes = Shapes(seed ^ 4);
+    let formats = [WeightFormat::F32, WeightFormat::F16, WeightFormat::Bf16, WeightFormat::Packed(PackedQuant::Q4_1)];
+    for isa in Isa::available() {
+        for format in formats {
+            for n in [2, 3, 5, 12] {
+                let (m, k) = (shapes.between(1, 70), 32 * shapes.between(1, 10));
+                let w = float_matrix(format, m, k, seed);
+                let x = seeded_values(seed + 1, n * k);
+                let mut batch = vec![f32::NAN; n * m];
+                matmul::matmul_with(isa, &x, &w, &mut batch);
+                for t in 0..n {
+                    let mut alone = vec![f32::NAN; m];
+                    matmul::matmul_with(isa, &x[t * k..(t + 1) * k], &w, &mut alone);
+                    assert!(
+                        alone.iter().zip(&batch[t * m..(t + 1) * m]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{} {}: token {t} of {n} differs from the same token alone (m={m} k={k})",
+                        isa.name(),
+                        format.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_matches_the_reference_over_paged_blocks() {
+    let seed = test_seed();
+    let mut shapes = Shapes(seed ^ 1);
+    for isa in Isa::available() {
+        for case in 0..12u64 {
+            let kv_heads = shapes.between(1, 3);
+            let shape = AttentionShape {
+                num_heads: kv_heads * shapes.between(1, 4),
+                num_kv_heads: kv_heads,
+                head_dim: 2 * shapes.between(1, 40),
+            };
+            let (block_size, len) = (shapes.between(1, 16), shapes.between(1, 90));
+            let start = if case % 3 == 0 { shapes.below(len) } else { 0 };
+            let kv_dim = kv_heads * shape.head_dim;
+            let keys = seeded_values(seed + 10 * case, len * kv_dim);
+            let values = seeded_values(seed + 10 * case + 1, len * kv_dim);
+            let q = seeded_values(seed + 10 * case + 2, shape.num_heads * shape.head_dim);
+            // Scatter positions into blocks in a shuffled order, as a paged cache holds them.
+            let num_blocks = len.div_ceil(block_size);
+            let table: Vec<usize> = (0..num_blocks).rev().collect();
+            let mut paged_keys = vec![f32::NAN; num_blocks * block_size * kv_dim];
+            let mut paged_values = paged_keys.clone();
+            for p in 0..len {
+                let slot = (table[p / block_size] * block_size + p % block_size) * kv_dim;
+                paged_keys[slot..slot + kv_dim].copy_from_slice(&keys[p * kv_dim..(p + 1) * kv_dim]);
+                paged_values[slot..slot + kv_dim].copy_from_slice(&values[p * kv_dim..(p + 1) * kv_dim]);
+            }
+            let d = shape.head_dim;
+            let mut reference = vec![f32::NAN; q.len()];
+            ops::attention::attention(
+                &q,
+                shape,
+                start..len,
+                |p, g| &keys[p * kv_dim + g * d..p * kv_dim + (g + 1) * d],
+                |p, g| &values[p * kv_dim + g * d..p * kv_dim + (g + 1) * d],
+                &mut Vec::new(),
+                &mut reference,
+            );
+            let mut got = vec![f32::NAN; q.len()];
+            let block_len = block_size * kv_dim;
+            attention::attention(
+                isa,
+                &q,
+                shape,
+                start..len,
+                block_size,
+                |i| {
+                    let b = table[i] * block_len;
+                    (&paged_keys[b..b + block_len], &paged_values[b..b + block_len])
+                },
+                &mut got,
+            );
+            if let Err(message) = check_close(&got, &reference, F32_ACCUMULATION) {
+                panic!("attention {} {shape:?} block {block_size} visible {start}..{len}: {message}", isa.name());
+            }
+        }
+    }
+}
+
+#[test]
+fn prefill_attention_matches_the_reference_token_by_token() {
+    let seed = test_seed();
+    let mut shapes = Shapes(seed ^ 3);
+    for isa in Isa::available() {
+        for case in 0..8u64 {
+            let kv_heads = shapes.between(1, 3);
+            let shape = AttentionShape {
+                num_heads: kv_heads * shapes.between(1, 3),
+                num_kv_heads: kv_heads,
+                head_dim: 2 * shapes.between(1, 40),
+            };
+            // A chunk of `tokens` after `earlier` cached positions, sometimes with a window.
+            let (block_size, tokens, earlier) = (shapes.between(1, 16), shapes.between(1, 75), shapes.between(0, 40));
+            let window = if case % 3 == 1 { Some(shapes.between(1, 30)) } else { None };
+            let len = earlier + tokens;
+            let (d, kv_dim, q_dim) = (shape.head_dim, kv_heads * shape.head_dim, shape.num_heads * shape.head_dim);
+            let keys = seeded_values(seed + 10 * case, len * kv_dim);
+            let values = seeded_values(seed + 10 * case + 1, len * kv_dim);
+            let q: Vec<f32> = seeded_values(seed + 10 * case + 2, tokens * q_dim).iter().map(|v| v * 3.0).collect();
+            let block_len = block_size * kv_dim;
+            let num_blocks = len.div_ceil(block_size);
+            let (mut paged_keys, mut paged_values) = (vec![0.0; num_blocks * block_len], vec![0.0; num_blocks * block_len]);
+            let table: Vec<usize> = (0..num_blocks).rev().collect();
+            for p in 0..len {
+                let slot = table[p / block_size] * block_len + (p % block_size) * kv_dim;
+                paged_keys[slot..slot + kv_dim].copy_from_slice(&keys[p * kv_dim..(p + 1) * kv_dim]);
+                paged_values[slot..slot + kv_dim].copy_from_slice(&values[p * kv_dim..(p + 1) * kv_dim]);
+            }
+            let mut reference = vec![f32::NAN; tokens * q_dim];
+            for (t, out) in reference.chunks_exact_mut(q_dim).enumerate() {
+                let position = earlier + t;
+                let first = window.map_or(0, |w| (position + 1).saturating_sub(w));
+                ops::attention::attention(
+                    &q[t * q_dim..(t + 1) * q_dim],
+                    shape,
+                    first..position + 1,
+                    |p, g| &keys[p * kv_dim + g * d..p * kv_dim + (g + 1) * d],
+                    |p, g| &values[p * kv_dim + g * d..p * kv_dim + (g + 1) * d],
+                    &mut Vec::new(),
+                    out,
+                );
+            }
+            let mut got = vec![f32::NAN; tokens * q_dim];
+            attention::attention_run(
+                isa,
+                &q,
+                shape,
+                earlier,
+                window,
+                block_size,
+                |i| {
+                    let b = table[i] * block_len;
+                    (&paged_keys[b..b + block_len], &paged_values[b..b + block_len])
+                },
+                &mut got,
+            );
+            if let Err(message) = check_close(&got, &reference, F32_ACCUMULATION) {
+                panic!("prefill attention {} {shape:?} block {block_size} tokens {tokens} after {earlier} window {window:?}: {message}", isa.name());
+            }
+            // Each token alone (a decode step at its position) gets the same bits as in the run.
+            for t in [0, tokens / 2, tokens - 1] {
+                let mut alone = vec![f32::NAN; q_dim];
+                attention::attention_run(
+                    isa,
+                    &q[t * q_dim..(t + 1) * q_dim],
+                    shape,
+                    earlier + t,
+                    window,
+                    block_size,
+                    |i| {
+                        let b = table[i] * block_len;
+                        (&paged_keys[b..b + block_len], &paged_values[b..b + block_len])
+                    },
+                    &mut alone,
+                );
+                assert!(
+                    alone.iter().zip(&got[t * q_dim..(t + 1) * q_dim]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "attention {}: token {t} alone differs from the same token in a run of {tokens}",
+                    isa.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn elementwise_ops_match_the_reference() {
+    let seed = test_seed();
+    let mut shapes = Shapes(seed ^ 2);
+    for isa in Isa::available() {
+        // Sizes on both sides of the threshold where the ops split over threads.
+        for rows in [1, 3, 70] {
+            let dim = shapes.between(1, 700);
+            let x: Vec<f32> = seeded_values(seed, rows * dim).iter().map(|v| v * 4.0).collect();
+            let delta = seeded_values(seed + 1, rows * dim);
+            let weight = seeded_values(seed + 2, dim);
+            let name = |op: &str| format!("{op} {} rows={rows} dim={dim}", isa.name());
+
+            let (mut reference, mut got) = (vec![f32::NAN; x.len()], vec![f32::NAN; x.len()]);
+            ops::norm::rmsnorm(&x, &weight, 1e-5, &mut reference);
+            elementwise::rmsnorm(isa, &x, &weight, 1e-5, &mut got);
+            check_close(&got, &reference, F32_ACCUMULATION).unwrap_or_else(|m| panic!("{}: {m}", name("rmsnorm")));
+
+            let (mut residual_ref, mut residual_got) = (x.clone(), x.clone());
+            ops::norm::rmsnorm_residual(&mut residual_ref, &delta, &weight, 1e-5, &mut reference);
+            elementwise::rmsnorm_residual(isa, &mut residual_got, &delta, &weight, 1e-5, &mut got);
+            assert_eq!(residual_got, residual_ref, "{}", name("residual add"));
+            check_close(&got, &reference, F32_ACCUMULATION).unwrap_or_else(|m| panic!("{}: {m}", name("rmsnorm_residual")));
+
+            // Gate values out to ±40 reach the clamped ends of the fast exp.
+            let gate: Vec<f32> = x.iter().map(|v| v * 10.0).collect();
+            ops::activation::silu_mul(&gate, &delta, &mut reference);
+            got.fill(f32::NAN);
+            elementwise::silu_mul(isa, &gate, &delta, &mut got);
+            check_close(&got, &reference, F32_ACCUMULATION).unwrap_or_else(|m| panic!("{}: {m}", name("silu_mul")));
+        }
+        for case in 0..4u64 {
+            let head_dim = 2 * shapes.between(1, 48);
+            let (heads, tokens) = (shapes.between(1, 9), shapes.between(1, 80));
+            let width = heads * head_dim;
+            let inv_freq: Vec<f32> = (0..head_dim / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / head_dim as f32)).collect();
+            let positions: Vec<u32> = (0..tokens as u32).map(|t| t * 37 % 5000).collect();
+            let x = seeded_values(seed + 20 + case, tokens * width);
+            let mut reference = x.clone();
+            for (t, row) in reference.chunks_exact_mut(width).enumerate() {
+                ops::rope::apply_rope(row, head_dim, positions[t] as usize, &inv_freq);
+            }
+            let (mut cos, mut sin) = (vec![f32::NAN; tokens * head_dim / 2], vec![f32::NAN; tokens * head_dim / 2]);
+            elementwise::rope_table(&positions, &inv_freq, &mut cos, &mut sin);
+            let mut got = x.clone();
+            elementwise::apply_rope(isa, &mut got, width, head_dim, &cos, &sin);
+            assert_eq!(got, reference, "rope {} heads={heads} head_dim={head_dim}: not bit-identical", isa.name());
+        }
+    }
+}
+
+/// The whole forward pass is batch- and chunk-invariant: a sequence's logits are the same bits
+/// whether its prompt is computed in one step or token by token, alone or beside other sequences.
+#[test]
+fn forward_logits_are_the_same_bits_in_any_batch_or_chunking() {
+    use kiln::backend::cpu::CpuBackend;
+    use kiln::backend::{Backend, KvLayout};
+    use kiln::engine::plan::{PlanLimits, StepPlan};
+    use kiln::model::random::{random_llama_weights, random_llama_weights_quantized};
+    use kiln::model::safetensors_dir::WeightDtype;
+    use kiln::model::ModelConfig;
+
+    let config = ModelConfig::from_json(
+        r#"{"architectures":["LlamaForCausalLM"],"hidden_size":64,"intermediate_size":96,"num_hidden_layers":2,
+        "num_attention_heads":4,"num_key_value_heads":2,"vocab_size":256,"rms_norm_eps":1e-5,
+        "max_position_embeddings":512,"rope_theta":10000.0,"tie_word_embeddings":true}"#,
+        std::path::Path::new("test config"),
+    )
+    .unwrap();
+    let limits = PlanLimits { max_batch_tokens: 64, max_seqs: 4, max_blocks_per_seq: 16 };
+    let layout = KvLayout { block_size: 4, num_blocks: 64 };
+    let prompt: Vec<u32> = (0..23u32).map(|i| (i * 37 + 5) % 256).collect();
+    let other: Vec<u32> = (0..9u32).map(|i| (i * 11 + 3) % 256).collect();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    for quantized in [false, true] {
+        let weights = |seed| {
+            if quantized {
+                random_llama_weights_quantized(&config, seed, kiln::model::packed_quant::PackedQuant::Q4_1)
+            } else {
+                random_llama_weights(&config, seed, WeightDtype::F16)
+            }
+        };
+        let mut backend = CpuBackend::new(config.clone(), weights(9), layout, limits);
+        let mut plan = StepPlan::new(limits, layout.block_size);
+        let mut logits = vec![f32::NAN; 2 * 256];
+        // The whole prompt in one step.
+        plan.push_sequence(&prompt, 0, &[0, 1, 2, 3, 4, 5], true).unwrap();
+        backend.execute(&plan, &mut logits).unwrap();
+        let whole = bits(&logits[..256]);
+        // The same prompt as a chunk of 22 then one decode step beside another sequence's prefill.
+        plan.clear();
+        plan.push_sequence(&prompt[..22], 0, &[10, 11, 12, 13, 14, 15], false).unwrap();
+        backend.execute(&plan, &mut logits).unwrap();
+        plan.clear();
+        plan.push_sequence(&other, 0, &[20, 21, 22], true).unwrap();
+        let row = plan.push_sequence(&prompt[22..], 22, &[10, 11, 12, 13, 14, 15], true).unwrap().unwrap();
+        backend.execute(&plan, &mut logits).unwrap();
+        assert_eq!(bits(&logits[row * 256..(row + 1) * 256]), whole, "quantized={quantized}: chunked and batched differs");
+    }
+}
