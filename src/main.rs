@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use kiln::cli::load::BackendChoice;
 use kiln::engine::sampler::SamplingParams;
 
 #[derive(Parser)]
@@ -13,6 +14,10 @@ struct Cli {
     /// Worker threads for the CPU backend (default: every core).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Which backend runs the model: CUDA when built with it and a GPU is present (auto), or one
+    /// named explicitly.
+    #[arg(long, global = true, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
     #[command(subcommand)]
     command: Command,
 }
@@ -78,9 +83,9 @@ struct ServeOptions {
     /// A host (or host:port) webhooks may be delivered to (repeatable); none are allowed by default.
     #[arg(long = "webhook-allow")]
     webhook_allow: Vec<String>,
-    /// KV cache size in GiB.
-    #[arg(long, default_value_t = 1.0)]
-    kv_memory: f64,
+    /// KV cache size in GiB (default: 1 on the CPU, most of the free memory on a GPU).
+    #[arg(long)]
+    kv_memory: Option<f64>,
     /// Most tokens computed in one step (prefill chunks and decodes together).
     #[arg(long, default_value_t = 512)]
     max_batch_tokens: usize,
@@ -95,6 +100,9 @@ struct ServeOptions {
     max_waiting: usize,
     #[arg(long, default_value_t = 1000)]
     max_connections: usize,
+    /// Recompute every prompt instead of reusing the KV blocks of repeated prefixes.
+    #[arg(long)]
+    no_prefix_caching: bool,
     /// USD per million prompt tokens.
     #[arg(long, default_value_t = 0.64)]
     price_input: f64,
@@ -106,7 +114,7 @@ struct ServeOptions {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     kiln::cli::init_logging();
-    let result = kiln::cli::init_threads(cli.threads).and_then(|_| run(cli.command));
+    let result = kiln::cli::init_threads(cli.threads).and_then(|_| run(cli.command, cli.backend));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -116,7 +124,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(command: Command, backend: BackendChoice) -> anyhow::Result<()> {
     match command {
         Command::Pull => {
             let dir = kiln::model::pull::pull_default_model()?;
@@ -124,7 +132,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(o) => {
-            if !(o.kv_memory > 0.0 && o.kv_memory.is_finite()) {
+            if o.kv_memory.is_some_and(|gib| !(gib > 0.0 && gib.is_finite())) {
                 anyhow::bail!("--kv-memory must be a positive number of GiB");
             }
             if o.max_batch_tokens == 0 || o.max_seqs == 0 || o.max_prefill_chunk == 0 {
@@ -138,11 +146,13 @@ fn run(command: Command) -> anyhow::Result<()> {
                 api_keys_file: o.api_keys_file,
                 served_model_name: o.served_model_name,
                 webhook_allow: o.webhook_allow,
-                kv_memory_bytes: (o.kv_memory * (1u64 << 30) as f64) as usize,
+                kv_memory_bytes: o.kv_memory.map(|gib| (gib * (1u64 << 30) as f64) as usize),
+                backend,
                 max_batch_tokens: o.max_batch_tokens,
                 max_seqs: o.max_seqs,
                 max_prefill_chunk: o.max_prefill_chunk,
                 max_waiting: o.max_waiting,
+                prefix_caching: !o.no_prefix_caching,
                 max_connections: o.max_connections,
                 prices: kiln::server::api::pricing::Prices { input_per_million_usd: o.price_input, output_per_million_usd: o.price_output },
             })
@@ -158,7 +168,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 anyhow::bail!("{message}");
             }
             let sampling = SamplingParams { temperature, top_p, top_k, repetition_penalty, seed, ..SamplingParams::greedy() };
-            kiln::cli::generate::run(kiln::cli::generate::GenerateArgs { model, prompt, chat, system, max_tokens, sampling })
+            kiln::cli::generate::run(kiln::cli::generate::GenerateArgs { model, prompt, chat, system, max_tokens, sampling, backend })
         }
     }
 }

@@ -15,7 +15,7 @@ const MODEL: &str = "SmolLM2-135M-Instruct";
 const FRANCE: &str = "What is the capital of France? Answer in one sentence.";
 
 fn server_with(args: ServeArgs) -> Server {
-    start(ServeArgs { port: 0, kv_memory_bytes: 256 << 20, max_batch_tokens: 256, max_seqs: 8, ..args }, false).expect("the server starts")
+    start(ServeArgs { port: 0, kv_memory_bytes: Some(256 << 20), backend: kiln::cli::load::BackendChoice::Cpu, max_batch_tokens: 256, max_seqs: 8, ..args }, false).expect("the server starts")
 }
 
 /// One server for the whole file: loading the model once keeps the suite fast.
@@ -320,6 +320,46 @@ fn native_stream_ends_with_the_full_text() {
     let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(last["generated_text"], " Paris.\n\nThe");
     assert_eq!(last["details"]["finish_reason"], "length");
+}
+
+#[test]
+fn health_is_503_until_the_model_is_ready() {
+    use std::sync::{Arc, OnceLock};
+    let slot = Arc::new(OnceLock::new());
+    let loading = Server::bind("127.0.0.1:0".parse().unwrap(), kiln::server::http::HttpConfig::default(), kiln::server::routes::Routes(slot)).unwrap();
+    let reply = request(loading.local_addr(), "GET", "/health", &[], "");
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json()["error"]["code"], "not_ready");
+    assert_eq!(request(loading.local_addr(), "POST", "/v1/chat/completions", &[], "{}").status, 503);
+    loading.shutdown_handle().trigger();
+}
+
+/// A client that leaves while waiting for a whole (non-streamed) answer cancels it too.
+#[test]
+fn disconnect_cancels_a_non_streamed_generation() {
+    let addr = server();
+    let metric = |name: &str| -> u64 {
+        let text = String::from_utf8(request(addr, "GET", "/metrics", &[], "").body).unwrap();
+        text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).unwrap().parse().unwrap()
+    };
+    let body = json!({"model": MODEL, "prompt": "Count from one to one thousand:", "max_tokens": 3000, "temperature": 0}).to_string();
+    let generated_before = metric("kiln_generated_tokens_total");
+    let cancelled_before = metric("kiln_requests_cancelled_total");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let head = format!("POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+    // Leave once generation has visibly started.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while metric("kiln_generated_tokens_total") == generated_before {
+        assert!(std::time::Instant::now() < deadline, "generation never started");
+        std::thread::yield_now();
+    }
+    drop(stream);
+    while metric("kiln_requests_cancelled_total") == cancelled_before {
+        assert!(std::time::Instant::now() < deadline, "the generation was not cancelled");
+        std::thread::yield_now();
+    }
 }
 
 /// A client that disconnects mid-stream cancels its generation and frees its KV blocks.

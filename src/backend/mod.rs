@@ -2,6 +2,8 @@
 //! weights and buffers. `cpu` is the reference and the default.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use crate::engine::plan::StepPlan;
 use crate::model::ModelConfig;

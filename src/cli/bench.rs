@@ -52,6 +52,11 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Instead of one sequence: N requests at once through the serving engine (continuous
+    /// batching), each `--decode-tokens` long after a `--decode-prompt-tokens` prompt, against
+    /// one request alone; reports aggregate and single-request tokens/s.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -116,12 +121,18 @@ pub struct BenchReport {
 /// Runs the benchmark and prints its report.
 ///
 /// The thread count is the global pool's (`kiln --threads N bench`, see `cli::init_threads`).
-pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
+/// Returns the single-sequence report (None for a `--concurrency` run, which prints its own).
+pub fn run(args: &BenchArgs) -> anyhow::Result<Option<BenchReport>> {
     anyhow::ensure!(args.prompt_tokens > 0 && args.decode_prompt_tokens > 0, "prompts need at least one token");
     let context = args.prompt_tokens.max(args.decode_prompt_tokens + args.decode_tokens) + 16;
     // Room for 2 MiB of KV per token (a 7B model's f32 KV is 1 MiB); pages never written are
     // never resident, so the small model's peak memory does not count the slack.
-    let limits = CpuLimits { kv_memory_bytes: context << 21, max_batch_tokens: args.prompt_tokens.max(16), max_seqs: 1 };
+    let sequences = args.concurrency.unwrap_or(1).max(1);
+    let limits = CpuLimits {
+        kv_memory_bytes: sequences * context << 21,
+        max_batch_tokens: args.prompt_tokens.max(16),
+        max_seqs: sequences,
+    };
 
     let start = Instant::now();
     let (backend, plan_limits, model) = match (&args.model, args.model_geometry) {
@@ -157,6 +168,27 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let load_s = start.elapsed().as_secs_f64();
     let weights_format = backend.weights().layers[0].gate_proj.format.name().to_string();
     let isa = backend.isa().name().to_string();
+    if let Some(concurrency) = args.concurrency {
+        let report = super::bench_concurrency::run(
+            Box::new(backend),
+            concurrency,
+            args.decode_prompt_tokens,
+            args.decode_tokens,
+            plan_limits.max_batch_tokens,
+        )?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!("model        {model}");
+            println!("weights      {weights_format} ({isa} kernels, {} threads)", rayon::current_num_threads());
+            println!("single       {:>8.1} tokens/s  (one request of {} tokens)", report.single_tokens_per_s, report.new_tokens);
+            println!(
+                "concurrent   {:>8.1} tokens/s  ({} requests at once, {:.2}x one request)",
+                report.aggregate_tokens_per_s, report.concurrency, report.speedup
+            );
+        }
+        return Ok(None);
+    }
     let mut bench = Bench::new(Box::new(backend), plan_limits);
 
     // Warm-up: touches every weight page and wakes the pool.
@@ -185,7 +217,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     } else {
         print_table(&report);
     }
-    Ok(report)
+    Ok(Some(report))
 }
 
 fn print_table(r: &BenchReport) {

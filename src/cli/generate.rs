@@ -6,10 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::load::load_model;
+use super::load::{load_model, BackendChoice, LoadLimits};
 use crate::engine::generate::{GenerationRequest, Generator};
 use crate::engine::sampler::SamplingParams;
-use crate::launch::CpuLimits;
 use crate::tokenizer::chat::ChatMessage;
 
 pub struct GenerateArgs {
@@ -19,10 +18,12 @@ pub struct GenerateArgs {
     pub system: Option<String>,
     pub max_tokens: usize,
     pub sampling: SamplingParams,
+    pub backend: BackendChoice,
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let loaded = load_model(args.model.as_deref(), CpuLimits { kv_memory_bytes: 512 << 20, max_batch_tokens: 512, max_seqs: 1 })?;
+    let limits = LoadLimits { kv_memory_bytes: Some(512 << 20), max_batch_tokens: 512, max_seqs: 1 };
+    let loaded = load_model(args.model.as_deref(), limits, args.backend)?;
     let tokenizer = &loaded.tokenizer;
     let prompt_ids = if args.chat {
         let mut messages = Vec::new();
@@ -34,7 +35,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     } else {
         tokenizer.encode(&args.prompt, true).context("tokenizing the prompt")?
     };
-    let config = crate::backend::Backend::config(&loaded.backend).clone();
+    let config = loaded.config.clone();
     let room = config.max_position_embeddings.saturating_sub(prompt_ids.len());
     let request = GenerationRequest {
         max_new_tokens: args.max_tokens.min(room),
@@ -45,7 +46,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     tracing::debug!("prompt is {} tokens", request.prompt_ids.len());
     // A chat answer starts a new text; a raw prompt is continued, so its leading space stays.
     let mut decoder = if args.chat { tokenizer.incremental_decoder() } else { crate::tokenizer::detok::IncrementalDecoder::continuing(tokenizer) };
-    let mut generator = Generator::new(Box::new(loaded.backend), loaded.plan_limits);
+    let mut generator = Generator::new(loaded.backend, loaded.plan_limits);
     let mut stdout = std::io::stdout().lock();
     let started = std::time::Instant::now();
     let mut write_error = None;

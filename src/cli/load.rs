@@ -1,5 +1,5 @@
-//! Loading a model for a command: resolve (pull or convert when needed), then tokenizer and CPU
-//! backend, with a progress line on a terminal.
+//! Loading a model for a command: resolve (pull or convert when needed), then tokenizer and
+//! backend (CPU, or CUDA when built with it and a GPU is there), with a progress line on a terminal.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -7,20 +7,42 @@ use std::time::Instant;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::backend::cpu::CpuBackend;
+use crate::backend::Backend;
 use crate::engine::plan::PlanLimits;
-use crate::launch::{load_cpu_backend, CpuLimits};
+use crate::launch::{cpu_backend, CpuLimits};
+use crate::model::weights::LlamaWeights;
+use crate::model::ModelConfig;
 use crate::tokenizer::Tokenizer;
+
+/// Which backend runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// CUDA when this build has it and a GPU is present, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Memory and batch limits, whatever the backend.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadLimits {
+    /// KV cache bytes; None: 1 GiB on the CPU, most of the free memory on a GPU.
+    pub kv_memory_bytes: Option<usize>,
+    pub max_batch_tokens: usize,
+    pub max_seqs: usize,
+}
 
 pub struct LoadedModel {
     pub dir: PathBuf,
     pub name: String,
+    pub config: ModelConfig,
     pub tokenizer: Tokenizer,
-    pub backend: CpuBackend,
+    pub backend: Box<dyn Backend>,
     pub plan_limits: PlanLimits,
 }
 
-pub fn load_model(model: Option<&Path>, limits: CpuLimits) -> anyhow::Result<LoadedModel> {
+pub fn load_model(model: Option<&Path>, limits: LoadLimits, choice: BackendChoice) -> anyhow::Result<LoadedModel> {
+    let use_cuda = pick_cuda(choice)?;
     let dir = crate::model::pull::resolve_model(model)?;
     let started = Instant::now();
     // Hidden automatically when stderr is not a terminal.
@@ -31,19 +53,75 @@ pub fn load_model(model: Option<&Path>, limits: CpuLimits) -> anyhow::Result<Loa
     let tokenizer = Tokenizer::from_dir(&dir).with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
     progress.inc(1);
     progress.set_message("weights");
-    let (backend, plan_limits) = load_cpu_backend(&dir, limits)?;
-    progress.inc(2);
+    let config = ModelConfig::from_dir(&dir)?;
+    let weights = LlamaWeights::load(&dir, &config)?;
+    progress.inc(1);
+    progress.set_message(if use_cuda { "weights onto the GPU" } else { "KV cache" });
+    let (backend, plan_limits) = if use_cuda {
+        cuda_backend(config.clone(), &weights, limits)?
+    } else {
+        let cpu_limits = CpuLimits {
+            kv_memory_bytes: limits.kv_memory_bytes.unwrap_or(1 << 30),
+            max_batch_tokens: limits.max_batch_tokens,
+            max_seqs: limits.max_seqs,
+        };
+        let (backend, plan_limits) = cpu_backend(config.clone(), weights, cpu_limits);
+        (Box::new(backend) as Box<dyn Backend>, plan_limits)
+    };
+    progress.inc(1);
     progress.finish_and_clear();
     let name = model_name(&dir);
     tracing::info!(
-        "loaded {name} from {} in {:.2}s ({} layers, {:.0}M parameters) on the cpu backend with {} threads",
+        "loaded {name} from {} in {:.2}s ({} layers, {:.0}M parameters) on the {} backend",
         dir.display(),
         started.elapsed().as_secs_f64(),
-        crate::backend::Backend::config(&backend).num_layers,
-        crate::backend::Backend::config(&backend).num_parameters() as f64 / 1e6,
-        rayon::current_num_threads()
+        config.num_layers,
+        config.num_parameters() as f64 / 1e6,
+        backend.name(),
     );
-    Ok(LoadedModel { dir, name, tokenizer, backend, plan_limits })
+    Ok(LoadedModel { dir, name, config, tokenizer, backend, plan_limits })
+}
+
+/// Decides whether to run on CUDA; `auto` falls back to the CPU with one log line.
+fn pick_cuda(choice: BackendChoice) -> anyhow::Result<bool> {
+    match (choice, gpu_status()) {
+        (BackendChoice::Cpu, _) => Ok(false),
+        (BackendChoice::Cuda, Ok(())) | (BackendChoice::Auto, Ok(())) => Ok(true),
+        (BackendChoice::Cuda, Err(why)) => anyhow::bail!("--backend cuda: {why}"),
+        (BackendChoice::Auto, Err(why)) => {
+            tracing::info!("using the CPU backend: {why}");
+            Ok(false)
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_status() -> Result<(), String> {
+    crate::backend::cuda::cuda_available()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_status() -> Result<(), String> {
+    Err("this kiln was built without CUDA (rebuild with `--features cuda`)".into())
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_backend(config: ModelConfig, weights: &LlamaWeights, limits: LoadLimits) -> anyhow::Result<(Box<dyn Backend>, PlanLimits)> {
+    use crate::backend::cuda::{cuda_backend, CudaLimits, CudaOptions, WeightSource};
+    let options = CudaOptions::for_weights(weights.embed_tokens.dtype);
+    let kv_token_bytes = 2 * config.num_layers * config.kv_dim() * options.dtype.size_bytes();
+    let cuda_limits = CudaLimits {
+        kv_tokens: limits.kv_memory_bytes.map(|bytes| bytes / kv_token_bytes),
+        max_batch_tokens: limits.max_batch_tokens,
+        max_seqs: limits.max_seqs,
+    };
+    let (backend, plan_limits) = cuda_backend(config, WeightSource::Host(weights), cuda_limits, options)?;
+    Ok((Box::new(backend), plan_limits))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_backend(_: ModelConfig, _: &LlamaWeights, _: LoadLimits) -> anyhow::Result<(Box<dyn Backend>, PlanLimits)> {
+    unreachable!("pick_cuda never chooses CUDA in a build without it")
 }
 
 /// A model's name: its directory's name (what `/v1/models` lists by default).

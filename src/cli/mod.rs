@@ -1,6 +1,7 @@
 //! The `kiln` subcommands, as library functions the binary calls after parsing arguments.
 
 pub mod bench;
+pub mod bench_concurrency;
 pub mod generate;
 pub mod load;
 pub mod serve;

@@ -10,9 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::generate::stop_ids;
-use super::load::load_model;
+use super::load::{load_model, BackendChoice, LoadLimits};
 use crate::engine::serving::{start_engine, EngineConfig};
-use crate::launch::CpuLimits;
 use crate::server::api::pricing::{Prices, DEFAULT_PRICES};
 use crate::server::app::{unix_now, App};
 use crate::server::http::{shutdown_on_signals, HttpConfig, Server};
@@ -29,11 +28,14 @@ pub struct ServeArgs {
     pub api_keys_file: Option<PathBuf>,
     pub served_model_name: Option<String>,
     pub webhook_allow: Vec<String>,
-    pub kv_memory_bytes: usize,
+    /// None: 1 GiB on the CPU, most of the free memory on a GPU.
+    pub kv_memory_bytes: Option<usize>,
+    pub backend: BackendChoice,
     pub max_batch_tokens: usize,
     pub max_seqs: usize,
     pub max_prefill_chunk: usize,
     pub max_waiting: usize,
+    pub prefix_caching: bool,
     pub max_connections: usize,
     pub prices: Prices,
 }
@@ -48,11 +50,13 @@ impl Default for ServeArgs {
             api_keys_file: None,
             served_model_name: None,
             webhook_allow: Vec::new(),
-            kv_memory_bytes: 1 << 30,
+            kv_memory_bytes: None,
+            backend: BackendChoice::Auto,
             max_batch_tokens: 512,
             max_seqs: 16,
             max_prefill_chunk: 256,
             max_waiting: 256,
+            prefix_caching: true,
             max_connections: 1000,
             prices: DEFAULT_PRICES,
         }
@@ -87,9 +91,9 @@ pub fn start(args: ServeArgs, signals: bool) -> anyhow::Result<Server> {
     }
     tracing::info!("listening on http://{} (503 until the model is ready)", server.local_addr());
 
-    let limits = CpuLimits { kv_memory_bytes: args.kv_memory_bytes, max_batch_tokens: args.max_batch_tokens, max_seqs: args.max_seqs };
-    let loaded = load_model(args.model.as_deref(), limits)?;
-    let config = crate::backend::Backend::config(&loaded.backend).clone();
+    let limits = LoadLimits { kv_memory_bytes: args.kv_memory_bytes, max_batch_tokens: args.max_batch_tokens, max_seqs: args.max_seqs };
+    let loaded = load_model(args.model.as_deref(), limits, args.backend)?;
+    let config = loaded.config.clone();
     let tokenizer = Arc::new(loaded.tokenizer);
     let json_vocabulary: Vec<Vec<u8>> = (0..tokenizer.vocab_size() as u32)
         .map(|id| if tokenizer.is_special(id) { Vec::new() } else { tokenizer.token_bytes(id).to_vec() })
@@ -99,8 +103,9 @@ pub fn start(args: ServeArgs, signals: bool) -> anyhow::Result<Server> {
         max_seqs: args.max_seqs,
         max_prefill_chunk: args.max_prefill_chunk,
         max_waiting: args.max_waiting,
+        prefix_caching: args.prefix_caching,
     };
-    let (engine, _engine_thread) = start_engine(Box::new(loaded.backend), tokenizer.clone(), engine_config);
+    let (engine, _engine_thread) = start_engine(loaded.backend, tokenizer.clone(), engine_config);
     let model_name = args.served_model_name.clone().unwrap_or(loaded.name);
     let app = App {
         engine,

@@ -43,6 +43,8 @@ pub struct EngineMetrics {
     pub generated_tokens_total: AtomicU64,
     pub steps_total: AtomicU64,
     pub preemptions_total: AtomicU64,
+    /// Prompt tokens taken from the prefix cache instead of being computed.
+    pub prefix_cache_hit_tokens_total: AtomicU64,
     pub queue_depth: AtomicU64,
     pub running_sequences: AtomicU64,
     pub kv_blocks_used: AtomicU64,

@@ -40,6 +40,9 @@ pub struct StepPlan {
     /// Token indices whose logits the step returns, in order: row r of the logits is for
     /// `logit_tokens[r]`.
     pub logit_tokens: Vec<u32>,
+    /// `(source, destination)` KV blocks to copy, all layers, before the step computes anything:
+    /// copy-on-write of a block shared between sequences that one of them is about to extend.
+    pub block_copies: Vec<(u32, u32)>,
 }
 
 impl StepPlan {
@@ -55,6 +58,7 @@ impl StepPlan {
             seq_context_len: Vec::with_capacity(limits.max_seqs),
             block_tables: Vec::with_capacity(limits.max_seqs * limits.max_blocks_per_seq),
             logit_tokens: Vec::with_capacity(limits.max_batch_tokens),
+            block_copies: Vec::with_capacity(limits.max_seqs),
         }
     }
 
@@ -67,6 +71,7 @@ impl StepPlan {
         self.seq_context_len.clear();
         self.block_tables.clear();
         self.logit_tokens.clear();
+        self.block_copies.clear();
     }
 
     pub fn num_tokens(&self) -> usize {

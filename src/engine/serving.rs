@@ -27,6 +27,8 @@ pub struct EngineConfig {
     pub max_prefill_chunk: usize,
     /// Requests allowed to wait for a place in the batch; beyond it, submit says `Overloaded`.
     pub max_waiting: usize,
+    /// Reuse the KV blocks of repeated prompt prefixes.
+    pub prefix_caching: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -157,7 +159,10 @@ pub fn start_engine(backend: Box<dyn Backend>, text: Arc<dyn TokenText>, config:
     };
     let scheduler = Scheduler::new(
         SchedulerConfig { max_batch_tokens: config.max_batch_tokens, max_seqs: config.max_seqs, max_prefill_chunk: config.max_prefill_chunk },
-        KvBlockAllocator::new(layout.num_blocks, layout.block_size),
+        {
+            let blocks = KvBlockAllocator::new(layout.num_blocks, layout.block_size);
+            if config.prefix_caching { blocks } else { blocks.without_prefix_caching() }
+        },
     );
     let vocab = model_config.vocab_size;
     let mut engine = EngineLoop {
@@ -171,6 +176,8 @@ pub fn start_engine(backend: Box<dyn Backend>, text: Arc<dyn TokenText>, config:
         vocab,
         requests: HashMap::new(),
         sequences: HashMap::new(),
+        pending_forks: HashMap::new(),
+        fork_row: vec![0.0; vocab],
         next_id: 0,
         waiting,
         metrics,
@@ -213,6 +220,9 @@ struct EngineLoop {
     vocab: usize,
     requests: HashMap<RequestId, RequestState>,
     sequences: HashMap<SeqId, SequenceState>,
+    /// Choices still to fork from their first sibling once its prompt is computed.
+    pending_forks: HashMap<SeqId, Vec<SeqId>>,
+    fork_row: Vec<f32>,
     next_id: u64,
     waiting: Arc<AtomicUsize>,
     metrics: Arc<EngineMetrics>,
@@ -259,6 +269,9 @@ impl EngineLoop {
         EngineMetrics::add(&self.metrics.requests_total, 1);
         EngineMetrics::add(&self.metrics.prompt_tokens_total, request.prompt_ids.len() as u64);
         let n = request.params.n.max(1);
+        // Choice 0 prefills the prompt; the others are forked from it when its logits arrive and
+        // share its KV blocks (copy-on-write), so the prompt is computed once.
+        let first_id = self.next_id;
         for choice in 0..n {
             let id = self.next_id;
             self.next_id += 1;
@@ -278,7 +291,10 @@ impl EngineLoop {
                     last_token_at: None,
                 },
             );
-            self.scheduler.add(id, request.prompt_ids.clone());
+        }
+        self.scheduler.add(first_id, request.prompt_ids.clone());
+        if n > 1 {
+            self.pending_forks.insert(first_id, (first_id + 1..first_id + n as u64).collect());
         }
         self.requests.insert(request_id, RequestState { request, submitted: Instant::now(), started: false, open_choices: n });
     }
@@ -343,10 +359,29 @@ impl EngineLoop {
 
     fn sample_and_emit(&mut self, id: SeqId, row: usize) {
         let vocab = self.vocab;
+        if let Some(children) = self.pending_forks.remove(&id) {
+            for child in children {
+                // A child cancelled before the fork has no state left: nothing to start.
+                if self.sequences.contains_key(&child) && self.scheduler.fork(id, child) {
+                    self.fork_row.copy_from_slice(&self.logits[row * vocab..(row + 1) * vocab]);
+                    self.emit_token(child, None);
+                }
+            }
+        }
+        self.emit_token(id, Some(row));
+    }
+
+    /// Samples a sequence's next token from step row `row` (or, for a fork's first token, from
+    /// `fork_row`), and sends the text it releases.
+    fn emit_token(&mut self, id: SeqId, row: Option<usize>) {
+        let vocab = self.vocab;
         let Some(seq) = self.sequences.get_mut(&id) else { return };
         let Some(state) = self.requests.get_mut(&seq.request) else { return };
         let params = &state.request.params;
-        let logits = &mut self.logits[row * vocab..(row + 1) * vocab];
+        let logits = match row {
+            Some(row) => &mut self.logits[row * vocab..(row + 1) * vocab],
+            None => &mut self.fork_row[..],
+        };
         // Log-probabilities are the model's own, before penalties and temperature.
         let want_logprobs = params.top_logprobs;
         if want_logprobs.is_some() {
@@ -391,6 +426,7 @@ impl EngineLoop {
     /// Ends one sequence: flushes its held text, tells the client, frees its KV blocks.
     fn finish(&mut self, id: SeqId, reason: FinishReason) {
         self.scheduler.remove(id);
+        self.pending_forks.remove(&id);
         let Some(mut seq) = self.sequences.remove(&id) else { return };
         let Some(state) = self.requests.get_mut(&seq.request) else { return };
         let text = if reason == FinishReason::Cancelled {
@@ -416,6 +452,7 @@ impl EngineLoop {
         EngineMetrics::set(&m.running_sequences, self.scheduler.num_running() as u64);
         EngineMetrics::set(&m.kv_blocks_used, self.scheduler.blocks().blocks_used() as u64);
         EngineMetrics::set(&m.preemptions_total, self.scheduler.preemptions());
+        EngineMetrics::set(&m.prefix_cache_hit_tokens_total, self.scheduler.cached_prompt_tokens());
     }
 }
 

@@ -8,6 +8,7 @@ use super::api::error::ApiError;
 use super::api::responses::ChoiceResult;
 use super::api::valid::{PromptInput, ValidGeneration};
 use super::app::App;
+use super::http::{Responder, WaitError};
 use crate::engine::json_mode::JsonObjectConstraint;
 use crate::engine::request::{ConstraintFactory, EngineEvent, EngineRequest, EventSink, RequestParams, TokenConstraint};
 use crate::tokenizer::chat::ChatMessage;
@@ -146,6 +147,40 @@ pub fn submit(app: &App, valid: &ValidGeneration, prepared: &PreparedPrompts) ->
     }
     Ok(submitted)
 }
+
+/// How waiting for a whole answer ended.
+pub enum Waited {
+    /// Every choice finished.
+    Complete,
+    /// The client disconnected; the generation was cancelled and nobody is left to answer.
+    ClientGone,
+}
+
+/// How often a waiting handler checks whether its client is still there: well under one step.
+pub const DISCONNECT_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Collects every event of a non-streamed request, cancelling it if the client leaves.
+pub fn wait_for_all(responder: &Responder<'_>, submitted: &Submitted, collector: &mut Collector) -> Result<Waited, ApiError> {
+    while !collector.is_done() {
+        match responder.wait_for(&submitted.events, DISCONNECT_POLL) {
+            Ok(event) => {
+                if let Progress::Failed(message) = collector.apply(event) {
+                    submitted.cancel();
+                    return Err(ApiError::internal(message));
+                }
+            }
+            Err(WaitError::ClientGone) => {
+                submitted.cancel();
+                return Ok(Waited::ClientGone);
+            }
+            Err(WaitError::ChannelClosed) => return Err(ApiError::internal("the engine stopped before finishing")),
+        }
+    }
+    Ok(Waited::Complete)
+}
+
+/// The status logged for a request whose client left: nginx's "client closed request".
+pub const CLIENT_CLOSED: u16 = 499;
 
 /// What one event did to the collected results.
 pub enum Progress {

@@ -36,6 +36,7 @@ pub fn render(engine: &EngineMetrics, server: &ServerMetrics) -> String {
     counter(&mut out, "kiln_generated_tokens_total", "Tokens generated.", get(&engine.generated_tokens_total));
     counter(&mut out, "kiln_steps_total", "Forward steps executed.", get(&engine.steps_total));
     counter(&mut out, "kiln_preemptions_total", "Sequences preempted for lack of KV blocks.", get(&engine.preemptions_total));
+    counter(&mut out, "kiln_prefix_cache_hit_tokens_total", "Prompt tokens found in the prefix cache instead of computed.", get(&engine.prefix_cache_hit_tokens_total));
     gauge(&mut out, "kiln_queue_depth", "Requests waiting to start.", get(&engine.queue_depth));
     gauge(&mut out, "kiln_running_sequences", "Sequences in the running batch.", get(&engine.running_sequences));
     gauge(&mut out, "kiln_batch_tokens", "Tokens computed in the last step (batch occupancy).", get(&engine.last_step_tokens));

@@ -10,9 +10,9 @@ use super::api::error::ApiError;
 use super::api::native::parse_native;
 use super::api::responses::{finish_reason_str, sse_event, SSE_DONE};
 use super::app::{request_id, App};
-use super::generation::{prepare, submit, Collector, Progress, Submitted, TaggedEvent};
+use super::api::pricing::Prices;
+use super::generation::{prepare, submit, wait_for_all, Collector, Progress, Submitted, TaggedEvent, Waited, CLIENT_CLOSED, DISCONNECT_POLL};
 use super::http::{Request, Responder, Response, WaitError};
-use super::openai_routes::DISCONNECT_POLL;
 use super::routes::{json_response, send};
 
 pub fn inference(app: &App, model: &str, request: &Request, responder: &mut Responder<'_>) -> Result<u16, ApiError> {
@@ -39,23 +39,14 @@ pub fn inference(app: &App, model: &str, request: &Request, responder: &mut Resp
             "tokens_input": input_tokens,
         })
     };
-    let result_body = |collector: &Collector, runtime_ms: u128| {
-        let generated = collector.completion_tokens();
-        json!({
-            "results": collector.choices.iter().map(|c| json!({"generated_text": c.text})).collect::<Vec<_>>(),
-            "num_tokens": generated,
-            "num_input_tokens": input_tokens,
-            "request_id": id,
-            "inference_status": status("succeeded", runtime_ms, generated),
-        })
-    };
+    let prices = app.prices;
+    let result_body = |collector: &Collector, runtime_ms: u128| result_json(collector, input_tokens, &id, runtime_ms, prices);
 
     if let Some(target) = webhook {
         // Reply now; a thread waits for the result and delivers it (retries and timeouts included).
         let queued = json!({"request_id": id, "inference_status": status("queued", 0, 0)});
         let policy = app.webhooks.clone();
         let (events, n) = (submitted, valid.n);
-        let prices = app.prices;
         let request_id = id.clone();
         std::thread::Builder::new()
             .name("kiln-webhook".into())
@@ -63,16 +54,8 @@ pub fn inference(app: &App, model: &str, request: &Request, responder: &mut Resp
                 let mut collector = Collector::new(1, n);
                 let outcome = collect_blocking(&events, &mut collector);
                 let runtime_ms = started.elapsed().as_millis();
-                let generated = collector.completion_tokens();
                 let body = match outcome {
-                    Ok(()) => json!({
-                        "results": collector.choices.iter().map(|c| json!({"generated_text": c.text})).collect::<Vec<_>>(),
-                        "num_tokens": generated,
-                        "num_input_tokens": input_tokens,
-                        "request_id": request_id,
-                        "inference_status": {"status": "succeeded", "runtime_ms": runtime_ms, "cost": prices.cost_usd(input_tokens, generated),
-                            "tokens_generated": generated, "tokens_input": input_tokens},
-                    }),
+                    Ok(()) => result_json(&collector, input_tokens, &request_id, runtime_ms, prices),
                     Err(message) => json!({"request_id": request_id, "inference_status": {"status": "failed", "runtime_ms": runtime_ms}, "error": message}),
                 };
                 let bytes = serde_json::to_vec(&body).expect("a JSON value always serialises");
@@ -86,20 +69,8 @@ pub fn inference(app: &App, model: &str, request: &Request, responder: &mut Resp
 
     let mut collector = Collector::new(1, valid.n);
     if !valid.stream {
-        while !collector.is_done() {
-            match responder.wait_for(&submitted.events, DISCONNECT_POLL) {
-                Ok(event) => {
-                    if let Progress::Failed(message) = collector.apply(event) {
-                        submitted.cancel();
-                        return Err(ApiError::internal(message));
-                    }
-                }
-                Err(WaitError::ClientGone) => {
-                    submitted.cancel();
-                    return Ok(499);
-                }
-                Err(WaitError::ChannelClosed) => return Err(ApiError::internal("the engine stopped before finishing")),
-            }
+        if let Waited::ClientGone = wait_for_all(responder, &submitted, &mut collector)? {
+            return Ok(CLIENT_CLOSED);
         }
         return send(responder, json_response(200, &result_body(&collector, started.elapsed().as_millis())));
     }
@@ -107,14 +78,14 @@ pub fn inference(app: &App, model: &str, request: &Request, responder: &mut Resp
     let head = Response::new(200).header("Content-Type", "text/event-stream").header("Cache-Control", "no-cache");
     let Ok(mut body) = responder.stream(head) else {
         submitted.cancel();
-        return Ok(499);
+        return Ok(CLIENT_CLOSED);
     };
     while !collector.is_done() {
         let event = match body.wait_for(&submitted.events, DISCONNECT_POLL) {
             Ok(event) => event,
             Err(WaitError::ClientGone) => {
                 submitted.cancel();
-                return Ok(499);
+                return Ok(CLIENT_CLOSED);
             }
             Err(WaitError::ChannelClosed) => break,
         };
@@ -149,12 +120,30 @@ pub fn inference(app: &App, model: &str, request: &Request, responder: &mut Resp
         };
         if body.send(&sse_event(&message)).is_err() {
             submitted.cancel();
-            return Ok(499);
+            return Ok(CLIENT_CLOSED);
         }
     }
     let _ = body.send(SSE_DONE);
     let _ = body.finish();
     Ok(200)
+}
+
+/// The native API's answer: the texts, the token counts and the priced status.
+fn result_json(collector: &Collector, input_tokens: usize, request_id: &str, runtime_ms: u128, prices: Prices) -> Value {
+    let generated = collector.completion_tokens();
+    json!({
+        "results": collector.choices.iter().map(|c| json!({"generated_text": c.text})).collect::<Vec<_>>(),
+        "num_tokens": generated,
+        "num_input_tokens": input_tokens,
+        "request_id": request_id,
+        "inference_status": {
+            "status": "succeeded",
+            "runtime_ms": runtime_ms,
+            "cost": prices.cost_usd(input_tokens, generated),
+            "tokens_generated": generated,
+            "tokens_input": input_tokens,
+        },
+    })
 }
 
 /// Collects every event on a plain thread (webhook deliveries run outside the may scheduler).

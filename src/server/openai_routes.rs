@@ -1,8 +1,6 @@
 //! `POST /v1/chat/completions` and `POST /v1/completions` (also under `/v1/openai/`): validated
 //! requests go to the engine; the answer is one JSON object or a stream of Server-Sent Events.
 
-use std::time::Duration;
-
 use super::api::error::ApiError;
 use super::api::openai::{parse_chat, parse_completion};
 use super::api::responses::{
@@ -10,12 +8,11 @@ use super::api::responses::{
 };
 use super::api::valid::ValidGeneration;
 use super::app::{request_id, unix_now, App};
-use super::generation::{prepare, submit, Collector, PreparedPrompts, Progress, Submitted};
+use super::generation::{
+    prepare, submit, wait_for_all, Collector, PreparedPrompts, Progress, Submitted, Waited, CLIENT_CLOSED, DISCONNECT_POLL,
+};
 use super::http::{Responder, Response, WaitError};
 use super::routes::{check_model, json_response, send};
-
-/// How often a waiting handler checks whether its client is still there: well under one step.
-pub const DISCONNECT_POLL: Duration = Duration::from_millis(20);
 
 pub fn chat(app: &App, request: &super::http::Request, responder: &mut Responder<'_>) -> Result<u16, ApiError> {
     let valid = parse_chat(&request.body)?;
@@ -36,11 +33,22 @@ fn generate(app: &App, flavor: Flavor, valid: ValidGeneration, responder: &mut R
         Flavor::Completion => "cmpl-",
     });
     let meta = ResponseMeta { id: &id, created: unix_now(), model: &app.model_name, prices: app.prices };
+    let running = Running { app, flavor, valid: &valid, prepared: &prepared, submitted: &submitted, meta: &meta };
     if valid.stream {
-        stream(app, flavor, &valid, &prepared, &submitted, &meta, responder)
+        stream(&running, responder)
     } else {
-        whole(app, flavor, &valid, &prepared, &submitted, &meta, responder)
+        whole(&running, responder)
     }
+}
+
+/// A submitted request and everything its answer is built from.
+struct Running<'a> {
+    app: &'a App,
+    flavor: Flavor,
+    valid: &'a ValidGeneration,
+    prepared: &'a PreparedPrompts,
+    submitted: &'a Submitted,
+    meta: &'a ResponseMeta<'a>,
 }
 
 fn token_text(app: &App) -> impl Fn(u32) -> String + '_ {
@@ -48,30 +56,11 @@ fn token_text(app: &App) -> impl Fn(u32) -> String + '_ {
 }
 
 /// Waits for every choice, then answers with one JSON object.
-fn whole(
-    app: &App,
-    flavor: Flavor,
-    valid: &ValidGeneration,
-    prepared: &PreparedPrompts,
-    submitted: &Submitted,
-    meta: &ResponseMeta,
-    responder: &mut Responder<'_>,
-) -> Result<u16, ApiError> {
+fn whole(running: &Running, responder: &mut Responder<'_>) -> Result<u16, ApiError> {
+    let Running { app, flavor, valid, prepared, submitted, meta } = *running;
     let mut collector = Collector::new(prepared.prompt_ids.len(), valid.n);
-    while !collector.is_done() {
-        match responder.wait_for(&submitted.events, DISCONNECT_POLL) {
-            Ok(event) => {
-                if let Progress::Failed(message) = collector.apply(event) {
-                    submitted.cancel();
-                    return Err(ApiError::internal(message));
-                }
-            }
-            Err(WaitError::ClientGone) => {
-                submitted.cancel();
-                return Ok(499); // nginx's "client closed request": nobody to answer
-            }
-            Err(WaitError::ChannelClosed) => return Err(ApiError::internal("the engine stopped before finishing")),
-        }
+    if let Waited::ClientGone = wait_for_all(responder, submitted, &mut collector)? {
+        return Ok(CLIENT_CLOSED);
     }
     let echo = valid.echo.then_some(prepared.prompt_texts.as_slice());
     let body = full_response(
@@ -89,29 +78,22 @@ fn whole(
 
 /// Streams chunks as tokens arrive: the role first (chat), content deltas, a chunk with the
 /// finish reason per choice, the usage chunk when asked, then `[DONE]`.
-fn stream(
-    app: &App,
-    flavor: Flavor,
-    valid: &ValidGeneration,
-    prepared: &PreparedPrompts,
-    submitted: &Submitted,
-    meta: &ResponseMeta,
-    responder: &mut Responder<'_>,
-) -> Result<u16, ApiError> {
+fn stream(running: &Running, responder: &mut Responder<'_>) -> Result<u16, ApiError> {
+    let Running { app, flavor, valid, prepared, submitted, meta } = *running;
     let head = Response::new(200)
         .header("Content-Type", "text/event-stream")
         .header("Cache-Control", "no-cache")
         .header("X-Accel-Buffering", "no");
     let Ok(mut body) = responder.stream(head) else {
         submitted.cancel();
-        return Ok(499);
+        return Ok(CLIENT_CLOSED);
     };
     let mut collector = Collector::new(prepared.prompt_ids.len(), valid.n);
     if flavor == Flavor::Chat {
         for index in 0..collector.choices.len() {
             if body.send(&sse_event(&stream_chunk(flavor, meta, index, true, None, None, None))).is_err() {
                 submitted.cancel();
-                return Ok(499);
+                return Ok(CLIENT_CLOSED);
             }
         }
     }
@@ -121,7 +103,7 @@ fn stream(
             Ok(event) => event,
             Err(WaitError::ClientGone) => {
                 submitted.cancel();
-                return Ok(499);
+                return Ok(CLIENT_CLOSED);
             }
             Err(WaitError::ChannelClosed) => break,
         };
@@ -145,7 +127,7 @@ fn stream(
                     let tail = stream_chunk(flavor, meta, index, false, Some(&text), None, None);
                     if body.send(&sse_event(&tail)).is_err() {
                         submitted.cancel();
-                        return Ok(499);
+                        return Ok(CLIENT_CLOSED);
                     }
                 }
                 let empty = match flavor {
@@ -163,13 +145,13 @@ fn stream(
         };
         if body.send(&sse_event(&chunk)).is_err() {
             submitted.cancel();
-            return Ok(499);
+            return Ok(CLIENT_CLOSED);
         }
     }
     if valid.include_usage {
         let usage = usage_chunk(flavor, meta, prepared.prompt_tokens(), collector.completion_tokens());
         if body.send(&sse_event(&usage)).is_err() {
-            return Ok(499);
+            return Ok(CLIENT_CLOSED);
         }
     }
     let _ = body.send(SSE_DONE);

@@ -82,6 +82,14 @@ impl Backend for CpuBackend {
         if logits.len() < needed {
             return Err(BackendError::LogitsBuffer { got: logits.len(), needed });
         }
+        if let Some(&(source, destination)) =
+            plan.block_copies.iter().find(|&&(s, d)| s as usize >= self.kv.layout().num_blocks || d as usize >= self.kv.layout().num_blocks)
+        {
+            return Err(BackendError::PlanMismatch(format!("KV block copy {source} → {destination} is out of range")));
+        }
+        for &(source, destination) in &plan.block_copies {
+            self.kv.copy_block(source as usize, destination as usize);
+        }
         let CpuBackend { config, weights, kv, workspace, inv_freq, isa, .. } = self;
         let logits = &mut logits[..needed];
         // The whole step runs on a pool thread: the ops' parallel loops then fork and join among

@@ -115,4 +115,13 @@ mod tests {
         assert_eq!(body["error"]["param"], serde_json::Value::Null);
         assert_eq!(ApiError::context_length_exceeded(10, 20, 16).code, Some("context_length_exceeded"));
     }
+
+    #[test]
+    fn engine_refusals_map_to_statuses() {
+        use crate::engine::serving::SubmitError;
+        assert_eq!(ApiError::from(SubmitError::Overloaded(5)).status, 429);
+        let context = ApiError::from(SubmitError::ContextLengthExceeded { prompt: 10, new: 10, context: 16 });
+        assert_eq!((context.status, context.code), (400, Some("context_length_exceeded")));
+        assert_eq!(ApiError::from(SubmitError::TooManyChoices { n: 9, max: 4 }).param.as_deref(), Some("n"));
+    }
 }

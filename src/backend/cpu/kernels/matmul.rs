@@ -207,7 +207,7 @@ fn compute_rows(
         format => CONVERTED.with_borrow_mut(|buffer| {
             buffer.resize(rows.len() * k, 0.0);
             for (row, values) in task_bytes.chunks_exact(row_bytes).zip(buffer.chunks_exact_mut(k)) {
-                row_to_f32(format, row, values);
+                row_to_f32(isa, format, row, values);
             }
             float_rows::<F32>(isa, x, n, k, bytemuck::cast_slice(buffer), 4 * k, rows.start, out);
         }),
@@ -215,12 +215,11 @@ fn compute_rows(
 }
 
 /// One stored row (`row`, in `format`) as f32.
-fn row_to_f32(format: WeightFormat, row: &[u8], out: &mut [f32]) {
-    use half::slice::HalfFloatSliceExt;
+fn row_to_f32(isa: Isa, format: WeightFormat, row: &[u8], out: &mut [f32]) {
     match format {
         WeightFormat::F32 => out.copy_from_slice(bytemuck::cast_slice(row)),
-        WeightFormat::F16 => bytemuck::cast_slice::<u8, half::f16>(row).convert_to_f32_slice(out),
-        WeightFormat::Bf16 => bytemuck::cast_slice::<u8, half::bf16>(row).convert_to_f32_slice(out),
+        WeightFormat::F16 => super::convert::f16_to_f32_with(isa, bytemuck::cast_slice::<u8, half::f16>(row), out),
+        WeightFormat::Bf16 => super::convert::bf16_to_f32(bytemuck::cast_slice::<u8, half::bf16>(row), out),
         WeightFormat::Packed(q) => crate::model::packed_quant::dequantize_packed_row(q, row, out),
         WeightFormat::Q4_K => quant::dequantize_row_q4_k(row, out),
         WeightFormat::Q6_K => quant::dequantize_row_q6_k(row, out),

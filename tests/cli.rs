@@ -1,0 +1,50 @@
+//! The `kiln` binary as a user runs it: pull, generate (raw and chat), help, and a clear error
+//! for a bad model path. Only generated text goes to stdout.
+
+use std::process::Command;
+
+fn kiln(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).env("KILN_LOG", "warn").output().expect("running kiln")
+}
+
+#[test]
+fn pull_prints_the_model_directory_last() {
+    let out = kiln(&["pull"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let dir = stdout.lines().last().expect("a line");
+    assert!(std::path::Path::new(dir).join("config.json").exists(), "{dir}");
+}
+
+#[test]
+fn generate_prints_only_the_answer() {
+    let out = kiln(&["generate", "--chat", "--prompt", "What is the capital of France? Answer in one sentence.", "--max-tokens", "30"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "The capital of France is Paris.\n");
+    let out = kiln(&["generate", "--prompt", "The capital of France is", "--max-tokens", "5"]);
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), " Paris.\n\nThe\n");
+    // Sampled output is reproducible with a seed.
+    let sampled = |seed: &str| kiln(&["generate", "--prompt", "Once upon a time", "--max-tokens", "12", "--temperature", "0.9", "--seed", seed]).stdout;
+    assert_eq!(sampled("5"), sampled("5"));
+}
+
+#[test]
+fn help_and_errors() {
+    let help = String::from_utf8(kiln(&["--help"]).stdout).unwrap();
+    for command in ["pull", "generate", "serve"] {
+        assert!(help.contains(command), "{help}");
+    }
+    let out = kiln(&["generate", "--model", "/nonexistent/model", "--prompt", "x"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("/nonexistent/model") && !stderr.contains("panicked"), "{stderr}");
+    // Without a GPU (or a CUDA build), asking for CUDA is a clear error, never a panic.
+    let out = kiln(&["generate", "--backend", "cuda", "--prompt", "x", "--max-tokens", "1"]);
+    if !out.status.success() {
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.contains("--backend cuda:") && !stderr.contains("panicked"), "{stderr}");
+    }
+    let out = kiln(&["generate", "--prompt", "x", "--temperature=-1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr).unwrap().contains("--temperature"));
+}
