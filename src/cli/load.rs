@@ -108,7 +108,8 @@ fn gpu_status() -> Result<(), String> {
 #[cfg(feature = "cuda")]
 fn cuda_backend(config: ModelConfig, weights: &LlamaWeights, limits: LoadLimits) -> anyhow::Result<(Box<dyn Backend>, PlanLimits)> {
     use crate::backend::cuda::{cuda_backend, CudaLimits, CudaOptions, WeightSource};
-    let options = CudaOptions::for_weights(weights.embed_tokens.dtype);
+    // Quantized weights are widened on the host as they are uploaded (f16 on the GPU).
+    let options = CudaOptions::for_weights(weights.embed_tokens.format.float_dtype().unwrap_or(crate::model::safetensors_dir::WeightDtype::F16));
     let kv_token_bytes = 2 * config.num_layers * config.kv_dim() * options.dtype.size_bytes();
     let cuda_limits = CudaLimits {
         kv_tokens: limits.kv_memory_bytes.map(|bytes| bytes / kv_token_bytes),

@@ -28,6 +28,16 @@ pub enum WeightFormat {
 }
 
 impl WeightFormat {
+    /// The float element type, for formats that are plain floats.
+    pub fn float_dtype(self) -> Option<WeightDtype> {
+        match self {
+            WeightFormat::F32 => Some(WeightDtype::F32),
+            WeightFormat::F16 => Some(WeightDtype::F16),
+            WeightFormat::Bf16 => Some(WeightDtype::Bf16),
+            WeightFormat::Packed(_) | WeightFormat::Q4_K | WeightFormat::Q6_K => None,
+        }
+    }
+
     pub fn from_dtype(dtype: WeightDtype) -> WeightFormat {
         match dtype {
             WeightDtype::F32 => WeightFormat::F32,

@@ -143,12 +143,13 @@ impl DeviceWeights {
 /// One host matrix into a device range, converted to `dtype` on the host when the stored dtype
 /// differs (start-up only).
 fn upload_matrix(gpu: &Gpu, dst: DeviceArray, matrix: &WeightMatrix, dtype: Dtype) -> Result<(), CudaError> {
-    let same = matches!((matrix.dtype, dtype), (WeightDtype::F16, Dtype::F16) | (WeightDtype::Bf16, Dtype::Bf16));
+    let same = matches!((matrix.format.float_dtype(), dtype), (Some(WeightDtype::F16), Dtype::F16) | (Some(WeightDtype::Bf16), Dtype::Bf16));
     if same {
         let bytes: &[u8] = match matrix.elements() {
             MatrixElements::F16(v) => bytemuck::cast_slice(v),
             MatrixElements::Bf16(v) => bytemuck::cast_slice(v),
             MatrixElements::F32(v) => bytemuck::cast_slice(v),
+            MatrixElements::Quantized(_) => unreachable!("only f16/bf16 matrices are uploaded as stored"),
         };
         gpu.copy_to_device(dst, bytes)?;
         return gpu.synchronize();
