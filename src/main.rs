@@ -18,6 +18,10 @@ struct Cli {
     /// named explicitly.
     #[arg(long, global = true, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
+    /// Run the default model from its original Q4_1 GGUF, quantized, instead of its f16 directory
+    /// (a `--model FILE.gguf` always runs from the file's own weights on the CPU).
+    #[arg(long, global = true)]
+    original_weights: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -114,7 +118,7 @@ struct ServeOptions {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     kiln::cli::init_logging();
-    let result = kiln::cli::init_threads(cli.threads).and_then(|_| run(cli.command, cli.backend));
+    let result = kiln::cli::init_threads(cli.threads).and_then(|_| run(cli.command, cli.backend, cli.original_weights));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -124,7 +128,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command, backend: BackendChoice) -> anyhow::Result<()> {
+fn run(command: Command, backend: BackendChoice, original_weights: bool) -> anyhow::Result<()> {
     match command {
         Command::Pull => {
             let dir = kiln::model::pull::pull_default_model()?;
@@ -148,6 +152,7 @@ fn run(command: Command, backend: BackendChoice) -> anyhow::Result<()> {
                 webhook_allow: o.webhook_allow,
                 kv_memory_bytes: o.kv_memory.map(|gib| (gib * (1u64 << 30) as f64) as usize),
                 backend,
+                original_weights,
                 max_batch_tokens: o.max_batch_tokens,
                 max_seqs: o.max_seqs,
                 max_prefill_chunk: o.max_prefill_chunk,
@@ -168,7 +173,7 @@ fn run(command: Command, backend: BackendChoice) -> anyhow::Result<()> {
                 anyhow::bail!("{message}");
             }
             let sampling = SamplingParams { temperature, top_p, top_k, repetition_penalty, seed, ..SamplingParams::greedy() };
-            kiln::cli::generate::run(kiln::cli::generate::GenerateArgs { model, prompt, chat, system, max_tokens, sampling, backend })
+            kiln::cli::generate::run(kiln::cli::generate::GenerateArgs { model, prompt, chat, system, max_tokens, sampling, backend, original_weights })
         }
     }
 }

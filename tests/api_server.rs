@@ -323,6 +323,14 @@ fn native_stream_ends_with_the_full_text() {
 }
 
 #[test]
+fn serves_the_default_model_from_its_original_quantized_file() {
+    let quantized = server_with(ServeArgs { original_weights: true, ..ServeArgs::default() });
+    let reply = request(quantized.local_addr(), "POST", "/v1/chat/completions", &[], &chat_body(json!({})).to_string());
+    assert_eq!(reply.json()["choices"][0]["message"]["content"], "The capital of France is Paris.");
+    quantized.shutdown_handle().trigger();
+}
+
+#[test]
 fn health_is_503_until_the_model_is_ready() {
     use std::sync::{Arc, OnceLock};
     let slot = Arc::new(OnceLock::new());

@@ -23,6 +23,10 @@ fn generate_prints_only_the_answer() {
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "The capital of France is Paris.\n");
     let out = kiln(&["generate", "--prompt", "The capital of France is", "--max-tokens", "5"]);
     assert_eq!(String::from_utf8(out.stdout).unwrap(), " Paris.\n\nThe\n");
+    // The original quantized GGUF, run directly (issue 6), gives the same answer here.
+    let out = kiln(&["--original-weights", "generate", "--chat", "--prompt", "What is the capital of France? Answer in one sentence."]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "The capital of France is Paris.\n");
     // Sampled output is reproducible with a seed.
     let sampled = |seed: &str| kiln(&["generate", "--prompt", "Once upon a time", "--max-tokens", "12", "--temperature", "0.9", "--seed", seed]).stdout;
     assert_eq!(sampled("5"), sampled("5"));

@@ -19,11 +19,12 @@ pub struct GenerateArgs {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub backend: BackendChoice,
+    pub original_weights: bool,
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let limits = LoadLimits { kv_memory_bytes: Some(512 << 20), max_batch_tokens: 512, max_seqs: 1 };
-    let loaded = load_model(args.model.as_deref(), limits, args.backend)?;
+    let loaded = load_model(args.model.as_deref(), limits, args.backend, args.original_weights)?;
     let tokenizer = &loaded.tokenizer;
     let prompt_ids = if args.chat {
         let mut messages = Vec::new();

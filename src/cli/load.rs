@@ -41,8 +41,20 @@ pub struct LoadedModel {
     pub plan_limits: PlanLimits,
 }
 
-pub fn load_model(model: Option<&Path>, limits: LoadLimits, choice: BackendChoice) -> anyhow::Result<LoadedModel> {
+/// Loads `model` (a directory, a GGUF file, or the default model when None).
+///
+/// On the CPU a GGUF file runs from its own weights, quantized ones kept quantized (its converted
+/// directory supplies only the tokenizer); `original_weights` does the same for the default model
+/// with its original Q4_1 file. Otherwise the Hugging Face directory's weights are used: the exact
+/// f16 path.
+pub fn load_model(model: Option<&Path>, limits: LoadLimits, choice: BackendChoice, original_weights: bool) -> anyhow::Result<LoadedModel> {
     let use_cuda = pick_cuda(choice)?;
+    let gguf = match model {
+        Some(path) if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) => Some(path.to_path_buf()),
+        None if original_weights => Some(crate::model::pull::pull_default_gguf_into(&crate::model::pull::kiln_home()?)?),
+        Some(_) if original_weights => anyhow::bail!("--original-weights runs the default model's GGUF; with --model, pass the .gguf file itself"),
+        _ => None,
+    };
     let dir = crate::model::pull::resolve_model(model)?;
     let started = Instant::now();
     // Hidden automatically when stderr is not a terminal.
@@ -53,20 +65,31 @@ pub fn load_model(model: Option<&Path>, limits: LoadLimits, choice: BackendChoic
     let tokenizer = Tokenizer::from_dir(&dir).with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
     progress.inc(1);
     progress.set_message("weights");
-    let config = ModelConfig::from_dir(&dir)?;
-    let weights = LlamaWeights::load(&dir, &config)?;
-    progress.inc(1);
-    progress.set_message(if use_cuda { "weights onto the GPU" } else { "KV cache" });
-    let (backend, plan_limits) = if use_cuda {
-        cuda_backend(config.clone(), &weights, limits)?
-    } else {
-        let cpu_limits = CpuLimits {
-            kv_memory_bytes: limits.kv_memory_bytes.unwrap_or(1 << 30),
-            max_batch_tokens: limits.max_batch_tokens,
-            max_seqs: limits.max_seqs,
-        };
-        let (backend, plan_limits) = cpu_backend(config.clone(), weights, cpu_limits);
-        (Box::new(backend) as Box<dyn Backend>, plan_limits)
+    let cpu_limits = CpuLimits {
+        kv_memory_bytes: limits.kv_memory_bytes.unwrap_or(1 << 30),
+        max_batch_tokens: limits.max_batch_tokens,
+        max_seqs: limits.max_seqs,
+    };
+    let (config, backend, plan_limits) = match &gguf {
+        Some(path) if !use_cuda => {
+            let (backend, plan_limits) = crate::launch::load_cpu_backend_from_gguf(path, cpu_limits)?;
+            tracing::info!("running {} with its stored (quantized) weights", path.display());
+            let config = backend.config().clone();
+            (config, Box::new(backend) as Box<dyn Backend>, plan_limits)
+        }
+        _ => {
+            let config = ModelConfig::from_dir(&dir)?;
+            let weights = LlamaWeights::load(&dir, &config)?;
+            progress.inc(1);
+            progress.set_message(if use_cuda { "weights onto the GPU" } else { "KV cache" });
+            let (backend, plan_limits) = if use_cuda {
+                cuda_backend(config.clone(), &weights, limits)?
+            } else {
+                let (backend, plan_limits) = cpu_backend(config.clone(), weights, cpu_limits);
+                (Box::new(backend) as Box<dyn Backend>, plan_limits)
+            };
+            (config, backend, plan_limits)
+        }
     };
     progress.inc(1);
     progress.finish_and_clear();

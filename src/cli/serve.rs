@@ -31,6 +31,8 @@ pub struct ServeArgs {
     /// None: 1 GiB on the CPU, most of the free memory on a GPU.
     pub kv_memory_bytes: Option<usize>,
     pub backend: BackendChoice,
+    /// Run the default model from its original quantized GGUF instead of the f16 directory.
+    pub original_weights: bool,
     pub max_batch_tokens: usize,
     pub max_seqs: usize,
     pub max_prefill_chunk: usize,
@@ -52,6 +54,7 @@ impl Default for ServeArgs {
             webhook_allow: Vec::new(),
             kv_memory_bytes: None,
             backend: BackendChoice::Auto,
+            original_weights: false,
             max_batch_tokens: 512,
             max_seqs: 16,
             max_prefill_chunk: 256,
@@ -92,7 +95,7 @@ pub fn start(args: ServeArgs, signals: bool) -> anyhow::Result<Server> {
     tracing::info!("listening on http://{} (503 until the model is ready)", server.local_addr());
 
     let limits = LoadLimits { kv_memory_bytes: args.kv_memory_bytes, max_batch_tokens: args.max_batch_tokens, max_seqs: args.max_seqs };
-    let loaded = load_model(args.model.as_deref(), limits, args.backend)?;
+    let loaded = load_model(args.model.as_deref(), limits, args.backend, args.original_weights)?;
     let config = loaded.config.clone();
     let tokenizer = Arc::new(loaded.tokenizer);
     let json_vocabulary: Vec<Vec<u8>> = (0..tokenizer.vocab_size() as u32)
