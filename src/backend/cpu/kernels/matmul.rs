@@ -204,6 +204,24 @@ fn compute_rows(
                 }
             }
         }
+        // Batched decode (a few tokens): convert and multiply a few rows at a time, asking for the
+        // next rows' bytes before the multiply, so the stream from memory overlaps the FMAs and
+        // the converted rows stay in L1/L2. (Prefill re-reads each task's rows for every token
+        // block, so there the whole task is converted once, below.)
+        format if n <= CHUNKED_CONVERSION_MAX_TOKENS => CONVERTED.with_borrow_mut(|buffer| {
+            const CHUNK_ROWS: usize = 16;
+            buffer.resize(CHUNK_ROWS.min(rows.len()) * k, 0.0);
+            for (chunk, stored) in task_bytes.chunks(CHUNK_ROWS * row_bytes).enumerate() {
+                let next = ((chunk + 1) * CHUNK_ROWS * row_bytes).min(task_bytes.len())..((chunk + 2) * CHUNK_ROWS * row_bytes).min(task_bytes.len());
+                let chunk_rows = stored.len() / row_bytes;
+                let values = &mut buffer[..chunk_rows * k];
+                for (row, row_values) in stored.chunks_exact(row_bytes).zip(values.chunks_exact_mut(k)) {
+                    row_to_f32(isa, format, row, row_values);
+                }
+                super::prefetch(&task_bytes[next]);
+                float_rows::<F32>(isa, x, n, k, bytemuck::cast_slice(values), 4 * k, rows.start + chunk * CHUNK_ROWS, out);
+            }
+        }),
         format => CONVERTED.with_borrow_mut(|buffer| {
             buffer.resize(rows.len() * k, 0.0);
             for (row, values) in task_bytes.chunks_exact(row_bytes).zip(buffer.chunks_exact_mut(k)) {
@@ -213,6 +231,9 @@ fn compute_rows(
         }),
     }
 }
+
+/// Up to this many tokens, float rows are converted in small chunks interleaved with the multiply.
+const CHUNKED_CONVERSION_MAX_TOKENS: usize = 64;
 
 /// One stored row (`row`, in `format`) as f32.
 fn row_to_f32(isa: Isa, format: WeightFormat, row: &[u8], out: &mut [f32]) {
