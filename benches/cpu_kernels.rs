@@ -23,11 +23,13 @@ fn matrix(format: &str, m: usize, k: usize) -> WeightMatrix {
 /// Best of `reps` timings of `f`, in seconds.
 fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
     f();
-    (0..reps).map(|_| {
-        let start = Instant::now();
-        f();
-        start.elapsed().as_secs_f64()
-    }).fold(f64::INFINITY, f64::min)
+    (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 fn main() {
@@ -41,7 +43,13 @@ fn main() {
     let portable = std::env::args().any(|a| a == "portable");
     // `format=q4_1` measures one format only (with more repetitions, for profiling).
     let only = std::env::args().find_map(|a| a.strip_prefix("format=").map(str::to_string));
-    let decode_reps = if quick { 1 } else if only.is_some() { 20_000 } else { 50 };
+    let decode_reps = if quick {
+        1
+    } else if only.is_some() {
+        20_000
+    } else {
+        50
+    };
     let prefill_reps = if quick { 1 } else { 3 };
     let levels = if portable { vec![Isa::best(), Isa::Portable] } else { vec![Isa::best()] };
     for isa in levels {
@@ -53,9 +61,17 @@ fn main() {
                 let w = matrix(format, m, k);
                 let x = seeded_values(3, 512 * k);
                 let mut out = vec![0f32; 512 * m];
-                let decode = best_of(decode_reps, || rayon::scope(|_| matmul::matmul_with(isa, &x[..k], &w, &mut out[..m])));
+                let decode =
+                    best_of(decode_reps, || rayon::scope(|_| matmul::matmul_with(isa, &x[..k], &w, &mut out[..m])));
                 let gbs = w.size_bytes() as f64 / decode / 1e9;
-                let line = format!("{:<8} {:<5} {:<8} decode {:>7.1} us {:>6.1} GB/s", isa.name(), format, name, decode * 1e6, gbs);
+                let line = format!(
+                    "{:<8} {:<5} {:<8} decode {:>7.1} us {:>6.1} GB/s",
+                    isa.name(),
+                    format,
+                    name,
+                    decode * 1e6,
+                    gbs
+                );
                 if name == "lm_head" {
                     println!("{line}");
                     continue;

@@ -159,11 +159,25 @@ fn run(command: Command, backend: BackendChoice, original_weights: bool) -> anyh
                 max_waiting: o.max_waiting,
                 prefix_caching: !o.no_prefix_caching,
                 max_connections: o.max_connections,
-                prices: kiln::server::api::pricing::Prices { input_per_million_usd: o.price_input, output_per_million_usd: o.price_output },
+                prices: kiln::server::api::pricing::Prices {
+                    input_per_million_usd: o.price_input,
+                    output_per_million_usd: o.price_output,
+                },
             })
         }
         Command::Bench(args) => kiln::cli::bench::run(&args).map(|_| ()),
-        Command::Generate { model, prompt, chat, system, max_tokens, temperature, top_p, top_k, repetition_penalty, seed } => {
+        Command::Generate {
+            model,
+            prompt,
+            chat,
+            system,
+            max_tokens,
+            temperature,
+            top_p,
+            top_k,
+            repetition_penalty,
+            seed,
+        } => {
             let checks = [
                 (temperature >= 0.0 && temperature.is_finite(), "--temperature must be 0 or more"),
                 (top_p > 0.0 && top_p <= 1.0, "--top-p must be in (0, 1]"),
@@ -172,8 +186,18 @@ fn run(command: Command, backend: BackendChoice, original_weights: bool) -> anyh
             if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
                 anyhow::bail!("{message}");
             }
-            let sampling = SamplingParams { temperature, top_p, top_k, repetition_penalty, seed, ..SamplingParams::greedy() };
-            kiln::cli::generate::run(kiln::cli::generate::GenerateArgs { model, prompt, chat, system, max_tokens, sampling, backend, original_weights })
+            let sampling =
+                SamplingParams { temperature, top_p, top_k, repetition_penalty, seed, ..SamplingParams::greedy() };
+            kiln::cli::generate::run(kiln::cli::generate::GenerateArgs {
+                model,
+                prompt,
+                chat,
+                system,
+                max_tokens,
+                sampling,
+                backend,
+                original_weights,
+            })
         }
     }
 }

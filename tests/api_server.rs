@@ -15,7 +15,18 @@ const MODEL: &str = "SmolLM2-135M-Instruct";
 const FRANCE: &str = "What is the capital of France? Answer in one sentence.";
 
 fn server_with(args: ServeArgs) -> Server {
-    start(ServeArgs { port: 0, kv_memory_bytes: Some(256 << 20), backend: kiln::cli::load::BackendChoice::Cpu, max_batch_tokens: 256, max_seqs: 8, ..args }, false).expect("the server starts")
+    start(
+        ServeArgs {
+            port: 0,
+            kv_memory_bytes: Some(256 << 20),
+            backend: kiln::cli::load::BackendChoice::Cpu,
+            max_batch_tokens: 256,
+            max_seqs: 8,
+            ..args
+        },
+        false,
+    )
+    .expect("the server starts")
 }
 
 /// One server for the whole file: loading the model once keeps the suite fast.
@@ -39,14 +50,19 @@ impl Reply {
 
     /// The `data:` payloads of an SSE body, in order.
     fn events(&self) -> Vec<String> {
-        String::from_utf8(self.body.clone()).unwrap().split("\n\n").filter_map(|e| e.strip_prefix("data: ").map(str::to_string)).collect()
+        String::from_utf8(self.body.clone())
+            .unwrap()
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: ").map(str::to_string))
+            .collect()
     }
 }
 
 fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (name, value) in headers {
         head += &format!("{name}: {value}\r\n");
     }
@@ -99,7 +115,8 @@ fn post(path: &str, body: Value) -> Reply {
 }
 
 fn chat_body(extra: Value) -> Value {
-    let mut body = json!({"model": MODEL, "messages": [{"role": "user", "content": FRANCE}], "temperature": 0, "max_tokens": 20});
+    let mut body =
+        json!({"model": MODEL, "messages": [{"role": "user", "content": FRANCE}], "temperature": 0, "max_tokens": 20});
     for (k, v) in extra.as_object().unwrap() {
         body[k] = v.clone();
     }
@@ -140,7 +157,10 @@ fn chat_completion_answers_like_the_reference() {
 
 #[test]
 fn streamed_chat_sends_role_deltas_finish_usage_and_done() {
-    let reply = post("/v1/openai/chat/completions", chat_body(json!({"stream": true, "stream_options": {"include_usage": true}})));
+    let reply = post(
+        "/v1/openai/chat/completions",
+        chat_body(json!({"stream": true, "stream_options": {"include_usage": true}})),
+    );
     assert_eq!(reply.status, 200);
     assert!(reply.headers.iter().any(|(k, v)| k == "content-type" && v == "text/event-stream"));
     let events = reply.events();
@@ -149,7 +169,12 @@ fn streamed_chat_sends_role_deltas_finish_usage_and_done() {
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let text: String = chunks.iter().filter_map(|c| c["choices"].get(0)?["delta"]["content"].as_str()).collect();
     assert_eq!(text, "The capital of France is Paris.");
-    let deltas = chunks.iter().filter(|c| c["choices"].get(0).is_some_and(|ch| ch["delta"]["content"].as_str().is_some_and(|t| !t.is_empty()))).count();
+    let deltas = chunks
+        .iter()
+        .filter(|c| {
+            c["choices"].get(0).is_some_and(|ch| ch["delta"]["content"].as_str().is_some_and(|t| !t.is_empty()))
+        })
+        .count();
     assert!(deltas >= 5, "tokens arrive one by one, not in one piece ({deltas} deltas)");
     let finish = &chunks[chunks.len() - 2];
     assert_eq!(finish["choices"][0]["finish_reason"], "stop");
@@ -167,10 +192,15 @@ fn stop_sequences_are_cut_and_never_streamed() {
     let streamed = post("/v1/chat/completions", chat_body(json!({"stop": "Paris", "stream": true})));
     let body = String::from_utf8(streamed.body.clone()).unwrap();
     assert!(!body.contains("Paris"), "held-back text that completes a stop string is never sent: {body}");
-    let text: String = streamed.events().iter().filter(|e| *e != "[DONE]").filter_map(|e| {
-        let v: Value = serde_json::from_str(e).unwrap();
-        v["choices"][0]["delta"]["content"].as_str().map(str::to_string)
-    }).collect();
+    let text: String = streamed
+        .events()
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| {
+            let v: Value = serde_json::from_str(e).unwrap();
+            v["choices"][0]["delta"]["content"].as_str().map(str::to_string)
+        })
+        .collect();
     assert_eq!(text, "The capital of France is ");
     // A stop string that starts like the output but diverges is released in full.
     let partial = post("/v1/chat/completions", chat_body(json!({"stop": ["France was"]}))).json();
@@ -194,7 +224,9 @@ fn completions_raw_prompt_echo_and_logprobs() {
 
 #[test]
 fn chat_logprobs_n_and_seeds() {
-    let body = chat_body(json!({"temperature": 1.0, "n": 2, "seed": 1234, "max_tokens": 8, "logprobs": true, "top_logprobs": 3}));
+    let body = chat_body(
+        json!({"temperature": 1.0, "n": 2, "seed": 1234, "max_tokens": 8, "logprobs": true, "top_logprobs": 3}),
+    );
     let a = post("/v1/chat/completions", body.clone()).json();
     let b = post("/v1/chat/completions", body).json();
     assert_eq!(a["choices"].as_array().unwrap().len(), 2);
@@ -202,30 +234,45 @@ fn chat_logprobs_n_and_seeds() {
     let content = a["choices"][0]["logprobs"]["content"].as_array().unwrap();
     assert!(!content.is_empty());
     assert_eq!(content[0]["top_logprobs"].as_array().unwrap().len(), 3);
-    assert_eq!(a["usage"]["completion_tokens"].as_u64().unwrap() as usize,
-        a["choices"].as_array().unwrap().iter().map(|c| c["logprobs"]["content"].as_array().unwrap().len()).sum::<usize>());
+    assert_eq!(
+        a["usage"]["completion_tokens"].as_u64().unwrap() as usize,
+        a["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["logprobs"]["content"].as_array().unwrap().len())
+            .sum::<usize>()
+    );
 }
 
 #[test]
 fn json_mode_returns_a_json_object() {
-    let v = post("/v1/chat/completions", json!({
-        "model": MODEL, "temperature": 0, "max_tokens": 100,
-        "messages": [
-            {"role": "user", "content": "What is the capital of Italy? Answer in JSON."},
-            {"role": "assistant", "content": "{\"capital\": \"Rome\"}"},
-            {"role": "user", "content": "What is the capital of France? Answer in JSON."},
-        ],
-        "response_format": {"type": "json_object"},
-    })).json();
+    let v = post(
+        "/v1/chat/completions",
+        json!({
+            "model": MODEL, "temperature": 0, "max_tokens": 100,
+            "messages": [
+                {"role": "user", "content": "What is the capital of Italy? Answer in JSON."},
+                {"role": "assistant", "content": "{\"capital\": \"Rome\"}"},
+                {"role": "user", "content": "What is the capital of France? Answer in JSON."},
+            ],
+            "response_format": {"type": "json_object"},
+        }),
+    )
+    .json();
     let content = v["choices"][0]["message"]["content"].as_str().unwrap();
     assert_eq!(v["choices"][0]["finish_reason"], "stop", "the object closed within the budget: {content}");
     let parsed: Value = serde_json::from_str(content).unwrap_or_else(|e| panic!("{e}: {content}"));
     assert!(parsed.is_object(), "{content}");
     // Even a prompt that asks for prose yields JSON: cut by max_tokens, it is a valid prefix.
-    let v = post("/v1/chat/completions", chat_body(json!({
-        "messages": [{"role": "user", "content": "Write a poem about the sea."}],
-        "response_format": {"type": "json_object"}, "max_tokens": 24,
-    }))).json();
+    let v = post(
+        "/v1/chat/completions",
+        chat_body(json!({
+            "messages": [{"role": "user", "content": "Write a poem about the sea."}],
+            "response_format": {"type": "json_object"}, "max_tokens": 24,
+        })),
+    )
+    .json();
     let content = v["choices"][0]["message"]["content"].as_str().unwrap();
     let mut state = kiln::engine::json_mode::JsonState::default();
     assert!(content.trim_start().starts_with('{') && state.feed(content.as_bytes()), "{content}");
@@ -238,7 +285,13 @@ fn errors_have_openai_shape_and_status() {
         (chat_body(json!({"n": 9})), 400, Some("n")),
         (chat_body(json!({"model": "gpt-4"})), 404, Some("model")),
         (chat_body(json!({"max_tokens": 9000})), 400, Some("messages")),
-        (chat_body(json!({"messages": [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]})), 200, None),
+        (
+            chat_body(
+                json!({"messages": [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]}),
+            ),
+            200,
+            None,
+        ),
     ];
     for (body, status, param) in cases {
         let reply = post("/v1/chat/completions", body.clone());
@@ -264,15 +317,25 @@ fn api_keys_are_required_when_configured() {
     let body = chat_body(json!({"max_tokens": 2})).to_string();
     let missing = request(addr, "POST", "/v1/chat/completions", &[], &body);
     assert_eq!((missing.status, missing.json()["error"]["type"].as_str()), (401, Some("authentication_error")));
-    assert_eq!(request(addr, "POST", "/v1/chat/completions", &[("Authorization", "Bearer sk-wrong")], &body).status, 401);
-    assert_eq!(request(addr, "POST", "/v1/chat/completions", &[("Authorization", "Bearer sk-test")], &body).status, 200);
+    assert_eq!(
+        request(addr, "POST", "/v1/chat/completions", &[("Authorization", "Bearer sk-wrong")], &body).status,
+        401
+    );
+    assert_eq!(
+        request(addr, "POST", "/v1/chat/completions", &[("Authorization", "Bearer sk-test")], &body).status,
+        200
+    );
     assert_eq!(request(addr, "GET", "/health", &[], "").status, 200, "health needs no key");
     keyed.shutdown_handle().trigger();
 }
 
 #[test]
 fn native_inference_with_and_without_webhook() {
-    let v = post(&format!("/v1/inference/{MODEL}"), json!({"input": "The capital of France is", "max_new_tokens": 5, "temperature": 0})).json();
+    let v = post(
+        &format!("/v1/inference/{MODEL}"),
+        json!({"input": "The capital of France is", "max_new_tokens": 5, "temperature": 0}),
+    )
+    .json();
     assert_eq!(v["results"][0]["generated_text"], " Paris.\n\nThe");
     assert_eq!(v["num_tokens"], 5);
     assert_eq!(v["inference_status"]["status"], "succeeded");
@@ -285,7 +348,11 @@ fn native_inference_with_and_without_webhook() {
 
     let receiver = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://127.0.0.1:{}/done", receiver.local_addr().unwrap().port());
-    let queued = post(&format!("/v1/inference/{MODEL}"), json!({"input": "The capital of France is", "max_new_tokens": 5, "temperature": 0, "webhook": url})).json();
+    let queued = post(
+        &format!("/v1/inference/{MODEL}"),
+        json!({"input": "The capital of France is", "max_new_tokens": 5, "temperature": 0, "webhook": url}),
+    )
+    .json();
     assert_eq!(queued["inference_status"]["status"], "queued");
     let (stream, _) = receiver.accept().unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
@@ -314,7 +381,10 @@ fn native_inference_with_and_without_webhook() {
 
 #[test]
 fn native_stream_ends_with_the_full_text() {
-    let reply = post(&format!("/v1/inference/{MODEL}"), json!({"input": "The capital of France is", "max_new_tokens": 5, "temperature": 0, "stream": true}));
+    let reply = post(
+        &format!("/v1/inference/{MODEL}"),
+        json!({"input": "The capital of France is", "max_new_tokens": 5, "temperature": 0, "stream": true}),
+    );
     let events = reply.events();
     assert_eq!(events.last().unwrap(), "[DONE]");
     let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
@@ -334,7 +404,12 @@ fn serves_the_default_model_from_its_original_quantized_file() {
 fn health_is_503_until_the_model_is_ready() {
     use std::sync::{Arc, OnceLock};
     let slot = Arc::new(OnceLock::new());
-    let loading = Server::bind("127.0.0.1:0".parse().unwrap(), kiln::server::http::HttpConfig::default(), kiln::server::routes::Routes(slot)).unwrap();
+    let loading = Server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        kiln::server::http::HttpConfig::default(),
+        kiln::server::routes::Routes(slot),
+    )
+    .unwrap();
     let reply = request(loading.local_addr(), "GET", "/health", &[], "");
     assert_eq!(reply.status, 503);
     assert_eq!(reply.json()["error"]["code"], "not_ready");
@@ -350,11 +425,16 @@ fn disconnect_cancels_a_non_streamed_generation() {
         let text = String::from_utf8(request(addr, "GET", "/metrics", &[], "").body).unwrap();
         text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).unwrap().parse().unwrap()
     };
-    let body = json!({"model": MODEL, "prompt": "Count from one to one thousand:", "max_tokens": 3000, "temperature": 0}).to_string();
+    let body =
+        json!({"model": MODEL, "prompt": "Count from one to one thousand:", "max_tokens": 3000, "temperature": 0})
+            .to_string();
     let generated_before = metric("kiln_generated_tokens_total");
     let cancelled_before = metric("kiln_requests_cancelled_total");
     let mut stream = TcpStream::connect(addr).unwrap();
-    let head = format!("POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
     stream.write_all(head.as_bytes()).unwrap();
     stream.write_all(body.as_bytes()).unwrap();
     // Leave once generation has visibly started.
@@ -381,7 +461,10 @@ fn disconnect_cancels_generation() {
     let cancelled_before = metric("kiln_requests_cancelled_total");
     let body = chat_body(json!({"max_tokens": 2000, "stream": true, "messages": [{"role": "user", "content": "Count from one to one thousand in words."}]})).to_string();
     let mut stream = TcpStream::connect(addr).unwrap();
-    let head = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
     stream.write_all(head.as_bytes()).unwrap();
     stream.write_all(body.as_bytes()).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());

@@ -18,17 +18,43 @@ fn pull_prints_the_model_directory_last() {
 
 #[test]
 fn generate_prints_only_the_answer() {
-    let out = kiln(&["generate", "--chat", "--prompt", "What is the capital of France? Answer in one sentence.", "--max-tokens", "30"]);
+    let out = kiln(&[
+        "generate",
+        "--chat",
+        "--prompt",
+        "What is the capital of France? Answer in one sentence.",
+        "--max-tokens",
+        "30",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "The capital of France is Paris.\n");
     let out = kiln(&["generate", "--prompt", "The capital of France is", "--max-tokens", "5"]);
     assert_eq!(String::from_utf8(out.stdout).unwrap(), " Paris.\n\nThe\n");
     // The original quantized GGUF, run directly (issue 6), gives the same answer here.
-    let out = kiln(&["--original-weights", "generate", "--chat", "--prompt", "What is the capital of France? Answer in one sentence."]);
+    let out = kiln(&[
+        "--original-weights",
+        "generate",
+        "--chat",
+        "--prompt",
+        "What is the capital of France? Answer in one sentence.",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "The capital of France is Paris.\n");
     // Sampled output is reproducible with a seed.
-    let sampled = |seed: &str| kiln(&["generate", "--prompt", "Once upon a time", "--max-tokens", "12", "--temperature", "0.9", "--seed", seed]).stdout;
+    let sampled = |seed: &str| {
+        kiln(&[
+            "generate",
+            "--prompt",
+            "Once upon a time",
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "0.9",
+            "--seed",
+            seed,
+        ])
+        .stdout
+    };
     assert_eq!(sampled("5"), sampled("5"));
 }
 

@@ -24,7 +24,8 @@ fn prompt(seed: u32, len: usize) -> Vec<u32> {
 
 /// Logits of the last token of `tokens`, computed in one prefill step with blocks `blocks`.
 fn prefill_logits(b: &mut CpuBackend, tokens: &[u32], blocks: &[u32]) -> Vec<f32> {
-    let mut plan = StepPlan::new(PlanLimits { max_batch_tokens: 64, max_seqs: 16, max_blocks_per_seq: 32 }, LAYOUT.block_size);
+    let mut plan =
+        StepPlan::new(PlanLimits { max_batch_tokens: 64, max_seqs: 16, max_blocks_per_seq: 32 }, LAYOUT.block_size);
     plan.push_sequence(tokens, 0, blocks, true).unwrap();
     let mut logits = vec![f32::NAN; 256];
     b.execute(&plan, &mut logits).unwrap();
@@ -104,7 +105,10 @@ fn generation_errors_instead_of_panicking() {
     let config = tiny_test_config();
     let limits = PlanLimits { max_batch_tokens: 16, max_seqs: 4, max_blocks_per_seq: 32 };
     let weights = random_llama_weights(&config, 1, WeightDtype::F32);
-    let mut g = Generator::new(Box::new(CpuBackend::new(config, weights, KvLayout { block_size: 4, num_blocks: 4 }, limits)), limits);
+    let mut g = Generator::new(
+        Box::new(CpuBackend::new(config, weights, KvLayout { block_size: 4, num_blocks: 4 }, limits)),
+        limits,
+    );
     let request = |len: usize, new: usize| GenerationRequest {
         prompt_ids: vec![1; len],
         max_new_tokens: new,

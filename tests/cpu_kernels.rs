@@ -229,7 +229,8 @@ fn prefill_attention_matches_the_reference_token_by_token() {
             let q: Vec<f32> = seeded_values(seed + 10 * case + 2, tokens * q_dim).iter().map(|v| v * 3.0).collect();
             let block_len = block_size * kv_dim;
             let num_blocks = len.div_ceil(block_size);
-            let (mut paged_keys, mut paged_values) = (vec![0.0; num_blocks * block_len], vec![0.0; num_blocks * block_len]);
+            let (mut paged_keys, mut paged_values) =
+                (vec![0.0; num_blocks * block_len], vec![0.0; num_blocks * block_len]);
             let table: Vec<usize> = (0..num_blocks).rev().collect();
             for p in 0..len {
                 let slot = table[p / block_size] * block_len + (p % block_size) * kv_dim;
@@ -315,7 +316,8 @@ fn elementwise_ops_match_the_reference() {
             ops::norm::rmsnorm_residual(&mut residual_ref, &delta, &weight, 1e-5, &mut reference);
             elementwise::rmsnorm_residual(isa, &mut residual_got, &delta, &weight, 1e-5, &mut got);
             assert_eq!(residual_got, residual_ref, "{}", name("residual add"));
-            check_close(&got, &reference, F32_ACCUMULATION).unwrap_or_else(|m| panic!("{}: {m}", name("rmsnorm_residual")));
+            check_close(&got, &reference, F32_ACCUMULATION)
+                .unwrap_or_else(|m| panic!("{}: {m}", name("rmsnorm_residual")));
 
             // Gate values out to ±40 reach the clamped ends of the fast exp.
             let gate: Vec<f32> = x.iter().map(|v| v * 10.0).collect();
@@ -328,7 +330,8 @@ fn elementwise_ops_match_the_reference() {
             let head_dim = 2 * shapes.between(1, 48);
             let (heads, tokens) = (shapes.between(1, 9), shapes.between(1, 80));
             let width = heads * head_dim;
-            let inv_freq: Vec<f32> = (0..head_dim / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / head_dim as f32)).collect();
+            let inv_freq: Vec<f32> =
+                (0..head_dim / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / head_dim as f32)).collect();
             let positions: Vec<u32> = (0..tokens as u32).map(|t| t * 37 % 5000).collect();
             let x = seeded_values(seed + 20 + case, tokens * width);
             let mut reference = x.clone();
@@ -390,6 +393,10 @@ fn forward_logits_are_the_same_bits_in_any_batch_or_chunking() {
         plan.push_sequence(&other, 0, &[20, 21, 22], true).unwrap();
         let row = plan.push_sequence(&prompt[22..], 22, &[10, 11, 12, 13, 14, 15], true).unwrap().unwrap();
         backend.execute(&plan, &mut logits).unwrap();
-        assert_eq!(bits(&logits[row * 256..(row + 1) * 256]), whole, "quantized={quantized}: chunked and batched differs");
+        assert_eq!(
+            bits(&logits[row * 256..(row + 1) * 256]),
+            whole,
+            "quantized={quantized}: chunked and batched differs"
+        );
     }
 }

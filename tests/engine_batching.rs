@@ -58,18 +58,25 @@ fn prompts(count: usize) -> Vec<Vec<u32>> {
 fn alone(prompt: &[u32], sampling: SamplingParams) -> Vec<u32> {
     let limits = PlanLimits { max_batch_tokens: 64, max_seqs: 16, max_blocks_per_seq: 128 };
     let mut g = Generator::new(Box::new(backend(128)), limits);
-    let request = GenerationRequest { prompt_ids: prompt.to_vec(), max_new_tokens: NEW_TOKENS, sampling, stop_token_ids: vec![] };
+    let request =
+        GenerationRequest { prompt_ids: prompt.to_vec(), max_new_tokens: NEW_TOKENS, sampling, stop_token_ids: vec![] };
     g.generate(&[request], |_, _| {}).unwrap().remove(0).token_ids
 }
 
 fn engine(num_blocks: usize, max_prefill_chunk: usize, prefix_caching: bool) -> EngineHandle {
-    let config = EngineConfig { max_batch_tokens: 64, max_seqs: 16, max_prefill_chunk, max_waiting: 64, prefix_caching };
+    let config =
+        EngineConfig { max_batch_tokens: 64, max_seqs: 16, max_prefill_chunk, max_waiting: 64, prefix_caching };
     start_engine(Box::new(backend(num_blocks)), Arc::new(NoText), config).0
 }
 
 fn submit(engine: &EngineHandle, prompt: &[u32], params: RequestParams) -> mpsc::Receiver<EngineEvent> {
     let (sender, receiver) = mpsc::channel();
-    let request = EngineRequest { prompt_ids: prompt.to_vec(), params, sink: Box::new(sender), cancel: Arc::new(AtomicBool::new(false)) };
+    let request = EngineRequest {
+        prompt_ids: prompt.to_vec(),
+        params,
+        sink: Box::new(sender),
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
     engine.submit(request).unwrap();
     receiver
 }
@@ -102,15 +109,23 @@ fn greedy_outputs_are_identical_alone_and_in_batches_of_2_5_and_17() {
     for (blocks, chunk, caching) in [(256, 64, true), (256, 3, true), (24, 5, true), (24, 64, false)] {
         for batch in [2, 5, 17] {
             let engine = engine(blocks, chunk, caching);
-            let receivers: Vec<_> = all[..batch].iter().map(|p| submit(&engine, p, RequestParams::greedy(NEW_TOKENS, vec![]))).collect();
+            let receivers: Vec<_> =
+                all[..batch].iter().map(|p| submit(&engine, p, RequestParams::greedy(NEW_TOKENS, vec![]))).collect();
             for (i, receiver) in receivers.iter().enumerate() {
-                assert_eq!(tokens(receiver, 1)[0], reference[i], "sequence {i} of {batch}, {blocks} blocks, chunk {chunk}, caching {caching}");
+                assert_eq!(
+                    tokens(receiver, 1)[0],
+                    reference[i],
+                    "sequence {i} of {batch}, {blocks} blocks, chunk {chunk}, caching {caching}"
+                );
             }
             assert_idle(&engine);
             let preempted = EngineMetrics::get(&engine.metrics.preemptions_total);
             let cached = EngineMetrics::get(&engine.metrics.prefix_cache_hit_tokens_total);
             if blocks == 24 && batch == 17 {
-                assert!(preempted > 0, "a 96-token cache cannot hold 17 sequences of 22 tokens: some must be preempted");
+                assert!(
+                    preempted > 0,
+                    "a 96-token cache cannot hold 17 sequences of 22 tokens: some must be preempted"
+                );
             }
             if caching && batch == 17 {
                 assert!(cached > 0, "prompts sharing an 8-token prefix must hit the prefix cache");
@@ -149,14 +164,16 @@ fn requests_joining_mid_generation_get_their_own_tokens() {
 fn n_completions_share_the_prompt_and_match_single_runs() {
     let prompt = &prompts(1)[0];
     let engine = engine(256, 64, true);
-    let greedy = tokens(&submit(&engine, prompt, RequestParams { n: 3, ..RequestParams::greedy(NEW_TOKENS, vec![]) }), 3);
+    let greedy =
+        tokens(&submit(&engine, prompt, RequestParams { n: 3, ..RequestParams::greedy(NEW_TOKENS, vec![]) }), 3);
     let reference = alone(prompt, SamplingParams::greedy());
     assert_eq!(greedy, vec![reference.clone(), reference.clone(), reference]);
     // Seeded choices equal single requests seeded like them (choice c uses seed + c), even with
     // copy-on-write of the shared last prompt block and other requests in the batch.
     let sampling = |seed| SamplingParams { temperature: 1.3, top_k: 40, seed: Some(seed), ..SamplingParams::greedy() };
     let params = RequestParams { n: 3, sampling: sampling(500), ..RequestParams::greedy(NEW_TOKENS, vec![]) };
-    let others: Vec<_> = prompts(5).iter().map(|p| submit(&engine, p, RequestParams::greedy(NEW_TOKENS, vec![]))).collect();
+    let others: Vec<_> =
+        prompts(5).iter().map(|p| submit(&engine, p, RequestParams::greedy(NEW_TOKENS, vec![]))).collect();
     let sampled = tokens(&submit(&engine, prompt, params), 3);
     for receiver in &others {
         tokens(receiver, 1);

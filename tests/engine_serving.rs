@@ -42,7 +42,8 @@ fn backend(layout: KvLayout) -> CpuBackend {
 }
 
 fn engine(layout: KvLayout, max_waiting: usize) -> EngineHandle {
-    let config = EngineConfig { max_batch_tokens: 32, max_seqs: 8, max_prefill_chunk: 8, max_waiting, prefix_caching: true };
+    let config =
+        EngineConfig { max_batch_tokens: 32, max_seqs: 8, max_prefill_chunk: 8, max_waiting, prefix_caching: true };
     start_engine(Box::new(backend(layout)), Arc::new(Letters), config).0
 }
 
@@ -56,7 +57,11 @@ struct Collected {
     reasons: Vec<Option<FinishReason>>,
 }
 
-fn submit(engine: &EngineHandle, prompt_ids: Vec<u32>, params: RequestParams) -> (mpsc::Receiver<EngineEvent>, Arc<AtomicBool>) {
+fn submit(
+    engine: &EngineHandle,
+    prompt_ids: Vec<u32>,
+    params: RequestParams,
+) -> (mpsc::Receiver<EngineEvent>, Arc<AtomicBool>) {
     let (sender, receiver) = mpsc::channel();
     let cancel = Arc::new(AtomicBool::new(false));
     engine.submit(EngineRequest { prompt_ids, params, sink: Box::new(sender), cancel: cancel.clone() }).unwrap();
@@ -92,12 +97,18 @@ fn concurrent_requests_get_the_tokens_they_would_get_alone() {
     let reference = |p: &Vec<u32>| {
         let limits = PlanLimits { max_batch_tokens: 32, max_seqs: 8, max_blocks_per_seq: 128 };
         let mut g = Generator::new(Box::new(backend(LAYOUT)), limits);
-        let r = GenerationRequest { prompt_ids: p.clone(), max_new_tokens: 10, sampling: SamplingParams::greedy(), stop_token_ids: vec![] };
+        let r = GenerationRequest {
+            prompt_ids: p.clone(),
+            max_new_tokens: 10,
+            sampling: SamplingParams::greedy(),
+            stop_token_ids: vec![],
+        };
         g.generate(&[r], |_, _| {}).unwrap().remove(0).token_ids
     };
     let engine = engine(LAYOUT, 64);
     let prompts: Vec<Vec<u32>> = (0..12).map(|i| prompt(i, 2 + 3 * i as usize)).collect();
-    let receivers: Vec<_> = prompts.iter().map(|p| submit(&engine, p.clone(), RequestParams::greedy(10, vec![])).0).collect();
+    let receivers: Vec<_> =
+        prompts.iter().map(|p| submit(&engine, p.clone(), RequestParams::greedy(10, vec![])).0).collect();
     for (p, receiver) in prompts.iter().zip(&receivers) {
         let got = collect(receiver, 1);
         assert_eq!(got.tokens[0], reference(p), "nobody gets another user's tokens");
@@ -177,7 +188,12 @@ fn queue_overflow_is_refused_and_context_is_checked() {
     assert_idle(&engine);
     let (sender, _receiver) = mpsc::channel();
     let err = engine
-        .submit(EngineRequest { prompt_ids: vec![1; 500], params: RequestParams::greedy(100, vec![]), sink: Box::new(sender), cancel: Arc::new(AtomicBool::new(false)) })
+        .submit(EngineRequest {
+            prompt_ids: vec![1; 500],
+            params: RequestParams::greedy(100, vec![]),
+            sink: Box::new(sender),
+            cancel: Arc::new(AtomicBool::new(false)),
+        })
         .unwrap_err();
     assert_eq!(err, SubmitError::ContextLengthExceeded { prompt: 500, new: 100, context: 512 });
 }

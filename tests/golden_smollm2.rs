@@ -39,7 +39,11 @@ fn first_step_logits_match_the_reference() {
         for pair in case["first_step_top_logits_f16_weights"].as_array().unwrap() {
             let (id, expected) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
             let got = logits[id];
-            assert!((got - expected).abs() <= 5e-3 + 1e-4 * expected.abs(), "{}: logit of token {id}: got {got}, reference {expected}", case["name"]);
+            assert!(
+                (got - expected).abs() <= 5e-3 + 1e-4 * expected.abs(),
+                "{}: logit of token {id}: got {got}, reference {expected}",
+                case["name"]
+            );
         }
     }
 }

@@ -9,9 +9,7 @@ use std::sync::mpsc as std_mpsc;
 use std::thread;
 use std::time::Duration;
 
-use kiln::server::http::{
-    HttpConfig, HttpError, Request, Responder, Response, ResponseError, Server, WaitError,
-};
+use kiln::server::http::{HttpConfig, HttpError, Request, Responder, Response, ResponseError, Server, WaitError};
 
 /// A broken server fails a test after this long instead of hanging it.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,10 +35,7 @@ struct Reply {
 
 impl Reply {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     fn text(&self) -> String {
@@ -53,16 +48,11 @@ impl Client {
         let stream = TcpStream::connect(addr).expect("connect to the test server");
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        Client {
-            stream,
-            buf: Vec::new(),
-        }
+        Client { stream, buf: Vec::new() }
     }
 
     fn send(&mut self, bytes: impl AsRef<[u8]>) {
-        self.stream
-            .write_all(bytes.as_ref())
-            .expect("send to the test server");
+        self.stream.write_all(bytes.as_ref()).expect("send to the test server");
     }
 
     /// One read; false at end of stream (or reset, which ends it too).
@@ -94,10 +84,7 @@ impl Client {
                 let text = String::from_utf8(head).expect("response head is UTF-8");
                 let mut lines = text.split("\r\n");
                 let status_line = lines.next().unwrap();
-                assert!(
-                    status_line.starts_with("HTTP/1.1 "),
-                    "status line {status_line:?}"
-                );
+                assert!(status_line.starts_with("HTTP/1.1 "), "status line {status_line:?}");
                 let status = status_line[9..12].parse().expect("numeric status");
                 let headers = lines
                     .filter(|line| !line.is_empty())
@@ -166,19 +153,11 @@ impl Client {
 
     fn read_reply(&mut self, body_expected: bool) -> Reply {
         let (status, headers) = self.take_head();
-        let mut reply = Reply {
-            status,
-            headers,
-            body: Vec::new(),
-            chunks: Vec::new(),
-        };
+        let mut reply = Reply { status, headers, body: Vec::new(), chunks: Vec::new() };
         if !body_expected || status == 204 || status == 304 {
             return reply;
         }
-        if reply
-            .header("transfer-encoding")
-            .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
-        {
+        if reply.header("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
             for _ in 0..MAX_READS {
                 match self.take_chunk() {
                     Some(chunk) => {
@@ -200,18 +179,12 @@ impl Client {
     /// The server closed the connection with nothing more to say.
     fn assert_closed(&mut self) {
         let rest = self.take_until_eof();
-        assert!(
-            rest.is_empty(),
-            "expected a close, got {:?}",
-            String::from_utf8_lossy(&rest)
-        );
+        assert!(rest.is_empty(), "expected a close, got {:?}", String::from_utf8_lossy(&rest));
     }
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
+    haystack.windows(needle.len()).position(|window| window == needle)
 }
 
 fn get(path: &str) -> String {
@@ -219,10 +192,7 @@ fn get(path: &str) -> String {
 }
 
 fn post(path: &str, body: &str) -> String {
-    format!(
-        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
+    format!("POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n{body}", body.len())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -276,11 +246,7 @@ fn route(request: Request, responder: &mut Responder<'_>) -> Result<(), Response
             responder.send(response)
         }
         "/stream" => {
-            let count: usize = request
-                .query
-                .as_deref()
-                .and_then(|q| q.strip_prefix("n=")?.parse().ok())
-                .unwrap_or(3);
+            let count: usize = request.query.as_deref().and_then(|q| q.strip_prefix("n=")?.parse().ok()).unwrap_or(3);
             let head = Response::new(200).header("Content-Type", "text/event-stream");
             let mut stream = responder.stream(head)?;
             for i in 0..count {
@@ -296,20 +262,13 @@ fn route(request: Request, responder: &mut Responder<'_>) -> Result<(), Response
         "/panic" => panic!("test handler panics on purpose"),
         "/no-answer" => Ok(()),
         "/bad-header" => {
-            let refused =
-                responder.send(Response::new(200).header("X-Split", "a\r\nSet-Cookie: b"));
-            assert!(
-                matches!(refused, Err(ResponseError::InvalidHeader(_))),
-                "{refused:?}"
-            );
+            let refused = responder.send(Response::new(200).header("X-Split", "a\r\nSet-Cookie: b"));
+            assert!(matches!(refused, Err(ResponseError::InvalidHeader(_))), "{refused:?}");
             responder.send(Response::text(200, "refused"))
         }
         // Recursive parse and print on the coroutine stack.
         "/deep-json" => match serde_json::from_slice::<serde_json::Value>(&request.body) {
-            Ok(value) => responder.send(Response::json(
-                200,
-                serde_json::to_vec(&value).unwrap_or_default(),
-            )),
+            Ok(value) => responder.send(Response::json(200, serde_json::to_vec(&value).unwrap_or_default())),
             Err(err) => responder.send(Response::text(400, err.to_string())),
         },
         // A stand-in for a deep handler (template rendering, tokenizer): ~256 KiB of stack.
@@ -361,17 +320,10 @@ fn get_has_date_server_length_and_keeps_alive() {
         assert_eq!(reply.status, 200);
         assert_eq!(reply.text(), "hello world");
         assert_eq!(reply.header("content-length"), Some("11"));
-        assert_eq!(
-            reply.header("connection"),
-            None,
-            "HTTP/1.1 keep-alive is the default"
-        );
+        assert_eq!(reply.header("connection"), None, "HTTP/1.1 keep-alive is the default");
         let date = reply.header("date").expect("Date header");
         assert!(date.len() == 29 && date.ends_with(" GMT"), "{date:?}");
-        assert!(reply
-            .header("server")
-            .expect("Server header")
-            .starts_with("kiln/"));
+        assert!(reply.header("server").expect("Server header").starts_with("kiln/"));
     }
     client.send(get("/missing"));
     assert_eq!(client.response().status, 404);
@@ -385,11 +337,7 @@ fn query_headers_and_body_reach_the_handler() {
     let reply = client.response();
     assert_eq!(reply.header("x-method"), Some("POST"));
     assert_eq!(reply.header("x-query"), Some("a=1&b=2"));
-    assert_eq!(
-        reply.header("x-echoed"),
-        Some("shouted"),
-        "header lookup ignores case"
-    );
+    assert_eq!(reply.header("x-echoed"), Some("shouted"), "header lookup ignores case");
     assert_eq!(reply.text(), "hello");
 }
 
@@ -431,9 +379,7 @@ fn openai_sdk_headers_and_up_to_the_limit_are_accepted() {
     assert_eq!(reply.text(), body);
 
     let many = |count: usize| {
-        let lines: String = (0..count)
-            .map(|i| format!("X-Extra-{i}: {i}\r\n"))
-            .collect();
+        let lines: String = (0..count).map(|i| format!("X-Extra-{i}: {i}\r\n")).collect();
         format!("GET /echo HTTP/1.1\r\n{lines}\r\n")
     };
     client.send(many(64));
@@ -448,8 +394,7 @@ fn openai_sdk_headers_and_up_to_the_limit_are_accepted() {
 fn content_length_must_be_digits_only() {
     let server = start_routes();
     for bad in ["abc", "-1", "+5", "5 5", "0x5", "5, 5", "1.0"] {
-        let request =
-            format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {bad}\r\n\r\nhello");
+        let request = format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {bad}\r\n\r\nhello");
         assert_rejected(server.local_addr(), request, 400);
     }
 }
@@ -458,13 +403,10 @@ fn content_length_must_be_digits_only() {
 fn duplicate_content_lengths_must_agree() {
     let server = start_routes();
     let addr = server.local_addr();
-    let disagree =
-        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!";
+    let disagree = "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!";
     assert_rejected(addr, disagree, 400);
     let mut client = Client::connect(addr);
-    client.send(
-        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
-    );
+    client.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello");
     assert_eq!(client.response().text(), "hello");
 }
 
@@ -486,16 +428,8 @@ fn chunked_body_with_extensions_and_trailers_is_decoded() {
 fn malformed_chunked_body_is_400() {
     let server = start_routes();
     let head = "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n";
-    assert_rejected(
-        server.local_addr(),
-        format!("{head}zz\r\nWiki\r\n0\r\n\r\n"),
-        400,
-    );
-    assert_rejected(
-        server.local_addr(),
-        format!("{head}4\r\nWikiXX0\r\n\r\n"),
-        400,
-    );
+    assert_rejected(server.local_addr(), format!("{head}zz\r\nWiki\r\n0\r\n\r\n"), 400);
+    assert_rejected(server.local_addr(), format!("{head}4\r\nWikiXX0\r\n\r\n"), 400);
 }
 
 #[test]
@@ -508,16 +442,8 @@ fn transfer_encoding_with_content_length_is_refused_not_smuggled() {
     );
     // Exactly one answer, then the close: the hidden GET is never run.
     assert_rejected(addr, smuggle, 400);
-    assert_rejected(
-        addr,
-        "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-        501,
-    );
-    assert_rejected(
-        addr,
-        "POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-        400,
-    );
+    assert_rejected(addr, "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501);
+    assert_rejected(addr, "POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400);
 }
 
 #[test]
@@ -525,11 +451,7 @@ fn body_over_the_limit_is_413() {
     let server = start_routes();
     let addr = server.local_addr();
     // Only part of the announced body is sent: the answer must not wait for the rest.
-    assert_rejected(
-        addr,
-        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\nhello",
-        413,
-    );
+    assert_rejected(addr, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\nhello", 413);
     let chunk = "x".repeat(40 * 1024);
     let chunked = format!(
         "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{len:x}\r\n{chunk}\r\n{len:x}\r\n{chunk}\r\n0\r\n\r\n",
@@ -545,10 +467,7 @@ fn body_over_the_limit_is_413() {
 #[test]
 fn head_over_the_limit_is_431() {
     let server = start_routes();
-    let huge = format!(
-        "GET /hello HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
-        "v".repeat(10 * 1024)
-    );
+    let huge = format!("GET /hello HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "v".repeat(10 * 1024));
     assert_rejected(server.local_addr(), huge, 431);
     // Also when the head never ends.
     let endless = format!("GET /hello HTTP/1.1\r\nX-Big: {}", "v".repeat(10 * 1024));
@@ -559,16 +478,8 @@ fn head_over_the_limit_is_431() {
 fn malformed_request_is_400() {
     let server = start_routes();
     // The start of a TLS handshake: refused at once, not after the timeout.
-    assert_rejected(
-        server.local_addr(),
-        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
-        400,
-    );
-    assert_rejected(
-        server.local_addr(),
-        "GET /hello HTTP/1.1\r\nBad Header: x\r\n\r\n",
-        400,
-    );
+    assert_rejected(server.local_addr(), b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400);
+    assert_rejected(server.local_addr(), "GET /hello HTTP/1.1\r\nBad Header: x\r\n\r\n", 400);
     assert_rejected(server.local_addr(), "GET /hello HTTP/9.9\r\n\r\n", 400);
 }
 
@@ -579,21 +490,12 @@ fn malformed_request_is_400() {
 fn pipelined_requests_are_answered_in_order_in_one_write() {
     let server = start_routes();
     let mut client = Client::connect(server.local_addr());
-    client.send(format!(
-        "{}{}{}",
-        get("/slow"),
-        post("/echo", "two"),
-        get("/hello")
-    ));
+    client.send(format!("{}{}{}", get("/slow"), post("/echo", "two"), get("/hello")));
     // All three responses leave in one write once no further request is buffered, so the
     // first read holds all of them.
     assert!(client.fill());
     let first_read = String::from_utf8_lossy(&client.buf).into_owned();
-    assert_eq!(
-        first_read.matches("HTTP/1.1 200 OK").count(),
-        3,
-        "{first_read}"
-    );
+    assert_eq!(first_read.matches("HTTP/1.1 200 OK").count(), 3, "{first_read}");
     assert_eq!(client.response().text(), "slow");
     assert_eq!(client.response().text(), "two");
     assert_eq!(client.response().text(), "hello world");
@@ -603,12 +505,7 @@ fn pipelined_requests_are_answered_in_order_in_one_write() {
 fn malformed_request_after_pipelined_ones_is_answered_after_them() {
     let server = start_routes();
     let mut client = Client::connect(server.local_addr());
-    client.send(format!(
-        "{}{}GARBAGE\x01\r\n\r\n{}",
-        get("/hello"),
-        get("/slow"),
-        get("/hello")
-    ));
+    client.send(format!("{}{}GARBAGE\x01\r\n\r\n{}", get("/hello"), get("/slow"), get("/hello")));
     assert_eq!(client.response().text(), "hello world");
     assert_eq!(client.response().text(), "slow");
     let reply = client.response();
@@ -669,9 +566,7 @@ fn expect_continue_gets_100_before_the_body_is_sent() {
     let server = start_routes();
     let addr = server.local_addr();
     let mut client = Client::connect(addr);
-    client.send(
-        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
-    );
+    client.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
     let (status, _) = client.take_head();
     assert_eq!(status, 100);
     client.send("hello");
@@ -679,17 +574,11 @@ fn expect_continue_gets_100_before_the_body_is_sent() {
 
     // Too large: the final status at once, no 100, and the body is never read.
     let mut client = Client::connect(addr);
-    client.send(
-        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n",
-    );
+    client.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n");
     assert_eq!(client.response().status, 413);
     client.assert_closed();
 
-    assert_rejected(
-        addr,
-        "POST /echo HTTP/1.1\r\nHost: t\r\nExpect: telepathy\r\nContent-Length: 1\r\n\r\nx",
-        417,
-    );
+    assert_rejected(addr, "POST /echo HTTP/1.1\r\nHost: t\r\nExpect: telepathy\r\nContent-Length: 1\r\n\r\nx", 417);
 }
 
 #[test]
@@ -722,10 +611,7 @@ fn stalled_request_gets_408_and_idle_connection_is_closed_quietly() {
 
 #[test]
 fn connection_cap_answers_503() {
-    let config = HttpConfig {
-        max_connections: 2,
-        ..test_config()
-    };
+    let config = HttpConfig { max_connections: 2, ..test_config() };
     let server = start(config, routes);
     let addr = server.local_addr();
     let mut first = Client::connect(addr);
@@ -741,11 +627,7 @@ fn connection_cap_answers_503() {
     assert_eq!(reply.header("connection"), Some("close"));
     third.assert_closed();
     second.send(get("/hello"));
-    assert_eq!(
-        second.response().status,
-        200,
-        "open connections are unaffected"
-    );
+    assert_eq!(second.response().status, 200, "open connections are unaffected");
 
     drop(first);
     assert!(server.wait_for_open_connections(1, IO_TIMEOUT));
@@ -880,17 +762,9 @@ fn disconnect_is_seen_while_waiting_for_a_result() {
     for path in ["/wait", "/wait-streaming"] {
         let mut client = Client::connect(server.local_addr());
         client.send(get(path));
-        assert_eq!(
-            report_rx.recv_timeout(IO_TIMEOUT).unwrap(),
-            ("started", false),
-            "{path}"
-        );
+        assert_eq!(report_rx.recv_timeout(IO_TIMEOUT).unwrap(), ("started", false), "{path}");
         drop(client);
-        assert_eq!(
-            report_rx.recv_timeout(IO_TIMEOUT).unwrap(),
-            ("gone", true),
-            "{path}"
-        );
+        assert_eq!(report_rx.recv_timeout(IO_TIMEOUT).unwrap(), ("gone", true), "{path}");
     }
     assert_alive(server.local_addr());
 }
@@ -906,9 +780,7 @@ fn streaming_sends_chunks_then_keeps_alive() {
     let reply = client.response();
     assert_eq!(reply.header("content-type"), Some("text/event-stream"));
     assert_eq!(reply.header("content-length"), None);
-    let expected: Vec<Vec<u8>> = (0..5)
-        .map(|i| format!("data: {i}\n\n").into_bytes())
-        .collect();
+    let expected: Vec<Vec<u8>> = (0..5).map(|i| format!("data: {i}\n\n").into_bytes()).collect();
     assert_eq!(reply.chunks, expected);
     client.send(get("/hello"));
     assert_eq!(client.response().text(), "hello world");
@@ -935,9 +807,7 @@ fn each_chunk_is_on_the_wire_before_the_next_is_produced() {
     client.send(get("/"));
     let (status, headers) = client.take_head();
     assert_eq!(status, 200);
-    assert!(headers
-        .iter()
-        .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v == "chunked"));
+    assert!(headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v == "chunked"));
     assert_eq!(client.take_chunk().as_deref(), Some(&b"one"[..]));
     gate_rx.recv_timeout(IO_TIMEOUT).unwrap().send(()).unwrap();
     assert_eq!(client.take_chunk().as_deref(), Some(&b"two"[..]));
@@ -970,11 +840,7 @@ fn streaming_handler_gets_a_write_error_when_the_client_leaves() {
     client.take_head();
     assert!(client.take_chunk().is_some());
     drop(client);
-    assert_eq!(
-        report_rx.recv_timeout(IO_TIMEOUT).unwrap(),
-        Some(true),
-        "the handler saw the write fail"
-    );
+    assert_eq!(report_rx.recv_timeout(IO_TIMEOUT).unwrap(), Some(true), "the handler saw the write fail");
     assert_alive(server.local_addr());
 }
 
@@ -998,18 +864,12 @@ fn write_timeout_ends_a_stream_to_a_client_that_does_not_read() {
         }
         let _ = report_tx.send(false);
     };
-    let config = HttpConfig {
-        write_timeout: Duration::from_millis(200),
-        ..test_config()
-    };
+    let config = HttpConfig { write_timeout: Duration::from_millis(200), ..test_config() };
     let server = start(config, handler);
     let mut client = Client::connect(server.local_addr());
     client.send(get("/flood"));
     // The client never reads.
-    assert!(
-        report_rx.recv_timeout(Duration::from_secs(30)).unwrap(),
-        "the write timed out"
-    );
+    assert!(report_rx.recv_timeout(Duration::from_secs(30)).unwrap(), "the write timed out");
     drop(client);
     assert_alive(server.local_addr());
 }
@@ -1030,9 +890,7 @@ fn http10_stream_is_delimited_by_the_close() {
 
 /// A handler whose `/gate` requests wait until the test opens them; each arrival hands the
 /// test the sender that opens it.
-fn gated(
-    arrivals: std_mpsc::Sender<may::sync::mpsc::Sender<()>>,
-) -> impl kiln::server::http::Handler {
+fn gated(arrivals: std_mpsc::Sender<may::sync::mpsc::Sender<()>>) -> impl kiln::server::http::Handler {
     move |request: Request, responder: &mut Responder<'_>| {
         if request.path != "/gate" {
             return routes(request, responder);
@@ -1076,10 +934,7 @@ fn shutdown_lets_running_requests_finish_and_closes_idle_ones() {
 #[test]
 fn shutdown_closes_stuck_requests_after_the_drain_timeout() {
     let (arrivals_tx, arrivals_rx) = std_mpsc::channel();
-    let config = HttpConfig {
-        drain_timeout: Duration::from_millis(300),
-        ..test_config()
-    };
+    let config = HttpConfig { drain_timeout: Duration::from_millis(300), ..test_config() };
     let server = start(config, gated(arrivals_tx));
     let mut stuck = Client::connect(server.local_addr());
     stuck.send(get("/gate"));

@@ -12,12 +12,7 @@ fn sigterm_triggers_a_graceful_shutdown() {
     let handler = |_request: Request, responder: &mut Responder<'_>| {
         let _ = responder.send(Response::text(200, "ok"));
     };
-    let server = Server::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        HttpConfig::default(),
-        handler,
-    )
-    .unwrap();
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), HttpConfig::default(), handler).unwrap();
     let shutdown = server.shutdown_handle();
     // Installed before it returns, so the signal below cannot hit the default action.
     shutdown_on_signals(shutdown.clone()).unwrap();
@@ -25,9 +20,7 @@ fn sigterm_triggers_a_graceful_shutdown() {
     thread::spawn(move || done_tx.send(server.wait()));
 
     signal_hook::low_level::raise(signal_hook::consts::SIGTERM).unwrap();
-    let report = done_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the server stopped after SIGTERM");
+    let report = done_rx.recv_timeout(Duration::from_secs(10)).expect("the server stopped after SIGTERM");
     assert_eq!(report.unfinished_connections, 0);
     assert!(shutdown.is_triggered());
 }

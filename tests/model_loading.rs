@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use half::{bf16, f16};
-use kiln::backend::{Backend, KvLayout};
 use kiln::backend::cpu::CpuBackend;
+use kiln::backend::{Backend, KvLayout};
 use kiln::engine::plan::{PlanLimits, StepPlan};
 use kiln::model::weights::LlamaWeights;
 use kiln::model::{ModelConfig, ModelError};
@@ -20,8 +20,13 @@ const CONFIG: &str = r#"{"architectures":["LlamaForCausalLM"],"hidden_size":32,"
 
 /// Every tensor of the test model as (name, shape, values).
 fn tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let (h, i, q, kv, v) = (config.hidden_size, config.intermediate_size, config.q_dim(), config.kv_dim(), config.vocab_size);
-    let mut list = vec![("model.embed_tokens.weight".to_string(), vec![v, h]), ("model.norm.weight".into(), vec![h]), ("lm_head.weight".into(), vec![v, h])];
+    let (h, i, q, kv, v) =
+        (config.hidden_size, config.intermediate_size, config.q_dim(), config.kv_dim(), config.vocab_size);
+    let mut list = vec![
+        ("model.embed_tokens.weight".to_string(), vec![v, h]),
+        ("model.norm.weight".into(), vec![h]),
+        ("lm_head.weight".into(), vec![v, h]),
+    ];
     for l in 0..config.num_layers {
         let p = format!("model.layers.{l}");
         for (name, shape) in [
@@ -43,7 +48,10 @@ fn tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         .map(|(n, (name, shape))| {
             let len = shape.iter().product();
             let scale = if shape.len() == 1 { 0.1 } else { 0.3 };
-            let values = seeded_values(1000 + n as u64, len).into_iter().map(|x| if shape.len() == 1 { 1.0 + x * scale } else { x * scale }).collect();
+            let values = seeded_values(1000 + n as u64, len)
+                .into_iter()
+                .map(|x| if shape.len() == 1 { 1.0 + x * scale } else { x * scale })
+                .collect();
             (name, shape, values)
         })
         .collect()
@@ -66,7 +74,11 @@ fn write_model(dir: &Path, dtype: Dtype, shards: usize) {
     let bytes: Vec<Vec<u8>> = all.iter().map(|(_, _, v)| encode(v, dtype)).collect();
     let mut weight_map = HashMap::new();
     for shard in 0..shards {
-        let file = if shards == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{shards:05}.safetensors", shard + 1) };
+        let file = if shards == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{shards:05}.safetensors", shard + 1)
+        };
         let views: Vec<(String, TensorView)> = all
             .iter()
             .zip(&bytes)
@@ -145,14 +157,25 @@ fn broken_model_directories_give_one_clear_error_naming_the_file() {
     // A tensor of the wrong shape (a config that disagrees with the weights).
     let dir = tempfile::tempdir().unwrap();
     write_model(dir.path(), Dtype::F16, 1);
-    std::fs::write(dir.path().join("config.json"), CONFIG.replace("\"intermediate_size\":48", "\"intermediate_size\":40")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        CONFIG.replace("\"intermediate_size\":48", "\"intermediate_size\":40"),
+    )
+    .unwrap();
     let err = load_error(dir.path()).to_string();
-    assert!(err.contains("model.safetensors") && err.contains("mlp.gate_proj.weight") && err.contains("expected [40, 32]"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("mlp.gate_proj.weight") && err.contains("expected [40, 32]"),
+        "{err}"
+    );
 
     // A tensor that is not there at all.
     let dir = tempfile::tempdir().unwrap();
     write_model(dir.path(), Dtype::F16, 1);
-    std::fs::write(dir.path().join("config.json"), CONFIG.replace("\"num_hidden_layers\":2", "\"num_hidden_layers\":3")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        CONFIG.replace("\"num_hidden_layers\":2", "\"num_hidden_layers\":3"),
+    )
+    .unwrap();
     let err = load_error(dir.path()).to_string();
     assert!(err.contains("missing tensor `model.layers.2.input_layernorm.weight`"), "{err}");
 

@@ -7,7 +7,8 @@ use kiln::tokenizer::Tokenizer;
 fn smollm2_matches_llama_cpp() {
     let dir = kiln::model::pull::resolve_model(None).expect("the default model can be pulled");
     let t = Tokenizer::from_dir(&dir).unwrap();
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/smollm2_tokenizer.json")).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/smollm2_tokenizer.json")).unwrap();
     let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
     let mut compared = 0;
     for case in reference["cases"].as_array().unwrap() {

@@ -181,7 +181,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Option<BenchReport>> {
         } else {
             println!("model        {model}");
             println!("weights      {weights_format} ({isa} kernels, {} threads)", rayon::current_num_threads());
-            println!("single       {:>8.1} tokens/s  (one request of {} tokens)", report.single_tokens_per_s, report.new_tokens);
+            println!(
+                "single       {:>8.1} tokens/s  (one request of {} tokens)",
+                report.single_tokens_per_s, report.new_tokens
+            );
             println!(
                 "concurrent   {:>8.1} tokens/s  ({} requests at once, {:.2}x one request)",
                 report.aggregate_tokens_per_s, report.concurrency, report.speedup
@@ -274,9 +277,15 @@ impl Bench {
 
     fn step(&mut self, tokens: &[u32], position: usize) -> u32 {
         self.plan.clear();
-        self.plan.push_sequence(tokens, position, &self.blocks, true).expect("the bench sized its plan for its prompts");
+        self.plan
+            .push_sequence(tokens, position, &self.blocks, true)
+            .expect("the bench sized its plan for its prompts");
         self.backend.execute(&self.plan, &mut self.logits).expect("the bench's plans fit its backend");
-        let (argmax, _) = self.logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best });
+        let (argmax, _) =
+            self.logits
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best });
         argmax as u32
     }
 

@@ -40,7 +40,13 @@ impl TokenText for NoText {
     }
 }
 
-pub fn run(backend: Box<dyn Backend>, concurrency: usize, prompt_tokens: usize, new_tokens: usize, max_batch_tokens: usize) -> anyhow::Result<ConcurrencyReport> {
+pub fn run(
+    backend: Box<dyn Backend>,
+    concurrency: usize,
+    prompt_tokens: usize,
+    new_tokens: usize,
+    max_batch_tokens: usize,
+) -> anyhow::Result<ConcurrencyReport> {
     let vocab = backend.config().vocab_size as u32;
     let config = EngineConfig {
         max_batch_tokens,
@@ -51,7 +57,8 @@ pub fn run(backend: Box<dyn Backend>, concurrency: usize, prompt_tokens: usize, 
     };
     let (engine, _thread) = start_engine(backend, Arc::new(NoText), config);
     // Distinct prompts (no shared prefix), and no stop tokens: exactly `new_tokens` each.
-    let prompt = |r: usize| -> Vec<u32> { (0..prompt_tokens).map(|i| ((i * 7919 + r * 104_729 + 11) as u32) % vocab).collect() };
+    let prompt =
+        |r: usize| -> Vec<u32> { (0..prompt_tokens).map(|i| ((i * 7919 + r * 104_729 + 11) as u32) % vocab).collect() };
     let timed = |requests: &[Vec<u32>], engine: &EngineHandle| -> anyhow::Result<f64> {
         let started = Instant::now();
         let receivers: Vec<mpsc::Receiver<EngineEvent>> = requests

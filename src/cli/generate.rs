@@ -46,7 +46,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     };
     tracing::debug!("prompt is {} tokens", request.prompt_ids.len());
     // A chat answer starts a new text; a raw prompt is continued, so its leading space stays.
-    let mut decoder = if args.chat { tokenizer.incremental_decoder() } else { crate::tokenizer::detok::IncrementalDecoder::continuing(tokenizer) };
+    let mut decoder = if args.chat {
+        tokenizer.incremental_decoder()
+    } else {
+        crate::tokenizer::detok::IncrementalDecoder::continuing(tokenizer)
+    };
     let mut generator = Generator::new(loaded.backend, loaded.plan_limits);
     let mut stdout = std::io::stdout().lock();
     let started = std::time::Instant::now();

@@ -47,12 +47,23 @@ pub struct LoadedModel {
 /// directory supplies only the tokenizer); `original_weights` does the same for the default model
 /// with its original Q4_1 file. Otherwise the Hugging Face directory's weights are used: the exact
 /// f16 path.
-pub fn load_model(model: Option<&Path>, limits: LoadLimits, choice: BackendChoice, original_weights: bool) -> anyhow::Result<LoadedModel> {
+pub fn load_model(
+    model: Option<&Path>,
+    limits: LoadLimits,
+    choice: BackendChoice,
+    original_weights: bool,
+) -> anyhow::Result<LoadedModel> {
     let use_cuda = pick_cuda(choice)?;
     let gguf = match model {
-        Some(path) if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) => Some(path.to_path_buf()),
-        None if original_weights => Some(crate::model::pull::pull_default_gguf_into(&crate::model::pull::kiln_home()?)?),
-        Some(_) if original_weights => anyhow::bail!("--original-weights runs the default model's GGUF; with --model, pass the .gguf file itself"),
+        Some(path) if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) => {
+            Some(path.to_path_buf())
+        }
+        None if original_weights => {
+            Some(crate::model::pull::pull_default_gguf_into(&crate::model::pull::kiln_home()?)?)
+        }
+        Some(_) if original_weights => {
+            anyhow::bail!("--original-weights runs the default model's GGUF; with --model, pass the .gguf file itself")
+        }
         _ => None,
     };
     let dir = crate::model::pull::resolve_model(model)?;
@@ -129,10 +140,16 @@ fn gpu_status() -> Result<(), String> {
 }
 
 #[cfg(feature = "cuda")]
-fn cuda_backend(config: ModelConfig, weights: &LlamaWeights, limits: LoadLimits) -> anyhow::Result<(Box<dyn Backend>, PlanLimits)> {
+fn cuda_backend(
+    config: ModelConfig,
+    weights: &LlamaWeights,
+    limits: LoadLimits,
+) -> anyhow::Result<(Box<dyn Backend>, PlanLimits)> {
     use crate::backend::cuda::{cuda_backend, CudaLimits, CudaOptions, WeightSource};
     // Quantized weights are widened on the host as they are uploaded (f16 on the GPU).
-    let options = CudaOptions::for_weights(weights.embed_tokens.format.float_dtype().unwrap_or(crate::model::safetensors_dir::WeightDtype::F16));
+    let options = CudaOptions::for_weights(
+        weights.embed_tokens.format.float_dtype().unwrap_or(crate::model::safetensors_dir::WeightDtype::F16),
+    );
     let kv_token_bytes = 2 * config.num_layers * config.kv_dim() * options.dtype.size_bytes();
     let cuda_limits = CudaLimits {
         kv_tokens: limits.kv_memory_bytes.map(|bytes| bytes / kv_token_bytes),

@@ -8,9 +8,8 @@ pub mod serve;
 
 /// Sends logs to stderr (stdout carries only generated text), filtered by `KILN_LOG` or `RUST_LOG`.
 pub fn init_logging() {
-    let filter = std::env::var("KILN_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".to_string());
+    let filter =
+        std::env::var("KILN_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".to_string());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

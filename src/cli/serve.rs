@@ -83,18 +83,25 @@ pub fn start(args: ServeArgs, signals: bool) -> anyhow::Result<Server> {
         .with_context(|| format!("--host {} has no address", args.host))?;
     let mut api_keys = args.api_keys.clone();
     if let Some(path) = &args.api_keys_file {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading the API keys file {}", path.display()))?;
-        api_keys.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string));
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading the API keys file {}", path.display()))?;
+        api_keys
+            .extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string));
     }
     let slot: Arc<OnceLock<Arc<App>>> = Arc::new(OnceLock::new());
     let http = HttpConfig { max_connections: args.max_connections, ..HttpConfig::default() };
-    let server = Server::bind(address, http, Routes(slot.clone())).with_context(|| format!("listening on {address}"))?;
+    let server =
+        Server::bind(address, http, Routes(slot.clone())).with_context(|| format!("listening on {address}"))?;
     if signals {
         shutdown_on_signals(server.shutdown_handle())?;
     }
     tracing::info!("listening on http://{} (503 until the model is ready)", server.local_addr());
 
-    let limits = LoadLimits { kv_memory_bytes: args.kv_memory_bytes, max_batch_tokens: args.max_batch_tokens, max_seqs: args.max_seqs };
+    let limits = LoadLimits {
+        kv_memory_bytes: args.kv_memory_bytes,
+        max_batch_tokens: args.max_batch_tokens,
+        max_seqs: args.max_seqs,
+    };
     let loaded = load_model(args.model.as_deref(), limits, args.backend, args.original_weights)?;
     let config = loaded.config.clone();
     let tokenizer = Arc::new(loaded.tokenizer);
@@ -117,13 +124,21 @@ pub fn start(args: ServeArgs, signals: bool) -> anyhow::Result<Server> {
         model_name: model_name.clone(),
         api_keys,
         prices: args.prices,
-        webhooks: WebhookPolicy { allowed: args.webhook_allow, timeout: Duration::from_secs(10), attempts: 3, retry_backoff: Duration::from_secs(1) },
+        webhooks: WebhookPolicy {
+            allowed: args.webhook_allow,
+            timeout: Duration::from_secs(10),
+            attempts: 3,
+            retry_backoff: Duration::from_secs(1),
+        },
         json_vocabulary: Arc::new(json_vocabulary),
         ready: AtomicBool::new(true),
         metrics: ServerMetrics::default(),
         started_unix: unix_now(),
     };
     let _ = slot.set(Arc::new(app));
-    tracing::info!("serving {model_name} at http://{}/v1 (OpenAI API) and /v1/inference/{model_name}", server.local_addr());
+    tracing::info!(
+        "serving {model_name} at http://{}/v1 (OpenAI API) and /v1/inference/{model_name}",
+        server.local_addr()
+    );
     Ok(server)
 }

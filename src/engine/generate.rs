@@ -93,7 +93,11 @@ impl Generator {
                 return Err(GenerateError::EmptyPrompt);
             }
             if r.prompt_ids.len() + r.max_new_tokens > context {
-                return Err(GenerateError::ContextLengthExceeded { prompt: r.prompt_ids.len(), new: r.max_new_tokens, context });
+                return Err(GenerateError::ContextLengthExceeded {
+                    prompt: r.prompt_ids.len(),
+                    new: r.max_new_tokens,
+                    context,
+                });
             }
             needed_blocks += self.blocks.blocks_for(r.prompt_ids.len() + r.max_new_tokens);
         }
@@ -148,7 +152,10 @@ impl Generator {
             logit_rows.clear();
             planned.clear();
             for (index, s) in sequences.iter().enumerate() {
-                if s.finish.is_some() || self.plan.tokens_free() == 0 || self.plan.num_seqs() == self.plan.limits.max_seqs {
+                if s.finish.is_some()
+                    || self.plan.tokens_free() == 0
+                    || self.plan.num_seqs() == self.plan.limits.max_seqs
+                {
                     continue;
                 }
                 // Prefill as much of the pending prompt as the step has room for (chunked prefill).

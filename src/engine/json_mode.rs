@@ -32,10 +32,16 @@ enum Lexeme {
     None,
     /// Inside a string; `escape` counts where we are in an escape (0 none, 1 after `\`,
     /// 2..=5 reading the hex digits of `\u`).
-    String { key: bool, escape: u8 },
+    String {
+        key: bool,
+        escape: u8,
+    },
     Number(NumberPart),
     /// Inside `true`, `false` or `null`: the literal and how many bytes are matched.
-    Literal { word: &'static [u8], matched: u8 },
+    Literal {
+        word: &'static [u8],
+        matched: u8,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,9 +316,23 @@ mod tests {
     #[test]
     fn refuses_what_is_not_a_json_object() {
         for text in [
-            "[1]", "\"s\"", "1", "{a: 1}", "{\"a\" 1}", "{\"a\": 01}", "{\"a\": 1,}", "{\"a\": [1,]}", "{\"a\": tru }",
-            "{\"a\": 1}}", "{\"a\": 1} x", "{\"a\": \"\n\"}", "{\"a\": \"\\x\"}", "{\"a\": -}", "{\"a\": 1.}",
-            "{\"a\": 1]", "{\"a\": [1}",
+            "[1]",
+            "\"s\"",
+            "1",
+            "{a: 1}",
+            "{\"a\" 1}",
+            "{\"a\": 01}",
+            "{\"a\": 1,}",
+            "{\"a\": [1,]}",
+            "{\"a\": tru }",
+            "{\"a\": 1}}",
+            "{\"a\": 1} x",
+            "{\"a\": \"\n\"}",
+            "{\"a\": \"\\x\"}",
+            "{\"a\": -}",
+            "{\"a\": 1.}",
+            "{\"a\": 1]",
+            "{\"a\": [1}",
         ] {
             assert_eq!(accepts(text), None, "{text}");
         }
@@ -323,7 +343,8 @@ mod tests {
 
     #[test]
     fn masks_tokens_by_their_bytes() {
-        let vocab: Vec<Vec<u8>> = ["{", "}", "\"k\"", ":", " 1", "x", "", "{\"", "1}"].iter().map(|t| t.as_bytes().to_vec()).collect();
+        let vocab: Vec<Vec<u8>> =
+            ["{", "}", "\"k\"", ":", " 1", "x", "", "{\"", "1}"].iter().map(|t| t.as_bytes().to_vec()).collect();
         let mut c = JsonObjectConstraint::new(Arc::new(vocab));
         let allowed = |c: &JsonObjectConstraint| (0..9).filter(|&t| c.allows(t)).collect::<Vec<u32>>();
         assert_eq!(allowed(&c), vec![0, 7], "only an opening brace starts the output; empty tokens never");

@@ -22,7 +22,8 @@ impl Rng {
 
     /// A generator seeded from the clock, for requests that give no seed.
     pub fn from_entropy() -> Rng {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let unique = Box::new(0u8);
         Rng::seeded(nanos as u64 ^ (&*unique as *const u8 as u64).rotate_left(32))
     }

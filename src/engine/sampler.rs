@@ -57,7 +57,8 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(params: SamplingParams, prompt: &[u32]) -> Sampler {
         let rng = params.seed.map(Rng::seeded).unwrap_or_else(Rng::from_entropy);
-        let seen = if params.repetition_penalty != 1.0 { prompt.iter().map(|&t| (t, ())).collect() } else { HashMap::new() };
+        let seen =
+            if params.repetition_penalty != 1.0 { prompt.iter().map(|&t| (t, ())).collect() } else { HashMap::new() };
         Sampler { params, rng, generated_counts: HashMap::new(), seen, candidates: Vec::new() }
     }
 
@@ -90,7 +91,11 @@ impl Sampler {
         let inverse_temperature = 1.0 / self.params.temperature;
         self.candidates.clear();
         self.candidates.extend(
-            logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(id, &l)| (l * inverse_temperature, id as u32)),
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.is_finite())
+                .map(|(id, &l)| (l * inverse_temperature, id as u32)),
         );
         if self.candidates.is_empty() {
             return argmax(logits);
@@ -218,7 +223,10 @@ mod tests {
         assert_eq!(s.sample(&mut logits, None), 1);
         assert_eq!(logits, [1.5, 2.0, -1.0]);
         // Frequency penalty grows with each generated repeat; presence penalty applies once.
-        let mut s = Sampler::new(SamplingParams { frequency_penalty: 0.5, presence_penalty: 1.0, ..SamplingParams::greedy() }, &[]);
+        let mut s = Sampler::new(
+            SamplingParams { frequency_penalty: 0.5, presence_penalty: 1.0, ..SamplingParams::greedy() },
+            &[],
+        );
         s.accept(0);
         s.accept(0);
         let mut logits = [3.0f32, 1.5];

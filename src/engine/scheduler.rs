@@ -73,7 +73,14 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(config: SchedulerConfig, blocks: KvBlockAllocator) -> Scheduler {
-        Scheduler { config, blocks, running: Vec::new(), waiting: VecDeque::new(), preemptions: 0, cached_prompt_tokens: 0 }
+        Scheduler {
+            config,
+            blocks,
+            running: Vec::new(),
+            waiting: VecDeque::new(),
+            preemptions: 0,
+            cached_prompt_tokens: 0,
+        }
     }
 
     pub fn add(&mut self, id: SeqId, prompt: Vec<u32>) {
@@ -86,7 +93,14 @@ impl Scheduler {
     pub fn fork(&mut self, parent: SeqId, child: SeqId) -> bool {
         let Some(i) = self.running.iter().position(|s| s.id == parent) else { return false };
         let p = &self.running[i];
-        let slot = Slot { id: child, tokens: p.tokens.clone(), computed: p.computed, blocks: p.blocks.clone(), hashed_blocks: p.hashed_blocks, chain: p.chain };
+        let slot = Slot {
+            id: child,
+            tokens: p.tokens.clone(),
+            computed: p.computed,
+            blocks: p.blocks.clone(),
+            hashed_blocks: p.hashed_blocks,
+            chain: p.chain,
+        };
         for &block in &slot.blocks {
             self.blocks.retain(block);
         }
@@ -270,7 +284,13 @@ impl Scheduler {
     }
 
     /// Adds the next prefill chunk of running sequence `i`; false when the step or the cache is full.
-    fn push_prefill_chunk(&mut self, i: usize, plan: &mut StepPlan, scheduled: &mut Vec<Scheduled>, max_seqs: usize) -> bool {
+    fn push_prefill_chunk(
+        &mut self,
+        i: usize,
+        plan: &mut StepPlan,
+        scheduled: &mut Vec<Scheduled>,
+        max_seqs: usize,
+    ) -> bool {
         if scheduled.len() == max_seqs || plan.tokens_free() == 0 {
             return false;
         }

@@ -132,7 +132,11 @@ impl EngineHandle {
 }
 
 /// Starts the engine thread; it runs until every handle is dropped and the work is done.
-pub fn start_engine(backend: Box<dyn Backend>, text: Arc<dyn TokenText>, config: EngineConfig) -> (EngineHandle, std::thread::JoinHandle<()>) {
+pub fn start_engine(
+    backend: Box<dyn Backend>,
+    text: Arc<dyn TokenText>,
+    config: EngineConfig,
+) -> (EngineHandle, std::thread::JoinHandle<()>) {
     let layout = backend.kv_layout();
     let model_config = backend.config().clone();
     let max_sequence_tokens = model_config.max_position_embeddings.min(layout.capacity_tokens());
@@ -158,10 +162,18 @@ pub fn start_engine(backend: Box<dyn Backend>, text: Arc<dyn TokenText>, config:
         metrics: metrics.clone(),
     };
     let scheduler = Scheduler::new(
-        SchedulerConfig { max_batch_tokens: config.max_batch_tokens, max_seqs: config.max_seqs, max_prefill_chunk: config.max_prefill_chunk },
+        SchedulerConfig {
+            max_batch_tokens: config.max_batch_tokens,
+            max_seqs: config.max_seqs,
+            max_prefill_chunk: config.max_prefill_chunk,
+        },
         {
             let blocks = KvBlockAllocator::new(layout.num_blocks, layout.block_size);
-            if config.prefix_caching { blocks } else { blocks.without_prefix_caching() }
+            if config.prefix_caching {
+                blocks
+            } else {
+                blocks.without_prefix_caching()
+            }
         },
     );
     let vocab = model_config.vocab_size;
@@ -296,7 +308,8 @@ impl EngineLoop {
         if n > 1 {
             self.pending_forks.insert(first_id, (first_id + 1..first_id + n as u64).collect());
         }
-        self.requests.insert(request_id, RequestState { request, submitted: Instant::now(), started: false, open_choices: n });
+        self.requests
+            .insert(request_id, RequestState { request, submitted: Instant::now(), started: false, open_choices: n });
     }
 
     /// Requests whose client has gone are finished before the next step computes anything.
@@ -309,7 +322,8 @@ impl EngineLoop {
     }
 
     fn cancel_request(&mut self, request_id: RequestId) {
-        let ids: Vec<SeqId> = self.sequences.iter().filter(|(_, s)| s.request == request_id).map(|(&id, _)| id).collect();
+        let ids: Vec<SeqId> =
+            self.sequences.iter().filter(|(_, s)| s.request == request_id).map(|(&id, _)| id).collect();
         for id in ids {
             self.finish(id, FinishReason::Cancelled);
         }
@@ -335,7 +349,8 @@ impl EngineLoop {
         if let Err(error) = self.backend.execute(&self.plan, &mut self.logits) {
             // A backend failure fails the requests in this step; the engine keeps serving others.
             let message = format!("the forward step failed: {error}");
-            let failed: Vec<RequestId> = self.scheduled.iter().filter_map(|s| self.sequences.get(&s.id).map(|q| q.request)).collect();
+            let failed: Vec<RequestId> =
+                self.scheduled.iter().filter_map(|s| self.sequences.get(&s.id).map(|q| q.request)).collect();
             for request_id in failed {
                 if let Some(state) = self.requests.get_mut(&request_id) {
                     state.request.sink.send(EngineEvent::Error { message: message.clone() });
@@ -409,7 +424,12 @@ impl EngineLoop {
         EngineMetrics::add(&self.metrics.generated_tokens_total, 1);
         let logprob = want_logprobs.map(|k| top_logprobs(&self.logprobs, token, k));
         let released = seq.stop.push(&seq.decoder.push(token));
-        let alive = state.request.sink.send(EngineEvent::Token { choice: seq.choice, token_id: token, text: released.text, logprob });
+        let alive = state.request.sink.send(EngineEvent::Token {
+            choice: seq.choice,
+            token_id: token,
+            text: released.text,
+            logprob,
+        });
         let constraint_done = seq.constraint.as_ref().is_some_and(|c| c.is_complete());
         let length_done = seq.generated >= params.max_new_tokens;
         self.scheduler.append_token(id, token);
@@ -434,9 +454,18 @@ impl EngineLoop {
         } else {
             let tail = seq.decoder.finish();
             let released = seq.stop.push(&tail);
-            if released.stopped { released.text } else { released.text + &seq.stop.finish() }
+            if released.stopped {
+                released.text
+            } else {
+                released.text + &seq.stop.finish()
+            }
         };
-        state.request.sink.send(EngineEvent::Finished { choice: seq.choice, reason, text, generated_tokens: seq.generated });
+        state.request.sink.send(EngineEvent::Finished {
+            choice: seq.choice,
+            reason,
+            text,
+            generated_tokens: seq.generated,
+        });
         state.open_choices -= 1;
         if state.open_choices == 0 {
             let state = self.requests.remove(&seq.request).expect("state was just borrowed");
@@ -469,4 +498,3 @@ fn top_logprobs(logprobs: &[f32], token: u32, k: usize) -> TokenLogprob {
     }
     TokenLogprob { token_id: token, logprob: logprobs[token as usize], top }
 }
-

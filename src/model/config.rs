@@ -12,9 +12,16 @@ use super::ModelError;
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (all frequencies scaled alike).
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// Llama 3.1's frequency-dependent scaling.
-    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position_embeddings: usize },
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position_embeddings: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -138,7 +145,9 @@ impl ModelConfig {
         let head_dim = match raw.head_dim {
             Some(d) => d,
             None if raw.hidden_size % num_heads == 0 => raw.hidden_size / num_heads,
-            None => return Err(invalid(format!("hidden_size {} is not divisible by {num_heads} heads", raw.hidden_size))),
+            None => {
+                return Err(invalid(format!("hidden_size {} is not divisible by {num_heads} heads", raw.hidden_size)))
+            }
         };
         if head_dim == 0 || head_dim % 2 != 0 {
             return Err(invalid(format!("head_dim must be even and positive, got {head_dim}")));
@@ -167,7 +176,9 @@ impl ModelConfig {
                     },
                     Some("default") | None => RopeScaling::None,
                     Some(other) => {
-                        return Err(invalid(format!("rope_scaling type `{other}` is not supported (supported: linear, llama3)")))
+                        return Err(invalid(format!(
+                            "rope_scaling type `{other}` is not supported (supported: linear, llama3)"
+                        )))
                     }
                 }
             }
@@ -235,11 +246,13 @@ mod tests {
 
     #[test]
     fn llama3_scaling_gqa_and_eos_list() {
-        let c = parse(r#"{"architectures":["LlamaForCausalLM"],"hidden_size":2048,"intermediate_size":8192,
+        let c = parse(
+            r#"{"architectures":["LlamaForCausalLM"],"hidden_size":2048,"intermediate_size":8192,
             "num_hidden_layers":16,"num_attention_heads":32,"num_key_value_heads":8,"head_dim":64,"vocab_size":128256,
             "rope_theta":500000.0,"rope_scaling":{"factor":32.0,"high_freq_factor":4.0,"low_freq_factor":1.0,
             "original_max_position_embeddings":8192,"rope_type":"llama3"},"eos_token_id":[128001,128008,128009],
-            "tie_word_embeddings":true}"#)
+            "tie_word_embeddings":true}"#,
+        )
         .unwrap();
         assert_eq!(c.kv_dim(), 512);
         assert_eq!(c.eos_token_ids, vec![128001, 128008, 128009]);
@@ -249,9 +262,11 @@ mod tests {
 
     #[test]
     fn linear_scaling_and_mistral() {
-        let c = parse(r#"{"architectures":["MistralForCausalLM"],"hidden_size":4096,"intermediate_size":14336,
+        let c = parse(
+            r#"{"architectures":["MistralForCausalLM"],"hidden_size":4096,"intermediate_size":14336,
             "num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":8,"vocab_size":32000,
-            "sliding_window":4096,"rope_scaling":{"type":"linear","factor":2.0}}"#)
+            "sliding_window":4096,"rope_scaling":{"type":"linear","factor":2.0}}"#,
+        )
         .unwrap();
         assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 2.0 });
         assert_eq!(c.sliding_window, Some(4096));
@@ -259,12 +274,16 @@ mod tests {
 
     #[test]
     fn rejects_unknown_architecture_and_bad_geometry() {
-        let err = parse(r#"{"architectures":["GPT2LMHeadModel"],"hidden_size":8,"intermediate_size":8,
-            "num_hidden_layers":1,"num_attention_heads":2,"vocab_size":10}"#)
+        let err = parse(
+            r#"{"architectures":["GPT2LMHeadModel"],"hidden_size":8,"intermediate_size":8,
+            "num_hidden_layers":1,"num_attention_heads":2,"vocab_size":10}"#,
+        )
         .unwrap_err();
         assert!(err.to_string().contains("unsupported architecture `GPT2LMHeadModel`"), "{err}");
-        let err = parse(r#"{"architectures":["LlamaForCausalLM"],"hidden_size":8,"intermediate_size":8,
-            "num_hidden_layers":1,"num_attention_heads":3,"num_key_value_heads":2,"vocab_size":10}"#)
+        let err = parse(
+            r#"{"architectures":["LlamaForCausalLM"],"hidden_size":8,"intermediate_size":8,
+            "num_hidden_layers":1,"num_attention_heads":3,"num_key_value_heads":2,"vocab_size":10}"#,
+        )
         .unwrap_err();
         assert!(err.to_string().contains("multiple of num_key_value_heads"), "{err}");
         let err = parse("{not json").unwrap_err();

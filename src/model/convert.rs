@@ -85,7 +85,10 @@ pub fn convert_gguf_to_hf(gguf_path: &Path, out_dir: &Path, progress: Option<&Pr
 pub fn config_from_gguf(gguf: &GgufFile) -> Result<super::ModelConfig, ModelError> {
     let architecture = gguf.require_str("general.architecture")?;
     if architecture != "llama" {
-        return Err(ModelError::UnsupportedArchitecture { path: gguf.path().into(), architecture: architecture.into() });
+        return Err(ModelError::UnsupportedArchitecture {
+            path: gguf.path().into(),
+            architecture: architecture.into(),
+        });
     }
     let geometry = read_geometry(gguf)?;
     let tied = gguf.tensor("output.weight").is_none();

@@ -30,9 +30,10 @@ pub fn load_gguf_weights(path: &Path) -> Result<(ModelConfig, LlamaWeights), Mod
     let mut loader = Loader { gguf: &gguf, planned: Vec::new(), arena_bytes: 0 };
     let mut weights = loader.weights(&config)?;
     let arena = loader.fill_arena(path, &map)?;
-    let mut views = loader.planned.into_iter().map(|plan| {
-        WeightMatrix::from_shared(plan.format, plan.rows, plan.cols, arena.clone(), plan.arena)
-    });
+    let mut views = loader
+        .planned
+        .into_iter()
+        .map(|plan| WeightMatrix::from_shared(plan.format, plan.rows, plan.cols, arena.clone(), plan.arena));
     let mut next = || views.next().expect("one view per planned matrix");
     weights.embed_tokens = next();
     for layer in &mut weights.layers {
@@ -107,14 +108,25 @@ impl Loader<'_> {
         }
         let expected = if rows == 1 { vec![cols] } else { vec![cols, rows] };
         if dims != expected && !(rows == 1 && dims == [cols, 1]) {
-            return Err(ModelError::WrongShape { path: self.gguf.path().into(), name: name.into(), got: info.dims.clone(), expected });
+            return Err(ModelError::WrongShape {
+                path: self.gguf.path().into(),
+                name: name.into(),
+                got: info.dims.clone(),
+                expected,
+            });
         }
         Ok(info)
     }
 
     /// Plans a matrix kept in its stored format (Q8_0/Q4_0/Q4_1 regrouped into kiln's row
     /// layout). `unpermute_head_dim` is set for Q and K, whose rows go back to Hugging Face order.
-    fn matrix(&mut self, name: &str, rows: usize, cols: usize, unpermute_head_dim: Option<usize>) -> Result<WeightMatrix, ModelError> {
+    fn matrix(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        unpermute_head_dim: Option<usize>,
+    ) -> Result<WeightMatrix, ModelError> {
         let info = self.tensor(name, rows, cols)?;
         let format = WeightFormat::from_ggml(info.ggml_type).ok_or_else(|| {
             ModelError::invalid(
@@ -146,7 +158,8 @@ impl Loader<'_> {
     /// virtualization) cost a share of the bandwidth. The file pages each matrix came from are
     /// released as soon as it is copied, so peak memory stays near one copy of the model.
     fn fill_arena(&self, path: &Path, file: &Mmap) -> Result<SharedBytes, ModelError> {
-        let mut arena = memmap2::MmapMut::map_anon(self.arena_bytes + HUGE_PAGE).map_err(|e| ModelError::io(path, e))?;
+        let mut arena =
+            memmap2::MmapMut::map_anon(self.arena_bytes + HUGE_PAGE).map_err(|e| ModelError::io(path, e))?;
         // Only a hint: without huge pages the memory works the same.
         let _ = arena.advise(memmap2::Advice::HugePage);
         let base = (HUGE_PAGE - arena.as_ptr() as usize % HUGE_PAGE) % HUGE_PAGE;
@@ -165,7 +178,9 @@ impl Loader<'_> {
             }
             // SAFETY: the file map is read-only and shared, so MADV_DONTNEED loses nothing: a
             // later read of these pages faults them back in from the file.
-            let _ = unsafe { file.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, plan.source.start, plan.source.len()) };
+            let _ = unsafe {
+                file.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, plan.source.start, plan.source.len())
+            };
         }
         let map = arena.make_read_only().map_err(|e| ModelError::io(path, e))?;
         Ok(Arc::new(Arena { map, base }))
@@ -246,7 +261,12 @@ mod tests {
             .tensor("token_embd.weight", &d(VOCAB, HIDDEN), 8, quantized(PackedQuant::Q8_0, &embed, HIDDEN))
             .f32_tensor("blk.0.attn_norm.weight", &[HIDDEN as u64], &norm)
             .tensor("blk.0.attn_q.weight", &d(HEADS * HEAD_DIM, HIDDEN), 1, f16_bytes(&permuted(&q, HIDDEN)))
-            .tensor("blk.0.attn_k.weight", &d(HEAD_DIM, HIDDEN), 3, quantized(PackedQuant::Q4_1, &permuted(&k, HIDDEN), HIDDEN))
+            .tensor(
+                "blk.0.attn_k.weight",
+                &d(HEAD_DIM, HIDDEN),
+                3,
+                quantized(PackedQuant::Q4_1, &permuted(&k, HIDDEN), HIDDEN),
+            )
             .tensor("blk.0.attn_v.weight", &d(HEAD_DIM, HIDDEN), 2, quantized(PackedQuant::Q4_0, &v, HIDDEN))
             .tensor("blk.0.attn_output.weight", &d(HIDDEN, HEADS * HEAD_DIM), 1, f16_bytes(&values(6, HIDDEN, HIDDEN)))
             .f32_tensor("blk.0.ffn_norm.weight", &[HIDDEN as u64], &norm)
@@ -259,7 +279,10 @@ mod tests {
         std::fs::write(&path, writer.to_bytes()).unwrap();
 
         let (config, weights) = load_gguf_weights(&path).unwrap();
-        assert_eq!((config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim), (HIDDEN, HEADS, 1, HEAD_DIM));
+        assert_eq!(
+            (config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim),
+            (HIDDEN, HEADS, 1, HEAD_DIM)
+        );
         assert!(config.tie_word_embeddings);
         assert_eq!(config.eos_token_ids, vec![2]);
         let layer = &weights.layers[0];

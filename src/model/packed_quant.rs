@@ -227,7 +227,8 @@ mod tests {
         let seed = test_seed();
         for format in [PackedQuant::Q8_0, PackedQuant::Q4_0, PackedQuant::Q4_1] {
             for (case, blocks) in [1usize, 3, 4, 9, 18].into_iter().enumerate() {
-                let values: Vec<f32> = seeded_values(seed + case as u64, blocks * BLOCK).iter().map(|v| v * 3.0).collect();
+                let values: Vec<f32> =
+                    seeded_values(seed + case as u64, blocks * BLOCK).iter().map(|v| v * 3.0).collect();
                 let ggml = quantize_to_ggml_row(format, &values);
                 assert_eq!(ggml.len(), blocks * format.ggml_type().block_bytes());
                 let mut reference = vec![f32::NAN; values.len()];

@@ -21,7 +21,9 @@ pub fn random_llama_weights(config: &ModelConfig, seed: u64, dtype: WeightDtype)
 
 /// [`random_llama_weights`] with every matrix quantized to `format` (ggml's rounding).
 pub fn random_llama_weights_quantized(config: &ModelConfig, seed: u64, format: PackedQuant) -> LlamaWeights {
-    random_weights_with(config, seed, |rows, cols, values| WeightMatrix::quantized_from_f32(format, rows, cols, &values))
+    random_weights_with(config, seed, |rows, cols, values| {
+        WeightMatrix::quantized_from_f32(format, rows, cols, &values)
+    })
 }
 
 fn random_weights_with(

@@ -95,11 +95,25 @@ impl SafetensorsDir {
                 let start = view.data().as_ptr() as usize - base;
                 let end = start + view.data().len();
                 let location = if start % dtype.size_bytes() == 0 {
-                    TensorLocation { dtype, shape: view.shape().to_vec(), file: file.clone(), bytes: bytes.clone(), start, end }
+                    TensorLocation {
+                        dtype,
+                        shape: view.shape().to_vec(),
+                        file: file.clone(),
+                        bytes: bytes.clone(),
+                        start,
+                        end,
+                    }
                 } else {
                     let owned: SharedBytes = Arc::new(view.data().to_vec());
                     let len = view.data().len();
-                    TensorLocation { dtype, shape: view.shape().to_vec(), file: file.clone(), bytes: owned, start: 0, end: len }
+                    TensorLocation {
+                        dtype,
+                        shape: view.shape().to_vec(),
+                        file: file.clone(),
+                        bytes: owned,
+                        start: 0,
+                        end: len,
+                    }
                 };
                 tensors.insert(name, location);
             }

@@ -302,15 +302,15 @@ impl AsRef<[u8]> for AlignedBytes {
 }
 
 pub struct LayerWeights {
-    pub input_norm: Vec<f32>,        // [hidden]
-    pub q_proj: WeightMatrix,        // [num_heads * head_dim, hidden]
-    pub k_proj: WeightMatrix,        // [num_kv_heads * head_dim, hidden]
-    pub v_proj: WeightMatrix,        // [num_kv_heads * head_dim, hidden]
-    pub o_proj: WeightMatrix,        // [hidden, num_heads * head_dim]
+    pub input_norm: Vec<f32>,          // [hidden]
+    pub q_proj: WeightMatrix,          // [num_heads * head_dim, hidden]
+    pub k_proj: WeightMatrix,          // [num_kv_heads * head_dim, hidden]
+    pub v_proj: WeightMatrix,          // [num_kv_heads * head_dim, hidden]
+    pub o_proj: WeightMatrix,          // [hidden, num_heads * head_dim]
     pub post_attention_norm: Vec<f32>, // [hidden]
-    pub gate_proj: WeightMatrix,     // [intermediate, hidden]
-    pub up_proj: WeightMatrix,       // [intermediate, hidden]
-    pub down_proj: WeightMatrix,     // [hidden, intermediate]
+    pub gate_proj: WeightMatrix,       // [intermediate, hidden]
+    pub up_proj: WeightMatrix,         // [intermediate, hidden]
+    pub down_proj: WeightMatrix,       // [hidden, intermediate]
 }
 
 pub struct LlamaWeights {
@@ -360,7 +360,13 @@ impl LlamaWeights {
     }
 }
 
-fn load_matrix(files: &SafetensorsDir, dir: &Path, name: &str, rows: usize, cols: usize) -> Result<WeightMatrix, ModelError> {
+fn load_matrix(
+    files: &SafetensorsDir,
+    dir: &Path,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<WeightMatrix, ModelError> {
     let location = files.get(name).ok_or_else(|| ModelError::MissingTensor { path: dir.into(), name: name.into() })?;
     if location.shape != [rows, cols] {
         return Err(ModelError::WrongShape {
@@ -377,7 +383,12 @@ fn load_matrix(files: &SafetensorsDir, dir: &Path, name: &str, rows: usize, cols
 fn load_vector(files: &SafetensorsDir, dir: &Path, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
     let location = files.get(name).ok_or_else(|| ModelError::MissingTensor { path: dir.into(), name: name.into() })?;
     if location.shape != [len] {
-        return Err(ModelError::WrongShape { path: location.file.clone(), name: name.into(), got: location.shape.clone(), expected: vec![len] });
+        return Err(ModelError::WrongShape {
+            path: location.file.clone(),
+            name: name.into(),
+            got: location.shape.clone(),
+            expected: vec![len],
+        });
     }
     let (bytes, range) = location.shared_bytes();
     let matrix = WeightMatrix::from_shared(WeightFormat::from_dtype(location.dtype), 1, len, bytes, range);

@@ -65,13 +65,20 @@ mod tests {
             let g = h / (shape.num_heads / shape.num_kv_heads);
             let logits: Vec<f64> = visible
                 .clone()
-                .map(|p| (0..d).map(|i| q[h * d + i] as f64 * k[p * kv_dim + g * d + i] as f64).sum::<f64>() / (d as f64).sqrt())
+                .map(|p| {
+                    (0..d).map(|i| q[h * d + i] as f64 * k[p * kv_dim + g * d + i] as f64).sum::<f64>()
+                        / (d as f64).sqrt()
+                })
                 .collect();
             let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let weights: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
             let total: f64 = weights.iter().sum();
             for i in 0..d {
-                out[h * d + i] = visible.clone().zip(&weights).map(|(p, w)| w / total * v[p * kv_dim + g * d + i] as f64).sum::<f64>() as f32;
+                out[h * d + i] = visible
+                    .clone()
+                    .zip(&weights)
+                    .map(|(p, w)| w / total * v[p * kv_dim + g * d + i] as f64)
+                    .sum::<f64>() as f32;
             }
         }
         out
@@ -80,7 +87,9 @@ mod tests {
     #[test]
     fn matches_naive_softmax_attention_with_gqa_and_windows() {
         let seed = test_seed();
-        for (case, &(heads, kv_heads, d, len, start)) in [(1, 1, 4, 1, 0), (4, 2, 8, 9, 0), (9, 3, 64, 33, 0), (8, 1, 16, 20, 5)].iter().enumerate() {
+        for (case, &(heads, kv_heads, d, len, start)) in
+            [(1, 1, 4, 1, 0), (4, 2, 8, 9, 0), (9, 3, 64, 33, 0), (8, 1, 16, 20, 5)].iter().enumerate()
+        {
             let shape = AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim: d };
             let q = seeded_values(seed + case as u64, heads * d);
             let k = seeded_values(seed + 10 + case as u64, len * kv_heads * d);

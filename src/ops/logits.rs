@@ -5,7 +5,14 @@ use crate::model::weights::WeightMatrix;
 
 /// `out = rmsnorm(hidden) · lm_headᵀ`; hidden is `[rows, hidden]`, out is `[rows, vocab]`.
 /// `normed` is scratch of hidden's shape.
-pub fn logits(hidden: &[f32], final_norm: &[f32], eps: f32, lm_head: &WeightMatrix, normed: &mut [f32], out: &mut [f32]) {
+pub fn logits(
+    hidden: &[f32],
+    final_norm: &[f32],
+    eps: f32,
+    lm_head: &WeightMatrix,
+    normed: &mut [f32],
+    out: &mut [f32],
+) {
     rmsnorm(hidden, final_norm, eps, normed);
     matmul(normed, lm_head, out);
 }

@@ -6,9 +6,8 @@ use crate::model::config::{ModelConfig, RopeScaling};
 /// The rotation frequency of each dimension pair, `[head_dim / 2]`, with the model's scaling.
 pub fn rope_inv_freq(config: &ModelConfig) -> Vec<f32> {
     let half = config.head_dim / 2;
-    let base: Vec<f32> = (0..half)
-        .map(|i| 1.0 / config.rope_theta.powf((2 * i) as f32 / config.head_dim as f32))
-        .collect();
+    let base: Vec<f32> =
+        (0..half).map(|i| 1.0 / config.rope_theta.powf((2 * i) as f32 / config.head_dim as f32)).collect();
     match config.rope_scaling {
         RopeScaling::None => base,
         RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),

@@ -10,7 +10,9 @@ use super::api::valid::{PromptInput, ValidGeneration};
 use super::app::App;
 use super::http::{Responder, WaitError};
 use crate::engine::json_mode::JsonObjectConstraint;
-use crate::engine::request::{ConstraintFactory, EngineEvent, EngineRequest, EventSink, RequestParams, TokenConstraint};
+use crate::engine::request::{
+    ConstraintFactory, EngineEvent, EngineRequest, EventSink, RequestParams, TokenConstraint,
+};
 use crate::tokenizer::chat::ChatMessage;
 use crate::tokenizer::TokenizerError;
 
@@ -33,7 +35,8 @@ pub fn prepare(app: &App, valid: &ValidGeneration) -> Result<PreparedPrompts, Ap
     let tokenizer = &app.tokenizer;
     let (prompt_ids, prompt_texts, continues_prompt) = match &valid.prompt {
         PromptInput::Chat(messages) => {
-            let messages: Vec<ChatMessage> = messages.iter().map(|m| ChatMessage::new(m.role.as_str(), m.content.as_str())).collect();
+            let messages: Vec<ChatMessage> =
+                messages.iter().map(|m| ChatMessage::new(m.role.as_str(), m.content.as_str())).collect();
             let text = tokenizer.apply_chat_template(&messages, true).map_err(chat_error)?;
             let ids = tokenizer.encode(&text, false).map_err(|e| ApiError::internal(e.to_string()))?;
             (vec![ids], vec![text], false)
@@ -48,14 +51,20 @@ pub fn prepare(app: &App, valid: &ValidGeneration) -> Result<PreparedPrompts, Ap
         PromptInput::Tokens(lists) => {
             let vocab = tokenizer.vocab_size() as u32;
             if let Some(bad) = lists.iter().flatten().find(|&&id| id >= vocab) {
-                return Err(ApiError::invalid_param("prompt", format!("Token id {bad} is outside the vocabulary of {vocab} tokens.")));
+                return Err(ApiError::invalid_param(
+                    "prompt",
+                    format!("Token id {bad} is outside the vocabulary of {vocab} tokens."),
+                ));
             }
             let texts = lists.iter().map(|ids| tokenizer.decode(ids)).collect();
             (lists.clone(), texts, true)
         }
     };
     if let Some(empty) = prompt_ids.iter().position(Vec::is_empty) {
-        return Err(ApiError::invalid_param("prompt", format!("Prompt {empty} is empty: there is nothing to continue.")));
+        return Err(ApiError::invalid_param(
+            "prompt",
+            format!("Prompt {empty} is empty: there is nothing to continue."),
+        ));
     }
     let context = app.engine.max_sequence_tokens();
     let longest = prompt_ids.iter().map(Vec::len).max().unwrap_or(0);
@@ -115,7 +124,8 @@ pub fn submit(app: &App, valid: &ValidGeneration, prepared: &PreparedPrompts) ->
     let (sender, events) = may::sync::mpsc::channel();
     let constraint: Option<ConstraintFactory> = valid.json_mode.then(|| {
         let vocabulary = app.json_vocabulary.clone();
-        let make: ConstraintFactory = Arc::new(move || Box::new(JsonObjectConstraint::new(vocabulary.clone())) as Box<dyn TokenConstraint>);
+        let make: ConstraintFactory =
+            Arc::new(move || Box::new(JsonObjectConstraint::new(vocabulary.clone())) as Box<dyn TokenConstraint>);
         make
     });
     let params = RequestParams {
@@ -160,7 +170,11 @@ pub enum Waited {
 pub const DISCONNECT_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Collects every event of a non-streamed request, cancelling it if the client leaves.
-pub fn wait_for_all(responder: &Responder<'_>, submitted: &Submitted, collector: &mut Collector) -> Result<Waited, ApiError> {
+pub fn wait_for_all(
+    responder: &Responder<'_>,
+    submitted: &Submitted,
+    collector: &mut Collector,
+) -> Result<Waited, ApiError> {
     while !collector.is_done() {
         match responder.wait_for(&submitted.events, DISCONNECT_POLL) {
             Ok(event) => {
@@ -185,9 +199,16 @@ pub const CLIENT_CLOSED: u16 = 499;
 /// What one event did to the collected results.
 pub enum Progress {
     /// Choice `index` got a token with this text.
-    Token { index: usize, text: String, token_id: u32 },
+    Token {
+        index: usize,
+        text: String,
+        token_id: u32,
+    },
     /// Choice `index` finished; `text` is its last released text.
-    Finished { index: usize, text: String },
+    Finished {
+        index: usize,
+        text: String,
+    },
     Failed(String),
 }
 

@@ -29,22 +29,67 @@ pub fn render(engine: &EngineMetrics, server: &ServerMetrics) -> String {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
     };
     let get = EngineMetrics::get;
-    counter(&mut out, "kiln_requests_total", "Generation requests accepted by the engine.", get(&engine.requests_total));
-    counter(&mut out, "kiln_requests_rejected_total", "Requests refused because the queue was full.", get(&engine.requests_rejected));
-    counter(&mut out, "kiln_requests_cancelled_total", "Requests cancelled (client gone).", get(&engine.requests_cancelled));
+    counter(
+        &mut out,
+        "kiln_requests_total",
+        "Generation requests accepted by the engine.",
+        get(&engine.requests_total),
+    );
+    counter(
+        &mut out,
+        "kiln_requests_rejected_total",
+        "Requests refused because the queue was full.",
+        get(&engine.requests_rejected),
+    );
+    counter(
+        &mut out,
+        "kiln_requests_cancelled_total",
+        "Requests cancelled (client gone).",
+        get(&engine.requests_cancelled),
+    );
     counter(&mut out, "kiln_prompt_tokens_total", "Prompt tokens received.", get(&engine.prompt_tokens_total));
     counter(&mut out, "kiln_generated_tokens_total", "Tokens generated.", get(&engine.generated_tokens_total));
     counter(&mut out, "kiln_steps_total", "Forward steps executed.", get(&engine.steps_total));
-    counter(&mut out, "kiln_preemptions_total", "Sequences preempted for lack of KV blocks.", get(&engine.preemptions_total));
-    counter(&mut out, "kiln_prefix_cache_hit_tokens_total", "Prompt tokens found in the prefix cache instead of computed.", get(&engine.prefix_cache_hit_tokens_total));
+    counter(
+        &mut out,
+        "kiln_preemptions_total",
+        "Sequences preempted for lack of KV blocks.",
+        get(&engine.preemptions_total),
+    );
+    counter(
+        &mut out,
+        "kiln_prefix_cache_hit_tokens_total",
+        "Prompt tokens found in the prefix cache instead of computed.",
+        get(&engine.prefix_cache_hit_tokens_total),
+    );
     gauge(&mut out, "kiln_queue_depth", "Requests waiting to start.", get(&engine.queue_depth));
     gauge(&mut out, "kiln_running_sequences", "Sequences in the running batch.", get(&engine.running_sequences));
-    gauge(&mut out, "kiln_batch_tokens", "Tokens computed in the last step (batch occupancy).", get(&engine.last_step_tokens));
+    gauge(
+        &mut out,
+        "kiln_batch_tokens",
+        "Tokens computed in the last step (batch occupancy).",
+        get(&engine.last_step_tokens),
+    );
     gauge(&mut out, "kiln_kv_blocks_used", "KV cache blocks in use.", get(&engine.kv_blocks_used));
     gauge(&mut out, "kiln_kv_blocks_total", "KV cache blocks in all.", get(&engine.kv_blocks_total));
-    histogram(&mut out, "kiln_queue_time_seconds", "Time from submission to the first scheduled step.", &engine.queue_time);
-    histogram(&mut out, "kiln_time_to_first_token_seconds", "Time from submission to the first generated token.", &engine.time_to_first_token);
-    histogram(&mut out, "kiln_inter_token_latency_seconds", "Time between consecutive tokens of a sequence.", &engine.inter_token_latency);
+    histogram(
+        &mut out,
+        "kiln_queue_time_seconds",
+        "Time from submission to the first scheduled step.",
+        &engine.queue_time,
+    );
+    histogram(
+        &mut out,
+        "kiln_time_to_first_token_seconds",
+        "Time from submission to the first generated token.",
+        &engine.time_to_first_token,
+    );
+    histogram(
+        &mut out,
+        "kiln_inter_token_latency_seconds",
+        "Time between consecutive tokens of a sequence.",
+        &engine.inter_token_latency,
+    );
     histogram(&mut out, "kiln_step_seconds", "Duration of one forward step.", &engine.step_time);
     let _ = writeln!(out, "# HELP kiln_http_responses_total HTTP responses by route and status.\n# TYPE kiln_http_responses_total counter");
     let responses = server.responses.lock().unwrap_or_else(|p| p.into_inner());

@@ -8,10 +8,12 @@ use serde_json::{json, Value};
 
 use super::api::error::ApiError;
 use super::api::native::parse_native;
+use super::api::pricing::Prices;
 use super::api::responses::{finish_reason_str, sse_event, SSE_DONE};
 use super::app::{request_id, App};
-use super::api::pricing::Prices;
-use super::generation::{prepare, submit, wait_for_all, Collector, Progress, Submitted, TaggedEvent, Waited, CLIENT_CLOSED, DISCONNECT_POLL};
+use super::generation::{
+    prepare, submit, wait_for_all, Collector, Progress, Submitted, TaggedEvent, Waited, CLIENT_CLOSED, DISCONNECT_POLL,
+};
 use super::http::{Request, Responder, Response, WaitError};
 use super::routes::{json_response, send};
 
@@ -40,7 +42,8 @@ pub fn inference(app: &App, model: &str, request: &Request, responder: &mut Resp
         })
     };
     let prices = app.prices;
-    let result_body = |collector: &Collector, runtime_ms: u128| result_json(collector, input_tokens, &id, runtime_ms, prices);
+    let result_body =
+        |collector: &Collector, runtime_ms: u128| result_json(collector, input_tokens, &id, runtime_ms, prices);
 
     if let Some(target) = webhook {
         // Reply now; a thread waits for the result and delivers it (retries and timeouts included).
@@ -129,7 +132,13 @@ pub fn inference(app: &App, model: &str, request: &Request, responder: &mut Resp
 }
 
 /// The native API's answer: the texts, the token counts and the priced status.
-fn result_json(collector: &Collector, input_tokens: usize, request_id: &str, runtime_ms: u128, prices: Prices) -> Value {
+fn result_json(
+    collector: &Collector,
+    input_tokens: usize,
+    request_id: &str,
+    runtime_ms: u128,
+    prices: Prices,
+) -> Value {
     let generated = collector.completion_tokens();
     json!({
         "results": collector.choices.iter().map(|c| json!({"generated_text": c.text})).collect::<Vec<_>>(),
@@ -149,7 +158,8 @@ fn result_json(collector: &Collector, input_tokens: usize, request_id: &str, run
 /// Collects every event on a plain thread (webhook deliveries run outside the may scheduler).
 fn collect_blocking(submitted: &Submitted, collector: &mut Collector) -> Result<(), String> {
     while !collector.is_done() {
-        let event: TaggedEvent = submitted.events.recv().map_err(|_| "the engine stopped before finishing".to_string())?;
+        let event: TaggedEvent =
+            submitted.events.recv().map_err(|_| "the engine stopped before finishing".to_string())?;
         if let Progress::Failed(message) = collector.apply(event) {
             return Err(message);
         }

@@ -4,12 +4,14 @@
 use super::api::error::ApiError;
 use super::api::openai::{parse_chat, parse_completion};
 use super::api::responses::{
-    chat_logprobs, completion_logprobs, full_response, sse_event, stream_chunk, usage_chunk, Flavor, ResponseMeta, SSE_DONE,
+    chat_logprobs, completion_logprobs, full_response, sse_event, stream_chunk, usage_chunk, Flavor, ResponseMeta,
+    SSE_DONE,
 };
 use super::api::valid::ValidGeneration;
 use super::app::{request_id, unix_now, App};
 use super::generation::{
-    prepare, submit, wait_for_all, Collector, PreparedPrompts, Progress, Submitted, Waited, CLIENT_CLOSED, DISCONNECT_POLL,
+    prepare, submit, wait_for_all, Collector, PreparedPrompts, Progress, Submitted, Waited, CLIENT_CLOSED,
+    DISCONNECT_POLL,
 };
 use super::http::{Responder, Response, WaitError};
 use super::routes::{check_model, json_response, send};

@@ -66,7 +66,10 @@ fn dispatch(app: &App, request: &Request, responder: &mut Responder<'_>) -> Resu
         }
         ("GET", "/metrics") => {
             let text = super::metrics::render(&app.engine.metrics, &app.metrics);
-            send(responder, Response::text(200, text).header("Content-Type", "text/plain; version=0.0.4; charset=utf-8"))
+            send(
+                responder,
+                Response::text(200, text).header("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+            )
         }
         (_, "/health" | "/metrics") => Err(ApiError::method_not_allowed(&request.method, path)),
         _ if path.starts_with("/v1/") => {
@@ -85,14 +88,22 @@ fn dispatch(app: &App, request: &Request, responder: &mut Responder<'_>) -> Resu
                 ("POST", "/v1/chat/completions" | "/v1/openai/chat/completions") => {
                     openai_routes::chat(app, request, responder)
                 }
-                ("POST", "/v1/completions" | "/v1/openai/completions") => openai_routes::completions(app, request, responder),
+                ("POST", "/v1/completions" | "/v1/openai/completions") => {
+                    openai_routes::completions(app, request, responder)
+                }
                 ("POST", p) if p.starts_with("/v1/inference/") => {
                     let model = &p["/v1/inference/".len()..];
                     native_routes::inference(app, model, request, responder)
                 }
-                (_, "/v1/models" | "/v1/openai/models" | "/v1/chat/completions" | "/v1/openai/chat/completions" | "/v1/completions" | "/v1/openai/completions") => {
-                    Err(ApiError::method_not_allowed(&request.method, path))
-                }
+                (
+                    _,
+                    "/v1/models"
+                    | "/v1/openai/models"
+                    | "/v1/chat/completions"
+                    | "/v1/openai/chat/completions"
+                    | "/v1/completions"
+                    | "/v1/openai/completions",
+                ) => Err(ApiError::method_not_allowed(&request.method, path)),
                 _ => Err(ApiError::route_not_found(&request.method, path)),
             }
         }

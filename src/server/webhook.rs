@@ -18,7 +18,9 @@ pub struct WebhookTarget {
 pub enum WebhookError {
     #[error("webhook URL `{0}` is not a valid http:// URL")]
     InvalidUrl(String),
-    #[error("webhook URL `{0}` uses https; kiln delivers webhooks over plain http (put a TLS proxy in front and allow it)")]
+    #[error(
+        "webhook URL `{0}` uses https; kiln delivers webhooks over plain http (put a TLS proxy in front and allow it)"
+    )]
     HttpsUnsupported(String),
     #[error("webhook host `{0}` is not allowed by this server (the operator allows hosts with --webhook-allow)")]
     HostNotAllowed(String),
@@ -39,7 +41,8 @@ impl WebhookPolicy {
     pub fn check(&self, url: &str) -> Result<WebhookTarget, WebhookError> {
         let target = parse_http_url(url)?;
         let with_port = format!("{}:{}", target.host, target.port);
-        let allowed = self.allowed.iter().any(|a| a.eq_ignore_ascii_case(&target.host) || a.eq_ignore_ascii_case(&with_port));
+        let allowed =
+            self.allowed.iter().any(|a| a.eq_ignore_ascii_case(&target.host) || a.eq_ignore_ascii_case(&with_port));
         if !allowed {
             return Err(WebhookError::HostNotAllowed(with_port));
         }
@@ -124,16 +127,27 @@ mod tests {
     use std::net::TcpListener;
 
     fn policy(allowed: &[&str]) -> WebhookPolicy {
-        WebhookPolicy { allowed: allowed.iter().map(|s| s.to_string()).collect(), timeout: Duration::from_secs(2), attempts: 3, retry_backoff: Duration::from_millis(1) }
+        WebhookPolicy {
+            allowed: allowed.iter().map(|s| s.to_string()).collect(),
+            timeout: Duration::from_secs(2),
+            attempts: 3,
+            retry_backoff: Duration::from_millis(1),
+        }
     }
 
     #[test]
     fn only_allowed_http_hosts() {
         let p = policy(&["hooks.example", "127.0.0.1:9000"]);
-        assert_eq!(p.check("http://hooks.example/a?b=1").unwrap(), WebhookTarget { host: "hooks.example".into(), port: 80, path: "/a?b=1".into() });
+        assert_eq!(
+            p.check("http://hooks.example/a?b=1").unwrap(),
+            WebhookTarget { host: "hooks.example".into(), port: 80, path: "/a?b=1".into() }
+        );
         assert!(p.check("http://127.0.0.1:9000").is_ok());
         assert_eq!(p.check("http://127.0.0.1:9001/x"), Err(WebhookError::HostNotAllowed("127.0.0.1:9001".into())));
-        assert_eq!(p.check("http://169.254.169.254/latest"), Err(WebhookError::HostNotAllowed("169.254.169.254:80".into())));
+        assert_eq!(
+            p.check("http://169.254.169.254/latest"),
+            Err(WebhookError::HostNotAllowed("169.254.169.254:80".into()))
+        );
         assert!(matches!(p.check("https://hooks.example/"), Err(WebhookError::HttpsUnsupported(_))));
         assert!(matches!(p.check("ftp://x"), Err(WebhookError::InvalidUrl(_))));
         assert!(matches!(p.check("http://user@hooks.example/"), Err(WebhookError::InvalidUrl(_))));

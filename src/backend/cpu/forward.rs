@@ -24,7 +24,8 @@ pub fn forward(
     let n = plan.num_tokens();
     let (h, q_dim, kv_dim, ffn) = (config.hidden_size, config.q_dim(), config.kv_dim(), config.intermediate_size);
     let eps = config.rms_norm_eps;
-    let shape = AttentionShape { num_heads: config.num_heads, num_kv_heads: config.num_kv_heads, head_dim: config.head_dim };
+    let shape =
+        AttentionShape { num_heads: config.num_heads, num_kv_heads: config.num_kv_heads, head_dim: config.head_dim };
     let half = config.head_dim / 2;
 
     let hidden = &mut ws.hidden[..n * h];
@@ -43,7 +44,12 @@ pub fn forward(
     for (layer_index, layer) in weights.layers.iter().enumerate() {
         // Attention block: x += o_proj(attention(rope(q), rope(k), v)) over rmsnorm(x).
         elementwise::rmsnorm_residual(isa, hidden, proj, &layer.input_norm, eps, normed);
-        matmul::matmul_group_with(isa, normed, &[&layer.q_proj, &layer.k_proj, &layer.v_proj], &mut [&mut *q, &mut *k, &mut *v]);
+        matmul::matmul_group_with(
+            isa,
+            normed,
+            &[&layer.q_proj, &layer.k_proj, &layer.v_proj],
+            &mut [&mut *q, &mut *k, &mut *v],
+        );
         elementwise::apply_rope(isa, q, q_dim, config.head_dim, cos, sin);
         elementwise::apply_rope(isa, k, kv_dim, config.head_dim, cos, sin);
         for t in 0..n {
@@ -83,7 +89,9 @@ pub fn forward(
     let last_hidden = &mut ws.last_hidden[..rows * h];
     for (r, &t) in plan.logit_tokens.iter().enumerate() {
         let t = t as usize;
-        for ((o, &x), &d) in last_hidden[r * h..(r + 1) * h].iter_mut().zip(&hidden[t * h..(t + 1) * h]).zip(&proj[t * h..(t + 1) * h]) {
+        for ((o, &x), &d) in
+            last_hidden[r * h..(r + 1) * h].iter_mut().zip(&hidden[t * h..(t + 1) * h]).zip(&proj[t * h..(t + 1) * h])
+        {
             *o = x + d;
         }
     }

@@ -72,7 +72,9 @@ impl Backend for CpuBackend {
                 self.kv.layout().block_size
             )));
         }
-        if let Some(&bad) = plan.block_tables.iter().find(|&&b| b != u32::MAX && b as usize >= self.kv.layout().num_blocks) {
+        if let Some(&bad) =
+            plan.block_tables.iter().find(|&&b| b != u32::MAX && b as usize >= self.kv.layout().num_blocks)
+        {
             return Err(BackendError::PlanMismatch(format!("KV block {bad} does not exist")));
         }
         if let Some(&bad) = plan.token_ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
@@ -82,8 +84,10 @@ impl Backend for CpuBackend {
         if logits.len() < needed {
             return Err(BackendError::LogitsBuffer { got: logits.len(), needed });
         }
-        if let Some(&(source, destination)) =
-            plan.block_copies.iter().find(|&&(s, d)| s as usize >= self.kv.layout().num_blocks || d as usize >= self.kv.layout().num_blocks)
+        if let Some(&(source, destination)) = plan
+            .block_copies
+            .iter()
+            .find(|&&(s, d)| s as usize >= self.kv.layout().num_blocks || d as usize >= self.kv.layout().num_blocks)
         {
             return Err(BackendError::PlanMismatch(format!("KV block copy {source} → {destination} is out of range")));
         }

@@ -3,16 +3,16 @@
 use crate::model::ModelConfig;
 
 pub struct Workspace {
-    pub hidden: Vec<f32>,    // [max_tokens, hidden] the residual stream
-    pub normed: Vec<f32>,    // [max_tokens, hidden]
-    pub q: Vec<f32>,         // [max_tokens, q_dim]
-    pub k: Vec<f32>,         // [max_tokens, kv_dim]
-    pub v: Vec<f32>,         // [max_tokens, kv_dim]
-    pub attn: Vec<f32>,      // [max_tokens, q_dim]
-    pub proj: Vec<f32>,      // [max_tokens, hidden] output of o_proj / down_proj
-    pub gate: Vec<f32>,      // [max_tokens, intermediate]
-    pub up: Vec<f32>,        // [max_tokens, intermediate]
-    pub act: Vec<f32>,       // [max_tokens, intermediate] silu(gate) * up
+    pub hidden: Vec<f32>,      // [max_tokens, hidden] the residual stream
+    pub normed: Vec<f32>,      // [max_tokens, hidden]
+    pub q: Vec<f32>,           // [max_tokens, q_dim]
+    pub k: Vec<f32>,           // [max_tokens, kv_dim]
+    pub v: Vec<f32>,           // [max_tokens, kv_dim]
+    pub attn: Vec<f32>,        // [max_tokens, q_dim]
+    pub proj: Vec<f32>,        // [max_tokens, hidden] output of o_proj / down_proj
+    pub gate: Vec<f32>,        // [max_tokens, intermediate]
+    pub up: Vec<f32>,          // [max_tokens, intermediate]
+    pub act: Vec<f32>,         // [max_tokens, intermediate] silu(gate) * up
     pub last_hidden: Vec<f32>, // [max_tokens, hidden] rows that need logits
     pub last_normed: Vec<f32>, // [max_tokens, hidden]
     pub rope_cos: Vec<f32>,    // [max_tokens, head_dim / 2] this step's rotations

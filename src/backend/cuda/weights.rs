@@ -143,7 +143,10 @@ impl DeviceWeights {
 /// One host matrix into a device range, converted to `dtype` on the host when the stored dtype
 /// differs (start-up only).
 fn upload_matrix(gpu: &Gpu, dst: DeviceArray, matrix: &WeightMatrix, dtype: Dtype) -> Result<(), CudaError> {
-    let same = matches!((matrix.format.float_dtype(), dtype), (Some(WeightDtype::F16), Dtype::F16) | (Some(WeightDtype::Bf16), Dtype::Bf16));
+    let same = matches!(
+        (matrix.format.float_dtype(), dtype),
+        (Some(WeightDtype::F16), Dtype::F16) | (Some(WeightDtype::Bf16), Dtype::Bf16)
+    );
     if same {
         let bytes: &[u8] = match matrix.elements() {
             MatrixElements::F16(v) => bytemuck::cast_slice(v),

@@ -15,7 +15,13 @@ pub struct ApiError {
 impl ApiError {
     /// A parameter out of range or malformed: 400 naming the parameter.
     pub fn invalid_param(param: &str, message: impl Into<String>) -> ApiError {
-        ApiError { status: 400, message: message.into(), kind: "invalid_request_error", param: Some(param.to_string()), code: Some("invalid_value") }
+        ApiError {
+            status: 400,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: Some(param.to_string()),
+            code: Some("invalid_value"),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -23,7 +29,13 @@ impl ApiError {
     }
 
     pub fn invalid_json(message: impl Into<String>) -> ApiError {
-        ApiError { status: 400, message: message.into(), kind: "invalid_request_error", param: None, code: Some("invalid_json") }
+        ApiError {
+            status: 400,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("invalid_json"),
+        }
     }
 
     pub fn context_length_exceeded(prompt_tokens: usize, requested: usize, context: usize) -> ApiError {
@@ -60,19 +72,43 @@ impl ApiError {
     }
 
     pub fn route_not_found(method: &str, path: &str) -> ApiError {
-        ApiError { status: 404, message: format!("No route for {method} {path}."), kind: "invalid_request_error", param: None, code: Some("not_found") }
+        ApiError {
+            status: 404,
+            message: format!("No route for {method} {path}."),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("not_found"),
+        }
     }
 
     pub fn method_not_allowed(method: &str, path: &str) -> ApiError {
-        ApiError { status: 405, message: format!("{method} is not allowed on {path}."), kind: "invalid_request_error", param: None, code: None }
+        ApiError {
+            status: 405,
+            message: format!("{method} is not allowed on {path}."),
+            kind: "invalid_request_error",
+            param: None,
+            code: None,
+        }
     }
 
     pub fn overloaded(message: impl Into<String>) -> ApiError {
-        ApiError { status: 429, message: message.into(), kind: "rate_limit_error", param: None, code: Some("server_overloaded") }
+        ApiError {
+            status: 429,
+            message: message.into(),
+            kind: "rate_limit_error",
+            param: None,
+            code: Some("server_overloaded"),
+        }
     }
 
     pub fn not_ready() -> ApiError {
-        ApiError { status: 503, message: "The model is still loading; retry shortly.".into(), kind: "server_error", param: None, code: Some("not_ready") }
+        ApiError {
+            status: 503,
+            message: "The model is still loading; retry shortly.".into(),
+            kind: "server_error",
+            param: None,
+            code: Some("not_ready"),
+        }
     }
 
     pub fn internal(message: impl Into<String>) -> ApiError {
@@ -93,7 +129,9 @@ impl From<crate::engine::serving::SubmitError> for ApiError {
         use crate::engine::serving::SubmitError;
         match error {
             SubmitError::Overloaded(_) => ApiError::overloaded(error.to_string()),
-            SubmitError::ContextLengthExceeded { prompt, new, context } => ApiError::context_length_exceeded(prompt, new, context),
+            SubmitError::ContextLengthExceeded { prompt, new, context } => {
+                ApiError::context_length_exceeded(prompt, new, context)
+            }
             SubmitError::EmptyPrompt => ApiError::invalid_param("prompt", "The prompt is empty."),
             SubmitError::TooManyChoices { .. } => ApiError::invalid_param("n", error.to_string()),
             SubmitError::Stopped => ApiError::internal(error.to_string()),

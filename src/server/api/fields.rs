@@ -14,7 +14,8 @@ impl Fields {
         if body.is_empty() {
             return Err(ApiError::invalid_json("The request body is empty; send a JSON object."));
         }
-        let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::invalid_json(format!("The request body is not valid JSON: {e}")))?;
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::invalid_json(format!("The request body is not valid JSON: {e}")))?;
         match value {
             Value::Object(map) => Ok(Fields { map }),
             _ => Err(ApiError::invalid_json("The request body must be a JSON object.")),
@@ -30,9 +31,13 @@ impl Fields {
         match self.get(name) {
             None => Ok(None),
             Some(v) => {
-                let x = v.as_f64().ok_or_else(|| ApiError::invalid_param(name, format!("`{name}` must be a number.")))?;
+                let x =
+                    v.as_f64().ok_or_else(|| ApiError::invalid_param(name, format!("`{name}` must be a number.")))?;
                 if !(x >= min as f64 && x <= max as f64) {
-                    return Err(ApiError::invalid_param(name, format!("`{name}` must be between {min} and {max}; got {x}.")));
+                    return Err(ApiError::invalid_param(
+                        name,
+                        format!("`{name}` must be between {min} and {max}; got {x}."),
+                    ));
                 }
                 Ok(Some(x as f32))
             }
@@ -47,9 +52,14 @@ impl Fields {
                 let x = v
                     .as_u64()
                     .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 1.8e19).map(|f| f as u64))
-                    .ok_or_else(|| ApiError::invalid_param(name, format!("`{name}` must be a non-negative integer.")))?;
+                    .ok_or_else(|| {
+                        ApiError::invalid_param(name, format!("`{name}` must be a non-negative integer."))
+                    })?;
                 if x < min || x > max {
-                    return Err(ApiError::invalid_param(name, format!("`{name}` must be between {min} and {max}; got {x}.")));
+                    return Err(ApiError::invalid_param(
+                        name,
+                        format!("`{name}` must be between {min} and {max}; got {x}."),
+                    ));
                 }
                 Ok(Some(x))
             }
@@ -90,15 +100,20 @@ impl Fields {
         let stops: Vec<String> = match self.get(name) {
             None => return Ok(Vec::new()),
             Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|item| item.as_str().map(str::to_string))
-                .collect::<Option<Vec<String>>>()
-                .ok_or_else(|| ApiError::invalid_param(name, format!("`{name}` must be a string or a list of strings.")))?,
-            Some(_) => return Err(ApiError::invalid_param(name, format!("`{name}` must be a string or a list of strings."))),
+            Some(Value::Array(items)) => {
+                items.iter().map(|item| item.as_str().map(str::to_string)).collect::<Option<Vec<String>>>().ok_or_else(
+                    || ApiError::invalid_param(name, format!("`{name}` must be a string or a list of strings.")),
+                )?
+            }
+            Some(_) => {
+                return Err(ApiError::invalid_param(name, format!("`{name}` must be a string or a list of strings.")))
+            }
         };
         if stops.len() > max {
-            return Err(ApiError::invalid_param(name, format!("`{name}` may hold at most {max} sequences; got {}.", stops.len())));
+            return Err(ApiError::invalid_param(
+                name,
+                format!("`{name}` may hold at most {max} sequences; got {}.", stops.len()),
+            ));
         }
         if stops.iter().any(String::is_empty) {
             return Err(ApiError::invalid_param(name, format!("`{name}` sequences must not be empty.")));
@@ -113,10 +128,16 @@ impl Fields {
             Some(Value::Object(format)) => match format.get("type").and_then(Value::as_str) {
                 Some("text") => Ok(false),
                 Some("json_object") => Ok(true),
-                Some(other) => Err(ApiError::invalid_param(name, format!("`{name}.type` `{other}` is not supported; use `text` or `json_object`."))),
+                Some(other) => Err(ApiError::invalid_param(
+                    name,
+                    format!("`{name}.type` `{other}` is not supported; use `text` or `json_object`."),
+                )),
                 None => Err(ApiError::invalid_param(name, format!("`{name}` needs a `type`."))),
             },
-            Some(_) => Err(ApiError::invalid_param(name, format!("`{name}` must be an object like {{\"type\": \"json_object\"}}."))),
+            Some(_) => Err(ApiError::invalid_param(
+                name,
+                format!("`{name}` must be an object like {{\"type\": \"json_object\"}}."),
+            )),
         }
     }
 }

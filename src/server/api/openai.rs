@@ -55,12 +55,20 @@ fn common(f: &Fields) -> Result<ValidGeneration, ApiError> {
         None => false,
         Some(Value::Object(options)) => {
             if !stream {
-                return Err(ApiError::invalid_param("stream_options", "`stream_options` is only allowed when `stream` is true."));
+                return Err(ApiError::invalid_param(
+                    "stream_options",
+                    "`stream_options` is only allowed when `stream` is true.",
+                ));
             }
             match options.get("include_usage") {
                 None | Some(Value::Null) => false,
                 Some(Value::Bool(b)) => *b,
-                Some(_) => return Err(ApiError::invalid_param("stream_options", "`stream_options.include_usage` must be true or false.")),
+                Some(_) => {
+                    return Err(ApiError::invalid_param(
+                        "stream_options",
+                        "`stream_options.include_usage` must be true or false.",
+                    ))
+                }
             }
         }
         Some(_) => return Err(ApiError::invalid_param("stream_options", "`stream_options` must be an object.")),
@@ -107,10 +115,17 @@ fn parse_messages(f: &Fields) -> Result<Vec<Message>, ApiError> {
         .enumerate()
         .map(|(i, item)| {
             let param = format!("messages[{i}]");
-            let object = item.as_object().ok_or_else(|| ApiError::invalid_param(&param, "Each message must be an object with `role` and `content`."))?;
-            let role = object.get("role").and_then(Value::as_str).ok_or_else(|| ApiError::invalid_param(&format!("{param}.role"), "`role` is required and must be a string."))?;
+            let object = item.as_object().ok_or_else(|| {
+                ApiError::invalid_param(&param, "Each message must be an object with `role` and `content`.")
+            })?;
+            let role = object.get("role").and_then(Value::as_str).ok_or_else(|| {
+                ApiError::invalid_param(&format!("{param}.role"), "`role` is required and must be a string.")
+            })?;
             if !matches!(role, "system" | "user" | "assistant" | "developer") {
-                return Err(ApiError::invalid_param(&format!("{param}.role"), format!("Unsupported role `{role}`; use system, user or assistant.")));
+                return Err(ApiError::invalid_param(
+                    &format!("{param}.role"),
+                    format!("Unsupported role `{role}`; use system, user or assistant."),
+                ));
             }
             // OpenAI's newer "developer" role is the system role under another name.
             let role = if role == "developer" { "system" } else { role };
@@ -130,9 +145,17 @@ fn message_content(content: Option<&Value>, param: &str) -> Result<String, ApiEr
                 match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
                     (Some("text"), Some(t)) => text.push_str(t),
                     (Some(other), _) if other != "text" => {
-                        return Err(ApiError::invalid_param(param, format!("Content parts of type `{other}` are not supported; this model reads text.")))
+                        return Err(ApiError::invalid_param(
+                            param,
+                            format!("Content parts of type `{other}` are not supported; this model reads text."),
+                        ))
                     }
-                    _ => return Err(ApiError::invalid_param(param, "Each content part must be {\"type\": \"text\", \"text\": \"...\"}.")),
+                    _ => {
+                        return Err(ApiError::invalid_param(
+                            param,
+                            "Each content part must be {\"type\": \"text\", \"text\": \"...\"}.",
+                        ))
+                    }
                 }
             }
             Ok(text)
@@ -148,14 +171,21 @@ fn parse_prompt(f: &Fields) -> Result<PromptInput, ApiError> {
     match f.get("prompt") {
         None => Err(ApiError::invalid_param("prompt", "`prompt` is required.")),
         Some(Value::String(s)) => Ok(PromptInput::Text(vec![s.clone()])),
-        Some(Value::Array(items)) if items.is_empty() => Err(ApiError::invalid_param("prompt", "`prompt` must not be empty.")),
+        Some(Value::Array(items)) if items.is_empty() => {
+            Err(ApiError::invalid_param("prompt", "`prompt` must not be empty."))
+        }
         Some(Value::Array(items)) => {
             if items.iter().all(Value::is_string) {
                 Ok(PromptInput::Text(items.iter().map(|s| s.as_str().unwrap_or_default().to_string()).collect()))
             } else if items.iter().all(Value::is_u64) {
                 Ok(PromptInput::Tokens(vec![token_ids(items).ok_or_else(invalid)?]))
             } else if items.iter().all(Value::is_array) {
-                items.iter().map(|list| list.as_array().and_then(|l| token_ids(l))).collect::<Option<Vec<_>>>().map(PromptInput::Tokens).ok_or_else(invalid)
+                items
+                    .iter()
+                    .map(|list| list.as_array().and_then(|l| token_ids(l)))
+                    .collect::<Option<Vec<_>>>()
+                    .map(PromptInput::Tokens)
+                    .ok_or_else(invalid)
             } else {
                 Err(invalid())
             }
@@ -179,10 +209,13 @@ mod tests {
     #[test]
     fn chat_defaults_and_content_parts() {
         let v = chat(r#"{"model":"m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Hi "},{"type":"text","text":"there"}]}],"future_field":1}"#).unwrap();
-        assert_eq!(v.prompt, PromptInput::Chat(vec![
-            Message { role: "system".into(), content: "Be brief.".into() },
-            Message { role: "user".into(), content: "Hi there".into() },
-        ]));
+        assert_eq!(
+            v.prompt,
+            PromptInput::Chat(vec![
+                Message { role: "system".into(), content: "Be brief.".into() },
+                Message { role: "user".into(), content: "Hi there".into() },
+            ])
+        );
         assert_eq!((v.n, v.stream, v.max_tokens, v.logprobs, v.json_mode), (1, false, None, None, false));
         assert_eq!(v.sampling.temperature, 1.0);
     }
@@ -196,12 +229,21 @@ mod tests {
             (r#"{"messages":[{"role":"user","content":"x"}],"n":5}"#, "n"),
             (r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":0}"#, "max_tokens"),
             (r#"{"messages":[{"role":"user","content":"x"}],"presence_penalty":-3}"#, "presence_penalty"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"stop":["a","b","c","d","e","f","g","h","i","j","k","l","m","n","o","p","q"]}"#, "stop"),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"stop":["a","b","c","d","e","f","g","h","i","j","k","l","m","n","o","p","q"]}"#,
+                "stop",
+            ),
             (r#"{"messages":[{"role":"user","content":"x"}],"top_logprobs":3}"#, "top_logprobs"),
             (r#"{"messages":[{"role":"tool","content":"x"}]}"#, "messages[0].role"),
             (r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#, "messages[0].content"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true}}"#, "stream_options"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema"}}"#, "response_format"),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true}}"#,
+                "stream_options",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema"}}"#,
+                "response_format",
+            ),
         ];
         for (body, param) in cases {
             let err = chat(body).unwrap_err();

@@ -65,7 +65,11 @@ pub fn chat_logprobs(entries: &[TokenLogprob], token_text: &dyn Fn(u32) -> Strin
     json!({ "content": content })
 }
 
-pub fn completion_logprobs(entries: &[TokenLogprob], token_text: &dyn Fn(u32) -> String, text_offset_start: usize) -> Value {
+pub fn completion_logprobs(
+    entries: &[TokenLogprob],
+    token_text: &dyn Fn(u32) -> String,
+    text_offset_start: usize,
+) -> Value {
     let mut offset = text_offset_start;
     let mut tokens = Vec::new();
     let mut token_logprobs = Vec::new();
@@ -188,8 +192,8 @@ pub const SSE_DONE: &[u8] = b"data: [DONE]\n\n";
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::super::pricing::DEFAULT_PRICES;
+    use super::*;
 
     fn meta() -> ResponseMeta<'static> {
         ResponseMeta { id: "chatcmpl-1", created: 7, model: "m", prices: DEFAULT_PRICES }
@@ -197,7 +201,12 @@ mod tests {
 
     #[test]
     fn chat_response_shape() {
-        let choice = ChoiceResult { text: "Paris.".into(), token_ids: vec![5, 6], finish_reason: Some(FinishReason::Stop), ..Default::default() };
+        let choice = ChoiceResult {
+            text: "Paris.".into(),
+            token_ids: vec![5, 6],
+            finish_reason: Some(FinishReason::Stop),
+            ..Default::default()
+        };
         let v = full_response(Flavor::Chat, &meta(), &[choice], None, 1, false, 10, &|id| id.to_string());
         assert_eq!(v["object"], "chat.completion");
         assert_eq!(v["choices"][0]["message"]["content"], "Paris.");
@@ -209,7 +218,13 @@ mod tests {
     #[test]
     fn completion_echo_and_logprobs() {
         let lp = |id, logprob| TokenLogprob { token_id: id, logprob, top: vec![(id, logprob)] };
-        let choice = ChoiceResult { text: "ab".into(), token_ids: vec![1, 2], logprobs: vec![lp(1, -0.5), lp(2, -1.0)], finish_reason: Some(FinishReason::Length), ..Default::default() };
+        let choice = ChoiceResult {
+            text: "ab".into(),
+            token_ids: vec![1, 2],
+            logprobs: vec![lp(1, -0.5), lp(2, -1.0)],
+            finish_reason: Some(FinishReason::Length),
+            ..Default::default()
+        };
         let names = |id: u32| ["", "a", "b"][id as usize].to_string();
         let v = full_response(Flavor::Completion, &meta(), &[choice], Some(&["Q: ".to_string()]), 1, true, 3, &names);
         assert_eq!(v["choices"][0]["text"], "Q: ab");

@@ -76,8 +76,5 @@ fn expect_bytes(filled: Filled) -> Result<(), RequestError> {
 }
 
 pub(crate) fn time_left(deadline: Instant) -> Result<Duration, RequestError> {
-    deadline
-        .checked_duration_since(Instant::now())
-        .filter(|left| !left.is_zero())
-        .ok_or(RequestError::Timeout)
+    deadline.checked_duration_since(Instant::now()).filter(|left| !left.is_zero()).ok_or(RequestError::Timeout)
 }

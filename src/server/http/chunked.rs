@@ -75,20 +75,14 @@ impl ChunkedDecoder {
     /// Decodes from `input`, appending chunk data to `body`. Returns how many bytes of `input`
     /// were used and whether the body is complete; bytes after the end are left unused (they
     /// are the next pipelined request).
-    pub(crate) fn decode(
-        &mut self,
-        input: &[u8],
-        body: &mut Vec<u8>,
-    ) -> Result<(usize, bool), ChunkError> {
+    pub(crate) fn decode(&mut self, input: &[u8], body: &mut Vec<u8>) -> Result<(usize, bool), ChunkError> {
         let mut at = 0;
         while at < input.len() && self.state != State::Done {
             if self.state == State::Data {
                 let available = (input.len() - at) as u64;
                 let take = self.remaining.min(available) as usize;
                 if body.len() + take > self.max_body_bytes {
-                    return Err(ChunkError::TooLarge {
-                        limit: self.max_body_bytes,
-                    });
+                    return Err(ChunkError::TooLarge { limit: self.max_body_bytes });
                 }
                 body.extend_from_slice(&input[at..at + take]);
                 at += take;
@@ -110,9 +104,7 @@ impl ChunkedDecoder {
             State::Size | State::Extension => {
                 self.line_bytes += 1;
                 if self.line_bytes > MAX_SIZE_LINE_BYTES {
-                    return Err(ChunkError::LineTooLong {
-                        limit: MAX_SIZE_LINE_BYTES,
-                    });
+                    return Err(ChunkError::LineTooLong { limit: MAX_SIZE_LINE_BYTES });
                 }
                 if self.state == State::Size {
                     if let Some(value) = hex_value(byte) {
@@ -138,11 +130,7 @@ impl ChunkedDecoder {
             State::SizeLf => {
                 expect_lf(byte)?;
                 self.remaining = self.size;
-                self.state = if self.size == 0 {
-                    State::TrailerStart
-                } else {
-                    State::Data
-                };
+                self.state = if self.size == 0 { State::TrailerStart } else { State::Data };
                 self.size = 0;
                 self.digits = 0;
                 self.line_bytes = 0;
@@ -160,9 +148,7 @@ impl ChunkedDecoder {
             State::TrailerStart | State::TrailerLine => {
                 self.trailer_bytes += 1;
                 if self.trailer_bytes > self.max_trailer_bytes {
-                    return Err(ChunkError::TrailersTooLarge {
-                        limit: self.max_trailer_bytes,
-                    });
+                    return Err(ChunkError::TrailersTooLarge { limit: self.max_trailer_bytes });
                 }
                 match byte {
                     b'\r' if self.state == State::TrailerStart => self.state = State::FinalLf,
@@ -268,25 +254,14 @@ mod tests {
     #[test]
     fn enforces_the_body_and_trailer_limits() {
         let mut decoder = ChunkedDecoder::new(3, 1024);
-        let err = decoder
-            .decode(b"4\r\nWiki\r\n0\r\n\r\n", &mut Vec::new())
-            .unwrap_err();
+        let err = decoder.decode(b"4\r\nWiki\r\n0\r\n\r\n", &mut Vec::new()).unwrap_err();
         assert_eq!(err, ChunkError::TooLarge { limit: 3 });
         let mut decoder = ChunkedDecoder::new(100, 8);
-        let err = decoder
-            .decode(b"0\r\nLong-Trailer: value\r\n\r\n", &mut Vec::new())
-            .unwrap_err();
+        let err = decoder.decode(b"0\r\nLong-Trailer: value\r\n\r\n", &mut Vec::new()).unwrap_err();
         assert_eq!(err, ChunkError::TrailersTooLarge { limit: 8 });
         let long_extension = format!("1;{}\r\n", "a".repeat(MAX_SIZE_LINE_BYTES));
         let mut decoder = ChunkedDecoder::new(100, 8);
-        let err = decoder
-            .decode(long_extension.as_bytes(), &mut Vec::new())
-            .unwrap_err();
-        assert_eq!(
-            err,
-            ChunkError::LineTooLong {
-                limit: MAX_SIZE_LINE_BYTES
-            }
-        );
+        let err = decoder.decode(long_extension.as_bytes(), &mut Vec::new()).unwrap_err();
+        assert_eq!(err, ChunkError::LineTooLong { limit: MAX_SIZE_LINE_BYTES });
     }
 }

@@ -57,39 +57,15 @@ impl HttpConfig {
     /// every request; a zero timeout is refused by the socket layer).
     pub fn validate(&self) -> Result<(), HttpError> {
         let checks: [(bool, &'static str); 9] = [
-            (
-                self.max_head_bytes >= 256,
-                "max_head_bytes must be at least 256",
-            ),
+            (self.max_head_bytes >= 256, "max_head_bytes must be at least 256"),
             (self.max_headers >= 1, "max_headers must be at least 1"),
-            (
-                self.max_connections >= 1,
-                "max_connections must be at least 1",
-            ),
-            (
-                !self.keep_alive_timeout.is_zero(),
-                "keep_alive_timeout must be positive",
-            ),
-            (
-                !self.request_timeout.is_zero(),
-                "request_timeout must be positive",
-            ),
-            (
-                !self.write_timeout.is_zero(),
-                "write_timeout must be positive",
-            ),
-            (
-                !self.linger_timeout.is_zero(),
-                "linger_timeout must be positive",
-            ),
-            (
-                !self.drain_timeout.is_zero(),
-                "drain_timeout must be positive",
-            ),
-            (
-                self.coroutine_stack_bytes >= 64 * 1024,
-                "coroutine_stack_bytes must be at least 64 KiB",
-            ),
+            (self.max_connections >= 1, "max_connections must be at least 1"),
+            (!self.keep_alive_timeout.is_zero(), "keep_alive_timeout must be positive"),
+            (!self.request_timeout.is_zero(), "request_timeout must be positive"),
+            (!self.write_timeout.is_zero(), "write_timeout must be positive"),
+            (!self.linger_timeout.is_zero(), "linger_timeout must be positive"),
+            (!self.drain_timeout.is_zero(), "drain_timeout must be positive"),
+            (self.coroutine_stack_bytes >= 64 * 1024, "coroutine_stack_bytes must be at least 64 KiB"),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, why)) => Err(HttpError::Config(why)),
@@ -137,10 +113,7 @@ mod tests {
 
     #[test]
     fn zero_timeout_is_rejected() {
-        let config = HttpConfig {
-            request_timeout: Duration::ZERO,
-            ..HttpConfig::default()
-        };
+        let config = HttpConfig { request_timeout: Duration::ZERO, ..HttpConfig::default() };
         assert!(matches!(config.validate(), Err(HttpError::Config(_))));
     }
 }

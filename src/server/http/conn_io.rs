@@ -43,13 +43,7 @@ pub(crate) struct ConnIo {
 
 impl ConnIo {
     pub(crate) fn new(registration: Option<Registration>, stream: TcpStream) -> Self {
-        ConnIo {
-            registration,
-            stream,
-            inbuf: Vec::new(),
-            consumed: 0,
-            out: Vec::new(),
-        }
+        ConnIo { registration, stream, inbuf: Vec::new(), consumed: 0, out: Vec::new() }
     }
 
     /// No Nagle delay (streamed tokens must leave at once) and a bound on stalled writes.
@@ -89,12 +83,7 @@ impl ConnIo {
     }
 
     /// Reads up to `max` bytes straight onto the end of `dst` (a large body skips the buffer).
-    pub(crate) fn read_into(
-        &mut self,
-        dst: &mut Vec<u8>,
-        max: usize,
-        timeout: Duration,
-    ) -> io::Result<Filled> {
+    pub(crate) fn read_into(&mut self, dst: &mut Vec<u8>, max: usize, timeout: Duration) -> io::Result<Filled> {
         self.flush()?;
         read_append(&mut self.stream, dst, max.min(BODY_READ_MAX), timeout)
     }
@@ -171,12 +160,7 @@ impl ConnIo {
 }
 
 /// One read onto the end of `dst`, of at most `max` bytes, waiting up to `timeout`.
-fn read_append(
-    stream: &mut TcpStream,
-    dst: &mut Vec<u8>,
-    max: usize,
-    timeout: Duration,
-) -> io::Result<Filled> {
+fn read_append(stream: &mut TcpStream, dst: &mut Vec<u8>, max: usize, timeout: Duration) -> io::Result<Filled> {
     // A zero timeout means "none" to the socket layer; never wait forever by accident.
     stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
     let start = dst.len();

@@ -42,10 +42,7 @@ pub(crate) fn serve(mut io: ConnIo, peer: SocketAddr, shared: &Shared) {
 /// The next request head and the deadline for the rest of the request, or `None` when the
 /// connection should close quietly: the client closed, it stayed idle past the keep-alive
 /// timeout, or the server is shutting down between requests.
-fn read_head(
-    io: &mut ConnIo,
-    shared: &Shared,
-) -> Result<Option<(ParsedHead, Instant)>, RequestError> {
+fn read_head(io: &mut ConnIo, shared: &Shared) -> Result<Option<(ParsedHead, Instant)>, RequestError> {
     let config = &shared.config;
     // A pipelined request already buffered is in progress; otherwise the clock starts with its
     // first byte.
@@ -58,9 +55,7 @@ fn read_head(
         if parse_now {
             if let Some(head) = parse_head(io.buffered(), config.max_headers)? {
                 if head.len > config.max_head_bytes {
-                    return Err(RequestError::HeadTooLarge {
-                        limit: config.max_head_bytes,
-                    });
+                    return Err(RequestError::HeadTooLarge { limit: config.max_head_bytes });
                 }
                 io.consume(head.len);
                 let deadline = deadline.unwrap_or_else(|| Instant::now() + config.request_timeout);
@@ -68,9 +63,7 @@ fn read_head(
             }
         }
         if io.buffered().len() >= config.max_head_bytes {
-            return Err(RequestError::HeadTooLarge {
-                limit: config.max_head_bytes,
-            });
+            return Err(RequestError::HeadTooLarge { limit: config.max_head_bytes });
         }
         let seen = io.buffered().len();
         match deadline {
@@ -99,24 +92,15 @@ fn wait_idle(io: &mut ConnIo, shared: &Shared) -> bool {
     io.set_idle(true);
     // Checked again after marking: a shutdown that scanned for idle connections before the
     // mark is visible here (see `Registration::set_idle`).
-    let filled = if shared.shutdown.is_triggered() {
-        Ok(Filled::Eof)
-    } else {
-        io.fill(shared.config.keep_alive_timeout)
-    };
+    let filled =
+        if shared.shutdown.is_triggered() { Ok(Filled::Eof) } else { io.fill(shared.config.keep_alive_timeout) };
     io.set_idle(false);
     matches!(filled, Ok(Filled::Bytes(_)))
 }
 
 /// Answers a request that could not be read (if anyone is left to answer) after the responses
 /// already queued, then closes.
-fn reject(
-    mut io: ConnIo,
-    err: RequestError,
-    head_only: bool,
-    peer: SocketAddr,
-    linger: std::time::Duration,
-) {
+fn reject(mut io: ConnIo, err: RequestError, head_only: bool, peer: SocketAddr, linger: std::time::Duration) {
     match err.status() {
         Some(status) => {
             tracing::debug!(%peer, status, %err, "rejecting request");
@@ -128,13 +112,7 @@ fn reject(
 }
 
 /// Runs the handler for one request; true if the connection may serve another.
-fn run_handler(
-    io: &mut ConnIo,
-    head: ParsedHead,
-    body: Vec<u8>,
-    peer: SocketAddr,
-    shared: &Shared,
-) -> bool {
+fn run_handler(io: &mut ConnIo, head: ParsedHead, body: Vec<u8>, peer: SocketAddr, shared: &Shared) -> bool {
     let head_only = head.method == "HEAD";
     let request = Request {
         method: head.method,
@@ -145,19 +123,11 @@ fn run_handler(
         body,
         peer_addr: peer,
     };
-    let mut responder = Responder::new(
-        io,
-        &shared.shutdown,
-        head.version,
-        head_only,
-        head.keep_alive,
-    );
+    let mut responder = Responder::new(io, &shared.shutdown, head.version, head_only, head.keep_alive);
     // The handler is API code over user input: a bug there must cost one request, not the
     // server. Nothing it could leave half-updated is shared with other requests except
     // through its own synchronisation.
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        shared.handler.handle(request, &mut responder)
-    }));
+    let outcome = catch_unwind(AssertUnwindSafe(|| shared.handler.handle(request, &mut responder)));
     let conclusion = responder.conclusion();
     if let Err(panic) = &outcome {
         let message = panic
@@ -172,12 +142,7 @@ fn run_handler(
             if outcome.is_ok() {
                 tracing::error!(%peer, "handler returned without answering");
             }
-            write_layer_error(
-                io.out_mut(),
-                500,
-                "internal error while handling the request",
-                head_only,
-            );
+            write_layer_error(io.out_mut(), 500, "internal error while handling the request", head_only);
             false
         }
         // After a panic the handler's state is suspect; do not reuse its connection.

@@ -30,18 +30,13 @@ pub(crate) struct ParsedHead {
 }
 
 /// Parses a head from the start of `buf`. `Ok(None)`: not complete yet.
-pub(crate) fn parse_head(
-    buf: &[u8],
-    max_headers: usize,
-) -> Result<Option<ParsedHead>, RequestError> {
+pub(crate) fn parse_head(buf: &[u8], max_headers: usize) -> Result<Option<ParsedHead>, RequestError> {
     let mut slots = vec![httparse::EMPTY_HEADER; max_headers];
     let mut raw = httparse::Request::new(&mut slots);
     let len = match raw.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(RequestError::TooManyHeaders { limit: max_headers })
-        }
+        Err(httparse::Error::TooManyHeaders) => return Err(RequestError::TooManyHeaders { limit: max_headers }),
         Err(err) => return Err(RequestError::MalformedHead(err)),
     };
     // A complete parse fills all three; `expect` states the invariant, not user input.
@@ -60,23 +55,10 @@ pub(crate) fn parse_head(
     let framing = body_framing(&headers, version)?;
     let keep_alive = match version {
         Version::Http11 => !headers.has_token("connection", "close"),
-        Version::Http10 => {
-            headers.has_token("connection", "keep-alive")
-                && !headers.has_token("connection", "close")
-        }
+        Version::Http10 => headers.has_token("connection", "keep-alive") && !headers.has_token("connection", "close"),
     };
     let expect_continue = expect_continue(&headers, version)?;
-    Ok(Some(ParsedHead {
-        method,
-        path,
-        query,
-        version,
-        headers,
-        framing,
-        keep_alive,
-        expect_continue,
-        len,
-    }))
+    Ok(Some(ParsedHead { method, path, query, version, headers, framing, keep_alive, expect_continue, len }))
 }
 
 /// Splits `/path?query`; an absolute-form target (`http://host/path`) keeps only its path.
@@ -131,10 +113,7 @@ fn body_framing(headers: &Headers, version: Version) -> Result<BodyFraming, Requ
     let codings: Vec<&str> = codings.filter(|coding| !coding.is_empty()).collect();
     match codings.split_last() {
         Some((last, before)) if last.eq_ignore_ascii_case("chunked") => {
-            if before
-                .iter()
-                .any(|coding| coding.eq_ignore_ascii_case("chunked"))
-            {
+            if before.iter().any(|coding| coding.eq_ignore_ascii_case("chunked")) {
                 Err(RequestError::BadTransferEncoding)
             } else if !before.is_empty() {
                 Err(RequestError::UnsupportedTransferCoding)
@@ -152,10 +131,7 @@ fn parse_content_length(value: &str) -> Result<u64, RequestError> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         return Err(RequestError::BadContentLength);
     }
-    Ok(value.bytes().fold(0u64, |acc, digit| {
-        acc.saturating_mul(10)
-            .saturating_add(u64::from(digit - b'0'))
-    }))
+    Ok(value.bytes().fold(0u64, |acc, digit| acc.saturating_mul(10).saturating_add(u64::from(digit - b'0'))))
 }
 
 /// HTTP/1.0 has no 100-continue (RFC 9110 §10.1.1 says to ignore it there).
@@ -209,16 +185,10 @@ mod tests {
     fn content_length_must_be_digits_and_agree() {
         for bad in ["abc", "-1", "+5", "5 5", "0x10", "5, 5", ""] {
             let text = format!("POST / HTTP/1.1\r\nContent-Length: {bad}\r\n\r\n");
-            assert!(
-                matches!(framing(&text), Err(RequestError::BadContentLength)),
-                "{bad:?}"
-            );
+            assert!(matches!(framing(&text), Err(RequestError::BadContentLength)), "{bad:?}");
         }
         let twice = "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
-        assert!(matches!(
-            framing(twice),
-            Err(RequestError::ConflictingContentLength)
-        ));
+        assert!(matches!(framing(twice), Err(RequestError::ConflictingContentLength)));
         let agree = "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 003\r\n\r\n";
         assert_eq!(framing(agree).unwrap(), BodyFraming::Length(3));
         let huge = "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n";
@@ -230,36 +200,17 @@ mod tests {
         let chunked = "POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n";
         assert_eq!(framing(chunked).unwrap(), BodyFraming::Chunked);
         let both = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n";
-        assert!(matches!(
-            framing(both),
-            Err(RequestError::LengthAndTransferEncoding)
-        ));
+        assert!(matches!(framing(both), Err(RequestError::LengthAndTransferEncoding)));
         let old = "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert!(matches!(
-            framing(old),
-            Err(RequestError::TransferEncodingInHttp10)
-        ));
+        assert!(matches!(framing(old), Err(RequestError::TransferEncodingInHttp10)));
         let gzip = "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
-        assert!(matches!(
-            framing(gzip),
-            Err(RequestError::UnsupportedTransferCoding)
-        ));
+        assert!(matches!(framing(gzip), Err(RequestError::UnsupportedTransferCoding)));
         let not_last = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n";
-        assert!(matches!(
-            framing(not_last),
-            Err(RequestError::BadTransferEncoding)
-        ));
-        let twice =
-            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert!(matches!(
-            framing(twice),
-            Err(RequestError::BadTransferEncoding)
-        ));
+        assert!(matches!(framing(not_last), Err(RequestError::BadTransferEncoding)));
+        let twice = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(matches!(framing(twice), Err(RequestError::BadTransferEncoding)));
         let empty = "POST / HTTP/1.1\r\nTransfer-Encoding: \r\n\r\n";
-        assert!(matches!(
-            framing(empty),
-            Err(RequestError::BadTransferEncoding)
-        ));
+        assert!(matches!(framing(empty), Err(RequestError::BadTransferEncoding)));
     }
 
     #[test]
@@ -273,15 +224,11 @@ mod tests {
 
     #[test]
     fn expectations() {
-        let head = parse("POST / HTTP/1.1\r\nExpect: 100-Continue\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let head = parse("POST / HTTP/1.1\r\nExpect: 100-Continue\r\n\r\n").unwrap().unwrap();
         assert!(head.expect_continue);
         let other = parse("POST / HTTP/1.1\r\nExpect: magic\r\n\r\n");
         assert!(matches!(other, Err(RequestError::UnsupportedExpectation)));
-        let old = parse("POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let old = parse("POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n").unwrap().unwrap();
         assert!(!old.expect_continue);
     }
 
@@ -289,26 +236,14 @@ mod tests {
     fn header_limit_and_garbage() {
         let many: String = (0..65).map(|i| format!("X-{i}: v\r\n")).collect();
         let text = format!("GET / HTTP/1.1\r\n{many}\r\n");
-        assert!(matches!(
-            parse(&text),
-            Err(RequestError::TooManyHeaders { limit: 64 })
-        ));
-        assert!(matches!(
-            parse("\x16\x03\x01 hello\r\n\r\n"),
-            Err(RequestError::MalformedHead(_))
-        ));
-        assert!(matches!(
-            parse("GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"),
-            Err(RequestError::MalformedHead(_))
-        ));
+        assert!(matches!(parse(&text), Err(RequestError::TooManyHeaders { limit: 64 })));
+        assert!(matches!(parse("\x16\x03\x01 hello\r\n\r\n"), Err(RequestError::MalformedHead(_))));
+        assert!(matches!(parse("GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"), Err(RequestError::MalformedHead(_))));
     }
 
     #[test]
     fn absolute_form_target_keeps_the_path() {
-        assert_eq!(
-            split_target("http://host:80/a/b?c"),
-            ("/a/b".to_owned(), Some("c".to_owned()))
-        );
+        assert_eq!(split_target("http://host:80/a/b?c"), ("/a/b".to_owned(), Some("c".to_owned())));
         assert_eq!(split_target("HTTPS://host"), ("/".to_owned(), None));
         assert_eq!(split_target("/plain"), ("/plain".to_owned(), None));
     }

@@ -62,14 +62,7 @@ impl<'c> Responder<'c> {
         head_only: bool,
         keep_alive: bool,
     ) -> Self {
-        Responder {
-            io,
-            shutdown,
-            version,
-            head_only,
-            keep_alive,
-            state: State::Pending,
-        }
+        Responder { io, shutdown, version, head_only, keep_alive, state: State::Pending }
     }
 
     /// Answers with a whole response. It is queued, not written: the connection writes queued
@@ -79,18 +72,8 @@ impl<'c> Responder<'c> {
         self.check_can_start(&response)?;
         let has_body = status_allows_body(response.status);
         let connection = self.settle_connection(&response, true);
-        let length = if has_body {
-            BodyLength::Length(response.body.len())
-        } else {
-            BodyLength::None
-        };
-        write_head(
-            self.io.out_mut(),
-            response.status,
-            &response.headers,
-            length,
-            connection,
-        );
+        let length = if has_body { BodyLength::Length(response.body.len()) } else { BodyLength::None };
+        write_head(self.io.out_mut(), response.status, &response.headers, length, connection);
         self.state = State::Sent;
         if has_body && !self.head_only {
             if let Err(err) = self.io.queue_or_write(&response.body) {
@@ -118,20 +101,12 @@ impl<'c> Responder<'c> {
         let length = match framing {
             StreamFraming::Chunked => BodyLength::Chunked,
             StreamFraming::UntilClose => BodyLength::UntilClose,
-            StreamFraming::Bodyless
-                if self.version == Version::Http11 && status_allows_body(head.status) =>
-            {
+            StreamFraming::Bodyless if self.version == Version::Http11 && status_allows_body(head.status) => {
                 BodyLength::Chunked
             }
             StreamFraming::Bodyless => BodyLength::None,
         };
-        write_head(
-            self.io.out_mut(),
-            head.status,
-            &head.headers,
-            length,
-            connection,
-        );
+        write_head(self.io.out_mut(), head.status, &head.headers, length, connection);
         self.state = State::Streaming(framing);
         // The client should see the status before the first token is ready.
         if let Err(err) = self.io.flush() {
@@ -153,11 +128,7 @@ impl<'c> Responder<'c> {
     /// Waits for one value on `results` (a may channel: the engine's threads send into it, this
     /// coroutine parks without holding an OS thread), checking every `poll` whether the client
     /// left. On `ClientGone`, drop the receiver or cancel the request so the engine stops.
-    pub fn wait_for<T>(
-        &self,
-        results: &may::sync::mpsc::Receiver<T>,
-        poll: Duration,
-    ) -> Result<T, WaitError> {
+    pub fn wait_for<T>(&self, results: &may::sync::mpsc::Receiver<T>, poll: Duration) -> Result<T, WaitError> {
         loop {
             match results.recv_timeout(poll) {
                 Ok(value) => return Ok(value),
@@ -175,15 +146,11 @@ impl<'c> Responder<'c> {
         match self.state {
             State::Pending => Conclusion::Unanswered,
             State::Sent | State::Finished | State::Streaming(StreamFraming::Bodyless) => {
-                Conclusion::Complete {
-                    keep_alive: self.keep_alive,
-                }
+                Conclusion::Complete { keep_alive: self.keep_alive }
             }
             State::Streaming(StreamFraming::Chunked) | State::Broken => Conclusion::Incomplete,
             // The body ends with the connection: closing completes it.
-            State::Streaming(StreamFraming::UntilClose) => {
-                Conclusion::Complete { keep_alive: false }
-            }
+            State::Streaming(StreamFraming::UntilClose) => Conclusion::Complete { keep_alive: false },
         }
     }
 
@@ -196,10 +163,8 @@ impl<'c> Responder<'c> {
 
     /// Decides, as the head is written, whether the connection stays open after this response.
     fn settle_connection(&mut self, response: &Response, framing_allows: bool) -> ConnectionHeader {
-        self.keep_alive = self.keep_alive
-            && framing_allows
-            && !response.asks_to_close()
-            && !self.shutdown.is_triggered();
+        self.keep_alive =
+            self.keep_alive && framing_allows && !response.asks_to_close() && !self.shutdown.is_triggered();
         match (self.keep_alive, self.version) {
             (false, _) => ConnectionHeader::Close,
             (true, Version::Http10) => ConnectionHeader::KeepAlive,
@@ -262,11 +227,7 @@ impl BodyStream<'_, '_> {
 
     /// See [`Responder::wait_for`]: waits for the next token while watching the client, which
     /// matters before the first token (a long prefill), when no write would fail yet.
-    pub fn wait_for<T>(
-        &self,
-        results: &may::sync::mpsc::Receiver<T>,
-        poll: Duration,
-    ) -> Result<T, WaitError> {
+    pub fn wait_for<T>(&self, results: &may::sync::mpsc::Receiver<T>, poll: Duration) -> Result<T, WaitError> {
         self.responder.wait_for(results, poll)
     }
 }
@@ -281,8 +242,5 @@ impl Responder<'_> {
 }
 
 fn broken_pipe() -> ResponseError {
-    ResponseError::Io(io::Error::new(
-        io::ErrorKind::BrokenPipe,
-        "an earlier write on this response failed",
-    ))
+    ResponseError::Io(io::Error::new(io::ErrorKind::BrokenPipe, "an earlier write on this response failed"))
 }

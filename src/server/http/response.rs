@@ -13,13 +13,7 @@ use super::error::ResponseError;
 pub(crate) const SERVER_NAME: &str = concat!("kiln/", env!("CARGO_PKG_VERSION"));
 
 /// Header fields this layer writes itself; a handler's own are dropped.
-const MANAGED_HEADERS: [&str; 5] = [
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "date",
-    "server",
-];
+const MANAGED_HEADERS: [&str; 5] = ["content-length", "transfer-encoding", "connection", "date", "server"];
 
 /// A status, headers and a body. For a streamed response the same type carries the head (its
 /// body, if any, is sent as the first chunk).
@@ -32,30 +26,18 @@ pub struct Response {
 
 impl Response {
     pub fn new(status: u16) -> Self {
-        Response {
-            status,
-            headers: Vec::new(),
-            body: Vec::new(),
-        }
+        Response { status, headers: Vec::new(), body: Vec::new() }
     }
 
     pub fn json(status: u16, body: impl Into<Vec<u8>>) -> Self {
-        Response::new(status)
-            .header("Content-Type", "application/json")
-            .body(body)
+        Response::new(status).header("Content-Type", "application/json").body(body)
     }
 
     pub fn text(status: u16, body: impl Into<Vec<u8>>) -> Self {
-        Response::new(status)
-            .header("Content-Type", "text/plain; charset=utf-8")
-            .body(body)
+        Response::new(status).header("Content-Type", "text/plain; charset=utf-8").body(body)
     }
 
-    pub fn header(
-        mut self,
-        name: impl Into<Cow<'static, str>>,
-        value: impl Into<Cow<'static, str>>,
-    ) -> Self {
+    pub fn header(mut self, name: impl Into<Cow<'static, str>>, value: impl Into<Cow<'static, str>>) -> Self {
         self.headers.push((name.into(), value.into()));
         self
     }
@@ -85,9 +67,7 @@ impl Response {
     pub(crate) fn asks_to_close(&self) -> bool {
         self.headers.iter().any(|(name, value)| {
             name.eq_ignore_ascii_case("connection")
-                && value
-                    .split(',')
-                    .any(|token| token.trim().eq_ignore_ascii_case("close"))
+                && value.split(',').any(|token| token.trim().eq_ignore_ascii_case("close"))
         })
     }
 }
@@ -95,11 +75,7 @@ impl Response {
 /// An error the layer itself answers (bad framing, limits, handler panics), in the OpenAI
 /// error shape so SDK clients can show it. `message` is fixed text, never request content.
 pub(crate) fn error_response(status: u16, message: &str) -> Response {
-    let kind = if status >= 500 {
-        "server_error"
-    } else {
-        "invalid_request_error"
-    };
+    let kind = if status >= 500 { "server_error" } else { "invalid_request_error" };
     let body = serde_json::json!({ "error": { "message": message, "type": kind, "code": status } });
     Response::json(status, body.to_string())
 }
@@ -108,13 +84,7 @@ pub(crate) fn error_response(status: u16, message: &str) -> Response {
 /// connection cannot continue.
 pub(crate) fn write_layer_error(out: &mut Vec<u8>, status: u16, message: &str, head_only: bool) {
     let response = error_response(status, message);
-    write_head(
-        out,
-        status,
-        &response.headers,
-        BodyLength::Length(response.body.len()),
-        ConnectionHeader::Close,
-    );
+    write_head(out, status, &response.headers, BodyLength::Length(response.body.len()), ConnectionHeader::Close);
     if !head_only {
         out.extend_from_slice(&response.body);
     }
@@ -160,10 +130,7 @@ pub(crate) fn write_head(
     out.extend_from_slice(SERVER_NAME.as_bytes());
     out.extend_from_slice(b"\r\n");
     for (name, value) in headers {
-        if MANAGED_HEADERS
-            .iter()
-            .any(|managed| name.eq_ignore_ascii_case(managed))
-        {
+        if MANAGED_HEADERS.iter().any(|managed| name.eq_ignore_ascii_case(managed)) {
             continue;
         }
         out.extend_from_slice(name.as_bytes());
@@ -232,42 +199,25 @@ mod tests {
 
     fn head(response: &Response, length: BodyLength, connection: ConnectionHeader) -> String {
         let mut out = Vec::new();
-        write_head(
-            &mut out,
-            response.status,
-            &response.headers,
-            length,
-            connection,
-        );
+        write_head(&mut out, response.status, &response.headers, length, connection);
         String::from_utf8(out).unwrap()
     }
 
     #[test]
     fn head_has_status_date_server_and_framing() {
-        let response = Response::json(200, "{}")
-            .header("Content-Length", "999")
-            .header("X-Id", "7");
+        let response = Response::json(200, "{}").header("Content-Length", "999").header("X-Id", "7");
         let text = head(&response, BodyLength::Length(2), ConnectionHeader::Close);
         assert!(text.starts_with("HTTP/1.1 200 OK\r\nDate: "), "{text}");
         assert!(text.contains(" GMT\r\nServer: kiln/"));
         assert!(text.contains("\r\nContent-Type: application/json\r\nX-Id: 7\r\n"));
         assert!(text.ends_with("\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"));
-        assert!(
-            !text.contains("999"),
-            "the handler's framing header is dropped"
-        );
+        assert!(!text.contains("999"), "the handler's framing header is dropped");
     }
 
     #[test]
     fn validation_refuses_response_splitting() {
-        assert!(Response::new(200)
-            .header("X", "a\r\nSet-Cookie: x")
-            .validate()
-            .is_err());
-        assert!(Response::new(200)
-            .header("Bad Name", "v")
-            .validate()
-            .is_err());
+        assert!(Response::new(200).header("X", "a\r\nSet-Cookie: x").validate().is_err());
+        assert!(Response::new(200).header("Bad Name", "v").validate().is_err());
         assert!(Response::new(101).validate().is_err());
         assert!(Response::text(404, "no").validate().is_ok());
     }

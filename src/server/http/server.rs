@@ -38,9 +38,7 @@ impl Shared {
         self.tracker.close_idle();
         // The accept loop is parked in accept(); a connection of our own wakes it to see the
         // flag. may's connect parks a coroutine, or blocks a plain thread, as the caller is.
-        if let Err(err) =
-            may::net::TcpStream::connect_timeout(&self.wake_addr, WAKE_CONNECT_TIMEOUT)
-        {
+        if let Err(err) = may::net::TcpStream::connect_timeout(&self.wake_addr, WAKE_CONNECT_TIMEOUT) {
             tracing::warn!(%err, "cannot wake the accept loop; it stops at the next connection");
         }
     }
@@ -67,21 +65,14 @@ impl Server {
     /// Sets may's default coroutine stack size to `config.coroutine_stack_bytes` (process-wide):
     /// may recycles coroutines of the default size through a pool, so making ours the default
     /// saves an mmap per connection.
-    pub fn bind(
-        addr: SocketAddr,
-        config: HttpConfig,
-        handler: impl Handler,
-    ) -> Result<Server, HttpError> {
+    pub fn bind(addr: SocketAddr, config: HttpConfig, handler: impl Handler) -> Result<Server, HttpError> {
         config.validate()?;
         let stack_words = config.coroutine_stack_words();
         may::config().set_stack_size(stack_words);
 
         // Bound with std, not may::net::TcpListener::bind: may sets SO_REUSEPORT, under which a
         // second server on the same port silently shares its traffic instead of failing.
-        let bind_error = |source| HttpError::Bind {
-            addr: addr.to_string(),
-            source,
-        };
+        let bind_error = |source| HttpError::Bind { addr: addr.to_string(), source };
         let std_listener = std::net::TcpListener::bind(addr).map_err(bind_error)?;
         let local_addr = std_listener.local_addr().map_err(bind_error)?;
         // SAFETY: the descriptor comes from `into_raw_fd`, so it is an open listening socket
@@ -97,20 +88,14 @@ impl Server {
             wake_addr: wake_addr(local_addr),
         });
         let accept_shared = shared.clone();
-        let builder = may::coroutine::Builder::new()
-            .name("http-accept".to_owned())
-            .stack_size(stack_words);
+        let builder = may::coroutine::Builder::new().name("http-accept".to_owned()).stack_size(stack_words);
         // SAFETY: may marks spawning unsafe because a coroutine may resume on another thread
         // after it blocks, which breaks references to thread-locals held across the block. The
         // accept loop and connection code hold none; `Handler` documents the same rule.
-        let accept_loop = unsafe { builder.spawn(move || accept_loop(listener, accept_shared)) }
-            .map_err(HttpError::Spawn)?;
+        let accept_loop =
+            unsafe { builder.spawn(move || accept_loop(listener, accept_shared)) }.map_err(HttpError::Spawn)?;
         tracing::info!(%local_addr, "HTTP server listening");
-        Ok(Server {
-            shared,
-            local_addr,
-            accept_loop: Some(accept_loop),
-        })
+        Ok(Server { shared, local_addr, accept_loop: Some(accept_loop) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -118,9 +103,7 @@ impl Server {
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle {
-            shared: self.shared.clone(),
-        }
+        ShutdownHandle { shared: self.shared.clone() }
     }
 
     /// Connections open now (for metrics).
@@ -131,9 +114,7 @@ impl Server {
     /// Blocks the calling thread until at most `at_most` connections are open, or `timeout`
     /// passes; true if reached. For tests and health checks.
     pub fn wait_for_open_connections(&self, at_most: usize, timeout: Duration) -> bool {
-        self.shared
-            .tracker
-            .wait_until_at_most(at_most, Instant::now() + timeout)
+        self.shared.tracker.wait_until_at_most(at_most, Instant::now() + timeout)
     }
 
     /// Blocks the calling OS thread (call it from `main`, not from a coroutine) until a
@@ -149,22 +130,15 @@ impl Server {
         let config = &self.shared.config;
         if tracker.wait_until_at_most(0, started + config.drain_timeout) {
             tracing::info!("all connections drained");
-            return ShutdownReport {
-                unfinished_connections: 0,
-            };
+            return ShutdownReport { unfinished_connections: 0 };
         }
         let unfinished = tracker.open();
-        tracing::warn!(
-            unfinished,
-            "drain timeout passed; closing the remaining connections"
-        );
+        tracing::warn!(unfinished, "drain timeout passed; closing the remaining connections");
         tracker.close_all();
         // They notice at their next read, write or disconnect check; a handler blocked on
         // something else is not waited for beyond this.
         tracker.wait_until_at_most(0, Instant::now() + config.linger_timeout);
-        ShutdownReport {
-            unfinished_connections: unfinished,
-        }
+        ShutdownReport { unfinished_connections: unfinished }
     }
 }
 
@@ -202,9 +176,7 @@ fn accept_loop(listener: may::net::TcpListener, shared: Arc<Shared>) {
 
 /// Gives the connection its coroutine, or a 503 when the cap is reached.
 fn admit(stream: may::net::TcpStream, peer: std::net::SocketAddr, shared: &Arc<Shared>) {
-    let registration = shared
-        .tracker
-        .register(stream.as_raw_fd(), shared.config.max_connections);
+    let registration = shared.tracker.register(stream.as_raw_fd(), shared.config.max_connections);
     let over_capacity = registration.is_none();
     let io = ConnIo::new(registration, stream);
     let connection_shared = shared.clone();

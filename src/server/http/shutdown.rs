@@ -21,11 +21,7 @@ pub(crate) struct ShutdownState {
 
 impl ShutdownState {
     pub(crate) fn new() -> Self {
-        ShutdownState {
-            triggered: AtomicBool::new(false),
-            since: Mutex::new(None),
-            fired: Condvar::new(),
-        }
+        ShutdownState { triggered: AtomicBool::new(false), since: Mutex::new(None), fired: Condvar::new() }
     }
 
     /// SeqCst: see `Registration::set_idle`.
@@ -35,10 +31,7 @@ impl ShutdownState {
 
     /// Sets the flag; true only for the call that set it.
     pub(crate) fn fire(&self) -> bool {
-        let mut since = self
-            .since
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut since = self.since.lock().unwrap_or_else(|poison| poison.into_inner());
         if since.is_some() {
             return false;
         }
@@ -50,18 +43,12 @@ impl ShutdownState {
 
     /// Blocks the calling OS thread until the flag is set; returns when it was set.
     pub(crate) fn wait_fired(&self) -> Instant {
-        let mut since = self
-            .since
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut since = self.since.lock().unwrap_or_else(|poison| poison.into_inner());
         loop {
             if let Some(at) = *since {
                 return at;
             }
-            since = self
-                .fired
-                .wait(since)
-                .unwrap_or_else(|poison| poison.into_inner());
+            since = self.fired.wait(since).unwrap_or_else(|poison| poison.into_inner());
         }
     }
 }
@@ -100,10 +87,7 @@ pub fn shutdown_on_signals(handle: ShutdownHandle) -> Result<JoinHandle<()>, Htt
                     tracing::info!(signal, "shutting down: draining running requests");
                     handle.trigger();
                 } else {
-                    tracing::warn!(
-                        signal,
-                        "second signal: exiting without waiting for the drain"
-                    );
+                    tracing::warn!(signal, "second signal: exiting without waiting for the drain");
                     std::process::exit(128 + signal);
                 }
             }

@@ -53,10 +53,7 @@ impl Drop for Registration {
 
 impl ConnTracker {
     pub(crate) fn new() -> Arc<Self> {
-        Arc::new(ConnTracker {
-            table: Mutex::new(Table::default()),
-            closed: Condvar::new(),
-        })
+        Arc::new(ConnTracker { table: Mutex::new(Table::default()), closed: Condvar::new() })
     }
 
     /// A place for the connection on `fd`, or `None` when `max_open` are already open.
@@ -67,16 +64,9 @@ impl ConnTracker {
         }
         let id = table.next_id;
         table.next_id += 1;
-        let slot = Arc::new(Slot {
-            fd,
-            idle: AtomicBool::new(false),
-        });
+        let slot = Arc::new(Slot { fd, idle: AtomicBool::new(false) });
         table.open.insert(id, slot.clone());
-        Some(Registration {
-            tracker: self.clone(),
-            id,
-            slot,
-        })
+        Some(Registration { tracker: self.clone(), id, slot })
     }
 
     pub(crate) fn open(&self) -> usize {
@@ -109,20 +99,14 @@ impl ConnTracker {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return false;
             };
-            table = self
-                .closed
-                .wait_timeout(table, left)
-                .unwrap_or_else(|poison| poison.into_inner())
-                .0;
+            table = self.closed.wait_timeout(table, left).unwrap_or_else(|poison| poison.into_inner()).0;
         }
         true
     }
 
     /// Nothing panics while holding this lock, but a poisoned table is still a valid table.
     fn lock(&self) -> MutexGuard<'_, Table> {
-        self.table
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        self.table.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 }
 

@@ -207,7 +207,15 @@ pub fn attention_run<'a>(
     if isa == Isa::Portable {
         for (t, out) in out.chunks_exact_mut(q_dim).enumerate() {
             let position = first_position + t;
-            attention(isa, &q[t * q_dim..(t + 1) * q_dim], shape, first_visible(position)..position + 1, block_size, &block, out);
+            attention(
+                isa,
+                &q[t * q_dim..(t + 1) * q_dim],
+                shape,
+                first_visible(position)..position + 1,
+                block_size,
+                &block,
+                out,
+            );
         }
         return;
     }
@@ -223,7 +231,19 @@ pub fn attention_run<'a>(
             // t0..t0 + rows of `out`; tasks differ in query block or KV head, so never overlap.
             let out = out_ptr.get();
             unsafe {
-                prefill_task(isa, q, shape, first_position, window, (t0, rows, kv_head), visible, block_size, &block, scratch, out)
+                prefill_task(
+                    isa,
+                    q,
+                    shape,
+                    first_position,
+                    window,
+                    (t0, rows, kv_head),
+                    visible,
+                    block_size,
+                    &block,
+                    scratch,
+                    out,
+                )
             }
         });
     });
@@ -358,7 +378,14 @@ unsafe fn prefill_task<'a>(
         }
         for (r, row) in scores.chunks_exact_mut(len).enumerate() {
             let position = first_position + t0 + r;
-            masked_softmax(isa, row, first_visible(position) - visible.start, position + 1 - visible.start, scale, visible.start);
+            masked_softmax(
+                isa,
+                row,
+                first_visible(position) - visible.start,
+                position + 1 - visible.start,
+                scale,
+                visible.start,
+            );
         }
         for r0 in (0..rows).step_by(mt) {
             let xs = std::array::from_fn(|i| scores[(r0 + i).min(rows - 1) * len..].as_ptr());
@@ -368,7 +395,17 @@ unsafe fn prefill_task<'a>(
                 // floats from column j·nr (the slack); the output block is this task's (tokens
                 // t0 + r0.., columns of head h), inside `out` (caller).
                 let panel = values[j * nr..].as_ptr();
-                gemm::microkernel(isa, &xs, len, panel, d, out.add((t0 + r0) * q_dim + h * d + j * nr), q_dim, mt.min(rows - r0), cols);
+                gemm::microkernel(
+                    isa,
+                    &xs,
+                    len,
+                    panel,
+                    d,
+                    out.add((t0 + r0) * q_dim + h * d + j * nr),
+                    q_dim,
+                    mt.min(rows - r0),
+                    cols,
+                );
             }
         }
     }

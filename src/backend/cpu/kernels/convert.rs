@@ -81,7 +81,10 @@ mod tests {
                 f16_to_f32_with(isa, src, &mut out);
                 for (s, o) in src.iter().zip(&out) {
                     let expected = s.to_f32();
-                    assert!(expected.to_bits() == o.to_bits() || (expected.is_nan() && o.is_nan()), "{isa:?}: {s:?} gave {o}, expected {expected}");
+                    assert!(
+                        expected.to_bits() == o.to_bits() || (expected.is_nan() && o.is_nan()),
+                        "{isa:?}: {s:?} gave {o}, expected {expected}"
+                    );
                 }
             }
         }

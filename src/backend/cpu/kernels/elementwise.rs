@@ -37,7 +37,13 @@ fn rmsnorm_rows_body<const FMA: bool>(x: &[f32], weight: &[f32], eps: f32, out: 
 multiversion!(fn rmsnorm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) => rmsnorm_rows_body);
 
 #[inline(always)]
-fn add_rmsnorm_rows_body<const FMA: bool>(residual: &mut [f32], delta: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+fn add_rmsnorm_rows_body<const FMA: bool>(
+    residual: &mut [f32],
+    delta: &[f32],
+    weight: &[f32],
+    eps: f32,
+    out: &mut [f32],
+) {
     for (r, &d) in residual.iter_mut().zip(delta) {
         *r += d;
     }
@@ -108,7 +114,10 @@ pub fn silu_mul(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
 /// Computed once per step and shared by all layers (the reference recomputes them per head).
 pub fn rope_table(positions: &[u32], inv_freq: &[f32], cos: &mut [f32], sin: &mut [f32]) {
     let half = inv_freq.len();
-    assert!(cos.len() == positions.len() * half && sin.len() == cos.len(), "rope tables must be [tokens, head_dim / 2]");
+    assert!(
+        cos.len() == positions.len() * half && sin.len() == cos.len(),
+        "rope tables must be [tokens, head_dim / 2]"
+    );
     for ((&position, cos), sin) in positions.iter().zip(cos.chunks_exact_mut(half)).zip(sin.chunks_exact_mut(half)) {
         for i in 0..half {
             // The same f32 angle as ops::rope, so the rotation is bit-for-bit the reference's.
@@ -140,7 +149,10 @@ multiversion!(fn rope_rows(x: &mut [f32], width: usize, head_dim: usize, cos: &[
 /// with the token's row of the tables from [`rope_table`].
 pub fn apply_rope(isa: Isa, x: &mut [f32], width: usize, head_dim: usize, cos: &[f32], sin: &[f32]) {
     let half = head_dim / 2;
-    assert!(width.is_multiple_of(head_dim) && x.len().is_multiple_of(width), "rope input must be [tokens, heads * {head_dim}]");
+    assert!(
+        width.is_multiple_of(head_dim) && x.len().is_multiple_of(width),
+        "rope input must be [tokens, heads * {head_dim}]"
+    );
     assert!(cos.len() == x.len() / width * half && sin.len() == cos.len(), "rope tables must be [tokens, {half}]");
     if x.len() < PARALLEL_MIN_ELEMENTS {
         return rope_rows(isa, x, width, head_dim, cos, sin);

@@ -37,7 +37,9 @@ pub fn pack_panels(isa: super::Isa, rows: &[f32], k: usize, panels: &mut [f32]) 
     #[cfg(target_arch = "x86_64")]
     if isa == super::Isa::Avx512 {
         // SAFETY: the level is supported (callers check), and the lengths were checked above.
-        return unsafe { x86::pack_panels_avx512::<{ super::dot_tile::F32 }>(rows.as_ptr() as *const u8, num_rows, k, panels) };
+        return unsafe {
+            x86::pack_panels_avx512::<{ super::dot_tile::F32 }>(rows.as_ptr() as *const u8, num_rows, k, panels)
+        };
     }
     panels.fill(0.0);
     for (r, row) in rows.chunks_exact(k).enumerate() {
@@ -192,7 +194,13 @@ mod x86 {
             }
         }
         let mask_lo: __mmask16 = if cols >= 16 { 0xFFFF } else { ((1u32 << cols) - 1) as u16 };
-        let mask_hi: __mmask16 = if cols >= 32 { 0xFFFF } else if cols <= 16 { 0 } else { ((1u32 << (cols - 16)) - 1) as u16 };
+        let mask_hi: __mmask16 = if cols >= 32 {
+            0xFFFF
+        } else if cols <= 16 {
+            0
+        } else {
+            ((1u32 << (cols - 16)) - 1) as u16
+        };
         for t in 0..MR {
             let row = out.add(t * out_stride);
             _mm512_mask_storeu_ps(row, mask_lo, acc[t][0]);

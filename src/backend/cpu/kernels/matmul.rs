@@ -86,10 +86,12 @@ pub fn matmul_group_with(isa: Isa, x: &[f32], ws: &[&WeightMatrix], outs: &mut [
     if integer {
         xq.quantize(isa, x, k);
     }
-    let out_ptrs: [OutPtr; 8] = std::array::from_fn(|i| OutPtr(outs.get_mut(i).map_or(std::ptr::null_mut(), |o| o.as_mut_ptr())));
+    let out_ptrs: [OutPtr; 8] =
+        std::array::from_fn(|i| OutPtr(outs.get_mut(i).map_or(std::ptr::null_mut(), |o| o.as_mut_ptr())));
     let plans = &plans[..ws.len()];
     let run = |task: usize| {
-        let &(i, rows_per_task, first_task) = plans.iter().rev().find(|plan| plan.2 <= task).expect("task 0 is the first matrix's");
+        let &(i, rows_per_task, first_task) =
+            plans.iter().rev().find(|plan| plan.2 <= task).expect("task 0 is the first matrix's");
         let w = ws[i];
         let local = task - first_task;
         let rows = local * rows_per_task..((local + 1) * rows_per_task).min(w.rows);
@@ -184,7 +186,8 @@ fn compute_rows(
                 // Decode: 8 rows per call, to spread the per-call setup of a short row (k = 576
                 // is 18 blocks) over more work.
                 for r0 in (0..task_rows).step_by(8) {
-                    let ahead = ((r0 + 8) * row_bytes).min(task_bytes.len())..((r0 + 16) * row_bytes).min(task_bytes.len());
+                    let ahead =
+                        ((r0 + 8) * row_bytes).min(task_bytes.len())..((r0 + 16) * row_bytes).min(task_bytes.len());
                     super::prefetch(&task_bytes[ahead]);
                     let weights = std::array::from_fn(|i| row(r0 + i));
                     let [sums] = quant_dot::dot_packed_tile::<8, 1>(isa, format, weights, xq, [0]);
@@ -215,14 +218,24 @@ fn compute_rows(
             const CHUNK_ROWS: usize = 16;
             buffer.resize(CHUNK_ROWS.min(rows.len()) * k, 0.0);
             for (chunk, stored) in task_bytes.chunks(CHUNK_ROWS * row_bytes).enumerate() {
-                let next = ((chunk + 1) * CHUNK_ROWS * row_bytes).min(task_bytes.len())..((chunk + 2) * CHUNK_ROWS * row_bytes).min(task_bytes.len());
+                let next = ((chunk + 1) * CHUNK_ROWS * row_bytes).min(task_bytes.len())
+                    ..((chunk + 2) * CHUNK_ROWS * row_bytes).min(task_bytes.len());
                 let chunk_rows = stored.len() / row_bytes;
                 let values = &mut buffer[..chunk_rows * k];
                 for (row, row_values) in stored.chunks_exact(row_bytes).zip(values.chunks_exact_mut(k)) {
                     row_to_f32(isa, format, row, row_values);
                 }
                 super::prefetch(&task_bytes[next]);
-                float_rows::<F32>(isa, x, n, k, bytemuck::cast_slice(values), 4 * k, rows.start + chunk * CHUNK_ROWS, out);
+                float_rows::<F32>(
+                    isa,
+                    x,
+                    n,
+                    k,
+                    bytemuck::cast_slice(values),
+                    4 * k,
+                    rows.start + chunk * CHUNK_ROWS,
+                    out,
+                );
             }
         }),
         format => CONVERTED.with_borrow_mut(|buffer| {

@@ -8,9 +8,9 @@
 //! same source for each instruction set. Work is split over rayon's global pool, whose threads
 //! live as long as the process: a step creates no threads.
 
+pub mod attention;
 pub mod convert;
 mod dot_tile;
-pub mod attention;
 pub mod elementwise;
 mod gemm;
 mod isa;

@@ -14,7 +14,6 @@
 // Index loops over fixed-size register arrays read as the math does.
 #![allow(clippy::needless_range_loop)]
 
-
 use half::f16;
 
 use crate::model::packed_quant::{self, interleaved_index, PackedQuant, BLOCK};
@@ -239,7 +238,8 @@ mod x86 {
             _ => {
                 let mask: __mmask32 = if both { u32::MAX } else { u16::MAX as u32 };
                 let raw = _mm256_maskz_loadu_epi8(mask, qs as *const i8);
-                let spread = _mm512_permutexvar_epi64(_mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0), _mm512_castsi256_si512(raw));
+                let spread =
+                    _mm512_permutexvar_epi64(_mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0), _mm512_castsi256_si512(raw));
                 let shifted = _mm512_srlv_epi64(spread, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0));
                 _mm512_and_si512(shifted, _mm512_set1_epi8(0x0F))
             }
@@ -320,7 +320,8 @@ mod x86 {
             let mut dw = [_mm512_setzero_ps(); R];
             for r in 0..R {
                 let d_ptr = sections[r].0;
-                dw[r] = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_maskz_loadu_epi16(mask8, d_ptr.add(b) as *const i16)));
+                dw[r] =
+                    _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_maskz_loadu_epi16(mask8, d_ptr.add(b) as *const i16)));
             }
             let mut dx = [_mm512_setzero_ps(); T];
             for t in 0..T {
@@ -343,13 +344,17 @@ mod x86 {
                         }
                         _ => {
                             let raw = _mm512_loadu_si512(qs as *const _);
-                            (_mm512_and_si512(raw, low_nibbles), _mm512_and_si512(_mm512_srli_epi16(raw, 4), low_nibbles))
+                            (
+                                _mm512_and_si512(raw, low_nibbles),
+                                _mm512_and_si512(_mm512_srli_epi16(raw, 4), low_nibbles),
+                            )
                         }
                     };
                     let w_scale = _mm512_permutexvar_ps(index, dw[r]);
                     for t in 0..T {
                         let (x_lo, x_hi, x_scale) = x[t];
-                        let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w_lo, x_lo), w_hi, x_hi);
+                        let dot =
+                            _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w_lo, x_lo), w_hi, x_hi);
                         let scale = _mm512_mul_ps(w_scale, x_scale);
                         acc[t][r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[t][r]);
                     }
@@ -401,7 +406,10 @@ mod x86 {
                 let mut lanes = [_mm256_setzero_ps(); 4];
                 for i in 0..4.min(R - r0) {
                     let a = acc[t][r0 + i];
-                    let folded = _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+                    let folded = _mm256_add_ps(
+                        _mm512_castps512_ps256(a),
+                        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)),
+                    );
                     lanes[i] = _mm256_fmadd_ps(offset_acc[t][r0 + i], factor, folded);
                 }
                 let sums = hsum4(lanes);
