@@ -14,25 +14,9 @@ use kiln::engine::plan::PlanLimits;
 use kiln::engine::request::{EngineEvent, EngineRequest, RequestParams};
 use kiln::engine::sampler::SamplingParams;
 use kiln::engine::serving::{start_engine, EngineConfig, EngineHandle};
-use kiln::engine::text::{StreamDecoder, TokenText};
+use kiln::engine::text::NoText;
 use kiln::model::random::{random_llama_weights, tiny_test_config};
 use kiln::model::safetensors_dir::WeightDtype;
-
-struct NoText;
-struct NoDecoder;
-impl StreamDecoder for NoDecoder {
-    fn push(&mut self, _: u32) -> String {
-        String::new()
-    }
-    fn finish(&mut self) -> String {
-        String::new()
-    }
-}
-impl TokenText for NoText {
-    fn stream_decoder(&self, _: bool) -> Box<dyn StreamDecoder> {
-        Box::new(NoDecoder)
-    }
-}
 
 const NEW_TOKENS: usize = 12;
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::backend::Backend;
 use crate::engine::request::{EngineEvent, EngineRequest, RequestParams};
 use crate::engine::serving::{start_engine, EngineConfig, EngineHandle};
-use crate::engine::text::{StreamDecoder, TokenText};
+use crate::engine::text::NoText;
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct ConcurrencyReport {
@@ -21,23 +21,6 @@ pub struct ConcurrencyReport {
     /// All requests at once: generated tokens of all of them per second of wall time.
     pub aggregate_tokens_per_s: f64,
     pub speedup: f64,
-}
-
-/// Text is not needed to count tokens.
-struct NoText;
-struct NoDecoder;
-impl StreamDecoder for NoDecoder {
-    fn push(&mut self, _: u32) -> String {
-        String::new()
-    }
-    fn finish(&mut self) -> String {
-        String::new()
-    }
-}
-impl TokenText for NoText {
-    fn stream_decoder(&self, _: bool) -> Box<dyn StreamDecoder> {
-        Box::new(NoDecoder)
-    }
 }
 
 pub fn run(

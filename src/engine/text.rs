@@ -14,3 +14,24 @@ pub trait TokenText: Send + Sync {
     /// space is kept; otherwise it starts a new text (a chat answer), decoded as on its own.
     fn stream_decoder(&self, continues_prompt: bool) -> Box<dyn StreamDecoder>;
 }
+
+/// Token ids without text, for work that only counts tokens (benchmarks, engine tests).
+pub struct NoText;
+
+struct NoDecoder;
+
+impl StreamDecoder for NoDecoder {
+    fn push(&mut self, _: u32) -> String {
+        String::new()
+    }
+
+    fn finish(&mut self) -> String {
+        String::new()
+    }
+}
+
+impl TokenText for NoText {
+    fn stream_decoder(&self, _: bool) -> Box<dyn StreamDecoder> {
+        Box::new(NoDecoder)
+    }
+}
