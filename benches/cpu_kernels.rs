@@ -1,5 +1,5 @@
 //! Speed of the CPU kernels on the default model's shapes: GB/s of weights streamed in decode
-//! (one token) and GFLOP/s in prefill (512 tokens), per weight format, for the detected level and
+//! (one token), GFLOP/s for a batched decode step (16 tokens) and in prefill (512 tokens), per weight format, for the detected level and
 //! optionally the portable one. `cargo bench --bench cpu_kernels [-- THREADS] [portable]`.
 
 use std::time::Instant;
@@ -64,13 +64,35 @@ fn main() {
                 let decode =
                     best_of(decode_reps, || rayon::scope(|_| matmul::matmul_with(isa, &x[..k], &w, &mut out[..m])));
                 let gbs = w.size_bytes() as f64 / decode / 1e9;
+                // Batched decode: 16 sequences, one token each (the concurrency benchmark's step).
+                let batch = best_of(decode_reps, || {
+                    rayon::scope(|_| matmul::matmul_with(isa, &x[..16 * k], &w, &mut out[..16 * m]))
+                });
+                let batch_gflops = 2.0 * 16.0 * (m * k) as f64 / batch / 1e9;
+                // The same from memory: as in a real step, the weights were last touched a whole
+                // forward pass ago, so cycle through copies that together overflow the caches.
+                let copies: Vec<WeightMatrix> =
+                    (0..(96 << 20) / w.size_bytes().max(1)).map(|_| matrix(format, m, k)).collect();
+                let cold = if copies.len() < 2 {
+                    batch
+                } else {
+                    let mut next = 0;
+                    best_of(decode_reps.min(copies.len() - 1), || {
+                        next = (next + 1) % copies.len();
+                        rayon::scope(|_| matmul::matmul_with(isa, &x[..16 * k], &copies[next], &mut out[..16 * m]))
+                    })
+                };
+                let cold_gflops = 2.0 * 16.0 * (m * k) as f64 / cold / 1e9;
                 let line = format!(
-                    "{:<8} {:<5} {:<8} decode {:>7.1} us {:>6.1} GB/s",
+                    "{:<8} {:<5} {:<8} decode {:>7.1} us {:>6.1} GB/s   batch(16) {:>7.1} us {:>6.1} GFLOP/s, cold {:>6.1}",
                     isa.name(),
                     format,
                     name,
                     decode * 1e6,
-                    gbs
+                    gbs,
+                    batch * 1e6,
+                    batch_gflops,
+                    cold_gflops
                 );
                 if name == "lm_head" {
                     println!("{line}");

@@ -17,13 +17,16 @@ pub const KV_BLOCK_SIZE: usize = 16;
 pub struct CpuLimits {
     /// Bytes of KV cache across all sequences (f32 keys and values on the CPU).
     pub kv_memory_bytes: usize,
+    /// At most this many tokens of KV cache, whatever the bytes allow (benchmarks size the cache
+    /// for their sequences without knowing the model's bytes per token).
+    pub kv_max_tokens: Option<usize>,
     pub max_batch_tokens: usize,
     pub max_seqs: usize,
 }
 
 impl Default for CpuLimits {
     fn default() -> Self {
-        CpuLimits { kv_memory_bytes: 1 << 30, max_batch_tokens: 512, max_seqs: 16 }
+        CpuLimits { kv_memory_bytes: 1 << 30, kv_max_tokens: None, max_batch_tokens: 512, max_seqs: 16 }
     }
 }
 
@@ -42,7 +45,8 @@ pub fn load_cpu_backend_from_gguf(path: &Path, limits: CpuLimits) -> Result<(Cpu
 }
 
 pub fn cpu_backend(config: ModelConfig, weights: LlamaWeights, limits: CpuLimits) -> (CpuBackend, PlanLimits) {
-    let kv_tokens = limits.kv_memory_bytes / CpuKvCache::bytes_per_token(&config);
+    let kv_tokens =
+        (limits.kv_memory_bytes / CpuKvCache::bytes_per_token(&config)).min(limits.kv_max_tokens.unwrap_or(usize::MAX));
     let num_blocks = (kv_tokens / KV_BLOCK_SIZE).max(1);
     let layout = KvLayout { block_size: KV_BLOCK_SIZE, num_blocks };
     let max_tokens_per_seq = config.max_position_embeddings.min(layout.capacity_tokens());
@@ -60,5 +64,6 @@ pub fn cpu_backend(config: ModelConfig, weights: LlamaWeights, limits: CpuLimits
         layout.capacity_tokens() / config.max_position_embeddings.max(1),
         config.max_position_embeddings
     );
+    let weights = crate::model::weight_arena::into_huge_page_arena(weights);
     (CpuBackend::new(config, weights, layout, plan_limits), plan_limits)
 }

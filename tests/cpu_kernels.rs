@@ -126,8 +126,12 @@ fn matmul_gives_a_token_the_same_bits_in_any_batch() {
     let formats = [WeightFormat::F32, WeightFormat::F16, WeightFormat::Bf16, WeightFormat::Packed(PackedQuant::Q4_1)];
     for isa in Isa::available() {
         for format in formats {
-            for n in [2, 3, 5, 12] {
-                let (m, k) = (shapes.between(1, 70), 32 * shapes.between(1, 10));
+            // Batched-decode sizes take the row-major tiles (8 tokens while the activations fit
+            // in L1, else 4), larger ones the token-major tiles; ragged token counts repeat rows.
+            let sizes = [(2, 0), (3, 0), (5, 0), (12, 0), (16, 0), (11, 1024), (16, 1536), (20, 0)];
+            for (n, fixed_k) in sizes {
+                let m = shapes.between(1, 70);
+                let k = if fixed_k > 0 { fixed_k } else { 32 * shapes.between(1, 10) };
                 let w = float_matrix(format, m, k, seed);
                 let x = seeded_values(seed + 1, n * k);
                 let mut batch = vec![f32::NAN; n * m];
@@ -290,6 +294,61 @@ fn prefill_attention_matches_the_reference_token_by_token() {
                     isa.name()
                 );
             }
+        }
+    }
+}
+
+/// Several sequences in one `attention_runs` call (a batched decode step, or decode beside a
+/// prefill chunk) get the same bits each as alone.
+#[test]
+fn attention_over_many_sequences_gives_each_the_bits_it_gets_alone() {
+    let seed = test_seed();
+    let mut shapes = Shapes(seed ^ 9);
+    let shape = AttentionShape { num_heads: 6, num_kv_heads: 2, head_dim: 32 };
+    let (kv_dim, q_dim, block_size) = (2 * 32, 6 * 32, 4);
+    for isa in Isa::available() {
+        // (tokens this step, cached positions before them) per sequence.
+        let runs: Vec<(usize, usize)> =
+            (0..7).map(|i| (if i == 3 { shapes.between(2, 40) } else { 1 }, shapes.between(0, 50))).collect();
+        let blocks: Vec<(Vec<f32>, Vec<f32>)> = runs
+            .iter()
+            .enumerate()
+            .map(|(s, &(tokens, earlier))| {
+                let len = (earlier + tokens).next_multiple_of(block_size) * kv_dim;
+                (seeded_values(seed + 100 + s as u64, len), seeded_values(seed + 200 + s as u64, len))
+            })
+            .collect();
+        let block = |s: usize, i: usize| {
+            let (keys, values) = &blocks[s];
+            let span = i * block_size * kv_dim..(i + 1) * block_size * kv_dim;
+            (&keys[span.clone()], &values[span])
+        };
+        let starts: Vec<usize> =
+            runs.iter().scan(0, |next, &(tokens, _)| Some(std::mem::replace(next, *next + tokens))).collect();
+        let total: usize = runs.iter().map(|r| r.0).sum();
+        let q = seeded_values(seed + 7, total * q_dim);
+        let mut together = vec![f32::NAN; total * q_dim];
+        let run =
+            |s: usize| attention::AttentionRun { first_token: starts[s], tokens: runs[s].0, first_position: runs[s].1 };
+        attention::attention_runs(isa, &q, shape, None, block_size, runs.len(), run, block, &mut together);
+        for (s, &(tokens, earlier)) in runs.iter().enumerate() {
+            let span = starts[s] * q_dim..(starts[s] + tokens) * q_dim;
+            let mut alone = vec![f32::NAN; tokens * q_dim];
+            attention::attention_run(
+                isa,
+                &q[span.clone()],
+                shape,
+                earlier,
+                None,
+                block_size,
+                |i| block(s, i),
+                &mut alone,
+            );
+            assert!(
+                alone.iter().zip(&together[span]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "attention {}: sequence {s} ({tokens} tokens after {earlier}) differs beside others",
+                isa.name()
+            );
         }
     }
 }

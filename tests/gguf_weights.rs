@@ -15,7 +15,7 @@ fn ids(v: &Value) -> Vec<u32> {
 fn quantized_gguf_generates_the_golden_tokens() {
     let home = kiln::model::pull::kiln_home().unwrap();
     let gguf = kiln::model::pull::pull_default_gguf_into(&home).expect("the default GGUF can be pulled");
-    let limits = CpuLimits { kv_memory_bytes: 256 << 20, max_batch_tokens: 256, max_seqs: 8 };
+    let limits = CpuLimits { kv_memory_bytes: 256 << 20, kv_max_tokens: None, max_batch_tokens: 256, max_seqs: 8 };
     let (backend, plan_limits) = load_cpu_backend_from_gguf(&gguf, limits).unwrap();
     assert_eq!(backend.weights().layers[0].q_proj.format.name(), "q4_1");
     assert_eq!(backend.weights().lm_head.format.name(), "q8_0");

@@ -21,7 +21,8 @@ fn model_dir() -> std::path::PathBuf {
     kiln::model::pull::resolve_model(None).expect("the default model can be pulled")
 }
 
-const LIMITS: CpuLimits = CpuLimits { kv_memory_bytes: 256 << 20, max_batch_tokens: 256, max_seqs: 8 };
+const LIMITS: CpuLimits =
+    CpuLimits { kv_memory_bytes: 256 << 20, kv_max_tokens: None, max_batch_tokens: 256, max_seqs: 8 };
 
 #[test]
 fn first_step_logits_match_the_reference() {

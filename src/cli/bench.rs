@@ -125,11 +125,12 @@ pub struct BenchReport {
 pub fn run(args: &BenchArgs) -> anyhow::Result<Option<BenchReport>> {
     anyhow::ensure!(args.prompt_tokens > 0 && args.decode_prompt_tokens > 0, "prompts need at least one token");
     let context = args.prompt_tokens.max(args.decode_prompt_tokens + args.decode_tokens) + 16;
-    // Room for 2 MiB of KV per token (a 7B model's f32 KV is 1 MiB); pages never written are
-    // never resident, so the small model's peak memory does not count the slack.
+    // KV for exactly the benchmark's sequences (the cache is resident from start-up, so slack
+    // would count in the peak memory).
     let sequences = args.concurrency.unwrap_or(1).max(1);
     let limits = CpuLimits {
-        kv_memory_bytes: sequences * context << 21,
+        kv_memory_bytes: usize::MAX,
+        kv_max_tokens: Some(sequences * context.next_multiple_of(crate::launch::KV_BLOCK_SIZE)),
         max_batch_tokens: args.prompt_tokens.max(16),
         max_seqs: sequences,
     };

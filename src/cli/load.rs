@@ -78,6 +78,7 @@ pub fn load_model(
     progress.set_message("weights");
     let cpu_limits = CpuLimits {
         kv_memory_bytes: limits.kv_memory_bytes.unwrap_or(1 << 30),
+        kv_max_tokens: None,
         max_batch_tokens: limits.max_batch_tokens,
         max_seqs: limits.max_seqs,
     };

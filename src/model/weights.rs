@@ -206,6 +206,18 @@ impl WeightMatrix {
         }
     }
 
+    /// The same matrix over other storage holding identical bytes at `range` (see
+    /// `weight_arena`).
+    pub fn with_storage(&self, bytes: SharedBytes, range: std::ops::Range<usize>) -> WeightMatrix {
+        assert_eq!((*bytes).as_ref()[range.clone()], *self.bytes(), "the new storage must hold the same bytes");
+        WeightMatrix { format: self.format, rows: self.rows, cols: self.cols, bytes, range }
+    }
+
+    /// Whether both are views of the same bytes in memory (tied embeddings).
+    pub fn same_view(&self, other: &WeightMatrix) -> bool {
+        std::ptr::eq(self.bytes(), other.bytes()) && self.format == other.format
+    }
+
     /// The raw bytes of the whole matrix, rows back to back.
     pub fn bytes(&self) -> &[u8] {
         &(*self.bytes).as_ref()[self.range.clone()]

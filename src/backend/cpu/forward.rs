@@ -1,7 +1,8 @@
 //! One Llama forward step on the CPU over a flat batch of tokens from many sequences, composed
 //! from the fast kernels (`kernels`); `crate::ops` holds the reference of each op.
 
-use super::kernels::{attention, elementwise, matmul, Isa};
+use super::kernels::attention::{self, AttentionRun};
+use super::kernels::{elementwise, matmul, Isa};
 use super::kv_cache::CpuKvCache;
 use super::workspace::Workspace;
 use crate::engine::plan::StepPlan;
@@ -61,20 +62,21 @@ pub fn forward(
         let kv_ref: &CpuKvCache = kv;
         let q_ref: &[f32] = q;
         // Each sequence's tokens of this step are one run of consecutive positions.
-        for seq in 0..plan.num_seqs() {
-            let (start, count) = (plan.seq_token_start[seq] as usize, plan.seq_token_count[seq] as usize);
-            let table = plan.block_table(seq);
-            attention::attention_run(
-                isa,
-                &q_ref[start * q_dim..(start + count) * q_dim],
-                shape,
-                plan.positions[start] as usize,
-                config.sliding_window,
-                plan.block_size,
-                |i| kv_ref.block(layer_index, table[i] as usize),
-                &mut attn[start * q_dim..(start + count) * q_dim],
-            );
-        }
+        attention::attention_runs(
+            isa,
+            q_ref,
+            shape,
+            config.sliding_window,
+            plan.block_size,
+            plan.num_seqs(),
+            |seq| AttentionRun {
+                first_token: plan.seq_token_start[seq] as usize,
+                tokens: plan.seq_token_count[seq] as usize,
+                first_position: plan.positions[plan.seq_token_start[seq] as usize] as usize,
+            },
+            |seq, i| kv_ref.block(layer_index, plan.block_table(seq)[i] as usize),
+            attn,
+        );
         matmul::matmul_with(isa, attn, &layer.o_proj, proj);
         // MLP block: x += down(silu(gate(x')) * up(x')) with x' = rmsnorm(x).
         elementwise::rmsnorm_residual(isa, hidden, proj, &layer.post_attention_norm, eps, normed);

@@ -1,4 +1,5 @@
-//! The CPU KV cache: f32 keys and values in fixed-size blocks, allocated once.
+//! The CPU KV cache: f32 keys and values in fixed-size blocks, allocated once and made resident
+//! at start-up.
 //! Layout per layer: `[num_blocks, block_size, kv_dim]`, so one block is contiguous.
 
 use crate::backend::KvLayout;
@@ -20,8 +21,8 @@ impl CpuKvCache {
             layout,
             kv_dim: config.kv_dim(),
             head_dim: config.head_dim,
-            keys: (0..config.num_layers).map(|_| vec![0.0; per_layer]).collect(),
-            values: (0..config.num_layers).map(|_| vec![0.0; per_layer]).collect(),
+            keys: (0..config.num_layers).map(|_| resident_zeros(per_layer)).collect(),
+            values: (0..config.num_layers).map(|_| resident_zeros(per_layer)).collect(),
         }
     }
 
@@ -72,4 +73,22 @@ impl CpuKvCache {
             self.values[layer].copy_within(from..from + len, to);
         }
     }
+}
+
+/// `len` zeros whose pages are all resident. A zeroed allocation is only address space until
+/// first written: the cache would then fault its pages in during serving (measured: a 16-way
+/// decode step slowed by ~2 ms each time the sequences entered new blocks), and a cache larger
+/// than the machine's free memory would fail mid-request instead of at start-up.
+fn resident_zeros(len: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut values = vec![0f32; len];
+    const PAGE_FLOATS: usize = 4096 / std::mem::size_of::<f32>();
+    values.par_chunks_mut(PAGE_FLOATS << 8).for_each(|chunk| {
+        for page in chunk.chunks_mut(PAGE_FLOATS) {
+            // SAFETY: `page` is a live, exclusively borrowed, non-empty slice. A volatile write
+            // cannot be dropped as redundant (the memory is already zero), so the page is touched.
+            unsafe { std::ptr::write_volatile(page.as_mut_ptr(), 0.0) };
+        }
+    });
+    values
 }

@@ -198,55 +198,105 @@ pub fn attention_run<'a>(
     block: impl Fn(usize) -> (&'a [f32], &'a [f32]) + Sync,
     out: &mut [f32],
 ) {
+    let q_dim = shape.num_heads * shape.head_dim;
+    assert!(q.len().is_multiple_of(q_dim), "queries must be [tokens, {q_dim}]");
+    let tokens = q.len() / q_dim;
+    let run = |_| AttentionRun { first_token: 0, tokens, first_position };
+    attention_runs(isa, q, shape, window, block_size, 1, run, |_, i| block(i), out);
+}
+
+/// One sequence's part of a step for [`attention_runs`]: its tokens `first_token..first_token +
+/// tokens` of the step's queries, the first of them at `first_position`.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionRun {
+    pub first_token: usize,
+    pub tokens: usize,
+    pub first_position: usize,
+}
+
+/// [`attention_run`] for every sequence of a step at once: `run(s)` describes sequence s (runs
+/// cover disjoint tokens of q and out), `block(s, i)` returns its i-th KV block. One parallel loop
+/// over all the sequences' tasks, rather than one per sequence: in a batched decode step each
+/// sequence has only a task per KV head, too few to share out, and hundreds of fork-joins per step
+/// cost more than the attention itself.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_runs<'a>(
+    isa: Isa,
+    q: &[f32],
+    shape: AttentionShape,
+    window: Option<usize>,
+    block_size: usize,
+    runs: usize,
+    run: impl Fn(usize) -> AttentionRun + Sync,
+    block: impl Fn(usize, usize) -> (&'a [f32], &'a [f32]) + Sync,
+    out: &mut [f32],
+) {
     use rayon::prelude::*;
     let AttentionShape { num_heads, num_kv_heads, head_dim } = shape;
     let q_dim = num_heads * head_dim;
     assert!(q.len().is_multiple_of(q_dim) && out.len() == q.len(), "queries and output must be [tokens, {q_dim}]");
-    let tokens = q.len() / q_dim;
+    let step_tokens = q.len() / q_dim;
+    for s in 0..runs {
+        let AttentionRun { first_token, tokens, .. } = run(s);
+        assert!(first_token + tokens <= step_tokens, "sequence {s}'s tokens lie outside the step's queries");
+    }
     let first_visible = |position: usize| window.map_or(0, |w| (position + 1).saturating_sub(w));
     if isa == Isa::Portable {
-        for (t, out) in out.chunks_exact_mut(q_dim).enumerate() {
-            let position = first_position + t;
-            attention(
-                isa,
-                &q[t * q_dim..(t + 1) * q_dim],
-                shape,
-                first_visible(position)..position + 1,
-                block_size,
-                &block,
-                out,
-            );
+        for s in 0..runs {
+            let AttentionRun { first_token, tokens, first_position } = run(s);
+            for t in first_token..first_token + tokens {
+                let position = first_position + t - first_token;
+                attention(
+                    isa,
+                    &q[t * q_dim..(t + 1) * q_dim],
+                    shape,
+                    first_visible(position)..position + 1,
+                    block_size,
+                    |i| block(s, i),
+                    &mut out[t * q_dim..(t + 1) * q_dim],
+                );
+            }
         }
         return;
     }
-    let blocks = tokens.div_ceil(PREFILL_QUERY_BLOCK);
     let out_ptr = SharedOut(out.as_mut_ptr());
-    (0..blocks * num_kv_heads).into_par_iter().for_each(|task| {
-        let (query_block, kv_head) = (task / num_kv_heads, task % num_kv_heads);
-        let t0 = query_block * PREFILL_QUERY_BLOCK;
-        let rows = PREFILL_QUERY_BLOCK.min(tokens - t0);
-        let visible = first_visible(first_position + t0)..first_position + t0 + rows;
-        PREFILL.with_borrow_mut(|scratch| {
-            // SAFETY: this task writes only the columns of heads of `kv_head` for tokens
-            // t0..t0 + rows of `out`; tasks differ in query block or KV head, so never overlap.
-            let out = out_ptr.get();
-            unsafe {
-                prefill_task(
-                    isa,
-                    q,
-                    shape,
-                    first_position,
-                    window,
-                    (t0, rows, kv_head),
-                    visible,
-                    block_size,
-                    &block,
-                    scratch,
-                    out,
-                )
-            }
+    let sequence_tasks = |s: usize| {
+        let AttentionRun { first_token, tokens, first_position } = run(s);
+        let q = &q[first_token * q_dim..(first_token + tokens) * q_dim];
+        (0..tokens.div_ceil(PREFILL_QUERY_BLOCK) * num_kv_heads).into_par_iter().for_each(|task| {
+            let (query_block, kv_head) = (task / num_kv_heads, task % num_kv_heads);
+            let t0 = query_block * PREFILL_QUERY_BLOCK;
+            let rows = PREFILL_QUERY_BLOCK.min(tokens - t0);
+            let visible = first_visible(first_position + t0)..first_position + t0 + rows;
+            PREFILL.with_borrow_mut(|scratch| {
+                // SAFETY: this task writes only the columns of heads of `kv_head` for tokens
+                // t0..t0 + rows of its sequence's part of `out`; tasks differ in sequence, query
+                // block or KV head, so never overlap, and the runs' tokens lie inside `out`
+                // (checked above).
+                let out = unsafe { out_ptr.get().add(first_token * q_dim) };
+                unsafe {
+                    prefill_task(
+                        isa,
+                        q,
+                        shape,
+                        first_position,
+                        window,
+                        (t0, rows, kv_head),
+                        visible,
+                        block_size,
+                        &|i| block(s, i),
+                        scratch,
+                        out,
+                    )
+                }
+            });
         });
-    });
+    };
+    if runs == 1 {
+        sequence_tasks(0);
+    } else {
+        (0..runs).into_par_iter().for_each(sequence_tasks);
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -336,6 +386,20 @@ unsafe fn prefill_task<'a>(
     // read nr at a time as panels of P·V, so the buffer has nr floats of slack at its end.
     keys.resize(len * d, 0.0);
     values.resize(len * d + nr, 0.0);
+    // Ask for every row first: rows of one head are d floats every kv_dim, a stride the hardware
+    // prefetcher follows poorly, and a decode step's cache lines come from memory.
+    let mut p = visible.start;
+    while p < visible.end {
+        let (block_keys, block_values) = block(p / block_size);
+        let first_row = p % block_size;
+        let count = (block_size - first_row).min(visible.end - p);
+        for row in first_row..first_row + count {
+            let from = row * kv_dim + kv_head * d;
+            super::prefetch(bytemuck::cast_slice(&block_keys[from..from + d]));
+            super::prefetch(bytemuck::cast_slice(&block_values[from..from + d]));
+        }
+        p += count;
+    }
     let mut p = visible.start;
     while p < visible.end {
         let (block_keys, block_values) = block(p / block_size);

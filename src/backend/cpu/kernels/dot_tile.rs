@@ -169,23 +169,24 @@ mod x86 {
                 }
             }
         }
+        // Each accumulator is reduced by the same tree (halves, then hadd pairs) whatever its
+        // position in the tile: four at a time in (token, row) order, the last group padded with
+        // zeros, so a (token, row) sum has the same bits in every tile shape.
         let mut out = [[0f32; NR]; MR];
-        for t in 0..MR {
-            let mut r = 0;
-            while r + 4 <= NR {
-                let sums = hsum4_256(
-                    half512(acc[t][r]),
-                    half512(acc[t][r + 1]),
-                    half512(acc[t][r + 2]),
-                    half512(acc[t][r + 3]),
-                );
-                _mm_storeu_ps(out[t].as_mut_ptr().add(r), sums);
-                r += 4;
+        let mut i = 0;
+        while i < MR * NR {
+            // (Plain loops rather than a closure: a closure would not get this function's
+            // target features.)
+            let mut v = [_mm256_setzero_ps(); 4];
+            for (j, vj) in v.iter_mut().enumerate().take(MR * NR - i) {
+                *vj = half512(acc[(i + j) / NR][(i + j) % NR]);
             }
-            while r < NR {
-                out[t][r] = _mm512_reduce_add_ps(acc[t][r]);
-                r += 1;
+            let mut sums = [0f32; 4];
+            _mm_storeu_ps(sums.as_mut_ptr(), hsum4_256(v[0], v[1], v[2], v[3]));
+            for (j, &sum) in sums.iter().enumerate().take(MR * NR - i) {
+                out[(i + j) / NR][(i + j) % NR] = sum;
             }
+            i += 4;
         }
         out
     }
@@ -225,21 +226,24 @@ mod x86 {
             }
             i += 8;
         }
+        // Reduced as in the AVX-512 tile: four at a time, padded, one tree for every position.
         let mut out = [[0f32; NR]; MR];
+        let mut i = 0;
+        while i < MR * NR {
+            // (Plain loops rather than a closure: a closure would not get this function's
+            // target features.)
+            let mut v = [_mm256_setzero_ps(); 4];
+            for (j, vj) in v.iter_mut().enumerate().take(MR * NR - i) {
+                *vj = acc[(i + j) / NR][(i + j) % NR];
+            }
+            let mut sums = [0f32; 4];
+            _mm_storeu_ps(sums.as_mut_ptr(), hsum4_256(v[0], v[1], v[2], v[3]));
+            for (j, &sum) in sums.iter().enumerate().take(MR * NR - i) {
+                out[(i + j) / NR][(i + j) % NR] = sum;
+            }
+            i += 4;
+        }
         for t in 0..MR {
-            let mut r = 0;
-            while r + 4 <= NR {
-                let sums = hsum4_256(acc[t][r], acc[t][r + 1], acc[t][r + 2], acc[t][r + 3]);
-                _mm_storeu_ps(out[t].as_mut_ptr().add(r), sums);
-                r += 4;
-            }
-            while r < NR {
-                let v = acc[t][r];
-                let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-                out[t][r] = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
-                r += 1;
-            }
             for r in 0..NR {
                 for j in full..k {
                     out[t][r] += *x[t].add(j) * load_scalar::<DT>(w[r], j);
