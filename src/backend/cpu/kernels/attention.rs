@@ -417,60 +417,53 @@ unsafe fn prefill_task<'a>(
     key_panels.resize(len.div_ceil(nr) * d * nr, 0.0);
     gemm::pack_panels(isa, keys, d, key_panels);
 
-    scores.resize(rows * len, 0.0);
+    // The task's query rows are its (query head, token) pairs, head-major: row i is head
+    // kv_head·group + i / rows at token t0 + i % rows. Blocks of mt rows go through the
+    // microkernel together, so a decode step's query heads share each pass over the panels
+    // (one call, several independent FMA chains) instead of taking one latency-bound pass each.
+    let pairs = group * rows;
+    let head_token = |i: usize| (kv_head * group + i / rows, t0 + i % rows);
+    scores.resize(pairs * len, 0.0);
     let scale = 1.0 / (d as f32).sqrt();
     let first_visible = |position: usize| window.map_or(0, |w| (position + 1).saturating_sub(w));
-    for h in kv_head * group..(kv_head + 1) * group {
-        for r0 in (0..rows).step_by(mt) {
-            let xs = std::array::from_fn(|i| q[(t0 + (r0 + i).min(rows - 1)) * q_dim + h * d..].as_ptr());
-            for panel in 0..len.div_ceil(nr) {
-                let cols = nr.min(len - panel * nr);
-                // SAFETY: each query row holds d values; the panel d·nr; the block of scores
-                // (rows r0.., columns panel·nr..) lies inside `scores` (`[rows, len]`).
-                gemm::microkernel(
-                    isa,
-                    &xs,
-                    d,
-                    key_panels[panel * d * nr..].as_ptr(),
-                    nr,
-                    scores[r0 * len + panel * nr..].as_mut_ptr(),
-                    len,
-                    mt.min(rows - r0),
-                    cols,
-                );
-            }
+    for c0 in (0..pairs).step_by(mt) {
+        let count = mt.min(pairs - c0);
+        let xs = std::array::from_fn(|i| {
+            let (h, t) = head_token((c0 + i).min(pairs - 1));
+            q[t * q_dim + h * d..].as_ptr()
+        });
+        for panel in 0..len.div_ceil(nr) {
+            let cols = nr.min(len - panel * nr);
+            let outs = std::array::from_fn(|i| scores[((c0 + i).min(pairs - 1)) * len + panel * nr..].as_mut_ptr());
+            // SAFETY: each query row holds d values; the panel d·nr; the score rows of this block
+            // (columns panel·nr.. of rows c0..c0 + count) lie inside `scores` (`[pairs, len]`).
+            gemm::microkernel(isa, &xs, d, key_panels[panel * d * nr..].as_ptr(), nr, &outs, count, cols);
         }
-        for (r, row) in scores.chunks_exact_mut(len).enumerate() {
-            let position = first_position + t0 + r;
-            masked_softmax(
-                isa,
-                row,
-                first_visible(position) - visible.start,
-                position + 1 - visible.start,
-                scale,
-                visible.start,
-            );
-        }
-        for r0 in (0..rows).step_by(mt) {
-            let xs = std::array::from_fn(|i| scores[(r0 + i).min(rows - 1) * len..].as_ptr());
-            for j in 0..d.div_ceil(nr) {
-                let cols = nr.min(d - j * nr);
-                // SAFETY: each score row holds len values; the value rows span (len − 1)·d + nr
-                // floats from column j·nr (the slack); the output block is this task's (tokens
-                // t0 + r0.., columns of head h), inside `out` (caller).
-                let panel = values[j * nr..].as_ptr();
-                gemm::microkernel(
-                    isa,
-                    &xs,
-                    len,
-                    panel,
-                    d,
-                    out.add((t0 + r0) * q_dim + h * d + j * nr),
-                    q_dim,
-                    mt.min(rows - r0),
-                    cols,
-                );
-            }
+    }
+    for (i, row) in scores.chunks_exact_mut(len).enumerate() {
+        let position = first_position + head_token(i).1;
+        masked_softmax(
+            isa,
+            row,
+            first_visible(position) - visible.start,
+            position + 1 - visible.start,
+            scale,
+            visible.start,
+        );
+    }
+    for c0 in (0..pairs).step_by(mt) {
+        let count = mt.min(pairs - c0);
+        let xs = std::array::from_fn(|i| scores[(c0 + i).min(pairs - 1) * len..].as_ptr());
+        for j in 0..d.div_ceil(nr) {
+            let cols = nr.min(d - j * nr);
+            let outs = std::array::from_fn(|i| {
+                let (h, t) = head_token((c0 + i).min(pairs - 1));
+                out.add(t * q_dim + h * d + j * nr)
+            });
+            // SAFETY: each score row holds len values; the value rows span (len − 1)·d + nr
+            // floats from column j·nr (the slack); each output row is this task's (token t, columns
+            // of head h), inside `out` (caller).
+            gemm::microkernel(isa, &xs, len, values[j * nr..].as_ptr(), d, &outs, count, cols);
         }
     }
 }

@@ -51,7 +51,7 @@ pub fn pack_panels(isa: super::Isa, rows: &[f32], k: usize, panels: &mut [f32]) 
     }
 }
 
-/// `out[t * out_stride + c] = Σ_kk x_t[kk] · panel[kk * panel_stride + c]` for `t < tokens`,
+/// `out[t][c] = Σ_kk x_t[kk] · panel[kk * panel_stride + c]` for `t < tokens`,
 /// `c < cols` (a packed panel has stride NR; any row-major block with NR readable floats per row
 /// serves as well),
 /// each sum taken in order of kk with one FMA per step, so a row's results do not depend on the
@@ -59,8 +59,9 @@ pub fn pack_panels(isa: super::Isa, rows: &[f32], k: usize, panels: &mut [f32]) 
 ///
 /// # Safety
 /// `x[t]` must point to `k` readable f32 for every t < `block_tokens(isa)` (repeat the last row
-/// for ragged blocks), `panel` to `(k - 1) * panel_stride + panel_rows(isa)` f32, and `out` must be writable at
-/// `t * out_stride + c` for t < tokens, c < cols.
+/// for ragged blocks), `panel` to `(k - 1) * panel_stride + panel_rows(isa)` f32, and `out[t]`
+/// must be writable at `c` for t < tokens, c < cols. (Rows are pointers so that a block can mix
+/// rows of different heads: attention stacks a KV head's query heads into one call.)
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn microkernel(
     isa: super::Isa,
@@ -68,8 +69,7 @@ pub unsafe fn microkernel(
     k: usize,
     panel: *const f32,
     panel_stride: usize,
-    out: *mut f32,
-    out_stride: usize,
+    out: &[*mut f32; 8],
     tokens: usize,
     cols: usize,
 ) {
@@ -78,7 +78,7 @@ pub unsafe fn microkernel(
     macro_rules! rows {
         ($kernel:ident, $($mr:literal)*) => {
             match tokens {
-                $($mr => x86::$kernel::<$mr>(x, k, panel, panel_stride, out, out_stride, cols),)*
+                $($mr => x86::$kernel::<$mr>(x, k, panel, panel_stride, out, cols),)*
                 _ => unreachable!("at most block_tokens rows"),
             }
         };
@@ -179,8 +179,7 @@ mod x86 {
         k: usize,
         panel: *const f32,
         panel_stride: usize,
-        out: *mut f32,
-        out_stride: usize,
+        out: &[*mut f32; 8],
         cols: usize,
     ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
@@ -202,7 +201,7 @@ mod x86 {
             ((1u32 << (cols - 16)) - 1) as u16
         };
         for t in 0..MR {
-            let row = out.add(t * out_stride);
+            let row = out[t];
             _mm512_mask_storeu_ps(row, mask_lo, acc[t][0]);
             _mm512_mask_storeu_ps(row.add(16), mask_hi, acc[t][1]);
         }
@@ -215,8 +214,7 @@ mod x86 {
         k: usize,
         panel: *const f32,
         panel_stride: usize,
-        out: *mut f32,
-        out_stride: usize,
+        out: &[*mut f32; 8],
         cols: usize,
     ) {
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
@@ -230,7 +228,7 @@ mod x86 {
             }
         }
         for t in 0..MR {
-            let row = out.add(t * out_stride);
+            let row = out[t];
             if cols >= 16 {
                 _mm256_storeu_ps(row, acc[t][0]);
                 _mm256_storeu_ps(row.add(8), acc[t][1]);
