@@ -19,6 +19,15 @@ use kiln::ops;
 use kiln::ops::attention::AttentionShape;
 use kiln::ops::compare::{check_close, seeded_values, test_seed, F32_ACCUMULATION};
 
+/// Copies position p's `[kv_dim]` row of `flat` (`[positions, kv_dim]`, heads side by side) into
+/// KV block `block` of `paged`, in the cache's block layout (`attention::block_row`).
+fn page_in(paged: &mut [f32], flat: &[f32], kv_dim: usize, block: usize, block_size: usize, d: usize, p: usize) {
+    for (kv_head, row) in flat[p * kv_dim..(p + 1) * kv_dim].chunks_exact(d).enumerate() {
+        let slot = block * block_size * kv_dim + attention::block_row(block_size, d, kv_head, p % block_size);
+        paged[slot..slot + d].copy_from_slice(row);
+    }
+}
+
 /// A tiny deterministic generator for shapes.
 struct Shapes(u64);
 
@@ -165,7 +174,7 @@ fn attention_matches_the_reference_over_paged_blocks() {
             };
             let (block_size, len) = (shapes.between(1, 16), shapes.between(1, 90));
             let start = if case % 3 == 0 { shapes.below(len) } else { 0 };
-            let kv_dim = kv_heads * shape.head_dim;
+            let (d, kv_dim) = (shape.head_dim, kv_heads * shape.head_dim);
             let keys = seeded_values(seed + 10 * case, len * kv_dim);
             let values = seeded_values(seed + 10 * case + 1, len * kv_dim);
             let q = seeded_values(seed + 10 * case + 2, shape.num_heads * shape.head_dim);
@@ -175,11 +184,9 @@ fn attention_matches_the_reference_over_paged_blocks() {
             let mut paged_keys = vec![f32::NAN; num_blocks * block_size * kv_dim];
             let mut paged_values = paged_keys.clone();
             for p in 0..len {
-                let slot = (table[p / block_size] * block_size + p % block_size) * kv_dim;
-                paged_keys[slot..slot + kv_dim].copy_from_slice(&keys[p * kv_dim..(p + 1) * kv_dim]);
-                paged_values[slot..slot + kv_dim].copy_from_slice(&values[p * kv_dim..(p + 1) * kv_dim]);
+                page_in(&mut paged_keys, &keys, kv_dim, table[p / block_size], block_size, d, p);
+                page_in(&mut paged_values, &values, kv_dim, table[p / block_size], block_size, d, p);
             }
-            let d = shape.head_dim;
             let mut reference = vec![f32::NAN; q.len()];
             ops::attention::attention(
                 &q,
@@ -237,9 +244,8 @@ fn prefill_attention_matches_the_reference_token_by_token() {
                 (vec![0.0; num_blocks * block_len], vec![0.0; num_blocks * block_len]);
             let table: Vec<usize> = (0..num_blocks).rev().collect();
             for p in 0..len {
-                let slot = table[p / block_size] * block_len + (p % block_size) * kv_dim;
-                paged_keys[slot..slot + kv_dim].copy_from_slice(&keys[p * kv_dim..(p + 1) * kv_dim]);
-                paged_values[slot..slot + kv_dim].copy_from_slice(&values[p * kv_dim..(p + 1) * kv_dim]);
+                page_in(&mut paged_keys, &keys, kv_dim, table[p / block_size], block_size, d, p);
+                page_in(&mut paged_values, &values, kv_dim, table[p / block_size], block_size, d, p);
             }
             let mut reference = vec![f32::NAN; tokens * q_dim];
             for (t, out) in reference.chunks_exact_mut(q_dim).enumerate() {

@@ -1,7 +1,9 @@
 //! The CPU KV cache: f32 keys and values in fixed-size blocks, allocated once and made resident
 //! at start-up.
-//! Layout per layer: `[num_blocks, block_size, kv_dim]`, so one block is contiguous.
+//! Layout per layer: `[num_blocks, num_kv_heads, block_size, head_dim]`, so one block is
+//! contiguous and within it each KV head's positions are (see `kernels::attention::block_row`).
 
+use super::kernels::attention::block_row;
 use crate::backend::KvLayout;
 use crate::model::ModelConfig;
 
@@ -35,39 +37,49 @@ impl CpuKvCache {
         self.layout
     }
 
-    fn slot(&self, block: usize, offset: usize) -> usize {
-        (block * self.layout.block_size + offset) * self.kv_dim
+    /// Where a block starts in a layer's keys or values.
+    fn block_start(&self, block: usize) -> usize {
+        block * self.layout.block_size * self.kv_dim
     }
 
-    /// Stores one token's `[kv_dim]` key and value.
+    /// Where KV head `kv_head`'s row at `offset` of `block` starts.
+    fn slot(&self, block: usize, offset: usize, kv_head: usize) -> usize {
+        self.block_start(block) + block_row(self.layout.block_size, self.head_dim, kv_head, offset)
+    }
+
+    /// Stores one token's `[kv_dim]` key and value (heads side by side, as the projections make
+    /// them).
     pub fn write(&mut self, layer: usize, block: usize, offset: usize, key: &[f32], value: &[f32]) {
-        let start = self.slot(block, offset);
-        self.keys[layer][start..start + self.kv_dim].copy_from_slice(key);
-        self.values[layer][start..start + self.kv_dim].copy_from_slice(value);
+        let d = self.head_dim;
+        for (kv_head, (key, value)) in key.chunks_exact(d).zip(value.chunks_exact(d)).enumerate() {
+            let start = self.slot(block, offset, kv_head);
+            self.keys[layer][start..start + d].copy_from_slice(key);
+            self.values[layer][start..start + d].copy_from_slice(value);
+        }
     }
 
     /// The `[head_dim]` key of one KV head at one slot.
     pub fn key(&self, layer: usize, block: usize, offset: usize, kv_head: usize) -> &[f32] {
-        let start = self.slot(block, offset) + kv_head * self.head_dim;
+        let start = self.slot(block, offset, kv_head);
         &self.keys[layer][start..start + self.head_dim]
     }
 
     pub fn value(&self, layer: usize, block: usize, offset: usize, kv_head: usize) -> &[f32] {
-        let start = self.slot(block, offset) + kv_head * self.head_dim;
+        let start = self.slot(block, offset, kv_head);
         &self.values[layer][start..start + self.head_dim]
     }
 
-    /// The `[block_size, kv_dim]` keys and values of one block, for kernels that walk a block's
-    /// positions in place.
+    /// The `[num_kv_heads, block_size, head_dim]` keys and values of one block, for kernels that
+    /// walk a block's positions in place.
     pub fn block(&self, layer: usize, block: usize) -> (&[f32], &[f32]) {
-        let (start, len) = (self.slot(block, 0), self.layout.block_size * self.kv_dim);
+        let (start, len) = (self.block_start(block), self.layout.block_size * self.kv_dim);
         (&self.keys[layer][start..start + len], &self.values[layer][start..start + len])
     }
 
     /// Copies a whole block (all layers): copy-on-write of shared prompt blocks.
     pub fn copy_block(&mut self, source: usize, destination: usize) {
         let len = self.layout.block_size * self.kv_dim;
-        let (from, to) = (self.slot(source, 0), self.slot(destination, 0));
+        let (from, to) = (self.block_start(source), self.block_start(destination));
         for layer in 0..self.keys.len() {
             self.keys[layer].copy_within(from..from + len, to);
             self.values[layer].copy_within(from..from + len, to);

@@ -20,8 +20,8 @@ thread_local! {
 /// `out[h] = softmax(q[h] · K[kv(h)]ᵀ / √d) · V[kv(h)]` over the positions in `visible`.
 ///
 /// q and out are `[num_heads, head_dim]`. `block(i)` returns the keys and values of the
-/// sequence's i-th KV block, each `[block_size, kv_dim]`, so position p is row `p % block_size`
-/// of block `p / block_size`.
+/// sequence's i-th KV block, each `[num_kv_heads, block_size, head_dim]` (see [`block_row`]), so
+/// position p is row `p % block_size` of block `p / block_size`.
 pub fn attention<'a>(
     isa: Isa,
     q: &[f32],
@@ -76,6 +76,14 @@ unsafe fn attention_avx2<'a>(
     attention_body::<true, _>(q, shape, visible, block_size, block, scores, out)
 }
 
+/// Where KV head `kv_head`'s row `row` starts in a KV block: blocks are head-major,
+/// `[num_kv_heads, block_size, head_dim]`, so one head's positions are consecutive memory (a
+/// task streams its head's keys and values instead of picking d floats out of every kv_dim).
+#[inline(always)]
+pub fn block_row(block_size: usize, head_dim: usize, kv_head: usize, row: usize) -> usize {
+    (kv_head * block_size + row) * head_dim
+}
+
 #[inline(always)]
 fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     let mut partial = [0f32; 16];
@@ -100,7 +108,7 @@ fn attention_body<'a, const FMA: bool, B: Fn(usize) -> (&'a [f32], &'a [f32])>(
     out: &mut [f32],
 ) {
     let AttentionShape { num_heads, num_kv_heads, head_dim } = shape;
-    let (group, kv_dim, len) = (num_heads / num_kv_heads, num_kv_heads * head_dim, visible.len());
+    let (group, len) = (num_heads / num_kv_heads, visible.len());
     let scale = 1.0 / (head_dim as f32).sqrt();
     // Positions are walked block by block with plain loops: a closure here would be compiled
     // without the caller's target features and turn every FMA into a library call.
@@ -110,9 +118,9 @@ fn attention_body<'a, const FMA: bool, B: Fn(usize) -> (&'a [f32], &'a [f32])>(
         let first_row = p % block_size;
         let rows = (block_size - first_row).min(visible.end - p);
         for row in first_row..first_row + rows {
-            let key_row = &keys[row * kv_dim..(row + 1) * kv_dim];
             let i = p + row - first_row - visible.start;
-            for (g, key) in key_row.chunks_exact(head_dim).enumerate() {
+            for g in 0..num_kv_heads {
+                let key = &keys[block_row(block_size, head_dim, g, row)..][..head_dim];
                 for h in g * group..(g + 1) * group {
                     scores[h * len + i] = dot::<FMA>(&q[h * head_dim..(h + 1) * head_dim], key) * scale;
                 }
@@ -140,9 +148,9 @@ fn attention_body<'a, const FMA: bool, B: Fn(usize) -> (&'a [f32], &'a [f32])>(
         let first_row = p % block_size;
         let rows = (block_size - first_row).min(visible.end - p);
         for row in first_row..first_row + rows {
-            let value_row = &values[row * kv_dim..(row + 1) * kv_dim];
             let i = p + row - first_row - visible.start;
-            for (g, value) in value_row.chunks_exact(head_dim).enumerate() {
+            for g in 0..num_kv_heads {
+                let value = &values[block_row(block_size, head_dim, g, row)..][..head_dim];
                 for h in g * group..(g + 1) * group {
                     let weight = scores[h * len + i];
                     for (o, &v) in out[h * head_dim..(h + 1) * head_dim].iter_mut().zip(value) {
@@ -377,7 +385,7 @@ unsafe fn prefill_task<'a>(
 ) {
     use super::gemm;
     let AttentionShape { num_heads, num_kv_heads, head_dim: d } = shape;
-    let (group, q_dim, kv_dim) = (num_heads / num_kv_heads, num_heads * d, num_kv_heads * d);
+    let (group, q_dim) = (num_heads / num_kv_heads, num_heads * d);
     let (nr, mt) = (gemm::panel_rows(isa), gemm::block_tokens(isa));
     let len = visible.len();
     let PrefillScratch { keys, values, key_panels, scores } = scratch;
@@ -386,30 +394,15 @@ unsafe fn prefill_task<'a>(
     // read nr at a time as panels of P·V, so the buffer has nr floats of slack at its end.
     keys.resize(len * d, 0.0);
     values.resize(len * d + nr, 0.0);
-    // Ask for every row first: rows of one head are d floats every kv_dim, a stride the hardware
-    // prefetcher follows poorly, and a decode step's cache lines come from memory.
+    // This KV head's rows of each block are consecutive: one copy per block.
     let mut p = visible.start;
     while p < visible.end {
         let (block_keys, block_values) = block(p / block_size);
         let first_row = p % block_size;
         let count = (block_size - first_row).min(visible.end - p);
-        for row in first_row..first_row + count {
-            let from = row * kv_dim + kv_head * d;
-            super::prefetch(bytemuck::cast_slice(&block_keys[from..from + d]));
-            super::prefetch(bytemuck::cast_slice(&block_values[from..from + d]));
-        }
-        p += count;
-    }
-    let mut p = visible.start;
-    while p < visible.end {
-        let (block_keys, block_values) = block(p / block_size);
-        let first_row = p % block_size;
-        let count = (block_size - first_row).min(visible.end - p);
-        for row in first_row..first_row + count {
-            let (from, to) = (row * kv_dim + kv_head * d, (p + row - first_row - visible.start) * d);
-            keys[to..to + d].copy_from_slice(&block_keys[from..from + d]);
-            values[to..to + d].copy_from_slice(&block_values[from..from + d]);
-        }
+        let (from, to) = (block_row(block_size, d, kv_head, first_row), (p - visible.start) * d);
+        keys[to..to + count * d].copy_from_slice(&block_keys[from..from + count * d]);
+        values[to..to + count * d].copy_from_slice(&block_values[from..from + count * d]);
         p += count;
     }
     // Keys as the "weight rows" of Q·Kᵀ, packed; the values' rows are P·V's panels as they are
