@@ -281,6 +281,8 @@ fn float_rows<const DT: u8>(
     let w_row = |r: usize| weights[r.min(rows - 1) * row_bytes..].as_ptr();
     let x_row = |t: usize| x[t.min(n - 1) * k..].as_ptr();
     if n < TILE_MIN_TOKENS {
+        // As in batched decode below: the task's first rows at once, then 8 rows ahead.
+        super::prefetch(&weights[..(8 * row_bytes).min(weights.len())]);
         for t in 0..n {
             for r0 in (0..rows).step_by(8) {
                 if t == 0 {
@@ -313,15 +315,17 @@ fn float_rows<const DT: u8>(
         }};
     }
     if n <= ROW_MAJOR_MAX_TOKENS {
-        // Batched decode: the activations fit in L1, so each pair of rows is fetched from memory
-        // once and multiplied with every token while it is in L1, with the rows after it already
-        // on their way, so the weight stream overlaps the FMAs. Eight tokens per tile halve the
-        // f16 widening per FMA against four.
-        // Eight tokens per tile halve the f16 widening per FMA against four, but load twice the
-        // activations per FMA: only worth it while the activations stay in L1, and only with
-        // AVX-512's 32 registers (16 accumulators spill on AVX2).
+        // Batched decode: each block of rows is fetched from memory once and multiplied with
+        // every token while it is in L1, with the rows after it already on their way, so the
+        // weight stream overlaps the FMAs. Eight tokens per tile halve the f16 widening per FMA
+        // against four, but load twice the activations per FMA: only worth it while the
+        // activations stay in L1, and only with AVX-512's 32 registers (16 accumulators spill
+        // on AVX2).
         let eight_tokens = isa == Isa::Avx512 && n >= 8 && n * k * 4 <= L1_ACTIVATION_BYTES;
         let nr = if eight_tokens { 2 } else { 4 };
+        // The task's first rows are asked for all at once, so its start does not wait for them
+        // one demand miss at a time (+3% on the 16-request aggregate).
+        super::prefetch(&weights[..(PREFETCH_ROWS * row_bytes).min(weights.len())]);
         for r0 in (0..rows).step_by(nr) {
             let ahead = ((r0 + PREFETCH_ROWS) * row_bytes).min(weights.len())
                 ..((r0 + PREFETCH_ROWS + nr) * row_bytes).min(weights.len());
