@@ -118,6 +118,33 @@ mod x86 {
         }
     }
 
+    /// Each accumulator of an MR×NR tile, converted to eight lanes by `$lanes` (AVX-512 adds its
+    /// halves first), summed by the same tree (hadd pairs, then the two 128-bit halves) whatever
+    /// its position in the tile: four at a time in (token, row) order, the last group padded with
+    /// zeros, so a (token, row) sum has the same bits in every tile shape. A macro so that it
+    /// expands inside each tile function, with its target features and registers.
+    macro_rules! reduce_each {
+        ($mr:expr, $nr:expr, $acc:expr, $lanes:path) => {{
+            let mut out = [[0f32; $nr]; $mr];
+            let mut i = 0;
+            while i < $mr * $nr {
+                // (Plain loops rather than a closure: a closure would not get the function's
+                // target features.)
+                let mut v = [_mm256_setzero_ps(); 4];
+                for (j, vj) in v.iter_mut().enumerate().take($mr * $nr - i) {
+                    *vj = $lanes($acc[(i + j) / $nr][(i + j) % $nr]);
+                }
+                let mut sums = [0f32; 4];
+                _mm_storeu_ps(sums.as_mut_ptr(), hsum4_256(v[0], v[1], v[2], v[3]));
+                for (j, &sum) in sums.iter().enumerate().take($mr * $nr - i) {
+                    out[(i + j) / $nr][(i + j) % $nr] = sum;
+                }
+                i += 4;
+            }
+            out
+        }};
+    }
+
     /// Horizontal sums of four vectors: `[Σa, Σb, Σc, Σd]`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -169,26 +196,7 @@ mod x86 {
                 }
             }
         }
-        // Each accumulator is reduced by the same tree (halves, then hadd pairs) whatever its
-        // position in the tile: four at a time in (token, row) order, the last group padded with
-        // zeros, so a (token, row) sum has the same bits in every tile shape.
-        let mut out = [[0f32; NR]; MR];
-        let mut i = 0;
-        while i < MR * NR {
-            // (Plain loops rather than a closure: a closure would not get this function's
-            // target features.)
-            let mut v = [_mm256_setzero_ps(); 4];
-            for (j, vj) in v.iter_mut().enumerate().take(MR * NR - i) {
-                *vj = half512(acc[(i + j) / NR][(i + j) % NR]);
-            }
-            let mut sums = [0f32; 4];
-            _mm_storeu_ps(sums.as_mut_ptr(), hsum4_256(v[0], v[1], v[2], v[3]));
-            for (j, &sum) in sums.iter().enumerate().take(MR * NR - i) {
-                out[(i + j) / NR][(i + j) % NR] = sum;
-            }
-            i += 4;
-        }
-        out
+        reduce_each!(MR, NR, acc, half512)
     }
 
     #[inline]
@@ -226,23 +234,7 @@ mod x86 {
             }
             i += 8;
         }
-        // Reduced as in the AVX-512 tile: four at a time, padded, one tree for every position.
-        let mut out = [[0f32; NR]; MR];
-        let mut i = 0;
-        while i < MR * NR {
-            // (Plain loops rather than a closure: a closure would not get this function's
-            // target features.)
-            let mut v = [_mm256_setzero_ps(); 4];
-            for (j, vj) in v.iter_mut().enumerate().take(MR * NR - i) {
-                *vj = acc[(i + j) / NR][(i + j) % NR];
-            }
-            let mut sums = [0f32; 4];
-            _mm_storeu_ps(sums.as_mut_ptr(), hsum4_256(v[0], v[1], v[2], v[3]));
-            for (j, &sum) in sums.iter().enumerate().take(MR * NR - i) {
-                out[(i + j) / NR][(i + j) % NR] = sum;
-            }
-            i += 4;
-        }
+        let mut out = reduce_each!(MR, NR, acc, std::convert::identity);
         for t in 0..MR {
             for r in 0..NR {
                 for j in full..k {
