@@ -4,9 +4,10 @@
 //! Launch geometry: weight rows are cut into tasks for the rayon pool (two per thread,
 //! and, with many tokens, few enough rows per task that they stay in L2 while every block of tokens
 //! streams past them). Inside a task:
-//! - float weights (f32/f16/bf16): tiles of dot products, 1 token × 8 rows (decode, converting
-//!   the weights in registers, bound by memory bandwidth) or 4 tokens × 4 rows over the task's rows
-//!   converted to f32 once (prefill, bound by FMA throughput) (`dot_tile`);
+//! - float weights (f32/f16/bf16): tiles of dot products (`dot_tile`), 1 token × 8 rows (decode,
+//!   converting the weights in registers, bound by memory bandwidth), else 8 tokens × 3 rows on
+//!   AVX-512 and 4 × 4 on AVX2 (bound by FMA throughput), converting f16 rows in registers up to
+//!   16 tokens (batched decode) and converting the task's rows to f32 first beyond (prefill);
 //! - Q8_0/Q4_0/Q4_1: the activations are rounded to 8 bits once per call, then integer tiles of
 //!   4 rows × 2 tokens (`quant_dot`), as llama.cpp does for every batch size;
 //! - Q4_K/Q6_K: rows dequantized to f32, then the float tiles.
@@ -314,48 +315,29 @@ fn float_rows<const DT: u8>(
             }
         }};
     }
-    if n <= ROW_MAJOR_MAX_TOKENS {
-        // Batched decode: each block of rows is fetched from memory once and multiplied with
-        // every token while it is in L1, with the rows after it already on their way, so the
-        // weight stream overlaps the FMAs. Eight tokens per tile halve the f16 widening per FMA
-        // against four, but load twice the activations per FMA: only worth it while the
-        // activations stay in L1, and only with AVX-512's 32 registers (16 accumulators spill
-        // on AVX2).
-        let eight_tokens = isa == Isa::Avx512 && n >= 8 && n * k * 4 <= L1_ACTIVATION_BYTES;
-        let nr = if eight_tokens { 2 } else { 4 };
-        // The task's first rows are asked for all at once, so its start does not wait for them
-        // one demand miss at a time (+3% on the 16-request aggregate).
-        super::prefetch(&weights[..(PREFETCH_ROWS * row_bytes).min(weights.len())]);
-        for r0 in (0..rows).step_by(nr) {
-            let ahead = ((r0 + PREFETCH_ROWS) * row_bytes).min(weights.len())
-                ..((r0 + PREFETCH_ROWS + nr) * row_bytes).min(weights.len());
-            super::prefetch(&weights[ahead]);
-            if eight_tokens {
-                let mut t0 = 0;
-                while t0 + 8 <= n {
-                    tile!(8, 2, t0, r0);
-                    t0 += 8;
-                }
-                if t0 < n {
-                    tile!(4, 2, t0, r0);
-                }
-                if t0 + 4 < n {
-                    tile!(4, 2, t0 + 4, r0);
-                }
-            } else {
-                for t0 in (0..n).step_by(4) {
-                    tile!(4, 4, t0, r0);
-                }
-            }
-        }
-        return;
-    }
+    // Weight rows may come from memory (batched decode streams each once per step): the task's
+    // first rows are asked for all at once, so its start does not wait for them one demand miss
+    // at a time (+3% on the 16-request aggregate), and the first pass over the rows asks for the
+    // rows PREFETCH_ROWS ahead of the block it multiplies, so the stream overlaps the FMAs.
+    super::prefetch(&weights[..(PREFETCH_ROWS * row_bytes).min(weights.len())]);
+    let prefetch_ahead = |r0: usize, count: usize| {
+        let ahead = ((r0 + PREFETCH_ROWS) * row_bytes).min(weights.len())
+            ..((r0 + PREFETCH_ROWS + count) * row_bytes).min(weights.len());
+        super::prefetch(&weights[ahead]);
+    };
     if isa == Isa::Avx512 {
-        // Prefill: 8 tokens × 3 rows (24 accumulators of 32 registers) load 11 vectors per 24
-        // FMAs where 4 × 4 loads 8 per 16 (prefill of 512 tokens ~1250 -> ~1390 tok/s).
+        // 8 tokens × 3 rows (24 accumulators of 32 registers) load 11 vectors and widen 3 f16
+        // rows per 24 FMAs, where 4 × 4 loads 8 and widens 4 per 16. Token groups outer: a group's
+        // 8 activation rows stay in L1 while the task's rows stream past (from memory for the
+        // first group, from L2 after). Measured on the 2-core machine: 16-request aggregate
+        // 774-785 -> 847-859 tok/s against 8 × 2 tiles with all 16 tokens per row block;
+        // 512-token prefill ~1250 -> ~1390 tok/s against 4 × 4.
         let mut t0 = 0;
         while t0 < n {
             for r0 in (0..rows).step_by(3) {
+                if t0 == 0 {
+                    prefetch_ahead(r0, 3);
+                }
                 if t0 + 8 <= n {
                     tile!(8, 3, t0, r0);
                 } else {
@@ -369,6 +351,17 @@ fn float_rows<const DT: u8>(
         }
         return;
     }
+    if n <= ROW_MAJOR_MAX_TOKENS {
+        // AVX2's 16 registers hold a 4 × 4 tile: with few tokens, all of them per block of rows,
+        // so each block is fetched once.
+        for r0 in (0..rows).step_by(4) {
+            prefetch_ahead(r0, 4);
+            for t0 in (0..n).step_by(4) {
+                tile!(4, 4, t0, r0);
+            }
+        }
+        return;
+    }
     for t0 in (0..n).step_by(4) {
         for r0 in (0..rows).step_by(4) {
             tile!(4, 4, t0, r0);
@@ -376,9 +369,7 @@ fn float_rows<const DT: u8>(
     }
 }
 
-/// Up to this many tokens, float tiles run row block by row block (all tokens per block).
+/// Up to this many tokens, AVX2's tiles run row block by row block (all tokens per block).
 const ROW_MAJOR_MAX_TOKENS: usize = 16;
-/// How far ahead of the current row block batched decode asks for weight rows.
+/// How far ahead of the current row block the first pass over a task's rows asks for more.
 const PREFETCH_ROWS: usize = 8;
-/// Activations up to this size (16 tokens of k = 576) stay in a 48 KiB L1 next to the weights.
-const L1_ACTIVATION_BYTES: usize = 40 << 10;
