@@ -51,7 +51,10 @@ pub struct Sampler {
     generated_counts: HashMap<u32, u32>,
     /// Every token of the prompt and the output (repetition penalty).
     seen: HashMap<u32, ()>,
+    /// Per-draw scratch, kept between tokens so sampling does not allocate: the (scaled logit,
+    /// token) candidates and their weights relative to the best.
     candidates: Vec<(f32, u32)>,
+    weights: Vec<f64>,
 }
 
 impl Sampler {
@@ -59,7 +62,7 @@ impl Sampler {
         let rng = params.seed.map(Rng::seeded).unwrap_or_else(Rng::from_entropy);
         let seen =
             if params.repetition_penalty != 1.0 { prompt.iter().map(|&t| (t, ())).collect() } else { HashMap::new() };
-        Sampler { params, rng, generated_counts: HashMap::new(), seen, candidates: Vec::new() }
+        Sampler { params, rng, generated_counts: HashMap::new(), seen, candidates: Vec::new(), weights: Vec::new() }
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -109,7 +112,9 @@ impl Sampler {
         self.candidates.sort_unstable_by(by_logit_desc);
         // Probabilities relative to the best candidate, in f64 so long tails still sum correctly.
         let max = self.candidates[0].0;
-        let weights: Vec<f64> = self.candidates.iter().map(|&(l, _)| ((l - max) as f64).exp()).collect();
+        let weights = &mut self.weights;
+        weights.clear();
+        weights.extend(self.candidates.iter().map(|&(l, _)| ((l - max) as f64).exp()));
         let total: f64 = weights.iter().sum();
         let mut keep = weights.len();
         if self.params.min_p > 0.0 {

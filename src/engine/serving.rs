@@ -185,6 +185,7 @@ pub fn start_engine(
         scheduled: Vec::with_capacity(config.max_seqs),
         logits: vec![0.0; config.max_seqs * vocab],
         logprobs: vec![0.0; vocab],
+        ranked: Vec::with_capacity(vocab),
         vocab,
         requests: HashMap::new(),
         sequences: HashMap::new(),
@@ -229,6 +230,8 @@ struct EngineLoop {
     scheduled: Vec<Scheduled>,
     logits: Vec<f32>,
     logprobs: Vec<f32>,
+    /// (token, log-probability) scratch for picking the top ones, kept between tokens.
+    ranked: Vec<(u32, f32)>,
     vocab: usize,
     requests: HashMap<RequestId, RequestState>,
     sequences: HashMap<SeqId, SequenceState>,
@@ -422,7 +425,7 @@ impl EngineLoop {
         }
         seq.generated += 1;
         EngineMetrics::add(&self.metrics.generated_tokens_total, 1);
-        let logprob = want_logprobs.map(|k| top_logprobs(&self.logprobs, token, k));
+        let logprob = want_logprobs.map(|k| top_logprobs(&self.logprobs, token, k, &mut self.ranked));
         let released = seq.stop.push(&seq.decoder.push(token));
         let alive = state.request.sink.send(EngineEvent::Token {
             choice: seq.choice,
@@ -486,15 +489,33 @@ impl EngineLoop {
 }
 
 /// The chosen token's log-probability and the `k` best alternatives.
-fn top_logprobs(logprobs: &[f32], token: u32, k: usize) -> TokenLogprob {
-    let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+/// The chosen token's log-probability and the k most likely tokens' (`ranked` is scratch).
+fn top_logprobs(logprobs: &[f32], token: u32, k: usize, ranked: &mut Vec<(u32, f32)>) -> TokenLogprob {
+    let mut top: Vec<(u32, f32)> = Vec::new();
     if k > 0 {
-        let mut indexed: Vec<(u32, f32)> = logprobs.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
-        let k = k.min(indexed.len());
-        indexed.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        indexed.truncate(k);
-        indexed.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        top = indexed;
+        ranked.clear();
+        ranked.extend(logprobs.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+        let k = k.min(ranked.len());
+        let by_logprob_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        ranked.select_nth_unstable_by(k - 1, by_logprob_desc);
+        top.extend_from_slice(&ranked[..k]);
+        top.sort_by(by_logprob_desc);
     }
     TokenLogprob { token_id: token, logprob: logprobs[token as usize], top }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::top_logprobs;
+
+    #[test]
+    fn top_logprobs_are_the_k_best_in_order_ties_by_token_id() {
+        let logprobs = [-3.0, -1.0, -2.0, -1.0, -5.0];
+        let mut ranked = vec![(7, 7.0); 2]; // stale scratch from an earlier token
+        let got = top_logprobs(&logprobs, 2, 3, &mut ranked);
+        assert_eq!((got.token_id, got.logprob), (2, -2.0));
+        assert_eq!(got.top, vec![(1, -1.0), (3, -1.0), (2, -2.0)]);
+        assert_eq!(top_logprobs(&logprobs, 4, 9, &mut ranked).top.len(), 5, "k beyond the vocabulary");
+        assert!(top_logprobs(&logprobs, 0, 0, &mut ranked).top.is_empty());
+    }
 }
