@@ -193,6 +193,8 @@ struct Arena {
     base: usize,
 }
 
+impl super::safetensors_dir::WeightBytes for Arena {}
+
 impl AsRef<[u8]> for Arena {
     fn as_ref(&self) -> &[u8] {
         &self.map[self.base..]

@@ -30,13 +30,32 @@ impl WeightDtype {
 
 /// Bytes that some owner keeps alive: a memory map, or an owned copy when the mapped bytes are
 /// not aligned for their element type (old safetensors writers did not pad their headers).
-pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+pub type SharedBytes = Arc<dyn WeightBytes>;
+
+/// The owner of a model's bytes.
+pub trait WeightBytes: AsRef<[u8]> + Send + Sync {
+    /// A hint that `range` has been copied elsewhere and will not be read again soon: a file
+    /// mapping lets its pages go (a later read maps them in again from the file); owned memory
+    /// keeps its bytes, since other views may still read them.
+    fn release(&self, _range: std::ops::Range<usize>) {}
+}
+
+impl WeightBytes for Vec<u8> {}
 
 struct MappedFile(Mmap);
 
 impl AsRef<[u8]> for MappedFile {
     fn as_ref(&self) -> &[u8] {
         &self.0
+    }
+}
+
+impl WeightBytes for MappedFile {
+    fn release(&self, range: std::ops::Range<usize>) {
+        // SAFETY: the map is a read-only file mapping, so dropping its pages loses nothing:
+        // any later read faults them in again from the file, with the same contents. (memmap2
+        // widens the range to whole pages; that holds for the neighbouring bytes too.)
+        let _ = unsafe { self.0.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, range.len()) };
     }
 }
 
@@ -169,4 +188,23 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     }
     files.dedup();
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_released_file_range_reads_back_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weights.bin");
+        let contents: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &contents).unwrap();
+        // SAFETY: the file is this test's own and is not changed while mapped.
+        let map = unsafe { Mmap::map(&File::open(&path).unwrap()) }.unwrap();
+        let bytes: SharedBytes = Arc::new(MappedFile(map));
+        assert_eq!((*bytes).as_ref(), &contents[..]);
+        bytes.release(100..2 * 4096 + 50);
+        assert_eq!((*bytes).as_ref(), &contents[..], "pages come back from the file");
+    }
 }

@@ -10,7 +10,7 @@ use half::{bf16, f16};
 
 use super::packed_quant::{self, PackedQuant};
 use super::quant::{self, GgmlType};
-use super::safetensors_dir::{SafetensorsDir, SharedBytes, WeightDtype};
+use super::safetensors_dir::{SafetensorsDir, SharedBytes, WeightBytes, WeightDtype};
 use super::{ModelConfig, ModelError};
 
 /// How a matrix's elements are stored.
@@ -209,8 +209,17 @@ impl WeightMatrix {
     /// The same matrix over other storage holding identical bytes at `range` (see
     /// `weight_arena`).
     pub fn with_storage(&self, bytes: SharedBytes, range: std::ops::Range<usize>) -> WeightMatrix {
-        assert_eq!((*bytes).as_ref()[range.clone()], *self.bytes(), "the new storage must hold the same bytes");
+        assert_eq!(range.len(), self.range.len(), "the new storage must hold the whole matrix");
+        // Comparing the contents would read the old bytes back in (a released file mapping)
+        // and cost a pass over the model: checked in debug builds only.
+        debug_assert!((*bytes).as_ref()[range.clone()] == *self.bytes(), "the new storage must hold the same bytes");
         WeightMatrix { format: self.format, rows: self.rows, cols: self.cols, bytes, range }
+    }
+
+    /// Tells the owner of this view's bytes that they have been copied elsewhere (see
+    /// [`WeightBytes::release`]); the view stays valid.
+    pub fn release_source(&self) {
+        self.bytes.release(self.range.clone());
     }
 
     /// Whether both are views of the same bytes in memory (tied embeddings).
@@ -299,6 +308,8 @@ fn owned_storage(len: usize, fill: impl FnOnce(&mut [u8])) -> (SharedBytes, std:
 
 struct AnonymousBytes(memmap2::MmapMut);
 
+impl WeightBytes for AnonymousBytes {}
+
 impl AsRef<[u8]> for AnonymousBytes {
     fn as_ref(&self) -> &[u8] {
         &self.0
@@ -306,6 +317,8 @@ impl AsRef<[u8]> for AnonymousBytes {
 }
 
 struct AlignedBytes(Vec<u64>);
+
+impl WeightBytes for AlignedBytes {}
 
 impl AsRef<[u8]> for AlignedBytes {
     fn as_ref(&self) -> &[u8] {
