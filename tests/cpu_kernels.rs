@@ -19,12 +19,59 @@ use kiln::ops;
 use kiln::ops::attention::AttentionShape;
 use kiln::ops::compare::{check_close, seeded_values, test_seed, F32_ACCUMULATION};
 
-/// Copies position p's `[kv_dim]` row of `flat` (`[positions, kv_dim]`, heads side by side) into
-/// KV block `block` of `paged`, in the cache's block layout (`attention::block_row`).
-fn page_in(paged: &mut [f32], flat: &[f32], kv_dim: usize, block: usize, block_size: usize, d: usize, p: usize) {
-    for (kv_head, row) in flat[p * kv_dim..(p + 1) * kv_dim].chunks_exact(d).enumerate() {
-        let slot = block * block_size * kv_dim + attention::block_row(block_size, d, kv_head, p % block_size);
-        paged[slot..slot + d].copy_from_slice(row);
+/// A sequence's keys and values, `[positions, kv_dim]` with heads side by side (as the reference
+/// reads them), and the same scattered into KV blocks in the cache's layout
+/// (`attention::block_row`), the blocks in shuffled (reversed) order, as a paged cache holds them.
+struct PagedKv {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    paged_keys: Vec<f32>,
+    paged_values: Vec<f32>,
+    table: Vec<usize>,
+    /// (kv_dim, head_dim, block_size)
+    dims: (usize, usize, usize),
+}
+
+impl PagedKv {
+    fn new(seed: u64, len: usize, shape: AttentionShape, block_size: usize) -> PagedKv {
+        let (d, kv_dim) = (shape.head_dim, shape.num_kv_heads * shape.head_dim);
+        let (keys, values) = (seeded_values(seed, len * kv_dim), seeded_values(seed + 1, len * kv_dim));
+        let num_blocks = len.div_ceil(block_size);
+        let table: Vec<usize> = (0..num_blocks).rev().collect();
+        let mut paged =
+            [vec![f32::NAN; num_blocks * block_size * kv_dim], vec![f32::NAN; num_blocks * block_size * kv_dim]];
+        for p in 0..len {
+            for (paged, flat) in paged.iter_mut().zip([&keys, &values]) {
+                for (kv_head, row) in flat[p * kv_dim..(p + 1) * kv_dim].chunks_exact(d).enumerate() {
+                    let slot = table[p / block_size] * block_size * kv_dim
+                        + attention::block_row(block_size, d, kv_head, p % block_size);
+                    paged[slot..slot + d].copy_from_slice(row);
+                }
+            }
+        }
+        let [paged_keys, paged_values] = paged;
+        PagedKv { keys, values, paged_keys, paged_values, table, dims: (kv_dim, d, block_size) }
+    }
+
+    /// The sequence's i-th KV block, as the kernels read it.
+    fn block(&self, i: usize) -> (&[f32], &[f32]) {
+        let (kv_dim, _, block_size) = self.dims;
+        let span = self.table[i] * block_size * kv_dim..(self.table[i] + 1) * block_size * kv_dim;
+        (&self.paged_keys[span.clone()], &self.paged_values[span])
+    }
+
+    /// The reference's attention for one query over `visible`.
+    fn reference(&self, q: &[f32], shape: AttentionShape, visible: std::ops::Range<usize>, out: &mut [f32]) {
+        let (kv_dim, d, _) = self.dims;
+        ops::attention::attention(
+            q,
+            shape,
+            visible,
+            |p, g| &self.keys[p * kv_dim + g * d..p * kv_dim + (g + 1) * d],
+            |p, g| &self.values[p * kv_dim + g * d..p * kv_dim + (g + 1) * d],
+            &mut Vec::new(),
+            out,
+        );
     }
 }
 
@@ -160,60 +207,28 @@ fn matmul_gives_a_token_the_same_bits_in_any_batch() {
     }
 }
 
+/// The per-token kernel (the portable level's attention) over any visible range.
 #[test]
 fn attention_matches_the_reference_over_paged_blocks() {
     let seed = test_seed();
     let mut shapes = Shapes(seed ^ 1);
-    for isa in Isa::available() {
-        for case in 0..12u64 {
-            let kv_heads = shapes.between(1, 3);
-            let shape = AttentionShape {
-                num_heads: kv_heads * shapes.between(1, 4),
-                num_kv_heads: kv_heads,
-                head_dim: 2 * shapes.between(1, 40),
-            };
-            let (block_size, len) = (shapes.between(1, 16), shapes.between(1, 90));
-            let start = if case % 3 == 0 { shapes.below(len) } else { 0 };
-            let (d, kv_dim) = (shape.head_dim, kv_heads * shape.head_dim);
-            let keys = seeded_values(seed + 10 * case, len * kv_dim);
-            let values = seeded_values(seed + 10 * case + 1, len * kv_dim);
-            let q = seeded_values(seed + 10 * case + 2, shape.num_heads * shape.head_dim);
-            // Scatter positions into blocks in a shuffled order, as a paged cache holds them.
-            let num_blocks = len.div_ceil(block_size);
-            let table: Vec<usize> = (0..num_blocks).rev().collect();
-            let mut paged_keys = vec![f32::NAN; num_blocks * block_size * kv_dim];
-            let mut paged_values = paged_keys.clone();
-            for p in 0..len {
-                page_in(&mut paged_keys, &keys, kv_dim, table[p / block_size], block_size, d, p);
-                page_in(&mut paged_values, &values, kv_dim, table[p / block_size], block_size, d, p);
-            }
-            let mut reference = vec![f32::NAN; q.len()];
-            ops::attention::attention(
-                &q,
-                shape,
-                start..len,
-                |p, g| &keys[p * kv_dim + g * d..p * kv_dim + (g + 1) * d],
-                |p, g| &values[p * kv_dim + g * d..p * kv_dim + (g + 1) * d],
-                &mut Vec::new(),
-                &mut reference,
-            );
-            let mut got = vec![f32::NAN; q.len()];
-            let block_len = block_size * kv_dim;
-            attention::attention(
-                isa,
-                &q,
-                shape,
-                start..len,
-                block_size,
-                |i| {
-                    let b = table[i] * block_len;
-                    (&paged_keys[b..b + block_len], &paged_values[b..b + block_len])
-                },
-                &mut got,
-            );
-            if let Err(message) = check_close(&got, &reference, F32_ACCUMULATION) {
-                panic!("attention {} {shape:?} block {block_size} visible {start}..{len}: {message}", isa.name());
-            }
+    for case in 0..12u64 {
+        let kv_heads = shapes.between(1, 3);
+        let shape = AttentionShape {
+            num_heads: kv_heads * shapes.between(1, 4),
+            num_kv_heads: kv_heads,
+            head_dim: 2 * shapes.between(1, 40),
+        };
+        let (block_size, len) = (shapes.between(1, 16), shapes.between(1, 90));
+        let start = if case % 3 == 0 { shapes.below(len) } else { 0 };
+        let kv = PagedKv::new(seed + 10 * case, len, shape, block_size);
+        let q = seeded_values(seed + 10 * case + 2, shape.num_heads * shape.head_dim);
+        let mut reference = vec![f32::NAN; q.len()];
+        kv.reference(&q, shape, start..len, &mut reference);
+        let mut got = vec![f32::NAN; q.len()];
+        attention::attention(&q, shape, start..len, block_size, |i| kv.block(i), &mut got);
+        if let Err(message) = check_close(&got, &reference, F32_ACCUMULATION) {
+            panic!("attention {shape:?} block {block_size} visible {start}..{len}: {message}");
         }
     }
 }
@@ -233,48 +248,17 @@ fn prefill_attention_matches_the_reference_token_by_token() {
             // A chunk of `tokens` after `earlier` cached positions, sometimes with a window.
             let (block_size, tokens, earlier) = (shapes.between(1, 16), shapes.between(1, 75), shapes.between(0, 40));
             let window = if case % 3 == 1 { Some(shapes.between(1, 30)) } else { None };
-            let len = earlier + tokens;
-            let (d, kv_dim, q_dim) = (shape.head_dim, kv_heads * shape.head_dim, shape.num_heads * shape.head_dim);
-            let keys = seeded_values(seed + 10 * case, len * kv_dim);
-            let values = seeded_values(seed + 10 * case + 1, len * kv_dim);
+            let q_dim = shape.num_heads * shape.head_dim;
+            let kv = PagedKv::new(seed + 10 * case, earlier + tokens, shape, block_size);
             let q: Vec<f32> = seeded_values(seed + 10 * case + 2, tokens * q_dim).iter().map(|v| v * 3.0).collect();
-            let block_len = block_size * kv_dim;
-            let num_blocks = len.div_ceil(block_size);
-            let (mut paged_keys, mut paged_values) =
-                (vec![0.0; num_blocks * block_len], vec![0.0; num_blocks * block_len]);
-            let table: Vec<usize> = (0..num_blocks).rev().collect();
-            for p in 0..len {
-                page_in(&mut paged_keys, &keys, kv_dim, table[p / block_size], block_size, d, p);
-                page_in(&mut paged_values, &values, kv_dim, table[p / block_size], block_size, d, p);
-            }
             let mut reference = vec![f32::NAN; tokens * q_dim];
             for (t, out) in reference.chunks_exact_mut(q_dim).enumerate() {
                 let position = earlier + t;
                 let first = window.map_or(0, |w| (position + 1).saturating_sub(w));
-                ops::attention::attention(
-                    &q[t * q_dim..(t + 1) * q_dim],
-                    shape,
-                    first..position + 1,
-                    |p, g| &keys[p * kv_dim + g * d..p * kv_dim + (g + 1) * d],
-                    |p, g| &values[p * kv_dim + g * d..p * kv_dim + (g + 1) * d],
-                    &mut Vec::new(),
-                    out,
-                );
+                kv.reference(&q[t * q_dim..(t + 1) * q_dim], shape, first..position + 1, out);
             }
             let mut got = vec![f32::NAN; tokens * q_dim];
-            attention::attention_run(
-                isa,
-                &q,
-                shape,
-                earlier,
-                window,
-                block_size,
-                |i| {
-                    let b = table[i] * block_len;
-                    (&paged_keys[b..b + block_len], &paged_values[b..b + block_len])
-                },
-                &mut got,
-            );
+            attention::attention_run(isa, &q, shape, earlier, window, block_size, |i| kv.block(i), &mut got);
             if let Err(message) = check_close(&got, &reference, F32_ACCUMULATION) {
                 panic!("prefill attention {} {shape:?} block {block_size} tokens {tokens} after {earlier} window {window:?}: {message}", isa.name());
             }
@@ -288,10 +272,7 @@ fn prefill_attention_matches_the_reference_token_by_token() {
                     earlier + t,
                     window,
                     block_size,
-                    |i| {
-                        let b = table[i] * block_len;
-                        (&paged_keys[b..b + block_len], &paged_values[b..b + block_len])
-                    },
+                    |i| kv.block(i),
                     &mut alone,
                 );
                 assert!(

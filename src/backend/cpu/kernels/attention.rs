@@ -1,10 +1,7 @@
-//! Causal grouped-query attention for one query token, reading keys and values in place from the
-//! paged KV cache: the reference (`ops::attention`) looks every position up through a closure,
-//! this walks the sequence block by block, so a block's rows are consecutive memory.
-//!
-//! Per KV head, the key of a position is loaded once for all query heads of its group, and the
-//! value rows are accumulated with the softmax weights as vector FMAs along head_dim. Bound by the
-//! dot products' horizontal sums at short contexts and by KV bandwidth at long ones.
+//! Causal grouped-query attention over the paged KV cache, for every sequence of a step:
+//! [`attention_runs`] (the SIMD levels: per sequence, query block and KV head, two matrix products
+//! on the `gemm` microkernel) and [`attention`] (the portable level: one query token at a time,
+//! walking the sequence block by block). The reference is `ops::attention`.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -17,13 +14,14 @@ thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `out[h] = softmax(q[h] · K[kv(h)]ᵀ / √d) · V[kv(h)]` over the positions in `visible`.
+/// `out[h] = softmax(q[h] · K[kv(h)]ᵀ / √d) · V[kv(h)]` over the positions in `visible`: one
+/// query token at a time, in plain Rust. The portable level's attention; the SIMD levels run
+/// [`attention_runs`]' matrix products instead.
 ///
 /// q and out are `[num_heads, head_dim]`. `block(i)` returns the keys and values of the
 /// sequence's i-th KV block, each `[num_kv_heads, block_size, head_dim]` (see [`block_row`]), so
 /// position p is row `p % block_size` of block `p / block_size`.
 pub fn attention<'a>(
-    isa: Isa,
     q: &[f32],
     shape: AttentionShape,
     visible: Range<usize>,
@@ -37,43 +35,8 @@ pub fn attention<'a>(
     assert!(shape.num_kv_heads > 0 && shape.num_heads.is_multiple_of(shape.num_kv_heads), "heads must group evenly");
     SCORES.with_borrow_mut(|scores| {
         scores.resize(shape.num_heads * visible.len(), 0.0);
-        match isa {
-            // SAFETY: callers pass only levels `Isa::supported` confirmed for this CPU.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { attention_avx512(q, shape, visible, block_size, block, scores, out) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { attention_avx2(q, shape, visible, block_size, block, scores, out) },
-            _ => attention_body::<false, _>(q, shape, visible, block_size, block, scores, out),
-        }
+        attention_body(q, shape, visible, block_size, block, scores, out)
     })
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
-unsafe fn attention_avx512<'a>(
-    q: &[f32],
-    shape: AttentionShape,
-    visible: Range<usize>,
-    block_size: usize,
-    block: impl Fn(usize) -> (&'a [f32], &'a [f32]),
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    attention_body::<true, _>(q, shape, visible, block_size, block, scores, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attention_avx2<'a>(
-    q: &[f32],
-    shape: AttentionShape,
-    visible: Range<usize>,
-    block_size: usize,
-    block: impl Fn(usize) -> (&'a [f32], &'a [f32]),
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    attention_body::<true, _>(q, shape, visible, block_size, block, scores, out)
 }
 
 /// Where KV head `kv_head`'s row `row` starts in a KV block: blocks are head-major,
@@ -85,20 +48,20 @@ pub fn block_row(block_size: usize, head_dim: usize, kv_head: usize, row: usize)
 }
 
 #[inline(always)]
-fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut partial = [0f32; 16];
     let (a_chunks, b_chunks) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
     for (a, b) in a_chunks.zip(b_chunks) {
         for l in 0..16 {
-            partial[l] = fma::<FMA>(a[l], b[l], partial[l]);
+            partial[l] = fma::<false>(a[l], b[l], partial[l]);
         }
     }
     partial.iter().sum::<f32>() + tail
 }
 
 #[inline(always)]
-fn attention_body<'a, const FMA: bool, B: Fn(usize) -> (&'a [f32], &'a [f32])>(
+fn attention_body<'a, B: Fn(usize) -> (&'a [f32], &'a [f32])>(
     q: &[f32],
     shape: AttentionShape,
     visible: Range<usize>,
@@ -110,8 +73,7 @@ fn attention_body<'a, const FMA: bool, B: Fn(usize) -> (&'a [f32], &'a [f32])>(
     let AttentionShape { num_heads, num_kv_heads, head_dim } = shape;
     let (group, len) = (num_heads / num_kv_heads, visible.len());
     let scale = 1.0 / (head_dim as f32).sqrt();
-    // Positions are walked block by block with plain loops: a closure here would be compiled
-    // without the caller's target features and turn every FMA into a library call.
+    // Positions are walked block by block, so a block's rows are consecutive memory.
     let mut p = visible.start;
     while p < visible.end {
         let (keys, _) = block(p / block_size);
@@ -122,7 +84,7 @@ fn attention_body<'a, const FMA: bool, B: Fn(usize) -> (&'a [f32], &'a [f32])>(
             for g in 0..num_kv_heads {
                 let key = &keys[block_row(block_size, head_dim, g, row)..][..head_dim];
                 for h in g * group..(g + 1) * group {
-                    scores[h * len + i] = dot::<FMA>(&q[h * head_dim..(h + 1) * head_dim], key) * scale;
+                    scores[h * len + i] = dot(&q[h * head_dim..(h + 1) * head_dim], key) * scale;
                 }
             }
         }
@@ -133,7 +95,7 @@ fn attention_body<'a, const FMA: bool, B: Fn(usize) -> (&'a [f32], &'a [f32])>(
         let max = head_scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut total = 0.0;
         for s in head_scores.iter_mut() {
-            *s = exp::<FMA>(*s - max);
+            *s = exp::<false>(*s - max);
             total += *s;
         }
         let inverse = 1.0 / total;
@@ -154,7 +116,7 @@ fn attention_body<'a, const FMA: bool, B: Fn(usize) -> (&'a [f32], &'a [f32])>(
                 for h in g * group..(g + 1) * group {
                     let weight = scores[h * len + i];
                     for (o, &v) in out[h * head_dim..(h + 1) * head_dim].iter_mut().zip(value) {
-                        *o = fma::<FMA>(weight, v, *o);
+                        *o = fma::<false>(weight, v, *o);
                     }
                 }
             }
@@ -255,7 +217,6 @@ pub fn attention_runs<'a>(
             for t in first_token..first_token + tokens {
                 let position = first_position + t - first_token;
                 attention(
-                    isa,
                     &q[t * q_dim..(t + 1) * q_dim],
                     shape,
                     first_visible(position)..position + 1,
