@@ -1,15 +1,11 @@
 //! The default model run straight from its original Q4_1 GGUF (weights kept quantized, integer dot
 //! products in decode) generates the golden greedy tokens, as llama.cpp does on the same file.
 
-use kiln::engine::generate::{FinishReason, GenerationRequest, Generator};
-use kiln::engine::sampler::SamplingParams;
+mod golden_support;
+
+use golden_support::assert_greedy_cases_match;
 use kiln::launch::{load_cpu_backend_from_gguf, CpuLimits};
 use kiln::model::weights::WeightFormat;
-use serde_json::Value;
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("an id list").iter().map(|x| x.as_u64().expect("an id") as u32).collect()
-}
 
 #[test]
 fn quantized_gguf_generates_the_golden_tokens() {
@@ -21,26 +17,5 @@ fn quantized_gguf_generates_the_golden_tokens() {
     assert_eq!(backend.weights().lm_head.format.name(), "q8_0");
     assert!(matches!(backend.weights().embed_tokens.format, WeightFormat::Packed(_)));
 
-    let golden: Value = serde_json::from_str(include_str!("data/smollm2_greedy.json")).unwrap();
-    let stop_ids = ids(&golden["stop_ids"]);
-    let cases = golden["cases"].as_array().unwrap();
-    let requests: Vec<GenerationRequest> = cases
-        .iter()
-        .map(|case| GenerationRequest {
-            prompt_ids: ids(&case["prompt_ids"]),
-            max_new_tokens: ids(&case["generated_ids"]).len(),
-            sampling: SamplingParams::greedy(),
-            stop_token_ids: stop_ids.clone(),
-        })
-        .collect();
-    let mut generator = Generator::new(Box::new(backend), plan_limits);
-    let outputs = generator.generate(&requests, |_, _| {}).unwrap();
-    for (case, output) in cases.iter().zip(&outputs) {
-        let mut expected = ids(&case["generated_ids"]);
-        if case["ends_with_eos"].as_bool().unwrap() {
-            expected.pop();
-            assert_eq!(output.finish_reason, FinishReason::Stop, "{}", case["name"]);
-        }
-        assert_eq!(output.token_ids, expected, "{}: {}", case["name"], case["generated_text"]);
-    }
+    assert_greedy_cases_match(Box::new(backend), plan_limits);
 }

@@ -2,20 +2,12 @@
 //! independent implementations (a numpy Llama written from the model definition, and llama.cpp).
 //! tests/data/README.md says how tests/data/smollm2_greedy.json was produced and how to redo it.
 
+mod golden_support;
+
+use golden_support::{assert_greedy_cases_match, golden, ids};
 use kiln::backend::Backend;
-use kiln::engine::generate::{FinishReason, GenerationRequest, Generator};
 use kiln::engine::plan::StepPlan;
-use kiln::engine::sampler::SamplingParams;
 use kiln::launch::{load_cpu_backend, CpuLimits};
-use serde_json::Value;
-
-fn golden() -> Value {
-    serde_json::from_str(include_str!("data/smollm2_greedy.json")).expect("golden file is valid JSON")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("an id list").iter().map(|x| x.as_u64().expect("an id") as u32).collect()
-}
 
 fn model_dir() -> std::path::PathBuf {
     kiln::model::pull::resolve_model(None).expect("the default model can be pulled")
@@ -52,29 +44,5 @@ fn first_step_logits_match_the_reference() {
 #[test]
 fn greedy_generation_matches_the_reference_token_for_token() {
     let (backend, plan_limits) = load_cpu_backend(&model_dir(), LIMITS).unwrap();
-    let golden = golden();
-    let stop_ids = ids(&golden["stop_ids"]);
-    let cases = golden["cases"].as_array().unwrap();
-    let requests: Vec<GenerationRequest> = cases
-        .iter()
-        .map(|case| GenerationRequest {
-            prompt_ids: ids(&case["prompt_ids"]),
-            max_new_tokens: ids(&case["generated_ids"]).len(),
-            sampling: SamplingParams::greedy(),
-            stop_token_ids: stop_ids.clone(),
-        })
-        .collect();
-    // All cases run together in one batch: batching must not change anyone's tokens.
-    let mut generator = Generator::new(Box::new(backend), plan_limits);
-    let outputs = generator.generate(&requests, |_, _| {}).unwrap();
-    for (case, output) in cases.iter().zip(&outputs) {
-        let mut expected = ids(&case["generated_ids"]);
-        if case["ends_with_eos"].as_bool().unwrap() {
-            assert!(stop_ids.contains(&expected.pop().unwrap()));
-            assert_eq!(output.finish_reason, FinishReason::Stop, "{}", case["name"]);
-        } else {
-            assert_eq!(output.finish_reason, FinishReason::Length, "{}", case["name"]);
-        }
-        assert_eq!(output.token_ids, expected, "{}: {}", case["name"], case["generated_text"]);
-    }
+    assert_greedy_cases_match(Box::new(backend), plan_limits);
 }
