@@ -3,12 +3,17 @@
 //! Each `cuda/*.cu` becomes one fatbin (sm_80 and sm_90 machine code and compute_90 PTX for newer
 //! GPUs; `*_sm90.cu` files, which use wgmma, sm_90a alone) embedded in the binary through
 //! `$OUT_DIR/kernels.rs`.
+//! The same sources are also compiled as C++ into the CUDA emulator (cuda/emu/build.rs), the
+//! driver stand-in that runs the GPU tests on machines without a GPU.
 //! nvcc is looked up in `$NVCC`, `$CUDA_HOME/bin`, `PATH`, then the `.venv` that
 //! `tools/setup-cuda` fills. ptxas's register report is parsed: any spill fails the build (every
 //! kernel here is on the per-token path), and `KILN_PTXAS_REPORT=1` prints the whole table.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[path = "cuda/emu/build.rs"]
+mod emulator;
 
 /// Machine code for Ampere and Hopper, plus PTX that newer drivers compile for later GPUs.
 const GENCODE: [&str; 2] = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=[sm_90,compute_90]"];
@@ -22,6 +27,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-env-changed=KILN_PTXAS_REPORT");
+    println!("cargo:rerun-if-env-changed=CXX");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
@@ -78,6 +84,30 @@ fn main() {
         generated.push_str(&format!("    (\"{stem}\", {}),\n", stem.to_uppercase()));
     }
     generated.push_str("];\n");
+
+    // The kernels each file defines, read from the sources after macro expansion: the names the
+    // fatbins export, and what the emulator registers.
+    let mut listed = Vec::new();
+    for source in &sources {
+        let stem = source.file_stem().expect("a .cu file has a stem").to_string_lossy().into_owned();
+        match emulator::list_kernels(&cuda_dir, source) {
+            Ok(kernels) if kernels.is_empty() => failures.push(format!("{stem}.cu defines no kernel")),
+            Ok(kernels) => listed.push((stem, kernels)),
+            Err(message) => failures.push(format!("{stem}.cu could not be preprocessed:\n{message}")),
+        }
+    }
+    generated.push_str("/// The kernels of each file, as (file stem, kernel names).\npub const NAMES: &[(&str, &[&str])] = &[\n");
+    for (stem, kernels) in &listed {
+        let names: Vec<String> = kernels.iter().map(|k| format!("\"{}\"", k.name)).collect();
+        generated.push_str(&format!("    (\"{stem}\", &[{}]),\n", names.join(", ")));
+    }
+    generated.push_str("];\n");
+    if failures.is_empty() {
+        match emulator::build(&cuda_dir, &out_dir, &listed) {
+            Ok(library) => println!("cargo:rustc-env=KILN_CUDA_EMULATOR_LIB={}", library.display()),
+            Err(message) => failures.push(format!("the CUDA emulator did not build:\n{message}")),
+        }
+    }
     std::fs::write(out_dir.join("kernels.rs"), generated).expect("OUT_DIR is writable");
     std::fs::write(out_dir.join("ptxas-report.txt"), &report).expect("OUT_DIR is writable");
     if std::env::var_os("KILN_PTXAS_REPORT").is_some() {

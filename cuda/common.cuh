@@ -1,8 +1,12 @@
 // Helpers every kernel shares: f16/bf16 conversion, 16-byte vector loads, warp and block
 // reductions, and the macro that instantiates a kernel for both activation dtypes.
 #pragma once
+#if defined(KILN_EMULATOR)
+#include "emu/cuda_emu.h"  // CUDA's device language for the CPU emulator
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#endif
 #include <stdint.h>
 
 #include "params.h"

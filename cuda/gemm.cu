@@ -5,44 +5,11 @@
 // different 16-byte bank groups with no swizzle. Out-of-range rows and k-chunks are zero-filled.
 // Launch: grid (ceil(n / BN), ceil(m / BM)), block WARPS_M * WARPS_N * 32, dynamic shared memory
 // STAGES * (BM + BN) * 80 bytes; k a multiple of 8, n even.
-#include <type_traits>
-
 #include "common.cuh"
+#include "ptx.cuh"
 
 namespace {
 constexpr int BK = 32, STAGES = 3, LDS = BK + 8;
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* global, int src_bytes) {
-    const unsigned address = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(global), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* smem) {
-    const unsigned address = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(address));
-}
-
-template <typename T>
-__device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
-    if constexpr (std::is_same<T, __half>::value) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-            "{%0, %1, %2, %3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-    } else {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-            "{%0, %1, %2, %3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-    }
-}
 
 __device__ __forceinline__ void store_pair(float* out, float v0, float v1) { *reinterpret_cast<float2*>(out) = make_float2(v0, v1); }
 __device__ __forceinline__ void store_pair(__half* out, float v0, float v1) { *reinterpret_cast<__half2*>(out) = __floats2half2_rn(v0, v1); }
@@ -55,7 +22,7 @@ __device__ void gemm_tc(const GemmParams& p) {
     constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;  // one warp's tile
     constexpr int MT = WM / 16, NT = WN / 8;               // mma tiles per warp
     static_assert(WM % 16 == 0 && WN % 16 == 0, "warp tiles are whole 16x16 ldmatrix blocks");
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    KILN_DYNAMIC_SHARED(smem_raw);
     T* a_smem = reinterpret_cast<T*>(smem_raw);  // [STAGES][BM][LDS]
     T* b_smem = a_smem + STAGES * BM * LDS;      // [STAGES][BN][LDS]
     const T* x = reinterpret_cast<const T*>(p.x);
@@ -71,13 +38,13 @@ __device__ void gemm_tc(const GemmParams& p) {
             const int r = c / (BK / 8), chunk = c % (BK / 8);
             const int gm = m0 + r, gk = k0 + chunk * 8;
             const bool inside = gm < (int)p.m && gk < (int)p.k;
-            cp_async16(&a_smem[(stage * BM + r) * LDS + chunk * 8], inside ? x + (size_t)gm * p.k + gk : x, inside ? 16 : 0);
+            ptx::cp_async16(ptx::shared_address(&a_smem[(stage * BM + r) * LDS + chunk * 8]), inside ? x + (size_t)gm * p.k + gk : x, inside ? 16 : 0);
         }
         for (int c = tid; c < BN * (BK / 8); c += THREADS) {
             const int r = c / (BK / 8), chunk = c % (BK / 8);
             const int gn = n0 + r, gk = k0 + chunk * 8;
             const bool inside = gn < (int)p.n && gk < (int)p.k;
-            cp_async16(&b_smem[(stage * BN + r) * LDS + chunk * 8], inside ? w + (size_t)gn * p.k + gk : w, inside ? 16 : 0);
+            ptx::cp_async16(ptx::shared_address(&b_smem[(stage * BN + r) * LDS + chunk * 8]), inside ? w + (size_t)gn * p.k + gk : w, inside ? 16 : 0);
         }
     };
 
@@ -92,15 +59,15 @@ __device__ void gemm_tc(const GemmParams& p) {
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++) {
         if (s < k_tiles) load_tile(s, s);
-        cp_async_commit();
+        ptx::cp_async_commit();
     }
     for (int kt = 0; kt < k_tiles; kt++) {
         // Tile kt has landed, and every warp is done with the stage the next load overwrites.
-        cp_async_wait<STAGES - 2>();
+        ptx::cp_async_wait<STAGES - 2>();
         __syncthreads();
         const int next = kt + STAGES - 1;
         if (next < k_tiles) load_tile(next % STAGES, next);
-        cp_async_commit();
+        ptx::cp_async_commit();
         const T* a_tile = a_smem + (kt % STAGES) * BM * LDS;
         const T* b_tile = b_smem + (kt % STAGES) * BN * LDS;
 #pragma unroll
@@ -110,23 +77,23 @@ __device__ void gemm_tc(const GemmParams& p) {
             for (int i = 0; i < MT; i++) {
                 // Matrices: rows 0-7 / 8-15 at k 0-7, then the same rows at k 8-15.
                 const int row = warp_m * WM + i * 16 + (lane & 15);
-                ldmatrix_x4(a_frag[i], a_tile + row * LDS + kk + (lane >> 4) * 8);
+                ptx::ldmatrix_x4(a_frag[i], ptx::shared_address(a_tile + row * LDS + kk + (lane >> 4) * 8));
             }
 #pragma unroll
             for (int j = 0; j < NT; j += 2) {
                 // Matrices: n 0-7 at k 0-7 and 8-15, then n 8-15 at k 0-7 and 8-15.
                 const int row = warp_n * WN + j * 8 + (lane & 7) + ((lane >> 4) << 3);
                 uint32_t r[4];
-                ldmatrix_x4(r, b_tile + row * LDS + kk + ((lane >> 3) & 1) * 8);
+                ptx::ldmatrix_x4(r, ptx::shared_address(b_tile + row * LDS + kk + ((lane >> 3) & 1) * 8));
                 b_frag[j][0] = r[0], b_frag[j][1] = r[1], b_frag[j + 1][0] = r[2], b_frag[j + 1][1] = r[3];
             }
 #pragma unroll
             for (int i = 0; i < MT; i++)
 #pragma unroll
-                for (int j = 0; j < NT; j++) mma16816<T>(acc[i][j], a_frag[i], b_frag[j]);
+                for (int j = 0; j < NT; j++) ptx::mma_m16n8k16<T>(acc[i][j], a_frag[i], b_frag[j]);
         }
     }
-    cp_async_wait<0>();
+    ptx::cp_async_wait<0>();
 
 #pragma unroll
     for (int i = 0; i < MT; i++) {
