@@ -15,6 +15,7 @@
 // n_splits = 1 the warp writes the output itself. Launch: grid (n_tokens, ceil(num_heads / 4),
 // n_splits), block 128. Memory-bound on the K/V reads.
 #include "common.cuh"
+#include "ptx.cuh"
 
 namespace {
 // Visible keys of a query at `position`: [first, position].
@@ -27,14 +28,26 @@ __device__ __forceinline__ void load_dims(const T* p, float out[DPL]) {
 #pragma unroll
     for (int i = 0; i < DPL; i++) out[i] = to_float(p[i]);
 }
+
+// A lane's DPL consecutive 16-bit values of a V row in one 4-byte (DPL 2) or 8-byte (DPL 4) load,
+// so a warp reads a whole row in one instruction. p is aligned: rows are head_dim * 2 bytes.
+template <typename T, int DPL>
+__device__ __forceinline__ void load_dims_vector(const T* p, float out[DPL]) {
+    static_assert(DPL == 2 || DPL == 4, "head_dim 64 or 128");
+    using Word = typename std::conditional<DPL == 2, uint32_t, uint2>::type;
+    const Word raw = *reinterpret_cast<const Word*>(p);
+    const T* v = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < DPL; i++) out[i] = to_float(v[i]);
+}
 }  // namespace
 
 template <typename T, int HD>
 __device__ void attention_prefill(const AttentionParams& p) {
     constexpr int QT = 16, QW = 4, KT = 32, DPL = HD / 32, ROW = HD + 8;  // rows padded by 16 bytes
-    __shared__ __align__(16) T k_tile[KT * ROW];
-    __shared__ __align__(16) T v_tile[KT * ROW];
-    __shared__ float q_tile[QT][HD];
+    KILN_SHARED(T, k_tile, [KT * ROW]);
+    KILN_SHARED(T, v_tile, [KT * ROW]);
+    KILN_SHARED(float, q_tile, [QT][HD]);
     const uint32_t tile = blockIdx.x, seq = blockIdx.y, head = blockIdx.z;
     const uint32_t count = p.seq_token_count[seq];
     if (tile * QT >= count) return;  // the whole block leaves together
@@ -134,7 +147,7 @@ __device__ void attention_prefill(const AttentionParams& p) {
 template <typename T, int HD>
 __device__ void attention_decode(const AttentionParams& p) {
     constexpr int DPL = HD / 32;
-    __shared__ float q_shared[4][HD];
+    KILN_SHARED(float, q_shared, [4][HD]);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const uint32_t t = blockIdx.x, head = blockIdx.y * 4 + warp, split = blockIdx.z;
     if (head >= p.num_heads) return;  // no block-wide barrier below
@@ -183,7 +196,7 @@ __device__ void attention_decode(const AttentionParams& p) {
                 const uint32_t block = table[position / p.block_size];
                 const T* v_row = v_cache + (((size_t)block * p.num_kv_heads + kv_head) * p.block_size + position % p.block_size) * HD;
                 float v[DPL];
-                load_dims<T, DPL>(v_row + lane * DPL, v);
+                load_dims_vector<T, DPL>(v_row + lane * DPL, v);
 #pragma unroll
                 for (int i = 0; i < DPL; i++) acc[i] = fmaf(pr, v[i], acc[i]);
             }

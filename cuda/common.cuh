@@ -9,6 +9,8 @@
 #endif
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "params.h"
 
 typedef __nv_bfloat16 bf16;
@@ -48,6 +50,22 @@ __device__ __forceinline__ void store8(T* p, const float in[8]) {
 #pragma unroll
     for (int i = 0; i < 8; i++) v[i] = from_float<T>(in[i]);
     *reinterpret_cast<uint4*>(p) = raw;
+}
+
+// Columns col and col + 1 of one output row, from an mma accumulator pair. With an even row
+// length the pair is one aligned 4- or 8-byte store; with an odd one (a 32001-token vocabulary)
+// rows start at odd offsets, so the two are stored apart, and the last column alone.
+__device__ __forceinline__ void store_pair(float* out, float v0, float v1) { *reinterpret_cast<float2*>(out) = make_float2(v0, v1); }
+__device__ __forceinline__ void store_pair(__half* out, float v0, float v1) { *reinterpret_cast<__half2*>(out) = __floats2half2_rn(v0, v1); }
+__device__ __forceinline__ void store_pair(bf16* out, float v0, float v1) { *reinterpret_cast<__nv_bfloat162*>(out) = __floats2bfloat162_rn(v0, v1); }
+template <typename O>
+__device__ __forceinline__ void store_columns(O* out, size_t at, float v0, float v1, bool second, bool aligned_pair) {
+    if (aligned_pair) {
+        store_pair(out + at, v0, v1);
+    } else {
+        out[at] = from_float<O>(v0);
+        if (second) out[at + 1] = from_float<O>(v1);
+    }
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

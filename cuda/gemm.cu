@@ -4,16 +4,14 @@
 // Shared-memory rows are padded to 40 elements (80 bytes) so ldmatrix and cp.async hit eight
 // different 16-byte bank groups with no swizzle. Out-of-range rows and k-chunks are zero-filled.
 // Launch: grid (ceil(n / BN), ceil(m / BM)), block WARPS_M * WARPS_N * 32, dynamic shared memory
-// STAGES * (BM + BN) * 80 bytes; k a multiple of 8, n even.
+// STAGES * (BM + BN) * 80 bytes; k a multiple of 8; any n (odd n stores single
+// columns).
 #include "common.cuh"
 #include "ptx.cuh"
 
 namespace {
 constexpr int BK = 32, STAGES = 3, LDS = BK + 8;
 
-__device__ __forceinline__ void store_pair(float* out, float v0, float v1) { *reinterpret_cast<float2*>(out) = make_float2(v0, v1); }
-__device__ __forceinline__ void store_pair(__half* out, float v0, float v1) { *reinterpret_cast<__half2*>(out) = __floats2half2_rn(v0, v1); }
-__device__ __forceinline__ void store_pair(bf16* out, float v0, float v1) { *reinterpret_cast<__nv_bfloat162*>(out) = __floats2bfloat162_rn(v0, v1); }
 }  // namespace
 
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N>
@@ -105,8 +103,9 @@ __device__ void gemm_tc(const GemmParams& p) {
                 const int row = m0 + warp_m * WM + i * 16 + (lane >> 2) + half * 8;
                 if (row < (int)p.m && col < (int)p.n) {
                     const size_t at = (size_t)row * p.n + col;
-                    if (p.out_f32) store_pair(reinterpret_cast<float*>(p.out) + at, acc[i][j][2 * half], acc[i][j][2 * half + 1]);
-                    else store_pair(reinterpret_cast<T*>(p.out) + at, acc[i][j][2 * half], acc[i][j][2 * half + 1]);
+                    const float v0 = acc[i][j][2 * half], v1 = acc[i][j][2 * half + 1];
+                    if (p.out_f32) store_columns(reinterpret_cast<float*>(p.out), at, v0, v1, col + 1 < (int)p.n, p.n % 2 == 0);
+                    else store_columns(reinterpret_cast<T*>(p.out), at, v0, v1, col + 1 < (int)p.n, p.n % 2 == 0);
                 }
             }
         }

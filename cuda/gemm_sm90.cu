@@ -7,7 +7,7 @@
 // while the tensor cores work. Out-of-range rows and k-chunks are zero-filled.
 // Compiled for sm_90a only (build.rs), loaded only on compute capability 9.0.
 // Launch: grid (ceil(n / 128), ceil(m / 128)), block 256, dynamic shared memory 4 * 32 KiB + 1 KiB;
-// k a multiple of 8, n even.
+// k a multiple of 8; any n (odd n stores single columns).
 #include "common.cuh"
 #include "ptx.cuh"
 
@@ -23,9 +23,6 @@ constexpr int TILE_BYTES = BM * BK * 2;  // 16 KiB, the same for the B tile (BN 
 constexpr int STAGE_BYTES = 2 * TILE_BYTES;
 constexpr uint32_t ATOM_BYTES = 1024;  // 8 swizzled rows of 128 bytes
 
-__device__ __forceinline__ void store_pair(float* out, float v0, float v1) { *reinterpret_cast<float2*>(out) = make_float2(v0, v1); }
-__device__ __forceinline__ void store_pair(__half* out, float v0, float v1) { *reinterpret_cast<__half2*>(out) = __floats2half2_rn(v0, v1); }
-__device__ __forceinline__ void store_pair(bf16* out, float v0, float v1) { *reinterpret_cast<__nv_bfloat162*>(out) = __floats2bfloat162_rn(v0, v1); }
 }  // namespace
 
 template <typename T>
@@ -101,8 +98,9 @@ __device__ void gemm_wgmma(const GemmParams& p) {
             const int row = row_base + half * 8;
             if (row < (int)p.m && col < (int)p.n) {
                 const size_t at = (size_t)row * p.n + col;
-                if (p.out_f32) store_pair(reinterpret_cast<float*>(p.out) + at, d[4 * j + 2 * half], d[4 * j + 2 * half + 1]);
-                else store_pair(reinterpret_cast<T*>(p.out) + at, d[4 * j + 2 * half], d[4 * j + 2 * half + 1]);
+                const float v0 = d[4 * j + 2 * half], v1 = d[4 * j + 2 * half + 1];
+                if (p.out_f32) store_columns(reinterpret_cast<float*>(p.out), at, v0, v1, col + 1 < (int)p.n, p.n % 2 == 0);
+                else store_columns(reinterpret_cast<T*>(p.out), at, v0, v1, col + 1 < (int)p.n, p.n % 2 == 0);
             }
         }
     }

@@ -2,10 +2,11 @@
 // Bandwidth-bound: one block per row reads the f32 residual (and delta) and writes one T row.
 // Launch: grid (n_rows), block 256; dim a multiple of 4.
 #include "common.cuh"
+#include "ptx.cuh"
 
 template <typename T>
 __device__ void rmsnorm_residual(const RmsNormParams& p) {
-    __shared__ float scratch[32];
+    KILN_SHARED(float, scratch, [32]);
     const uint32_t r = blockIdx.x;
     if (r >= p.n_rows) return;
     const uint32_t src = p.row_index ? p.row_index[r] : r;

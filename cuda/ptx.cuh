@@ -23,10 +23,18 @@ void wgmma_wait(int pending_groups);
 }  // namespace kiln_emu
 #endif
 
-// Dynamic shared memory of a kernel, as a byte array named `name` aligned to 16 bytes.
+// Shared memory, declared through these two macros so that the emulator can place it in the
+// block's shared window (poisoned at every block start, with real shared addresses):
+//   KILN_SHARED(float, tile, [16][64]);   a static array (or a scalar with empty dims), 16-byte aligned
+//   KILN_DYNAMIC_SHARED(bytes);           the launch's dynamic shared memory, 16-byte aligned
 #if defined(KILN_EMULATOR)
+#define KILN_SHARED(type, name, dims)                                                                   \
+    static const char kiln_shared_site_##name = 0;                                                      \
+    type(&name) dims = *reinterpret_cast<type(*) dims>(kiln_emu::static_shared(&kiln_shared_site_##name, \
+                                                                              sizeof(type dims)))
 #define KILN_DYNAMIC_SHARED(name) unsigned char* name = kiln_emu::dynamic_shared()
 #else
+#define KILN_SHARED(type, name, dims) __shared__ __align__(16) type name dims
 #define KILN_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
 #endif
 

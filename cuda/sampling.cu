@@ -12,6 +12,7 @@
 // Latency-bound on a few sweeps over the vocabulary (L2-resident). Launch: grid (n_rows),
 // block 1024.
 #include "common.cuh"
+#include "ptx.cuh"
 
 namespace {
 constexpr int THREADS = 1024;
@@ -102,7 +103,7 @@ __device__ uint64_t radix_search(uint32_t vocab, double target, bool strict, Wei
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) sample_f32(const SampleParams p) {
-    __shared__ Shared sh;
+    KILN_SHARED(Shared, sh, );
     const uint32_t row = blockIdx.x, vocab = p.vocab;
     if (row >= p.n_rows) return;
     const SampleRow r = p.rows[row];

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda_emu.h"
@@ -78,6 +79,8 @@ struct Block {
     unsigned exited = 0;
     unsigned char* shared_window = nullptr;  // shared address 0
     size_t shared_window_bytes = 0;
+    size_t static_bytes = 0;  // static shared memory placed so far
+    std::vector<std::pair<const void*, size_t>> static_sites;  // declaration -> offset
     size_t dynamic_offset = 0, dynamic_bytes = 0;
     void* scheduler_stack_pointer = nullptr;
     void* scheduler_tsan_fiber = nullptr;

@@ -16,8 +16,7 @@
 #include <cmath>
 #include <type_traits>
 
-// Qualifiers: kernels are plain functions; __shared__ variables are per block, and one OS thread
-// runs one block at a time, so thread-local statics give each running block its own copy.
+// Qualifiers: kernels are plain functions.
 // build.rs preprocesses each file once with KILN_EMU_LIST_KERNELS to find its kernels, their
 // parameter types and launch bounds by these markers.
 #define __device__
@@ -30,7 +29,9 @@
 #define __launch_bounds__(...)
 #endif
 #define __forceinline__ inline __attribute__((always_inline))
-#define __shared__ static thread_local
+// Static shared memory is declared with KILN_SHARED (cuda/ptx.cuh), which the emulator places in
+// the block's shared window; a bare __shared__ would be shared by every block on an OS thread.
+#define __shared__ declare_static_shared_memory_with_KILN_SHARED
 #define __align__(n) __attribute__((aligned(n)))
 #define __restrict__ __restrict
 
@@ -52,8 +53,9 @@ extern thread_local const ThreadView* current_view;
 void syncthreads();
 void syncwarp(unsigned mask);
 uint64_t shuffle(unsigned mask, uint64_t bits, int source_lane, bool xor_lane);
-// Shared memory: the block's window (dynamic shared memory inside it) and its 32-bit addresses.
+// Shared memory: the block's window (static then dynamic shared memory) and its 32-bit addresses.
 unsigned char* dynamic_shared();
+void* static_shared(const void* declaration, size_t bytes);
 uint32_t shared_address(const void* pointer);
 unsigned char* shared_pointer(uint32_t address, size_t bytes);
 [[noreturn]] void fail(const char* message);
@@ -72,6 +74,9 @@ struct dim3 {
 // Vector types.
 struct alignas(16) uint4 {
     unsigned x, y, z, w;
+};
+struct alignas(8) uint2 {
+    unsigned x, y;
 };
 struct alignas(16) float4 {
     float x, y, z, w;

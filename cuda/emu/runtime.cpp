@@ -25,6 +25,10 @@ void __tsan_destroy_fiber(void* fiber);
 void __tsan_switch_to_fiber(void* fiber, unsigned flags);
 void __tsan_acquire(void* address);
 void __tsan_release(void* address);
+void AnnotateIgnoreReadsBegin(const char* file, int line);
+void AnnotateIgnoreReadsEnd(const char* file, int line);
+void AnnotateIgnoreWritesBegin(const char* file, int line);
+void AnnotateIgnoreWritesEnd(const char* file, int line);
 }
 #endif
 #if defined(__SANITIZE_ADDRESS__)
@@ -110,6 +114,23 @@ void sync_acquire(const void* address) {
 #endif
 }
 
+// The runtime's own bookkeeping (barrier counts, warp slots, thread states) is shared by the
+// fibers of a block and the scheduler, which ThreadSanitizer sees as threads without
+// happens-before between them: it is hidden from it, so only the kernels' own accesses are
+// checked. (Ordering between fibers is exactly what the barriers and shuffles establish.)
+struct RuntimeSection {
+#if defined(__SANITIZE_THREAD__)
+    RuntimeSection() {
+        AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+        AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+    }
+    ~RuntimeSection() {
+        AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+        AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+    }
+#endif
+};
+
 #if defined(__SANITIZE_ADDRESS__)
 static constexpr size_t STACK_BYTES = 512 * 1024;  // instrumented frames are much larger
 #else
@@ -117,10 +138,16 @@ static constexpr size_t STACK_BYTES = 64 * 1024;
 #endif
 
 // The stacks of this OS thread's fibers, kept from block to block, unmapped when it exits.
+// ThreadSanitizer's fiber for each stack is kept too: creating them is costly, and the threads of
+// consecutive blocks on one OS thread are ordered by the scheduler anyway.
 struct StackCache {
     std::vector<FiberStack> stacks;
+    std::vector<void*> tsan_fibers;
     ~StackCache() {
         for (FiberStack& stack : stacks) free_stack(stack);
+#if defined(__SANITIZE_THREAD__)
+        for (void* fiber : tsan_fibers) __tsan_destroy_fiber(fiber);
+#endif
     }
 };
 static thread_local StackCache stack_cache;
@@ -186,6 +213,7 @@ static void fiber_entry() {
 }
 
 [[noreturn]] void fail(const char* message) {
+    RuntimeSection section;
     Block* block = current_block;
     EmuThread* thread = current_thread;
     if (!block || !thread) {
@@ -216,11 +244,13 @@ static void yield_blocked(const char* where) {
 }
 
 void block_and_yield(const char* where) {
+    RuntimeSection section;
     yield_blocked(where);
     switch_to_scheduler(false);
 }
 
 void syncthreads() {
+    RuntimeSection section;
     Block& block = *current_block;
     EmuThread& thread = *current_thread;
     if (block.exited > 0) {
@@ -240,6 +270,7 @@ void syncthreads() {
 
 CollectiveSlot& collective_enter(Collective kind, const char* name, uint32_t mask, uint64_t value,
                                  const uint32_t* words, int word_count) {
+    RuntimeSection section;
     Block& block = *current_block;
     EmuThread& thread = *current_thread;
     WarpState& warp = block.warps[thread.warp];
@@ -273,6 +304,7 @@ CollectiveSlot& collective_enter(Collective kind, const char* name, uint32_t mas
 }
 
 void collective_release(CollectiveSlot& slot) {
+    RuntimeSection section;
     if (++slot.readers == (unsigned)__builtin_popcount(slot.expected)) slot.arrived = 0;
 }
 
@@ -290,6 +322,7 @@ uint64_t shuffle(unsigned mask, uint64_t bits, int lane, bool xor_lane) {
 }
 
 static void note_exit(Block& block, EmuThread& thread) {
+    RuntimeSection section;
     if (!thread.copies.empty()) fail("thread exited with cp.async copies that no cp.async.wait_group retired");
     if (!thread.wgmmas.empty()) fail("thread exited with wgmma operations that no wgmma.wait_group retired");
     WarpState& warp = block.warps[thread.warp];
@@ -307,32 +340,49 @@ static void note_exit(Block& block, EmuThread& thread) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Shared memory: a window per block, shared address 0 at its start. Dynamic shared memory sits
-// 16 bytes in (as if a little static shared memory came first), so code that assumes more
-// alignment than CUDA promises (16 bytes) shows it; it is poisoned with 0xFF (NaN in every
-// float type) so a read before the data landed shows too.
+// Shared memory: a window per block, shared address 0 at its start. Static shared memory
+// (KILN_SHARED) is placed at first use in the first 48 KiB, CUDA's static limit; dynamic shared
+// memory follows 16 bytes past that, so code that assumes more alignment than CUDA promises (16
+// bytes) shows it. All of it is poisoned with 0xFF (NaN in every float type) at every block
+// start, so a read before the data was written or landed shows too.
 
-constexpr size_t DYNAMIC_SHARED_OFFSET = 16;
+constexpr size_t STATIC_SHARED_BYTES = 48 * 1024;
+constexpr size_t DYNAMIC_SHARED_OFFSET = STATIC_SHARED_BYTES + 16;
 
 unsigned char* dynamic_shared() { return current_block->shared_window + current_block->dynamic_offset; }
+
+void* static_shared(const void* declaration, size_t bytes) {
+    RuntimeSection section;
+    Block& block = *current_block;
+    for (const auto& [site, offset] : block.static_sites) {
+        if (site == declaration) return block.shared_window + offset;
+    }
+    const size_t offset = (block.static_bytes + 15) / 16 * 16;
+    if (offset + bytes > STATIC_SHARED_BYTES) fail("static shared memory over 48 KiB");
+    block.static_bytes = offset + bytes;
+    block.static_sites.emplace_back(declaration, offset);
+    return block.shared_window + offset;
+}
 
 uint32_t shared_address(const void* pointer) {
     const Block& block = *current_block;
     const unsigned char* p = static_cast<const unsigned char*>(pointer);
     if (p < block.shared_window || p > block.shared_window + block.shared_window_bytes) {
-        fail("the shared address of a pointer outside dynamic shared memory (static __shared__ variables have no "
-             "emulated shared address)");
+        fail("the shared address of a pointer outside shared memory");
     }
     return (uint32_t)(p - block.shared_window);
 }
 
 unsigned char* shared_pointer(uint32_t address, size_t bytes) {
     const Block& block = *current_block;
-    if (address < block.dynamic_offset || address + bytes > block.dynamic_offset + block.dynamic_bytes) {
-        char message[200];
+    const bool in_static = address + bytes <= block.static_bytes;
+    const bool in_dynamic = address >= block.dynamic_offset && address + bytes <= block.dynamic_offset + block.dynamic_bytes;
+    if (!in_static && !in_dynamic) {
+        char message[240];
         snprintf(message, sizeof message,
-                 "shared-memory access of %zu bytes at address %u, outside the dynamic shared memory [%zu, %zu)", bytes,
-                 address, block.dynamic_offset, block.dynamic_offset + block.dynamic_bytes);
+                 "shared-memory access of %zu bytes at address %u, outside static [0, %zu) and dynamic [%zu, %zu) "
+                 "shared memory",
+                 bytes, address, block.static_bytes, block.dynamic_offset, block.dynamic_offset + block.dynamic_bytes);
         fail(message);
     }
     return block.shared_window + address;
@@ -354,6 +404,7 @@ static std::string describe_deadlock(const Block& block) {
 
 static std::string run_block(const KernelInfo& kernel, const void* params, Dim3 grid, Dim3 block_dim,
                              Dim3 block_index, unsigned dynamic_bytes, Schedule schedule, uint64_t& random_state) {
+    RuntimeSection section;
     const unsigned count = block_dim.x * block_dim.y * block_dim.z;
     Block block;
     block.kernel = &kernel;
@@ -373,7 +424,12 @@ static std::string run_block(const KernelInfo& kernel, const void* params, Dim3 
         block.warps[w].lanes = lanes == WARP ? 0xFFFFFFFFu : (1u << lanes) - 1u;
     }
     std::vector<FiberStack>& stacks = stack_cache.stacks;
-    while (stacks.size() < count) stacks.push_back(allocate_stack(STACK_BYTES));
+    while (stacks.size() < count) {
+        stacks.push_back(allocate_stack(STACK_BYTES));
+#if defined(__SANITIZE_THREAD__)
+        stack_cache.tsan_fibers.push_back(__tsan_create_fiber(0));
+#endif
+    }
     current_block = &block;
 #if defined(__SANITIZE_THREAD__)
     block.scheduler_tsan_fiber = __tsan_get_current_fiber();
@@ -390,7 +446,7 @@ static std::string run_block(const KernelInfo& kernel, const void* params, Dim3 
         thread.view.grid_dim = {grid.x, grid.y, grid.z};
         thread.stack_pointer = prepare_fiber(stacks[i], fiber_entry);
 #if defined(__SANITIZE_THREAD__)
-        thread.tsan_fiber = __tsan_create_fiber(0);
+        thread.tsan_fiber = stack_cache.tsan_fibers[i];
 #endif
     }
 
@@ -418,9 +474,6 @@ static std::string run_block(const KernelInfo& kernel, const void* params, Dim3 
         }
     }
     sync_acquire(&block.exited);
-#if defined(__SANITIZE_THREAD__)
-    for (EmuThread& thread : block.threads) __tsan_destroy_fiber(thread.tsan_fiber);
-#endif
     current_block = nullptr;
     free(window);
     return block.error;

@@ -14,6 +14,10 @@ pub enum BackendError {
     PlanMismatch(String),
     #[error("logits buffer holds {got} values, the step needs {needed}")]
     LogitsBuffer { got: usize, needed: usize },
+    /// The device itself failed (a kernel launch, a driver call, a fault reported at the next
+    /// synchronisation): the step's results are lost and the device may be unusable.
+    #[error("the {backend} device failed: {message}")]
+    Device { backend: &'static str, message: String },
 }
 
 /// How the backend's KV memory is divided; fixed at start-up.

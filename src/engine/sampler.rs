@@ -91,6 +91,10 @@ impl Sampler {
         if self.params.is_greedy() {
             return argmax(logits);
         }
+        // Every non-greedy row takes its draw, even one left with no candidate, so that a
+        // sequence's random stream does not depend on the logits (the GPU sampling path draws
+        // the uniforms on the host before it sees them).
+        let uniform = self.rng.next_f64();
         let inverse_temperature = 1.0 / self.params.temperature;
         self.candidates.clear();
         self.candidates.extend(
@@ -132,7 +136,7 @@ impl Sampler {
             }
         }
         let kept_total: f64 = weights[..keep].iter().sum();
-        let mut draw = self.rng.next_f64() * kept_total;
+        let mut draw = uniform * kept_total;
         for (i, w) in weights[..keep].iter().enumerate() {
             if draw < *w {
                 return self.candidates[i].1;
@@ -218,6 +222,21 @@ mod tests {
         assert_eq!(seen(SamplingParams { min_p: 0.3, ..params(1.0) }), vec![0, 1]);
         // A high temperature flattens the distribution so all five appear.
         assert_eq!(seen(params(50.0)), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_non_greedy_row_takes_its_draw_even_without_candidates() {
+        // Row 1 has no finite logit; row 2 must still draw what the stream's third value gives.
+        let mut with_empty_row = Sampler::new(params(1.0), &[]);
+        let mut reference = Sampler::new(params(1.0), &[]);
+        let logits = [0.0f32, 0.1, 0.2, 0.3];
+        let first = with_empty_row.sample(&mut logits.clone(), None);
+        assert_eq!(first, reference.sample(&mut logits.clone(), None));
+        with_empty_row.sample(&mut [f32::NEG_INFINITY; 4], None);
+        reference.rng.next_f64();
+        for _ in 0..20 {
+            assert_eq!(with_empty_row.sample(&mut logits.clone(), None), reference.sample(&mut logits.clone(), None));
+        }
     }
 
     #[test]

@@ -128,10 +128,18 @@ impl Backend for CudaBackend {
         if logits.len() < needed {
             return Err(BackendError::LogitsBuffer { got: logits.len(), needed });
         }
-        // BackendError has no device variant; a failed kernel is reported as the plan failing.
-        let failed = |e: CudaError| BackendError::PlanMismatch(format!("CUDA step failed: {e}"));
-        self.executor.forward(plan).map_err(failed)?;
-        self.executor.read_logits(plan.num_logits(), logits).map_err(failed)
+        self.executor.forward(plan)?;
+        Ok(self.executor.read_logits(plan.num_logits(), logits)?)
+    }
+}
+
+impl From<CudaError> for BackendError {
+    /// Shape errors are a plan the executor cannot run; everything else is the device failing.
+    fn from(error: CudaError) -> BackendError {
+        match error {
+            CudaError::Shape(message) => BackendError::PlanMismatch(message),
+            other => BackendError::Device { backend: "cuda", message: other.to_string() },
+        }
     }
 }
 

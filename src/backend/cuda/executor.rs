@@ -418,13 +418,13 @@ impl Executor {
         Ok(())
     }
 
-    /// Copies the first `rows` rows of logits to the host (synchronises).
+    /// Copies the first `rows` rows of logits to the host. Synchronises even for no rows: the
+    /// next step rewrites the pinned plan buffer this step's copy reads from.
     pub fn read_logits(&self, rows: usize, out: &mut [f32]) -> Result<(), CudaError> {
         let len = rows * self.config.vocab_size;
-        if len == 0 {
-            return Ok(());
+        if len > 0 {
+            self.gpu.copy_to_host(bytemuck::cast_slice_mut(&mut out[..len]), self.acts.logits.array().slice(0, len))?;
         }
-        self.gpu.copy_to_host(bytemuck::cast_slice_mut(&mut out[..len]), self.acts.logits.array().slice(0, len))?;
         self.gpu.synchronize()
     }
 
@@ -529,6 +529,10 @@ impl Executor {
             )?);
             out.push(activation::silu_mul(&k.silu_mul, a.gate_up.array(), a.act.array(), n, ffn)?);
             out.push(gemm::gemm(&k.gemm, auto, a.act.array(), layer.down_proj.array(), proj, n, h, ffn, true)?);
+        }
+        // A step that finishes no sequence (a chunk of a long prompt) needs no head at all.
+        if n_logits == 0 {
+            return Ok(());
         }
         // The rows that need logits: the last MLP's residual add and the final norm, gathered.
         let delta = if self.weights.layers.is_empty() { None } else { Some(proj) };

@@ -97,10 +97,10 @@ pub fn gemm(
     k: usize,
     out_f32: bool,
 ) -> Result<Launch, CudaError> {
-    if !k.is_multiple_of(8) || !n.is_multiple_of(2) {
-        return Err(CudaError::Unsupported(format!(
-            "matrix products need k divisible by 8 and n even, got n {n}, k {k}"
-        )));
+    // Rows of x and w are read 16 bytes at a time; any n works (odd ones, like a 32001-token
+    // vocabulary, store their columns one at a time).
+    if !k.is_multiple_of(8) {
+        return Err(CudaError::Unsupported(format!("matrix products need k divisible by 8, got k {k} (n {n})")));
     }
     if !matches!(x.dtype, Dtype::F16 | Dtype::Bf16) {
         return Err(CudaError::Shape(format!("matrix product inputs must be f16 or bf16, got {:?}", x.dtype)));

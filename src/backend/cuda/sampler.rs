@@ -97,6 +97,8 @@ impl GpuSampler {
         }
         let n = rows.len();
         if n == 0 {
+            // Still the step's synchronisation: the next step rewrites the pinned plan buffer.
+            gpu.synchronize()?;
             return Ok(SampleOutput { tokens: &[], logprobs: &[], top: &[] });
         }
         let b = self.buffers;
