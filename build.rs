@@ -96,7 +96,9 @@ fn main() {
             Err(message) => failures.push(format!("{stem}.cu could not be preprocessed:\n{message}")),
         }
     }
-    generated.push_str("/// The kernels of each file, as (file stem, kernel names).\npub const NAMES: &[(&str, &[&str])] = &[\n");
+    generated.push_str(
+        "/// The kernels of each file, as (file stem, kernel names).\npub const NAMES: &[(&str, &[&str])] = &[\n",
+    );
     for (stem, kernels) in &listed {
         let names: Vec<String> = kernels.iter().map(|k| format!("\"{}\"", k.name)).collect();
         generated.push_str(&format!("    (\"{stem}\", &[{}]),\n", names.join(", ")));
@@ -104,7 +106,7 @@ fn main() {
     generated.push_str("];\n");
     if failures.is_empty() {
         match emulator::build(&cuda_dir, &out_dir, &listed) {
-            Ok(library) => println!("cargo:rustc-env=KILN_CUDA_EMULATOR_LIB={}", library.display()),
+            Ok(library) => println!("cargo:rustc-env=KILN_CUDA_EMULATOR_BUILT_LIB={}", library.display()),
             Err(message) => failures.push(format!("the CUDA emulator did not build:\n{message}")),
         }
     }

@@ -8,7 +8,7 @@
 use kiln::backend::cpu::CpuBackend;
 use kiln::backend::cuda::backend::WeightSource;
 use kiln::backend::cuda::sampling;
-use kiln::backend::cuda::testing::gpu_or_skip;
+use kiln::backend::cuda::testing::cuda_for_test;
 use kiln::backend::cuda::{CudaBackend, CudaOptions, Dtype};
 use kiln::backend::{Backend, KvLayout};
 use kiln::engine::plan::{PlanLimits, StepPlan};
@@ -26,13 +26,21 @@ fn config(head_dim: usize) -> ModelConfig {
 }
 
 fn config_with_layers(head_dim: usize, layers: usize) -> ModelConfig {
+    config_with(head_dim, layers, 1000)
+}
+
+/// `layers` may be 0 (embedding, final norm and head alone), which config.json cannot say.
+fn config_with(head_dim: usize, layers: usize, vocab: usize) -> ModelConfig {
     let json = format!(
-        r#"{{"architectures":["LlamaForCausalLM"],"hidden_size":256,"intermediate_size":688,"num_hidden_layers":{layers},
-        "num_attention_heads":{},"num_key_value_heads":2,"head_dim":{head_dim},"vocab_size":1000,"rms_norm_eps":1e-5,
+        r#"{{"architectures":["LlamaForCausalLM"],"hidden_size":256,"intermediate_size":688,"num_hidden_layers":{},
+        "num_attention_heads":{},"num_key_value_heads":2,"head_dim":{head_dim},"vocab_size":{vocab},"rms_norm_eps":1e-5,
         "max_position_embeddings":256,"rope_theta":10000.0,"tie_word_embeddings":false}}"#,
+        layers.max(1),
         512 / head_dim
     );
-    ModelConfig::from_json(&json, std::path::Path::new("cuda_backend_test")).unwrap()
+    let mut config = ModelConfig::from_json(&json, std::path::Path::new("cuda_backend_test")).unwrap();
+    config.num_layers = layers;
+    config
 }
 
 fn prompt(seed: u32, len: usize) -> Vec<u32> {
@@ -57,15 +65,20 @@ fn model_tolerance(dtype: Dtype) -> f64 {
     }
 }
 
-/// Runs the same sequence of plans on both backends and compares every step's logits.
+/// Runs the same sequence of plans on both backends and compares every step's logits (a step
+/// without logit rows still runs: later steps read the KV cache it wrote).
 fn compare_steps(cpu: &mut CpuBackend, gpu: &mut CudaBackend, plans: &[StepPlan], dtype: Dtype, label: &str) {
-    let vocab = 1000;
+    let vocab = cpu.config().vocab_size;
     for (i, plan) in plans.iter().enumerate() {
         let rows = plan.num_logits();
         let mut expected = vec![f32::NAN; rows * vocab];
         let mut got = vec![f32::NAN; rows * vocab];
         cpu.execute(plan, &mut expected).unwrap();
         gpu.execute(plan, &mut got).unwrap();
+        if rows == 0 {
+            eprintln!("{label} step {i}: {} tokens, no logit rows", plan.num_tokens());
+            continue;
+        }
         let (relative, max) = errors(&got, &expected);
         eprintln!(
             "{label} step {i}: {} tokens, {rows} logit rows, relative error {relative:.2e}, max abs {max:.3e}",
@@ -75,7 +88,8 @@ fn compare_steps(cpu: &mut CpuBackend, gpu: &mut CudaBackend, plans: &[StepPlan]
     }
 }
 
-/// Prefill of three prompts, a chunked prefill continuing one of them, then decode steps of all.
+/// Prefill of three prompts, a chunked prefill continuing one of them (first a chunk that alone
+/// makes a step without logit rows, as a long prompt on an idle server does), then decode steps.
 fn plans() -> Vec<StepPlan> {
     let tables: Vec<Vec<u32>> = vec![(0..16).collect(), (16..32).collect(), (40..56).collect()];
     let prompts = [prompt(1, 37), prompt(2, 5), prompt(3, 70)];
@@ -83,7 +97,10 @@ fn plans() -> Vec<StepPlan> {
     let mut plan = StepPlan::new(LIMITS, LAYOUT.block_size);
     plan.push_sequence(&prompts[0], 0, &tables[0], true).unwrap();
     plan.push_sequence(&prompts[1], 0, &tables[1], true).unwrap();
-    plan.push_sequence(&prompts[2][..40], 0, &tables[2], false).unwrap();
+    plan.push_sequence(&prompts[2][..30], 0, &tables[2], false).unwrap();
+    plans.push(plan.clone());
+    plan.clear();
+    plan.push_sequence(&prompts[2][30..40], 30, &tables[2], false).unwrap();
     plans.push(plan.clone());
     plan.clear();
     plan.push_sequence(&prompts[2][40..], 40, &tables[2], true).unwrap();
@@ -105,9 +122,7 @@ fn plans() -> Vec<StepPlan> {
 
 #[test]
 fn gpu_logits_match_cpu_backend() {
-    if gpu_or_skip("gpu_logits_match_cpu_backend").is_none() {
-        return;
-    }
+    cuda_for_test("gpu_logits_match_cpu_backend");
     // 0 layers checks embedding, final norm and head alone; 1 layer adds one attention and MLP
     // block: when the 3-layer model fails, the first failing depth says where to look.
     for layers in [0, 1, 3] {
@@ -127,10 +142,20 @@ fn gpu_logits_match_cpu_backend() {
 }
 
 #[test]
+fn an_odd_vocabulary_matches_the_cpu_backend() {
+    cuda_for_test("an_odd_vocabulary_matches_the_cpu_backend");
+    // 32001-token fine-tunes exist: the head's GEMM stores its last column alone.
+    let config = config_with(64, 1, 1001);
+    let weights = random_llama_weights(&config, 17, WeightDtype::F16);
+    let options = CudaOptions { dtype: Dtype::F16, graphs: true };
+    let mut gpu = CudaBackend::new(config.clone(), WeightSource::Host(&weights), LAYOUT, LIMITS, options).unwrap();
+    let mut cpu = CpuBackend::new(config, weights, LAYOUT, LIMITS);
+    compare_steps(&mut cpu, &mut gpu, &plans(), Dtype::F16, "vocabulary 1001");
+}
+
+#[test]
 fn copied_kv_blocks_match_the_cpu_backend() {
-    if gpu_or_skip("copied_kv_blocks_match_the_cpu_backend").is_none() {
-        return;
-    }
+    cuda_for_test("copied_kv_blocks_match_the_cpu_backend");
     // Sequence A fills blocks 0 and 1 (21 tokens); B shares them, and before B writes into the
     // half-full block 1 the step copies it to block 7 (the scheduler's copy-on-write).
     let config = config(64);
@@ -149,9 +174,7 @@ fn copied_kv_blocks_match_the_cpu_backend() {
 
 #[test]
 fn graphs_launches_and_device_weights_agree() {
-    if gpu_or_skip("graphs_launches_and_device_weights_agree").is_none() {
-        return;
-    }
+    cuda_for_test("graphs_launches_and_device_weights_agree");
     let config = config(128);
     let dtype = Dtype::F16;
     let host = random_llama_weights(&config, 5, WeightDtype::F16);
@@ -184,9 +207,7 @@ fn graphs_launches_and_device_weights_agree() {
 
 #[test]
 fn gpu_greedy_sampling_returns_the_argmax() {
-    if gpu_or_skip("gpu_greedy_sampling_returns_the_argmax").is_none() {
-        return;
-    }
+    cuda_for_test("gpu_greedy_sampling_returns_the_argmax");
     let config = config(64);
     let weights = random_llama_weights(&config, 3, WeightDtype::F16);
     let mut gpu = CudaBackend::new(
@@ -211,9 +232,7 @@ fn gpu_greedy_sampling_returns_the_argmax() {
 
 #[test]
 fn a_model_too_large_for_the_gpu_is_a_clear_error() {
-    if gpu_or_skip("a_model_too_large_for_the_gpu_is_a_clear_error").is_none() {
-        return;
-    }
+    cuda_for_test("a_model_too_large_for_the_gpu_is_a_clear_error");
     let huge = ModelConfig::from_json(
         r#"{"architectures":["LlamaForCausalLM"],"hidden_size":65536,"intermediate_size":262144,"num_hidden_layers":200,
         "num_attention_heads":512,"vocab_size":32000}"#,
@@ -233,9 +252,20 @@ fn a_model_too_large_for_the_gpu_is_a_clear_error() {
 }
 
 #[test]
-fn without_a_gpu_the_backend_reports_why() {
-    if kiln::backend::cuda::cuda_available().is_ok() {
-        eprintln!("skipped without_a_gpu_the_backend_reports_why: a GPU is present");
+fn without_a_driver_the_backend_reports_why() {
+    // The driver is chosen once per process, so the check runs in a child of this test binary
+    // whose only driver is a library that does not exist.
+    const CHILD: &str = "KILN_TEST_CHILD_WITHOUT_DRIVER";
+    if std::env::var_os(CHILD).is_none() {
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "without_a_driver_the_backend_reports_why", "--nocapture"])
+            .env(CHILD, "1")
+            .env("KILN_CUDA_DRIVER", "emulator")
+            .env("KILN_CUDA_EMULATOR_LIB", "/nonexistent/libkiln_cuda_emu.so")
+            .env_remove("KILN_REQUIRE_GPU")
+            .status()
+            .unwrap();
+        assert!(status.success(), "the child process failed: {status}");
         return;
     }
     let config = config(64);
@@ -247,6 +277,7 @@ fn without_a_gpu_the_backend_reports_why() {
         CudaOptions { dtype: Dtype::F16, graphs: true },
     )
     .err()
-    .expect("no GPU here");
+    .expect("no driver here");
     assert!(err.to_string().starts_with("CUDA is not available"), "{err}");
+    assert!(err.to_string().contains("/nonexistent/libkiln_cuda_emu.so"), "{err}");
 }

@@ -10,7 +10,7 @@ use kiln::backend::cuda::device::{DeviceArray, Dtype, Gpu};
 use kiln::backend::cuda::gemm::{self, GemmVariant};
 use kiln::backend::cuda::params::{PenaltyEntry, SampleRow, TopLogprob, MAX_TOP_LOGPROBS};
 use kiln::backend::cuda::rope::{DevicePlan, KvGeometry};
-use kiln::backend::cuda::testing::{gpu_or_skip, tolerance};
+use kiln::backend::cuda::testing::{gpu_for_test, tolerance};
 use kiln::backend::cuda::{activation, embedding, norm, random, rope, sampling};
 use kiln::engine::rng::Rng;
 use kiln::engine::sampler::{Sampler, SamplingParams};
@@ -51,7 +51,7 @@ fn run(gpu: &Gpu, launches: &[kiln::backend::cuda::device::Launch]) {
 
 #[test]
 fn embedding_gathers_rows() {
-    let Some(gpu) = gpu_or_skip("embedding_gathers_rows") else { return };
+    let gpu = gpu_for_test("embedding_gathers_rows");
     let seed = test_seed();
     let (vocab, hidden) = (300, 136);
     let ids: Vec<u32> = seeded_values(seed, 9).iter().map(|v| ((v + 1.0) * 150.0) as u32 % vocab as u32).collect();
@@ -75,7 +75,7 @@ fn embedding_gathers_rows() {
 
 #[test]
 fn rmsnorm_residual_matches_reference() {
-    let Some(gpu) = gpu_or_skip("rmsnorm_residual_matches_reference") else { return };
+    let gpu = gpu_for_test("rmsnorm_residual_matches_reference");
     let seed = test_seed();
     for dtype in DTYPES {
         for (rows, dim) in [(1, 64), (5, 4096), (3, 200)] {
@@ -127,7 +127,7 @@ fn rmsnorm_residual_matches_reference() {
 
 #[test]
 fn silu_mul_matches_reference() {
-    let Some(gpu) = gpu_or_skip("silu_mul_matches_reference") else { return };
+    let gpu = gpu_for_test("silu_mul_matches_reference");
     let seed = test_seed();
     for dtype in DTYPES {
         let (n, ffn) = (7, 11008);
@@ -209,7 +209,7 @@ fn device_plan(
 
 #[test]
 fn rope_kv_write_matches_reference_with_llama3_scaling() {
-    let Some(gpu) = gpu_or_skip("rope_kv_write_matches_reference_with_llama3_scaling") else { return };
+    let gpu = gpu_for_test("rope_kv_write_matches_reference_with_llama3_scaling");
     let seed = test_seed();
     for dtype in DTYPES {
         let config = llama3_config(8, 2, 64);
@@ -281,7 +281,7 @@ fn rope_kv_write_matches_reference_with_llama3_scaling() {
 
 #[test]
 fn gemm_every_variant_matches_reference() {
-    let Some(gpu) = gpu_or_skip("gemm_every_variant_matches_reference") else { return };
+    let gpu = gpu_for_test("gemm_every_variant_matches_reference");
     let seed = test_seed();
     let cases: &[(GemmVariant, &[usize], usize, usize)] = &[
         (GemmVariant::Gemv, &[1, 2, 3, 4, 5, 6, 7, 8], 136, 264),
@@ -485,7 +485,7 @@ fn attention_case(
 
 #[test]
 fn attention_decode_and_prefill_match_reference() {
-    let Some(gpu) = gpu_or_skip("attention_decode_and_prefill_match_reference") else { return };
+    let gpu = gpu_for_test("attention_decode_and_prefill_match_reference");
     let seed = test_seed();
     for dtype in DTYPES {
         for head_dim in HEAD_DIMS {
@@ -502,7 +502,7 @@ fn attention_decode_and_prefill_match_reference() {
 
 #[test]
 fn device_random_weights_equal_host_seeded_values() {
-    let Some(gpu) = gpu_or_skip("device_random_weights_equal_host_seeded_values") else { return };
+    let gpu = gpu_for_test("device_random_weights_equal_host_seeded_values");
     let seed = test_seed();
     for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
         let (scale, offset) = if dtype == Dtype::F32 { (0.1, 1.0) } else { (1.0 / 4096f32.sqrt(), 0.0) };
@@ -538,7 +538,7 @@ fn sampling_cases() -> Vec<(SamplingParams, &'static str)> {
 
 #[test]
 fn sampling_matches_the_cpu_sampler() {
-    let Some(gpu) = gpu_or_skip("sampling_matches_the_cpu_sampler") else { return };
+    let gpu = gpu_for_test("sampling_matches_the_cpu_sampler");
     let seed = test_seed();
     let vocab = 5003;
     let kernel = sampling::kernel(&gpu).unwrap();

@@ -11,7 +11,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-
 /// One kernel of a .cu file as the preprocessor shows it.
 pub struct KernelEntry {
     pub name: String,
@@ -120,7 +119,8 @@ pub fn build(cuda_dir: &Path, out_dir: &Path, files: &[(String, Vec<KernelEntry>
     let link_flags = ["-shared", "-Wl,-soname,libcuda.so", "-pthread"];
 
     // Objects in parallel (two cores are common on build machines), then one link.
-    let objects: Vec<PathBuf> = units.iter().map(|u| emu_out.join(u.file_name().unwrap()).with_extension("o")).collect();
+    let objects: Vec<PathBuf> =
+        units.iter().map(|u| emu_out.join(u.file_name().unwrap()).with_extension("o")).collect();
     let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
         let handles: Vec<_> = units
             .iter()
@@ -149,7 +149,11 @@ fn run(command: &mut Command) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("{command:?} failed:\n{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout)))
+        Err(format!(
+            "{command:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        ))
     }
 }
 

@@ -134,10 +134,14 @@ impl Backend for CudaBackend {
 }
 
 impl From<CudaError> for BackendError {
-    /// Shape errors are a plan the executor cannot run; everything else is the device failing.
+    /// Shape and support errors are a plan the executor cannot run; everything else is the
+    /// device failing.
     fn from(error: CudaError) -> BackendError {
         match error {
             CudaError::Shape(message) => BackendError::PlanMismatch(message),
+            CudaError::Unsupported(message) => {
+                BackendError::PlanMismatch(format!("not supported by the CUDA backend: {message}"))
+            }
             other => BackendError::Device { backend: "cuda", message: other.to_string() },
         }
     }

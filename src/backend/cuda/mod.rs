@@ -2,18 +2,20 @@
 //! cudarc, which loads the driver at run time, so a binary built with `--features cuda` still
 //! starts on a machine without a GPU (`cuda_available` says why not).
 //!
-//! Layers, as in the rest of kiln: `device` (context, stream, memory, launches, graphs); one
+//! Layers, as in the rest of kiln: `driver` (which driver library cudarc loads: the system's or
+//! kiln's CPU emulator of it, cuda/emu/); `device` (context, stream, memory, launches, graphs); one
 //! launcher module per .cu file, each checking shapes and dtypes before it builds a `Launch`;
 //! `weights` (upload or device-side random weights); `executor` (the step's launches, one CUDA
 //! graph per decode batch bucket); `sampler` (the GPU sampling step's buffers); `backend`
 //! (`CudaBackend`, the `Backend` implementation); `bench` (the measurements `tools/gpu-check`
-//! prints); `testing` (skip-or-device for tests).
+//! prints); `testing` (the device for tests: the GPU, or the emulator without one).
 
 pub mod activation;
 pub mod attention;
 pub mod backend;
 pub mod bench;
 pub mod device;
+pub mod driver;
 pub mod embedding;
 pub mod executor;
 pub mod gemm;
@@ -54,19 +56,14 @@ pub enum CudaError {
     Shape(String),
 }
 
-/// Whether a CUDA GPU can be used here; the error says why not (for `--backend auto` to log and
-/// fall back to the CPU, and for `--backend cuda` to report). Never panics.
+/// Whether CUDA can be used here; the error says why not (for `--backend auto` to log and fall
+/// back to the CPU, and for `--backend cuda` to report). Never panics. Goes through
+/// `driver::for_serving`: a usable GPU, or the CPU emulator when `KILN_CUDA_DRIVER=emulator`, or
+/// whichever driver this process already chose (a test's `driver::for_tests`).
 pub fn cuda_available() -> Result<(), String> {
-    // cudarc panics on first use when libcuda is missing, so look for the library first.
-    // SAFETY: only tries to open the shared library.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err("no CUDA driver (libcuda not found)".into());
-    }
-    match cudarc::driver::CudaContext::device_count() {
-        Ok(n) if n > 0 => Ok(()),
-        Ok(_) => Err("the CUDA driver reports no GPU".into()),
-        Err(e) => Err(format!("the CUDA driver did not start: {e}")),
-    }
+    // cudarc panics on first use when libcuda is missing, and keeps the first library it loads:
+    // the driver module decides (and probes) before cudarc is ever called.
+    driver::for_serving().map(|_| ())
 }
 
 /// The kernels each module defines (the names build.rs's fatbins export).

@@ -1,22 +1,24 @@
-//! For tests: the GPU, or a printed reason to skip (so `cargo test --features cuda` passes on
-//! machines without one), and the per-dtype tolerances of kernel comparisons.
+//! For tests: the device every CUDA test runs on — the real GPU, or without one kiln's CPU
+//! emulator of the driver (cuda/emu/, built with the `cuda` feature), so no CUDA test passes by
+//! skipping — and the per-dtype tolerances of kernel comparisons.
 
 use super::device::{Dtype, Gpu};
+use super::driver::{self, Driver};
 use crate::ops::compare::Tolerance;
 
-/// Opens the GPU, or prints why a GPU test is skipped and returns None.
-pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
-    if std::env::var_os("KILN_REQUIRE_GPU").is_some() {
-        // tools/gpu-check sets this: there a missing GPU is a failure, not a skip.
-        return Some(Gpu::new().unwrap_or_else(|e| panic!("{test}: KILN_REQUIRE_GPU is set but {e}")));
-    }
-    match Gpu::new() {
-        Ok(gpu) => Some(gpu),
-        Err(e) => {
-            eprintln!("skipped {test}: {e}");
-            None
-        }
-    }
+/// Chooses the CUDA driver for `test` (`driver::for_tests`: a usable GPU, else the emulator;
+/// `KILN_REQUIRE_GPU` demands the GPU) and prints which. Panics with the reason when neither
+/// opens: the emulator is built with the `cuda` feature, so that is a failure, not a skip.
+pub fn cuda_for_test(test: &str) -> &'static Driver {
+    let driver = driver::for_tests().unwrap_or_else(|why| panic!("{test}: no CUDA device to test on: {why}"));
+    eprintln!("{test}: on {driver}");
+    driver
+}
+
+/// Opens the device for `test` on the driver `cuda_for_test` chose; panics when it does not open.
+pub fn gpu_for_test(test: &str) -> Gpu {
+    let driver = cuda_for_test(test);
+    Gpu::new().unwrap_or_else(|e| panic!("{test}: {driver} did not open: {e}"))
 }
 
 /// Tolerance for outputs rounded to `dtype` after f32 accumulation: a few units of the last place
