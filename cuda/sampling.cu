@@ -120,21 +120,25 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sample_f32(const Sample
         double total = 0.0;
         for (uint32_t i = threadIdx.x; i < vocab; i += THREADS) total += exp((double)(logits[i] - raw_max));
         log_total = (float)log(block_reduce(total, sh.sums, SumOp()));
+        // Alternatives ranked as the CPU ranks them: by the rounded log-probability, then by id
+        // (two logits one ulp apart can share a log-probability).
+        auto logprob = [&](uint32_t i) { return __fsub_rn(__fsub_rn(logits[i], raw_max), log_total); };
         uint64_t previous = ~(uint64_t)0;
         const uint32_t top = min(r.top_logprobs, (uint32_t)KILN_MAX_TOP_LOGPROBS);
         for (uint32_t n = 0; n < top && n < vocab; n++) {
             uint64_t best = 0;
             for (uint32_t i = threadIdx.x; i < vocab; i += THREADS) {
-                const uint64_t key = sort_key(logits[i], i);
+                const uint64_t key = sort_key(logprob(i), i);
                 if (key < previous && key > best) best = key;
             }
             best = block_reduce(best, sh.keys, MaxOp());
             const uint32_t token = key_token(best);
-            if (threadIdx.x == 0) {
-                p.top_out[(size_t)row * KILN_MAX_TOP_LOGPROBS + n] = TopLogprob{token, (logits[token] - raw_max) - log_total};
-            }
+            if (threadIdx.x == 0) p.top_out[(size_t)row * KILN_MAX_TOP_LOGPROBS + n] = TopLogprob{token, logprob(token)};
             previous = best;
         }
+        // Thread 0 read the last alternative's raw logit above: no thread may penalise it in place
+        // (step 2) before that read.
+        __syncthreads();
     }
 
     // 2. Penalties, each distinct history token once; the raw logit is kept for step 5.

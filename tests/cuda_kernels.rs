@@ -1,12 +1,15 @@
 //! Every CUDA kernel against its CPU reference in `kiln::ops` (and the engine's sampler), on
 //! fresh random inputs each run (seed printed; replay with KILN_TEST_SEED), outputs poisoned with
 //! NaN before each launch, compared with `|got - ref| <= atol + rtol * |ref|` at the dtype's
-//! tolerance (`testing::tolerance`). Skips with a message where there is no GPU.
+//! tolerance (`testing::tolerance`). Without a GPU they run on kiln's CUDA emulator, where the
+//! sampling kernel also runs under several thread schedules (a race shows as a schedule that
+//! gives other results).
 #![cfg(feature = "cuda")]
 
 use half::{bf16, f16};
 use kiln::backend::cuda::attention::{self, HEAD_DIMS};
 use kiln::backend::cuda::device::{DeviceArray, Dtype, Gpu};
+use kiln::backend::cuda::driver::{self, Schedule};
 use kiln::backend::cuda::gemm::{self, GemmVariant};
 use kiln::backend::cuda::params::{PenaltyEntry, SampleRow, TopLogprob, MAX_TOP_LOGPROBS};
 use kiln::backend::cuda::rope::{DevicePlan, KvGeometry};
@@ -579,36 +582,8 @@ fn sampling_matches_the_cpu_sampler() {
             let allowed: Option<&dyn Fn(u32) -> bool> = if masked { Some(&even) } else { None };
             expected.push(sampler.sample(&mut row_logits.to_vec(), allowed));
         }
-        let logits_d = gpu.upload_f32(&logits).unwrap();
-        let rows_d =
-            gpu.upload_bytes(Dtype::U8, n * std::mem::size_of::<SampleRow>(), bytemuck::cast_slice(&rows)).unwrap();
-        let pen_d = gpu
-            .upload_bytes(
-                Dtype::U8,
-                penalties.len().max(1) * 16,
-                &[bytemuck::cast_slice(&penalties), &[0u8; 16][..]].concat()[..penalties.len().max(1) * 16],
-            )
-            .unwrap();
-        let mask_d = gpu.upload_u32(&if mask.is_empty() { vec![0] } else { mask.clone() }).unwrap();
-        let outputs = gpu.alloc(Dtype::U32, 2 * n + n * MAX_TOP_LOGPROBS * 2).unwrap();
-        let weights = gpu.alloc(Dtype::F64, n * vocab).unwrap();
-        gpu.poison(outputs.array()).unwrap();
-        let o: DeviceArray = outputs.array();
-        let buffers = sampling::SampleBuffers {
-            rows: rows_d.array(),
-            penalties: pen_d.array(),
-            mask: mask_d.array(),
-            tokens_out: o.slice(0, n),
-            logprobs_out: o.slice(n, n).reinterpret(Dtype::F32),
-            top_out: o.slice(2 * n, n * MAX_TOP_LOGPROBS * 2).reinterpret(Dtype::U8),
-            weights: weights.array(),
-        };
-        run(&gpu, &[sampling::sample(&kernel, logits_d.array(), vocab, n, &buffers).unwrap()]);
-        let tokens = gpu.download_u32(buffers.tokens_out).unwrap();
+        let (tokens, logprobs, top) = run_sampling(&gpu, &kernel, &logits, vocab, &rows, &penalties, &mask);
         assert_eq!(tokens, expected, "{label}: GPU tokens differ from the CPU sampler's (seed {seed})");
-        let logprobs = gpu.download_f32(buffers.logprobs_out).unwrap();
-        let top_words = gpu.download_u32(buffers.top_out.reinterpret(Dtype::U32)).unwrap();
-        let top: &[TopLogprob] = bytemuck::cast_slice(&top_words);
         for r in 0..n {
             let lp = &expected_logprobs[r];
             let tol = Tolerance { atol: 1e-4, rtol: 1e-5 };
@@ -621,4 +596,116 @@ fn sampling_matches_the_cpu_sampler() {
             }
         }
     }
+}
+
+/// Runs sample_f32 over `logits` (`[rows, vocab]`) and returns the tokens, the chosen tokens'
+/// log-probabilities and the top alternatives (`MAX_TOP_LOGPROBS` per row).
+fn run_sampling(
+    gpu: &Gpu,
+    kernel: &kiln::backend::cuda::device::Kernel,
+    logits: &[f32],
+    vocab: usize,
+    rows: &[SampleRow],
+    penalties: &[PenaltyEntry],
+    mask: &[u32],
+) -> (Vec<u32>, Vec<f32>, Vec<TopLogprob>) {
+    let n = rows.len();
+    let logits_d = gpu.upload_f32(logits).unwrap();
+    let rows_d = gpu.upload_bytes(Dtype::U8, n * std::mem::size_of::<SampleRow>(), bytemuck::cast_slice(rows)).unwrap();
+    let penalty_bytes = [bytemuck::cast_slice(penalties), &[0u8; 16][..]].concat();
+    let pen_d = gpu
+        .upload_bytes(Dtype::U8, penalties.len().max(1) * 16, &penalty_bytes[..penalties.len().max(1) * 16])
+        .unwrap();
+    let mask_d = gpu.upload_u32(if mask.is_empty() { &[0] } else { mask }).unwrap();
+    let outputs = gpu.alloc(Dtype::U32, 2 * n + n * MAX_TOP_LOGPROBS * 2).unwrap();
+    let weights = gpu.alloc(Dtype::F64, n * vocab).unwrap();
+    gpu.poison(outputs.array()).unwrap();
+    let o: DeviceArray = outputs.array();
+    let buffers = sampling::SampleBuffers {
+        rows: rows_d.array(),
+        penalties: pen_d.array(),
+        mask: mask_d.array(),
+        tokens_out: o.slice(0, n),
+        logprobs_out: o.slice(n, n).reinterpret(Dtype::F32),
+        top_out: o.slice(2 * n, n * MAX_TOP_LOGPROBS * 2).reinterpret(Dtype::U8),
+        weights: weights.array(),
+    };
+    run(gpu, &[sampling::sample(kernel, logits_d.array(), vocab, n, &buffers).unwrap()]);
+    let tokens = gpu.download_u32(buffers.tokens_out).unwrap();
+    let logprobs = gpu.download_f32(buffers.logprobs_out).unwrap();
+    let top_words = gpu.download_u32(buffers.top_out.reinterpret(Dtype::U32)).unwrap();
+    (tokens, logprobs, bytemuck::cast_slice(&top_words).to_vec())
+}
+
+/// The thread orders a test's kernels run under: on the emulator forward, reverse and random
+/// (a race between threads shows as an order that gives other results); on a GPU its own.
+fn schedules() -> Vec<Option<Schedule>> {
+    if driver::is_emulator() {
+        vec![Some(Schedule::Forward), Some(Schedule::Reverse), Some(Schedule::Random { seed: test_seed() })]
+    } else {
+        vec![None]
+    }
+}
+
+fn set_schedule(schedule: Option<Schedule>) {
+    if let Some(schedule) = schedule {
+        driver::set_schedule(schedule).unwrap();
+    }
+}
+
+#[test]
+fn sampling_top_logprobs_are_the_raw_logits_under_every_schedule() {
+    // The best five tokens are all in the penalty history, at entries 35..39, which threads of
+    // the second warp penalise in place: the alternatives must still report raw log-probabilities.
+    let gpu = gpu_for_test("sampling_top_logprobs_are_the_raw_logits_under_every_schedule");
+    let seed = test_seed();
+    let vocab = 300;
+    let kernel = sampling::kernel(&gpu).unwrap();
+    let mut logits: Vec<f32> = scaled(seed, vocab, 2.0);
+    for (i, token) in (135..140).enumerate() {
+        logits[token] = 10.0 - 0.5 * i as f32;
+    }
+    let params = SamplingParams { repetition_penalty: 1.3, ..SamplingParams::greedy() };
+    let prompt: Vec<u32> = (100..140).collect();
+    let entries = sampling::penalty_entries(&params, &prompt, &[]);
+    assert_eq!(entries[35].token, 135, "history entries are in token order");
+    let row = sampling::sample_row(&params, 0.0, 0, entries.len(), None, Some(5));
+    let mut lp = vec![0.0; vocab];
+    kiln::ops::logits::log_softmax(&logits, &mut lp);
+    for schedule in schedules() {
+        set_schedule(schedule);
+        let (tokens, logprobs, top) = run_sampling(&gpu, &kernel, &logits, vocab, &[row], &entries, &[]);
+        let mut sampler = Sampler::new(params.clone(), &prompt);
+        assert_eq!(tokens[0], sampler.sample(&mut logits.clone(), None), "{schedule:?}: token");
+        let tol = Tolerance { atol: 1e-4, rtol: 1e-5 };
+        assert_close(&[logprobs[0]], &[lp[tokens[0] as usize]], tol);
+        for (i, alt) in top[..5].iter().enumerate() {
+            assert_eq!(alt.token, 135 + i as u32, "{schedule:?}: alternative {i}");
+            if let Err(e) = kiln::ops::compare::check_close(&[alt.logprob], &[lp[alt.token as usize]], tol) {
+                panic!("{schedule:?}: alternative {i} (token {}) is not its raw log-probability: {e}", alt.token);
+            }
+        }
+    }
+    set_schedule(Some(Schedule::Random { seed }));
+}
+
+#[test]
+fn sampling_top_logprobs_break_ties_of_equal_logprobs_by_token_id() {
+    // Tokens 5 and 6 have different logits (6's is one ulp higher) whose log-probabilities round
+    // to the same f32: ranked by log-probability then id, as the CPU does, 5 comes first.
+    let gpu = gpu_for_test("sampling_top_logprobs_break_ties_of_equal_logprobs_by_token_id");
+    let vocab = 64;
+    let kernel = sampling::kernel(&gpu).unwrap();
+    let mut logits = vec![0.0f32; vocab];
+    logits[0] = 50.0;
+    logits[6] = 10.0;
+    logits[5] = f32::from_bits(10.0f32.to_bits() - 1);
+    let mut lp = vec![0.0; vocab];
+    kiln::ops::logits::log_softmax(&logits, &mut lp);
+    assert!(logits[5] < logits[6] && lp[5] == lp[6], "the case needs equal log-probabilities of unequal logits");
+    let row = sampling::sample_row(&SamplingParams::greedy(), 0.0, 0, 0, None, Some(3));
+    let (tokens, _, top) = run_sampling(&gpu, &kernel, &logits, vocab, &[row], &[], &[]);
+    assert_eq!(tokens[0], 0);
+    let ranked: Vec<u32> = top[..3].iter().map(|alt| alt.token).collect();
+    assert_eq!(ranked, vec![0, 5, 6], "ties of equal log-probabilities go to the lower id");
 }
