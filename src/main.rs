@@ -107,6 +107,10 @@ struct ServeOptions {
     /// Recompute every prompt instead of reusing the KV blocks of repeated prefixes.
     #[arg(long)]
     no_prefix_caching: bool,
+    /// Sample tokens on the CPU from logits read back, even on a GPU that samples them itself
+    /// (for debugging the GPU sampler; slower).
+    #[arg(long)]
+    host_sampling: bool,
     /// USD per million prompt tokens.
     #[arg(long, default_value_t = 0.64)]
     price_input: f64,
@@ -158,6 +162,7 @@ fn run(command: Command, backend: BackendChoice, original_weights: bool) -> anyh
                 max_prefill_chunk: o.max_prefill_chunk,
                 max_waiting: o.max_waiting,
                 prefix_caching: !o.no_prefix_caching,
+                host_sampling: o.host_sampling,
                 max_connections: o.max_connections,
                 prices: kiln::server::api::pricing::Prices {
                     input_per_million_usd: o.price_input,

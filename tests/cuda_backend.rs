@@ -224,7 +224,7 @@ fn gpu_greedy_sampling_returns_the_argmax() {
         gpu.execute(&plan, &mut logits).unwrap();
         let rows: Vec<_> =
             (0..plan.num_logits()).map(|_| sampling::sample_row(&greedy, 0.0, 0, 0, None, None)).collect();
-        let tokens = gpu.execute_and_sample(&plan, &rows, &[], &[]).unwrap().tokens.to_vec();
+        let tokens = gpu.execute_and_sample_rows(&plan, &rows, &[], &[]).unwrap().tokens.to_vec();
         let expected: Vec<u32> = logits.chunks(1000).map(argmax).collect();
         assert_eq!(tokens, expected);
     }

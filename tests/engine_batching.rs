@@ -48,8 +48,14 @@ fn alone(prompt: &[u32], sampling: SamplingParams) -> Vec<u32> {
 }
 
 fn engine(num_blocks: usize, max_prefill_chunk: usize, prefix_caching: bool) -> EngineHandle {
-    let config =
-        EngineConfig { max_batch_tokens: 64, max_seqs: 16, max_prefill_chunk, max_waiting: 64, prefix_caching };
+    let config = EngineConfig {
+        max_batch_tokens: 64,
+        max_seqs: 16,
+        max_prefill_chunk,
+        max_waiting: 64,
+        prefix_caching,
+        host_sampling: false,
+    };
     start_engine(Box::new(backend(num_blocks)), Arc::new(NoText), config).0
 }
 

@@ -42,8 +42,14 @@ fn backend(layout: KvLayout) -> CpuBackend {
 }
 
 fn engine(layout: KvLayout, max_waiting: usize) -> EngineHandle {
-    let config =
-        EngineConfig { max_batch_tokens: 32, max_seqs: 8, max_prefill_chunk: 8, max_waiting, prefix_caching: true };
+    let config = EngineConfig {
+        max_batch_tokens: 32,
+        max_seqs: 8,
+        max_prefill_chunk: 8,
+        max_waiting,
+        prefix_caching: true,
+        host_sampling: false,
+    };
     start_engine(Box::new(backend(layout)), Arc::new(Letters), config).0
 }
 

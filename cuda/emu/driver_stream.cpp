@@ -433,7 +433,9 @@ extern "C" CUresult cuLaunchKernel(CUfunction handle, unsigned int grid_x, unsig
         uint64_t threads = uint64_t(block_x) * block_y * block_z;
         unsigned max_threads = std::min<unsigned>(kernel.max_threads, kMaxThreadsPerBlock);
         if (threads > max_threads) {
-            return refuse(CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES,
+            // The real driver answers INVALID_VALUE here, for __launch_bounds__ too (H200, driver
+            // 580.159, 2026-12-04); OUT_OF_RESOURCES is its answer to registers it cannot give.
+            return refuse(CUDA_ERROR_INVALID_VALUE,
                           "cuLaunchKernel: %s: %llu threads per block; it allows %u (__launch_bounds__ or the device)",
                           kernel.name, static_cast<unsigned long long>(threads), max_threads);
         }

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <string>
 
 #include "../common.cuh"
@@ -169,6 +170,9 @@ std::string check(const std::string& scenario) {
 // Runs one scenario; returns 1 when the emulator caught the bug (and passed the correct kernel),
 // 0 otherwise with the reason in `message`. Restores the schedule from the environment after.
 extern "C" int kiln_emu_selftest(const char* scenario, char* message, size_t message_bytes) {
+    // The schedule is process-wide: scenarios run one at a time so each keeps the order it set.
+    static std::mutex one_at_a_time;
+    std::lock_guard<std::mutex> guard(one_at_a_time);
     const std::string problem = check(scenario);
     kiln_emu::set_schedule(kiln_emu::Schedule::Random, 1);
     snprintf(message, message_bytes, "%s", problem.c_str());

@@ -4,9 +4,11 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod sampling;
 
 use crate::engine::plan::StepPlan;
 use crate::model::ModelConfig;
+use sampling::{HistoryEntry, RowSampling, SampledRows};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -18,6 +20,8 @@ pub enum BackendError {
     /// synchronisation): the step's results are lost and the device may be unusable.
     #[error("the {backend} device failed: {message}")]
     Device { backend: &'static str, message: String },
+    #[error("the {backend} backend does not sample on its device")]
+    NoDeviceSampling { backend: &'static str },
 }
 
 /// How the backend's KV memory is divided; fixed at start-up.
@@ -40,4 +44,27 @@ pub trait Backend: Send {
     /// Runs one forward step: writes K/V of every planned token into its KV slot and the logits of
     /// the plan's `logit_tokens` into `logits` (`[plan.num_logits(), vocab]`).
     fn execute(&mut self, plan: &StepPlan, logits: &mut [f32]) -> Result<(), BackendError>;
+
+    /// Whether `execute_and_sample` works: the backend then chooses the tokens where the logits
+    /// are, and only ids (and asked-for log-probabilities) come back.
+    fn samples_on_device(&self) -> bool {
+        false
+    }
+
+    /// Runs one forward step like `execute`, then samples each of the plan's logits rows with
+    /// `rows[r]` (one per row, in plan order). `history` holds the rows' penalty entries (each
+    /// row's `history()` range), `masks` their allowed-token mask rows (`[mask rows,
+    /// mask_words(vocab)]`). `out` is cleared and gets one result per row. Only where
+    /// `samples_on_device` says so.
+    fn execute_and_sample(
+        &mut self,
+        plan: &StepPlan,
+        rows: &[RowSampling],
+        history: &[HistoryEntry],
+        masks: &[u32],
+        out: &mut SampledRows,
+    ) -> Result<(), BackendError> {
+        let _ = (plan, rows, history, masks, out);
+        Err(BackendError::NoDeviceSampling { backend: self.name() })
+    }
 }

@@ -37,6 +37,7 @@ pub fn run(
         max_prefill_chunk: max_batch_tokens,
         max_waiting: concurrency.max(1),
         prefix_caching: false,
+        host_sampling: false,
     };
     let (engine, _thread) = start_engine(backend, Arc::new(NoText), config);
     // Distinct prompts (no shared prefix), and no stop tokens: exactly `new_tokens` each.

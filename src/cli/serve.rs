@@ -38,6 +38,8 @@ pub struct ServeArgs {
     pub max_prefill_chunk: usize,
     pub max_waiting: usize,
     pub prefix_caching: bool,
+    /// Sample on the host even where the backend samples on its device (`EngineConfig`).
+    pub host_sampling: bool,
     pub max_connections: usize,
     pub prices: Prices,
 }
@@ -60,6 +62,7 @@ impl Default for ServeArgs {
             max_prefill_chunk: 256,
             max_waiting: 256,
             prefix_caching: true,
+            host_sampling: false,
             max_connections: 1000,
             prices: DEFAULT_PRICES,
         }
@@ -114,6 +117,7 @@ pub fn start(args: ServeArgs, signals: bool) -> anyhow::Result<Server> {
         max_prefill_chunk: args.max_prefill_chunk,
         max_waiting: args.max_waiting,
         prefix_caching: args.prefix_caching,
+        host_sampling: args.host_sampling,
     };
     let (engine, _engine_thread) = start_engine(loaded.backend, tokenizer.clone(), engine_config);
     let model_name = args.served_model_name.clone().unwrap_or(loaded.name);

@@ -43,6 +43,8 @@ pub struct EngineMetrics {
     pub prompt_tokens_total: AtomicU64,
     pub generated_tokens_total: AtomicU64,
     pub steps_total: AtomicU64,
+    /// Steps whose tokens the backend sampled on its device (the rest read logits back).
+    pub device_sampled_steps_total: AtomicU64,
     pub preemptions_total: AtomicU64,
     /// Prompt tokens taken from the prefix cache instead of being computed.
     pub prefix_cache_hit_tokens_total: AtomicU64,

@@ -1,9 +1,11 @@
 //! Choosing the next token from a row of logits: penalties, temperature, top-k, top-p, min-p and a
-//! seeded draw. This is the reference the GPU sampling kernel will be tested against.
+//! seeded draw. This is the reference the GPU sampling kernel is tested against; for a backend
+//! that samples on its device, `device_row` exports the same settings and state.
 
 use std::collections::HashMap;
 
 use super::rng::Rng;
+use crate::backend::sampling::{HistoryEntry, RowSampling};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -88,13 +90,9 @@ impl Sampler {
                 }
             }
         }
-        if self.params.is_greedy() {
+        let Some(uniform) = self.draw() else {
             return argmax(logits);
-        }
-        // Every non-greedy row takes its draw, even one left with no candidate, so that a
-        // sequence's random stream does not depend on the logits (the GPU sampling path draws
-        // the uniforms on the host before it sees them).
-        let uniform = self.rng.next_f64();
+        };
         let inverse_temperature = 1.0 / self.params.temperature;
         self.candidates.clear();
         self.candidates.extend(
@@ -144,6 +142,59 @@ impl Sampler {
             draw -= w;
         }
         self.candidates[keep - 1].1
+    }
+
+    /// The row's uniform draw, taken exactly when the row is not greedy: every non-greedy row
+    /// takes one, even one left with no candidate, so that a sequence's random stream does not
+    /// depend on the logits and a device sampler can be handed the draw before it sees them.
+    fn draw(&mut self) -> Option<f64> {
+        (!self.params.is_greedy()).then(|| self.rng.next_f64())
+    }
+
+    /// This step's row for a backend that samples on its device: the parameters, the draw
+    /// (taken as `sample` takes it, so a sequence gets the same tokens either way) and the
+    /// history the penalties need, appended to `history`. Mask and log-probabilities are the
+    /// caller's to set.
+    pub fn device_row(&mut self, history: &mut Vec<HistoryEntry>) -> RowSampling {
+        let uniform = self.draw().unwrap_or(0.0);
+        let history_start = history.len();
+        self.history_entries(history);
+        let p = &self.params;
+        RowSampling {
+            temperature: p.temperature,
+            top_k: p.top_k,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            repetition_penalty: p.repetition_penalty,
+            presence_penalty: p.presence_penalty,
+            frequency_penalty: p.frequency_penalty,
+            uniform,
+            history_start,
+            history_len: history.len() - history_start,
+            mask_row: None,
+            top_logprobs: 0,
+            want_logprob: false,
+        }
+    }
+
+    /// Appends the tokens `apply_penalties` would touch, one entry per distinct token (none
+    /// when no penalty is on), in no particular order.
+    pub fn history_entries(&self, out: &mut Vec<HistoryEntry>) {
+        let p = &self.params;
+        if p.repetition_penalty != 1.0 {
+            // Every generated token is also in `seen`.
+            out.extend(self.seen.keys().map(|&token| HistoryEntry {
+                token,
+                generated_count: self.generated_counts.get(&token).copied().unwrap_or(0),
+                seen: true,
+            }));
+        } else if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            out.extend(self.generated_counts.iter().map(|(&token, &generated_count)| HistoryEntry {
+                token,
+                generated_count,
+                seen: false,
+            }));
+        }
     }
 
     fn apply_penalties(&self, logits: &mut [f32]) {
@@ -259,5 +310,80 @@ mod tests {
         // The mask removes tokens even when they are the best.
         let mut s = Sampler::new(params(0.0), &[]);
         assert_eq!(s.sample(&mut [5.0, 1.0, 0.0], Some(&|id| id != 0)), 1);
+    }
+
+    /// The penalties as a device applies them from exported entries (cuda/sampling.cu step 2).
+    fn apply_entries(row: &RowSampling, entries: &[HistoryEntry], logits: &mut [f32]) {
+        for e in entries {
+            let l = &mut logits[e.token as usize];
+            if row.repetition_penalty != 1.0 && e.seen {
+                *l = if *l > 0.0 { *l / row.repetition_penalty } else { *l * row.repetition_penalty };
+            }
+            if (row.presence_penalty != 0.0 || row.frequency_penalty != 0.0) && e.generated_count > 0 {
+                *l -= row.presence_penalty + row.frequency_penalty * e.generated_count as f32;
+            }
+        }
+    }
+
+    #[test]
+    fn exported_history_gives_the_penalties_sample_applies() {
+        let cases = [
+            SamplingParams::greedy(),
+            SamplingParams { repetition_penalty: 1.3, ..params(0.0) },
+            SamplingParams { presence_penalty: 0.5, ..params(1.0) },
+            SamplingParams { frequency_penalty: -0.25, ..params(1.0) },
+            SamplingParams { repetition_penalty: 0.7, presence_penalty: 0.4, frequency_penalty: 0.3, ..params(0.8) },
+        ];
+        let prompt = [3, 9, 3, 0];
+        let generated = [9, 5, 5, 7, 5];
+        for p in cases {
+            let mut sampler = Sampler::new(p.clone(), &prompt);
+            generated.iter().for_each(|&t| sampler.accept(t));
+            let mut history = vec![HistoryEntry { token: 99, generated_count: 9, seen: true }]; // another row's
+            let row = sampler.device_row(&mut history);
+            let entries = &history[row.history()];
+            assert_eq!(history[0].token, 99, "appends after what is there");
+            let mut tokens: Vec<u32> = entries.iter().map(|e| e.token).collect();
+            tokens.sort();
+            tokens.dedup();
+            assert_eq!(tokens.len(), entries.len(), "{p:?}: one entry per distinct token");
+            let logits: Vec<f32> = (0..12).map(|i| i as f32 * 0.75 - 4.0).collect();
+            let mut expected = logits.clone();
+            sampler.apply_penalties(&mut expected);
+            let mut got = logits.clone();
+            apply_entries(&row, entries, &mut got);
+            assert_eq!(got, expected, "{p:?}");
+            let any_penalty = p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
+            assert_eq!(entries.is_empty(), !any_penalty, "{p:?}: entries only when a penalty is on");
+            assert_eq!((row.temperature, row.top_k, row.top_p, row.min_p), (p.temperature, p.top_k, p.top_p, p.min_p));
+            assert_eq!(
+                (row.repetition_penalty, row.presence_penalty, row.frequency_penalty),
+                (p.repetition_penalty, p.presence_penalty, p.frequency_penalty)
+            );
+            assert_eq!((row.mask_row, row.top_logprobs, row.want_logprob), (None, 0, false));
+        }
+    }
+
+    #[test]
+    fn a_device_row_takes_the_draw_sample_would_take() {
+        let logits = [0.5f32, 0.1, 0.9, -0.3, 0.2];
+        // Non-greedy: the row carries the stream's next value, and the sampler goes on from there
+        // exactly as one that sampled that step on the host.
+        let mut device = Sampler::new(params(0.9), &[]);
+        let mut host = Sampler::new(params(0.9), &[]);
+        let mut history = Vec::new();
+        for _ in 0..5 {
+            let mut expected_rng = host.rng.clone();
+            host.sample(&mut logits.clone(), None);
+            assert_eq!(device.device_row(&mut history).uniform, expected_rng.next_f64());
+        }
+        assert_eq!(device.sample(&mut logits.clone(), None), host.sample(&mut logits.clone(), None));
+        // Greedy (temperature 0, or top-k 1): no draw, the stream stays where it was.
+        for p in [SamplingParams::greedy(), SamplingParams { top_k: 1, ..params(0.9) }] {
+            let mut greedy = Sampler::new(SamplingParams { seed: Some(3), ..p }, &[]);
+            let untouched = greedy.rng.clone().next_u64();
+            assert_eq!(greedy.device_row(&mut history).uniform, 0.0);
+            assert_eq!(greedy.rng.next_u64(), untouched);
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The engine loop: one thread that owns the backend and serves every request together. New
-//! requests join between steps (continuous batching); each step's sampled tokens go through
-//! the sequence's detokenizer and stop strings and out to the request's event sink.
+//! requests join between steps (continuous batching); each step's tokens are sampled, on the
+//! host from the logits or by a backend that samples on its device, and go through the
+//! sequence's detokenizer and stop strings and out to the request's event sink.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,7 +9,8 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::backend::Backend;
+use crate::backend::sampling::{self as backend_sampling, HistoryEntry, RowSampling, SampledRows};
+use crate::backend::{Backend, BackendError};
 use crate::ops::logits::log_softmax;
 
 use super::kv_blocks::KvBlockAllocator;
@@ -29,6 +31,11 @@ pub struct EngineConfig {
     pub max_waiting: usize,
     /// Reuse the KV blocks of repeated prompt prefixes.
     pub prefix_caching: bool,
+    /// Sample every token on the host from logits read back, even when the backend samples on
+    /// its device (`Backend::samples_on_device`, the CUDA backend). For tests that compare the
+    /// two paths and for debugging a device sampler; false (the normal setting) lets the device
+    /// sample whenever it can.
+    pub host_sampling: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -177,6 +184,12 @@ pub fn start_engine(
         },
     );
     let vocab = model_config.vocab_size;
+    let device_sampling = backend.samples_on_device() && !config.host_sampling;
+    tracing::info!(
+        "engine: {} backend, sampling on the {}",
+        backend.name(),
+        if device_sampling { "device" } else { "host" }
+    );
     let mut engine = EngineLoop {
         backend,
         text,
@@ -191,6 +204,11 @@ pub fn start_engine(
         sequences: HashMap::new(),
         pending_forks: HashMap::new(),
         fork_row: vec![0.0; vocab],
+        device_sampling,
+        sample_rows: Vec::with_capacity(config.max_seqs),
+        sample_history: Vec::new(),
+        sample_masks: Vec::with_capacity(config.max_seqs * backend_sampling::mask_words(vocab)),
+        sampled: SampledRows::with_capacity(config.max_seqs),
         next_id: 0,
         waiting,
         metrics,
@@ -238,6 +256,14 @@ struct EngineLoop {
     /// Choices still to fork from their first sibling once its prompt is computed.
     pending_forks: HashMap<SeqId, Vec<SeqId>>,
     fork_row: Vec<f32>,
+    /// The backend samples on its device and `host_sampling` is off.
+    device_sampling: bool,
+    /// A device-sampled step's rows (plan order), their history entries and mask rows, and what
+    /// the device chose; kept between steps.
+    sample_rows: Vec<RowSampling>,
+    sample_history: Vec<HistoryEntry>,
+    sample_masks: Vec<u32>,
+    sampled: SampledRows,
     next_id: u64,
     waiting: Arc<AtomicUsize>,
     metrics: Arc<EngineMetrics>,
@@ -349,30 +375,91 @@ impl EngineLoop {
             }
         }
         let started = Instant::now();
-        if let Err(error) = self.backend.execute(&self.plan, &mut self.logits) {
-            // A backend failure fails the requests in this step; the engine keeps serving others.
-            let message = format!("the forward step failed: {error}");
-            let failed: Vec<RequestId> =
-                self.scheduled.iter().filter_map(|s| self.sequences.get(&s.id).map(|q| q.request)).collect();
-            for request_id in failed {
-                if let Some(state) = self.requests.get_mut(&request_id) {
-                    state.request.sink.send(EngineEvent::Error { message: message.clone() });
-                }
-                self.cancel_request(request_id);
-            }
+        let on_device = self.device_sampling && self.prepare_device_rows();
+        let result = if on_device {
+            self.backend.execute_and_sample(
+                &self.plan,
+                &self.sample_rows,
+                &self.sample_history,
+                &self.sample_masks,
+                &mut self.sampled,
+            )
+        } else {
+            self.backend.execute(&self.plan, &mut self.logits)
+        };
+        if let Err(error) = result {
+            self.fail_step(error);
             return;
         }
         self.metrics.step_time.observe(started.elapsed().as_secs_f64());
         EngineMetrics::add(&self.metrics.steps_total, 1);
+        if on_device {
+            EngineMetrics::add(&self.metrics.device_sampled_steps_total, 1);
+        }
         EngineMetrics::set(&self.metrics.last_step_tokens, self.plan.num_tokens() as u64);
         self.scheduler.step_done(&self.scheduled);
         let scheduled = std::mem::take(&mut self.scheduled);
         for s in &scheduled {
             if let Some(row) = s.logits_row {
-                self.sample_and_emit(s.id, row);
+                if on_device {
+                    self.emit_device_token(s.id, row);
+                } else {
+                    self.sample_and_emit(s.id, row);
+                }
             }
         }
         self.scheduled = scheduled;
+    }
+
+    /// A backend failure fails the requests in this step; the engine keeps serving others.
+    fn fail_step(&mut self, error: BackendError) {
+        let message = format!("the forward step failed: {error}");
+        let failed: Vec<RequestId> =
+            self.scheduled.iter().filter_map(|s| self.sequences.get(&s.id).map(|q| q.request)).collect();
+        for request_id in failed {
+            if let Some(state) = self.requests.get_mut(&request_id) {
+                state.request.sink.send(EngineEvent::Error { message: message.clone() });
+            }
+            self.cancel_request(request_id);
+        }
+    }
+
+    /// Fills this step's device sampling rows from the sequences' samplers (which take their
+    /// draws now, as they would on the host) and says whether the device can sample the step.
+    /// It cannot when a sequence forks its choices from this step's row (each child samples
+    /// its own first token from the same logits) or asks for more alternatives than a device
+    /// row reports: those steps read the logits back.
+    fn prepare_device_rows(&mut self) -> bool {
+        let host_only = self.scheduled.iter().filter(|s| s.logits_row.is_some()).any(|s| {
+            self.pending_forks.contains_key(&s.id)
+                || self.sequences.get(&s.id).and_then(|q| self.requests.get(&q.request)).is_some_and(|state| {
+                    state.request.params.top_logprobs.is_some_and(|k| k > backend_sampling::MAX_TOP_LOGPROBS)
+                })
+        });
+        if host_only {
+            return false;
+        }
+        let vocab = self.vocab;
+        self.sample_rows.clear();
+        self.sample_rows.resize(self.plan.num_logits(), RowSampling::greedy());
+        self.sample_history.clear();
+        self.sample_masks.clear();
+        for s in &self.scheduled {
+            let Some(row) = s.logits_row else { continue };
+            let Some(seq) = self.sequences.get_mut(&s.id) else { continue };
+            let Some(state) = self.requests.get(&seq.request) else { continue };
+            let mut sampling = seq.sampler.device_row(&mut self.sample_history);
+            if let Some(constraint) = &seq.constraint {
+                sampling.mask_row =
+                    Some(backend_sampling::push_mask_row(&mut self.sample_masks, vocab, |t| constraint.allows(t)));
+            }
+            if let Some(k) = state.request.params.top_logprobs {
+                sampling.top_logprobs = k;
+                sampling.want_logprob = true;
+            }
+            self.sample_rows[row] = sampling;
+        }
+        true
     }
 
     fn sample_and_emit(&mut self, id: SeqId, row: usize) {
@@ -382,26 +469,25 @@ impl EngineLoop {
                 // A child cancelled before the fork has no state left: nothing to start.
                 if self.sequences.contains_key(&child) && self.scheduler.fork(id, child) {
                     self.fork_row.copy_from_slice(&self.logits[row * vocab..(row + 1) * vocab]);
-                    self.emit_token(child, None);
+                    self.emit_host_token(child, None);
                 }
             }
         }
-        self.emit_token(id, Some(row));
+        self.emit_host_token(id, Some(row));
     }
 
-    /// Samples a sequence's next token from step row `row` (or, for a fork's first token, from
-    /// `fork_row`), and sends the text it releases.
-    fn emit_token(&mut self, id: SeqId, row: Option<usize>) {
+    /// Samples a sequence's next token on the host from step row `row` (or, for a fork's first
+    /// token, from `fork_row`), and emits it.
+    fn emit_host_token(&mut self, id: SeqId, row: Option<usize>) {
         let vocab = self.vocab;
         let Some(seq) = self.sequences.get_mut(&id) else { return };
-        let Some(state) = self.requests.get_mut(&seq.request) else { return };
-        let params = &state.request.params;
+        let Some(state) = self.requests.get(&seq.request) else { return };
         let logits = match row {
             Some(row) => &mut self.logits[row * vocab..(row + 1) * vocab],
             None => &mut self.fork_row[..],
         };
         // Log-probabilities are the model's own, before penalties and temperature.
-        let want_logprobs = params.top_logprobs;
+        let want_logprobs = state.request.params.top_logprobs;
         if want_logprobs.is_some() {
             log_softmax(logits, &mut self.logprobs);
         }
@@ -409,6 +495,29 @@ impl EngineLoop {
             Some(constraint) => seq.sampler.sample(logits, Some(&|t| constraint.allows(t))),
             None => seq.sampler.sample(logits, None),
         };
+        let logprob = want_logprobs.map(|k| top_logprobs(&self.logprobs, token, k, &mut self.ranked));
+        self.emit_token(id, token, logprob);
+    }
+
+    /// Emits the token the device chose for a sequence from step row `row`.
+    fn emit_device_token(&mut self, id: SeqId, row: usize) {
+        let Some(seq) = self.sequences.get(&id) else { return };
+        let Some(state) = self.requests.get(&seq.request) else { return };
+        let token = self.sampled.token(row);
+        let logprob = state.request.params.top_logprobs.map(|_| TokenLogprob {
+            token_id: token,
+            logprob: self.sampled.logprob(row).expect("a row that asks for log-probabilities gets one"),
+            top: self.sampled.top(row).to_vec(),
+        });
+        self.emit_token(id, token, logprob);
+    }
+
+    /// Everything after the choice of a token, wherever it was sampled: stop tokens, the
+    /// sampler's and constraint's state, metrics, the text it releases, the end of the sequence.
+    fn emit_token(&mut self, id: SeqId, token: u32, logprob: Option<TokenLogprob>) {
+        let Some(seq) = self.sequences.get_mut(&id) else { return };
+        let Some(state) = self.requests.get_mut(&seq.request) else { return };
+        let params = &state.request.params;
         let now = Instant::now();
         match seq.last_token_at {
             None => self.metrics.time_to_first_token.observe(state.submitted.elapsed().as_secs_f64()),
@@ -425,7 +534,6 @@ impl EngineLoop {
         }
         seq.generated += 1;
         EngineMetrics::add(&self.metrics.generated_tokens_total, 1);
-        let logprob = want_logprobs.map(|k| top_logprobs(&self.logprobs, token, k, &mut self.ranked));
         let released = seq.stop.push(&seq.decoder.push(token));
         let alive = state.request.sink.send(EngineEvent::Token {
             choice: seq.choice,

@@ -52,6 +52,12 @@ pub fn render(engine: &EngineMetrics, server: &ServerMetrics) -> String {
     counter(&mut out, "kiln_steps_total", "Forward steps executed.", get(&engine.steps_total));
     counter(
         &mut out,
+        "kiln_device_sampled_steps_total",
+        "Forward steps whose tokens were sampled on the device.",
+        get(&engine.device_sampled_steps_total),
+    );
+    counter(
+        &mut out,
         "kiln_preemptions_total",
         "Sequences preempted for lack of KV blocks.",
         get(&engine.preemptions_total),

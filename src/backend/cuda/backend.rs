@@ -1,13 +1,14 @@
 //! `CudaBackend`: the `Backend` the engine drives, over the executor. Besides `execute` (logits
 //! back to the host, like the CPU backend), `execute_and_sample` keeps the logits on the GPU and
-//! returns only the sampled ids.
+//! returns only the sampled ids (and asked-for log-probabilities).
 
 use super::device::{Dtype, Gpu};
 use super::executor::{Executor, ExecutorOptions};
-use super::params::{PenaltyEntry, SampleRow};
+use super::params::{self, PenaltyEntry, SampleRow};
 use super::sampler::SampleOutput;
 use super::weights::DeviceWeights;
 use super::CudaError;
+use crate::backend::sampling::{self as backend_sampling, HistoryEntry, RowSampling, SampledRows};
 use crate::backend::{Backend, BackendError, KvLayout};
 use crate::engine::plan::{PlanLimits, StepPlan};
 use crate::model::safetensors_dir::WeightDtype;
@@ -39,8 +40,15 @@ pub enum WeightSource<'a> {
     RandomSeed(u64),
 }
 
+// Every row the engine may hand over fits the kernel's alternatives buffer.
+const _: () = assert!(params::MAX_TOP_LOGPROBS >= backend_sampling::MAX_TOP_LOGPROBS);
+
 pub struct CudaBackend {
     executor: Executor,
+    /// `execute_and_sample`'s rows and history entries as the kernel reads them, kept between
+    /// steps.
+    kernel_rows: Vec<SampleRow>,
+    kernel_entries: Vec<PenaltyEntry>,
 }
 
 impl CudaBackend {
@@ -82,15 +90,17 @@ impl CudaBackend {
             limits,
             ExecutorOptions { dtype: options.dtype, graphs: options.graphs },
         )?;
-        Ok(CudaBackend { executor })
+        let max_seqs = limits.max_seqs;
+        Ok(CudaBackend { executor, kernel_rows: Vec::with_capacity(max_seqs), kernel_entries: Vec::new() })
     }
 
     pub fn executor(&self) -> &Executor {
         &self.executor
     }
 
-    /// Runs a step and samples its logits rows on the GPU (see `Executor::sample`).
-    pub fn execute_and_sample(
+    /// Runs a step and samples its logits rows on the GPU with the kernel's own row structs (see
+    /// `Executor::sample`); the `Backend` method converts its rows to these.
+    pub fn execute_and_sample_rows(
         &mut self,
         plan: &StepPlan,
         rows: &[SampleRow],
@@ -131,6 +141,78 @@ impl Backend for CudaBackend {
         self.executor.forward(plan)?;
         Ok(self.executor.read_logits(plan.num_logits(), logits)?)
     }
+
+    fn samples_on_device(&self) -> bool {
+        true
+    }
+
+    fn execute_and_sample(
+        &mut self,
+        plan: &StepPlan,
+        rows: &[RowSampling],
+        history: &[HistoryEntry],
+        masks: &[u32],
+        out: &mut SampledRows,
+    ) -> Result<(), BackendError> {
+        self.executor.check_plan(plan).map_err(BackendError::PlanMismatch)?;
+        let vocab = self.config().vocab_size;
+        check_sampling(rows, history, masks, plan.num_logits(), vocab).map_err(BackendError::PlanMismatch)?;
+        self.kernel_rows.clear();
+        self.kernel_rows.extend(rows.iter().map(SampleRow::from));
+        self.kernel_entries.clear();
+        self.kernel_entries.extend(history.iter().map(PenaltyEntry::from));
+        self.executor.forward(plan)?;
+        let sampled = self.executor.sample(&self.kernel_rows, &self.kernel_entries, masks)?;
+        out.clear();
+        for (r, row) in rows.iter().enumerate() {
+            let top = if row.top_logprobs > 0 {
+                let start = r * params::MAX_TOP_LOGPROBS;
+                &sampled.top[start..start + row.top_logprobs.min(vocab)]
+            } else {
+                &[]
+            };
+            out.push(
+                sampled.tokens[r],
+                row.want_logprob.then(|| sampled.logprobs[r]),
+                top.iter().map(|t| (t.token, t.logprob)),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The kernel indexes history entries, mask rows and logits by what the rows say: anything out
+/// of range is refused here, before it reaches the device.
+fn check_sampling(
+    rows: &[RowSampling],
+    history: &[HistoryEntry],
+    masks: &[u32],
+    num_logits: usize,
+    vocab: usize,
+) -> Result<(), String> {
+    if rows.len() != num_logits {
+        return Err(format!("{} sampling rows for {num_logits} logits rows", rows.len()));
+    }
+    let mask_rows = masks.len() / backend_sampling::mask_words(vocab);
+    for (r, row) in rows.iter().enumerate() {
+        if row.history().end > history.len() {
+            return Err(format!("row {r}: history {:?} beyond {} entries", row.history(), history.len()));
+        }
+        if row.mask_row.is_some_and(|m| m >= mask_rows) {
+            return Err(format!("row {r}: mask row {:?} beyond {mask_rows} rows", row.mask_row));
+        }
+        if row.top_logprobs > backend_sampling::MAX_TOP_LOGPROBS {
+            return Err(format!(
+                "row {r}: {} top log-probabilities, at most {}",
+                row.top_logprobs,
+                backend_sampling::MAX_TOP_LOGPROBS
+            ));
+        }
+    }
+    if let Some(e) = history.iter().find(|e| e.token as usize >= vocab) {
+        return Err(format!("history token {} is outside the vocabulary of {vocab}", e.token));
+    }
+    Ok(())
 }
 
 impl From<CudaError> for BackendError {
@@ -195,4 +277,34 @@ pub fn cuda_backend(
         max_blocks_per_seq: max_tokens_per_seq.div_ceil(block_size),
     };
     Ok((CudaBackend::new(config, weights, layout, plan_limits, options)?, plan_limits))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_rows_that_point_outside_their_step_are_refused() {
+        let vocab = 70; // 3 mask words a row
+        let history = [HistoryEntry { token: 3, generated_count: 1, seen: false }; 4];
+        let masks = [u32::MAX; 6];
+        let row = |history_start, history_len, mask_row| RowSampling {
+            history_start,
+            history_len,
+            mask_row,
+            ..RowSampling::greedy()
+        };
+        let fine = [row(0, 2, Some(1)), row(2, 2, None), row(4, 0, Some(0))];
+        assert_eq!(check_sampling(&fine, &history, &masks, 3, vocab), Ok(()));
+        let refused = |rows: &[RowSampling], history: &[HistoryEntry], num_logits| {
+            check_sampling(rows, history, &masks, num_logits, vocab).unwrap_err()
+        };
+        assert!(refused(&fine, &history, 2).contains("3 sampling rows for 2"));
+        assert!(refused(&[row(3, 2, None)], &history, 1).contains("history 3..5"));
+        assert!(refused(&[row(0, 0, Some(2))], &history, 1).contains("mask row"));
+        let too_many = RowSampling { top_logprobs: backend_sampling::MAX_TOP_LOGPROBS + 1, ..RowSampling::greedy() };
+        assert!(refused(&[too_many], &history, 1).contains("top log-probabilities"));
+        let outside = [HistoryEntry { token: 70, generated_count: 1, seen: true }];
+        assert!(refused(&[row(0, 1, None)], &outside, 1).contains("outside the vocabulary"));
+    }
 }

@@ -475,7 +475,7 @@ pub fn decode_benchmark(
             for (s, table) in tables.iter().enumerate() {
                 plan.push_sequence(&[tokens[s]], position, table, true).map_err(|e| CudaError::Shape(e.to_string()))?;
             }
-            let out = backend.execute_and_sample(&plan, &rows, &[], &[])?;
+            let out = backend.execute_and_sample_rows(&plan, &rows, &[], &[])?;
             tokens.copy_from_slice(out.tokens);
             Ok(())
         };

@@ -119,7 +119,7 @@ impl GpuSampler {
         }
         gpu.launch(&sampling::sample(kernel, logits.slice(0, n * vocab), vocab, n, &b)?)?;
         gpu.copy_to_host(bytemuck::cast_slice_mut(&mut self.tokens[..n]), b.tokens_out)?;
-        let want_logprobs = rows.iter().any(|r| r.want_logprobs != 0);
+        let want_logprobs = rows.iter().any(|r| r.want_logprobs != 0 || r.top_logprobs != 0);
         if want_logprobs {
             gpu.copy_to_host(bytemuck::cast_slice_mut(&mut self.logprobs[..n]), b.logprobs_out)?;
             gpu.copy_to_host(bytemuck::cast_slice_mut(&mut self.top[..n * MAX_TOP_LOGPROBS]), b.top_out)?;

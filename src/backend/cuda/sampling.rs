@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use super::device::{DeviceArray, Dtype, Gpu, Kernel, Launch};
 use super::params::{PenaltyEntry, SampleParams, SampleRow, KILN_NONE, MAX_TOP_LOGPROBS};
 use super::CudaError;
+use crate::backend::sampling::{HistoryEntry, RowSampling};
 use crate::engine::sampler::SamplingParams;
 
 pub fn kernel(gpu: &Gpu) -> Result<Kernel, CudaError> {
@@ -23,20 +24,53 @@ pub fn sample_row(
     mask_row: Option<usize>,
     top_logprobs: Option<usize>,
 ) -> SampleRow {
-    SampleRow {
-        uniform,
+    SampleRow::from(&RowSampling {
         temperature: params.temperature,
+        top_k: params.top_k,
         top_p: params.top_p,
         min_p: params.min_p,
         repetition_penalty: params.repetition_penalty,
         presence_penalty: params.presence_penalty,
         frequency_penalty: params.frequency_penalty,
-        top_k: params.top_k.min(u32::MAX as usize) as u32,
-        penalty_start: penalty_start as u32,
-        penalty_count: penalty_count as u32,
-        mask_row: mask_row.map_or(KILN_NONE, |r| r as u32),
-        top_logprobs: top_logprobs.unwrap_or(0).min(MAX_TOP_LOGPROBS) as u32,
-        want_logprobs: top_logprobs.is_some() as u32,
+        uniform,
+        history_start: penalty_start,
+        history_len: penalty_count,
+        mask_row,
+        top_logprobs: top_logprobs.unwrap_or(0),
+        want_logprob: top_logprobs.is_some(),
+    })
+}
+
+/// A backend-level row (`Backend::execute_and_sample`) as the kernel reads it; the history
+/// range indexes the step's penalty entries, the mask row the step's mask.
+impl From<&RowSampling> for SampleRow {
+    fn from(row: &RowSampling) -> SampleRow {
+        SampleRow {
+            uniform: row.uniform,
+            temperature: row.temperature,
+            top_p: row.top_p,
+            min_p: row.min_p,
+            repetition_penalty: row.repetition_penalty,
+            presence_penalty: row.presence_penalty,
+            frequency_penalty: row.frequency_penalty,
+            top_k: row.top_k.min(u32::MAX as usize) as u32,
+            penalty_start: row.history_start as u32,
+            penalty_count: row.history_len as u32,
+            mask_row: row.mask_row.map_or(KILN_NONE, |r| r as u32),
+            top_logprobs: row.top_logprobs.min(MAX_TOP_LOGPROBS) as u32,
+            want_logprobs: row.want_logprob as u32,
+        }
+    }
+}
+
+impl From<&HistoryEntry> for PenaltyEntry {
+    fn from(entry: &HistoryEntry) -> PenaltyEntry {
+        PenaltyEntry {
+            token: entry.token,
+            generated_count: entry.generated_count,
+            seen: entry.seen as u32,
+            raw_logit: 0.0,
+        }
     }
 }
 
@@ -258,5 +292,59 @@ mod tests {
             }
         }
         assert_eq!(draws, cases.len() * 120);
+    }
+
+    #[test]
+    fn rows_exported_by_the_engine_convert_to_what_the_kernel_reads() {
+        // Sampler::device_row -> SampleRow / PenaltyEntry -> the kernel's algorithm picks the
+        // token Sampler::sample picks from the same state.
+        let seed = test_seed();
+        let vocab = 300;
+        let base = |temperature: f32| SamplingParams { temperature, ..SamplingParams::greedy() };
+        let cases = [
+            SamplingParams::greedy(),
+            SamplingParams { top_k: 20, top_p: 0.9, min_p: 0.02, ..base(0.8) },
+            SamplingParams { repetition_penalty: 1.3, presence_penalty: 0.4, frequency_penalty: 0.2, ..base(1.1) },
+            SamplingParams { repetition_penalty: 0.8, ..SamplingParams::greedy() },
+            SamplingParams { frequency_penalty: 0.7, ..base(0.6) },
+        ];
+        for (c, params) in cases.iter().enumerate() {
+            let params = SamplingParams { seed: Some(seed.wrapping_add(c as u64)), ..params.clone() };
+            let prompt: Vec<u32> = (0..12).map(|i| (i * 37 % vocab) as u32).collect();
+            let mut device = Sampler::new(params.clone(), &prompt);
+            let mut host = Sampler::new(params.clone(), &prompt);
+            let mut history = vec![HistoryEntry::default(); 2]; // earlier rows' entries
+            for step in 0..40 {
+                let logits: Vec<f32> = seeded_values(seed.wrapping_add(step * 31 + c as u64), vocab)
+                    .iter()
+                    .map(|v| (v * 12.0).round() / 4.0)
+                    .collect();
+                history.truncate(2);
+                let mut row = device.device_row(&mut history);
+                let masked = step % 3 == 1;
+                let mut masks = vec![0u32; crate::backend::sampling::mask_words(vocab)]; // row 0: another row's
+                if masked {
+                    row.mask_row = Some(crate::backend::sampling::push_mask_row(&mut masks, vocab, |t| t % 5 != 2));
+                }
+                row.top_logprobs = 3;
+                row.want_logprob = true;
+                let kernel_row = SampleRow::from(&row);
+                assert_eq!((kernel_row.penalty_start, kernel_row.penalty_count), (2, row.history_len as u32));
+                assert_eq!((kernel_row.top_logprobs, kernel_row.want_logprobs), (3, 1));
+                assert_eq!(kernel_row.mask_row, if masked { 1 } else { KILN_NONE });
+                let entries: Vec<PenaltyEntry> = history[row.history()].iter().map(PenaltyEntry::from).collect();
+                let mask = masked.then(|| &masks[masks.len() - crate::backend::sampling::mask_words(vocab)..]);
+                let got = sample_like_kernel(&mut logits.clone(), &kernel_row, &entries, mask);
+                let allowed = |t: u32| t % 5 != 2;
+                let expected = host.sample(&mut logits.clone(), if masked { Some(&allowed) } else { None });
+                assert_eq!(got, expected, "case {c} step {step} ({params:?}), seed {seed}");
+                device.accept(got);
+                host.accept(expected);
+            }
+        }
+        let entry = PenaltyEntry::from(&HistoryEntry { token: 7, generated_count: 2, seen: true });
+        assert_eq!(entry, PenaltyEntry { token: 7, generated_count: 2, seen: 1, raw_logit: 0.0 });
+        let too_many = SampleRow::from(&RowSampling { top_logprobs: 99, mask_row: Some(4), ..RowSampling::greedy() });
+        assert_eq!((too_many.top_logprobs, too_many.mask_row), (MAX_TOP_LOGPROBS as u32, 4));
     }
 }
