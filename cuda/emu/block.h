@@ -48,6 +48,8 @@ struct EmuThread {
     unsigned wgmma_groups_committed = 0;
     // Warp collectives this lane has entered (matches lanes' n-th collectives with each other).
     uint64_t collectives = 0;
+    // __syncthreads() this thread has passed (which of the block's two barrier sync tokens).
+    uint64_t barriers = 0;
 };
 
 // The kinds of warp-level rendezvous; lanes meeting at different kinds is divergence.
@@ -76,6 +78,9 @@ struct Block {
     std::vector<EmuThread> threads;
     std::vector<WarpState> warps;
     unsigned barrier_arrived = 0;
+    // ThreadSanitizer sync tokens of alternate barriers: a thread resumed late from barrier n
+    // must not acquire what a faster thread released on arriving at barrier n + 1.
+    char barrier_sync[2] = {0, 0};
     unsigned exited = 0;
     unsigned char* shared_window = nullptr;  // shared address 0
     size_t shared_window_bytes = 0;

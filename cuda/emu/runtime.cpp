@@ -257,15 +257,15 @@ void syncthreads() {
         fail_with("__syncthreads() reached after " + std::to_string(block.exited) +
                   " threads of the block exited (undefined on a GPU: some threads never arrive)");
     }
-    sync_release(&block.barrier_arrived);
+    const char* token = &block.barrier_sync[thread.barriers++ & 1];
+    sync_release(token);
     yield_blocked("__syncthreads()");
     if (++block.barrier_arrived == block.threads.size()) {
         block.barrier_arrived = 0;
         for (EmuThread& other : block.threads) other.state = EmuThread::State::Ready;
     }
-    (void)thread;
     switch_to_scheduler(false);
-    sync_acquire(&block.barrier_arrived);
+    sync_acquire(token);
 }
 
 CollectiveSlot& collective_enter(Collective kind, const char* name, uint32_t mask, uint64_t value,
@@ -438,6 +438,7 @@ static std::string run_block(const KernelInfo& kernel, const void* params, Dim3 
     for (unsigned i = 0; i < count; i++) {
         EmuThread& thread = block.threads[i];
         thread.linear = i;
+        thread.barriers = 0;
         thread.warp = i / WARP;
         thread.lane = i % WARP;
         thread.view.thread_idx = {i % block_dim.x, (i / block_dim.x) % block_dim.y, i / (block_dim.x * block_dim.y)};

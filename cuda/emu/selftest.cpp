@@ -83,6 +83,23 @@ extern "C" void emu_selftest_shared_bounds(const SelftestParams p) {
 }
 KILN_EMU_REGISTER(emu_selftest_shared_bounds, 128)
 
+// The sanitizer canaries (tools/emu-sanitizers): bugs only a sanitizer build reports. Thread 0
+// writes one element past the output; every thread adds to one shared word with no barrier.
+extern "C" void emu_canary_global_overflow(const SelftestParams p) {
+    if (threadIdx.x == 0) p.out[p.n] = 1.0f;
+}
+KILN_EMU_REGISTER(emu_canary_global_overflow, 128)
+
+extern "C" void emu_canary_shared_race(const SelftestParams p) {
+    KILN_SHARED(float, total, [1]);
+    if (threadIdx.x == 0) total[0] = 0.0f;
+    __syncthreads();
+    total[0] += 1.0f;
+    __syncthreads();
+    if (threadIdx.x == 0) p.out[0] = total[0];
+}
+KILN_EMU_REGISTER(emu_canary_shared_race, 128)
+
 }  // namespace selftest_kernels
 
 namespace {
@@ -177,4 +194,21 @@ extern "C" int kiln_emu_selftest(const char* scenario, char* message, size_t mes
     kiln_emu::set_schedule(kiln_emu::Schedule::Random, 1);
     snprintf(message, message_bytes, "%s", problem.c_str());
     return problem.empty() ? 1 : 0;
+}
+
+// Runs a sanitizer canary ("global_overflow" or "shared_race") on a heap buffer of exactly
+// `n` floats, as the driver allocates device memory. Under the matching sanitizer the process
+// stops with its report; otherwise the bug goes unnoticed and this returns 1 (0: no such canary).
+extern "C" int kiln_emu_sanitizer_canary(const char* which) {
+    const std::string name = std::string("emu_canary_") + which;
+    const kiln_emu::KernelInfo* kernel = kiln_emu::find_kernel(name.c_str());
+    if (!kernel) return 0;
+    const uint32_t n = 128;
+    float* out = new float[n];
+    float in[1] = {0.0f};
+    SelftestParams params{out, in, 1, n, 0};
+    const std::string error = kiln_emu::run_grid(*kernel, {1, 1, 1}, {128, 1, 1}, 0, &params);
+    delete[] out;
+    if (!error.empty()) fprintf(stderr, "canary %s: %s\n", which, error.c_str());
+    return 1;
 }
