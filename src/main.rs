@@ -63,6 +63,9 @@ enum Command {
         /// Seed for sampled decoding (same seed, same text).
         #[arg(long)]
         seed: Option<u64>,
+        /// Text that ends the answer and is not printed (repeatable), as the API's `stop`.
+        #[arg(long)]
+        stop: Vec<String>,
     },
 }
 
@@ -182,6 +185,7 @@ fn run(command: Command, backend: BackendChoice, original_weights: bool) -> anyh
             top_k,
             repetition_penalty,
             seed,
+            stop,
         } => {
             let checks = [
                 (temperature >= 0.0 && temperature.is_finite(), "--temperature must be 0 or more"),
@@ -200,6 +204,7 @@ fn run(command: Command, backend: BackendChoice, original_weights: bool) -> anyh
                 system,
                 max_tokens,
                 sampling,
+                stop,
                 backend,
                 original_weights,
             })

@@ -30,6 +30,10 @@ fn generate_prints_only_the_answer() {
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "The capital of France is Paris.\n");
     let out = kiln(&["generate", "--prompt", "The capital of France is", "--max-tokens", "5"]);
     assert_eq!(String::from_utf8(out.stdout).unwrap(), " Paris.\n\nThe\n");
+    // Stop strings end the text as they do in the API, and are not printed.
+    let out = kiln(&["generate", "--prompt", "The capital of France is", "--max-tokens", "5", "--stop", "."]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), " Paris\n");
     // The original quantized GGUF, run directly (issue 6), gives the same answer here.
     let out = kiln(&[
         "--original-weights",

@@ -3,9 +3,13 @@
 
 use kiln::backend::cpu::CpuBackend;
 use kiln::backend::{Backend, KvLayout};
-use kiln::engine::generate::{GenerationRequest, Generator};
+use std::sync::Arc;
+
+use kiln::engine::batch::run_batch;
+use kiln::engine::core::{Engine, EngineConfig};
 use kiln::engine::plan::{PlanLimits, StepPlan};
-use kiln::engine::sampler::SamplingParams;
+use kiln::engine::request::RequestParams;
+use kiln::engine::text::NoText;
 use kiln::model::random::{random_llama_weights, tiny_test_config};
 use kiln::model::safetensors_dir::WeightDtype;
 use kiln::ops::compare::{assert_close, Tolerance};
@@ -70,32 +74,36 @@ fn a_sequence_in_a_mixed_batch_gets_the_same_logits_as_alone() {
     assert_close(&logits[row * 256..(row + 1) * 256], &alone, Tolerance { atol: 1e-5, rtol: 1e-5 });
 }
 
+fn engine_config(max_batch_tokens: usize) -> EngineConfig {
+    EngineConfig {
+        max_batch_tokens,
+        max_seqs: 16,
+        max_prefill_chunk: max_batch_tokens,
+        max_waiting: 16,
+        prefix_caching: false,
+        host_sampling: false,
+    }
+}
+
 #[test]
 fn greedy_generation_is_unchanged_by_batching_and_chunked_prefill() {
-    let requests: Vec<GenerationRequest> = (0..6)
-        .map(|i| GenerationRequest {
-            prompt_ids: prompt(i, 3 + 5 * i as usize),
-            max_new_tokens: 12,
-            sampling: SamplingParams::greedy(),
-            stop_token_ids: vec![],
-        })
-        .collect();
+    let requests: Vec<(Vec<u32>, RequestParams)> =
+        (0..6).map(|i| (prompt(i, 3 + 5 * i as usize), RequestParams::greedy(12, vec![]))).collect();
     let config = tiny_test_config();
     let make = |max_batch_tokens| {
         let weights = random_llama_weights(&config, 11, WeightDtype::F16);
         let limits = PlanLimits { max_batch_tokens, max_seqs: 16, max_blocks_per_seq: 32 };
-        Generator::new(Box::new(CpuBackend::new(config.clone(), weights, LAYOUT, limits)), limits)
+        let backend = CpuBackend::new(config.clone(), weights, LAYOUT, limits);
+        Engine::new(Box::new(backend), Arc::new(NoText), engine_config(max_batch_tokens))
     };
     let alone: Vec<Vec<u32>> = requests
         .iter()
-        .map(|r| make(64).generate(std::slice::from_ref(r), |_, _| {}).unwrap().remove(0).token_ids)
+        .map(|r| run_batch(&mut make(64), std::slice::from_ref(r)).unwrap().remove(0).remove(0).token_ids)
         .collect();
     for max_batch_tokens in [64, 7] {
-        let mut streamed = vec![Vec::new(); requests.len()];
-        let together = make(max_batch_tokens).generate(&requests, |i, t| streamed[i].push(t)).unwrap();
+        let together = run_batch(&mut make(max_batch_tokens), &requests).unwrap();
         for (i, output) in together.iter().enumerate() {
-            assert_eq!(output.token_ids, alone[i], "request {i}, max_batch_tokens {max_batch_tokens}");
-            assert_eq!(streamed[i], alone[i], "streamed tokens of request {i}");
+            assert_eq!(output[0].token_ids, alone[i], "request {i}, max_batch_tokens {max_batch_tokens}");
         }
     }
 }
@@ -105,22 +113,16 @@ fn generation_errors_instead_of_panicking() {
     let config = tiny_test_config();
     let limits = PlanLimits { max_batch_tokens: 16, max_seqs: 4, max_blocks_per_seq: 32 };
     let weights = random_llama_weights(&config, 1, WeightDtype::F32);
-    let mut g = Generator::new(
-        Box::new(CpuBackend::new(config, weights, KvLayout { block_size: 4, num_blocks: 4 }, limits)),
-        limits,
-    );
-    let request = |len: usize, new: usize| GenerationRequest {
-        prompt_ids: vec![1; len],
-        max_new_tokens: new,
-        sampling: SamplingParams::greedy(),
-        stop_token_ids: vec![],
-    };
-    let err = g.generate(&[request(0, 4)], |_, _| {}).unwrap_err();
+    let backend = CpuBackend::new(config, weights, KvLayout { block_size: 4, num_blocks: 4 }, limits);
+    let mut engine = Engine::new(Box::new(backend), Arc::new(NoText), engine_config(16));
+    let request = |len: usize, new: usize| (vec![1; len], RequestParams::greedy(new, vec![]));
+    let err = run_batch(&mut engine, &[request(0, 4)]).unwrap_err();
     assert!(err.to_string().contains("empty"), "{err}");
-    let err = g.generate(&[request(500, 100)], |_, _| {}).unwrap_err();
-    assert!(err.to_string().contains("exceeds the context length of 512"), "{err}");
-    let err = g.generate(&[request(10, 10)], |_, _| {}).unwrap_err();
-    assert!(err.to_string().contains("KV cache holds 16 tokens"), "{err}");
+    // The context is the model's 512 positions, cut to what the KV cache holds (16 tokens).
+    let err = run_batch(&mut engine, &[request(500, 100)]).unwrap_err();
+    assert!(err.to_string().contains("exceeds the context length of 16"), "{err}");
+    let err = run_batch(&mut engine, &[request(10, 10)]).unwrap_err();
+    assert!(err.to_string().contains("exceeds the context length of 16"), "{err}");
     // Nothing leaked: a fitting request still runs.
-    assert_eq!(g.generate(&[request(8, 8)], |_, _| {}).unwrap()[0].token_ids.len(), 8);
+    assert_eq!(run_batch(&mut engine, &[request(8, 8)]).unwrap()[0][0].token_ids.len(), 8);
 }

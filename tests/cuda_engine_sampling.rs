@@ -13,6 +13,7 @@ use kiln::backend::cpu::CpuBackend;
 use kiln::backend::cuda::testing::cuda_for_test;
 use kiln::backend::cuda::{CudaBackend, CudaOptions, Dtype, WeightSource};
 use kiln::backend::{Backend, KvLayout};
+use kiln::engine::core::EngineConfig;
 use kiln::engine::json_mode::JsonObjectConstraint;
 use kiln::engine::metrics::EngineMetrics;
 use kiln::engine::plan::PlanLimits;
@@ -20,7 +21,7 @@ use kiln::engine::request::{
     ConstraintFactory, EngineEvent, EngineRequest, FinishReason, RequestParams, TokenConstraint, TokenLogprob,
 };
 use kiln::engine::sampler::SamplingParams;
-use kiln::engine::serving::{start_engine, EngineConfig, EngineHandle};
+use kiln::engine::serving::{start_engine, EngineHandle};
 use kiln::engine::text::NoText;
 use kiln::model::config::ModelConfig;
 use kiln::model::random::random_llama_weights;

@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use kiln::backend::cpu::CpuBackend;
 use kiln::backend::KvLayout;
-use kiln::engine::generate::{GenerationRequest, Generator};
+use kiln::engine::batch::run_batch;
+use kiln::engine::core::{Engine, EngineConfig};
 use kiln::engine::metrics::EngineMetrics;
 use kiln::engine::plan::PlanLimits;
 use kiln::engine::request::{EngineEvent, EngineRequest, RequestParams};
 use kiln::engine::sampler::SamplingParams;
-use kiln::engine::serving::{start_engine, EngineConfig, EngineHandle};
+use kiln::engine::serving::{start_engine, EngineHandle};
 use kiln::engine::text::NoText;
 use kiln::model::random::{random_llama_weights, tiny_test_config};
 use kiln::model::safetensors_dir::WeightDtype;
@@ -39,24 +40,26 @@ fn prompts(count: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// The sequence's tokens when it runs by itself on a fresh engine (stepped on this thread).
 fn alone(prompt: &[u32], sampling: SamplingParams) -> Vec<u32> {
-    let limits = PlanLimits { max_batch_tokens: 64, max_seqs: 16, max_blocks_per_seq: 128 };
-    let mut g = Generator::new(Box::new(backend(128)), limits);
-    let request =
-        GenerationRequest { prompt_ids: prompt.to_vec(), max_new_tokens: NEW_TOKENS, sampling, stop_token_ids: vec![] };
-    g.generate(&[request], |_, _| {}).unwrap().remove(0).token_ids
+    let mut engine = Engine::new(Box::new(backend(128)), Arc::new(NoText), config(8, true));
+    let params = RequestParams { sampling, ..RequestParams::greedy(NEW_TOKENS, vec![]) };
+    run_batch(&mut engine, &[(prompt.to_vec(), params)]).unwrap().remove(0).remove(0).token_ids
 }
 
-fn engine(num_blocks: usize, max_prefill_chunk: usize, prefix_caching: bool) -> EngineHandle {
-    let config = EngineConfig {
+fn config(max_prefill_chunk: usize, prefix_caching: bool) -> EngineConfig {
+    EngineConfig {
         max_batch_tokens: 64,
         max_seqs: 16,
         max_prefill_chunk,
         max_waiting: 64,
         prefix_caching,
         host_sampling: false,
-    };
-    start_engine(Box::new(backend(num_blocks)), Arc::new(NoText), config).0
+    }
+}
+
+fn engine(num_blocks: usize, max_prefill_chunk: usize, prefix_caching: bool) -> EngineHandle {
+    start_engine(Box::new(backend(num_blocks)), Arc::new(NoText), config(max_prefill_chunk, prefix_caching)).0
 }
 
 fn submit(engine: &EngineHandle, prompt: &[u32], params: RequestParams) -> mpsc::Receiver<EngineEvent> {

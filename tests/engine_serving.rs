@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use kiln::backend::cpu::CpuBackend;
 use kiln::backend::KvLayout;
-use kiln::engine::generate::{GenerationRequest, Generator};
+use kiln::engine::batch::run_batch;
+use kiln::engine::core::{Engine, EngineConfig, SubmitError};
 use kiln::engine::plan::PlanLimits;
 use kiln::engine::request::{EngineEvent, EngineRequest, EventSink, FinishReason, RequestParams};
 use kiln::engine::sampler::SamplingParams;
-use kiln::engine::serving::{start_engine, EngineConfig, EngineHandle, SubmitError};
+use kiln::engine::serving::{start_engine, EngineHandle};
 use kiln::engine::text::{StreamDecoder, TokenText};
 use kiln::model::random::{random_llama_weights, tiny_test_config};
 use kiln::model::safetensors_dir::WeightDtype;
@@ -41,16 +42,19 @@ fn backend(layout: KvLayout) -> CpuBackend {
     CpuBackend::new(config, weights, layout, PlanLimits { max_batch_tokens: 32, max_seqs: 8, max_blocks_per_seq: 128 })
 }
 
-fn engine(layout: KvLayout, max_waiting: usize) -> EngineHandle {
-    let config = EngineConfig {
+fn config(max_waiting: usize) -> EngineConfig {
+    EngineConfig {
         max_batch_tokens: 32,
         max_seqs: 8,
         max_prefill_chunk: 8,
         max_waiting,
         prefix_caching: true,
         host_sampling: false,
-    };
-    start_engine(Box::new(backend(layout)), Arc::new(Letters), config).0
+    }
+}
+
+fn engine(layout: KvLayout, max_waiting: usize) -> EngineHandle {
+    start_engine(Box::new(backend(layout)), Arc::new(Letters), config(max_waiting)).0
 }
 
 fn prompt(seed: u32, len: usize) -> Vec<u32> {
@@ -100,16 +104,10 @@ fn assert_idle(engine: &EngineHandle) {
 
 #[test]
 fn concurrent_requests_get_the_tokens_they_would_get_alone() {
+    // Each prompt by itself on a fresh engine stepped on this thread.
     let reference = |p: &Vec<u32>| {
-        let limits = PlanLimits { max_batch_tokens: 32, max_seqs: 8, max_blocks_per_seq: 128 };
-        let mut g = Generator::new(Box::new(backend(LAYOUT)), limits);
-        let r = GenerationRequest {
-            prompt_ids: p.clone(),
-            max_new_tokens: 10,
-            sampling: SamplingParams::greedy(),
-            stop_token_ids: vec![],
-        };
-        g.generate(&[r], |_, _| {}).unwrap().remove(0).token_ids
+        let mut alone = Engine::new(Box::new(backend(LAYOUT)), Arc::new(Letters), config(64));
+        run_batch(&mut alone, &[(p.clone(), RequestParams::greedy(10, vec![]))]).unwrap().remove(0).remove(0).token_ids
     };
     let engine = engine(LAYOUT, 64);
     let prompts: Vec<Vec<u32>> = (0..12).map(|i| prompt(i, 2 + 3 * i as usize)).collect();

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::backend::Backend;
+use crate::engine::core::EngineConfig;
 use crate::engine::request::{EngineEvent, EngineRequest, RequestParams};
-use crate::engine::serving::{start_engine, EngineConfig, EngineHandle};
+use crate::engine::serving::{start_engine, EngineHandle};
 use crate::engine::text::NoText;
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]

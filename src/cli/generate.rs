@@ -3,11 +3,15 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{mpsc, Arc};
 
 use anyhow::Context;
 
 use super::load::{load_model, BackendChoice, LoadLimits};
-use crate::engine::generate::{GenerationRequest, Generator};
+use super::serve::ServeArgs;
+use crate::engine::core::{Engine, EngineConfig};
+use crate::engine::request::{EngineEvent, EngineRequest, RequestParams};
 use crate::engine::sampler::SamplingParams;
 use crate::tokenizer::chat::ChatMessage;
 
@@ -18,14 +22,20 @@ pub struct GenerateArgs {
     pub system: Option<String>,
     pub max_tokens: usize,
     pub sampling: SamplingParams,
+    /// Text that ends the answer (not printed), as the API's `stop`.
+    pub stop: Vec<String>,
     pub backend: BackendChoice,
     pub original_weights: bool,
 }
 
+/// Runs the serving engine on this thread with one request: the same limits, KV policy, chunked
+/// prefill, stop handling and detokenizer as `kiln serve`, printing text as the engine releases it.
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let limits = LoadLimits { kv_memory_bytes: Some(512 << 20), max_batch_tokens: 512, max_seqs: 1 };
+    let serve = ServeArgs::default();
+    let limits =
+        LoadLimits { kv_memory_bytes: serve.kv_memory_bytes, max_batch_tokens: serve.max_batch_tokens, max_seqs: 1 };
     let loaded = load_model(args.model.as_deref(), limits, args.backend, args.original_weights)?;
-    let tokenizer = &loaded.tokenizer;
+    let tokenizer = Arc::new(loaded.tokenizer);
     let prompt_ids = if args.chat {
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
@@ -36,45 +46,57 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     } else {
         tokenizer.encode(&args.prompt, true).context("tokenizing the prompt")?
     };
-    let config = loaded.config.clone();
-    let room = config.max_position_embeddings.saturating_sub(prompt_ids.len());
-    let request = GenerationRequest {
+    tracing::debug!("prompt is {} tokens", prompt_ids.len());
+    let engine_config = EngineConfig {
+        max_batch_tokens: serve.max_batch_tokens,
+        max_seqs: 1,
+        max_prefill_chunk: serve.max_prefill_chunk,
+        max_waiting: 1,
+        prefix_caching: false,
+        host_sampling: serve.host_sampling,
+    };
+    let mut engine = Engine::new(loaded.backend, tokenizer.clone(), engine_config);
+    // As many new tokens as asked for and the context (and KV cache) has room for.
+    let room = engine.limits().max_sequence_tokens.saturating_sub(prompt_ids.len());
+    let params = RequestParams {
         max_new_tokens: args.max_tokens.min(room),
-        prompt_ids,
         sampling: args.sampling,
-        stop_token_ids: stop_ids(&config.eos_token_ids, tokenizer.eos_token_id()),
+        stop_strings: args.stop,
+        stop_token_ids: stop_ids(&loaded.config.eos_token_ids, tokenizer.eos_token_id()),
+        // A chat answer starts a new text; a raw prompt is continued, so its leading space stays.
+        continues_prompt: !args.chat,
+        ..RequestParams::greedy(0, Vec::new())
     };
-    tracing::debug!("prompt is {} tokens", request.prompt_ids.len());
-    // A chat answer starts a new text; a raw prompt is continued, so its leading space stays.
-    let mut decoder = if args.chat {
-        tokenizer.incremental_decoder()
-    } else {
-        crate::tokenizer::detok::IncrementalDecoder::continuing(tokenizer)
-    };
-    let mut generator = Generator::new(loaded.backend, loaded.plan_limits);
+    let (sender, events) = mpsc::channel();
+    let request =
+        EngineRequest { prompt_ids, params, sink: Box::new(sender), cancel: Arc::new(AtomicBool::new(false)) };
+    engine.submit(request).context("the prompt does not fit")?;
     let mut stdout = std::io::stdout().lock();
     let started = std::time::Instant::now();
-    let mut write_error = None;
-    let outputs = generator.generate(std::slice::from_ref(&request), |_, token| {
-        if write_error.is_none() {
-            if let Err(e) = stdout.write_all(decoder.push(token).as_bytes()).and_then(|_| stdout.flush()) {
-                write_error = Some(e);
+    loop {
+        engine.step();
+        for event in events.try_iter() {
+            match event {
+                EngineEvent::Token { text, .. } => {
+                    stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()).context("writing to stdout")?;
+                }
+                EngineEvent::Finished { text, reason, generated_tokens, .. } => {
+                    stdout.write_all(text.as_bytes()).context("writing to stdout")?;
+                    writeln!(stdout).context("writing to stdout")?;
+                    let seconds = started.elapsed().as_secs_f64();
+                    tracing::info!(
+                        "{generated_tokens} tokens in {seconds:.2}s ({:.1} tokens/s), finish reason {reason:?}",
+                        generated_tokens as f64 / seconds
+                    );
+                    return Ok(());
+                }
+                EngineEvent::Error { message } => anyhow::bail!("{message}"),
             }
         }
-    })?;
-    stdout.write_all(decoder.finish().as_bytes())?;
-    writeln!(stdout)?;
-    if let Some(e) = write_error {
-        return Err(e).context("writing to stdout");
+        if engine.is_idle() {
+            anyhow::bail!("the engine finished without ending the request");
+        }
     }
-    let generated = outputs[0].token_ids.len();
-    tracing::info!(
-        "{generated} tokens in {:.2}s ({:.1} tokens/s), finish reason {:?}",
-        started.elapsed().as_secs_f64(),
-        generated as f64 / started.elapsed().as_secs_f64(),
-        outputs[0].finish_reason
-    );
-    Ok(())
 }
 
 /// Every id that ends generation: the config's EOS ids and the tokenizer's EOS token.

@@ -11,7 +11,8 @@ use anyhow::Context;
 
 use super::generate::stop_ids;
 use super::load::{load_model, BackendChoice, LoadLimits};
-use crate::engine::serving::{start_engine, EngineConfig};
+use crate::engine::core::EngineConfig;
+use crate::engine::serving::start_engine;
 use crate::server::api::pricing::{Prices, DEFAULT_PRICES};
 use crate::server::app::{unix_now, App};
 use crate::server::http::{shutdown_on_signals, HttpConfig, Server};

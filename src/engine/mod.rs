@@ -1,7 +1,8 @@
 //! The engine: step plans, KV blocks, sampling, sequences and generation. Nothing here knows about
 //! HTTP; nothing here knows about kernels — backends execute the plans the engine builds.
 
-pub mod generate;
+pub mod batch;
+pub mod core;
 pub mod json_mode;
 pub mod kv_blocks;
 pub mod metrics;

@@ -1,70 +1,20 @@
-//! The engine loop: one thread that owns the backend and serves every request together. New
-//! requests join between steps (continuous batching); each step's tokens are sampled, on the
-//! host from the logits or by a backend that samples on its device, and go through the
-//! sequence's detokenizer and stop strings and out to the request's event sink.
+//! The engine on its own thread, for the server: requests arrive over a channel from any number
+//! of handles and join between steps; the thread sleeps while nothing is left to compute.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::Instant;
 
-use crate::backend::sampling::{self as backend_sampling, HistoryEntry, RowSampling, SampledRows};
-use crate::backend::{Backend, BackendError};
-use crate::ops::logits::log_softmax;
+use crate::backend::Backend;
 
-use super::kv_blocks::KvBlockAllocator;
+use super::core::{Engine, EngineConfig, EngineLimits, EngineSnapshot, SubmitError};
 use super::metrics::EngineMetrics;
-use super::plan::{PlanLimits, StepPlan};
-use super::request::{EngineEvent, EngineRequest, FinishReason, TokenConstraint, TokenLogprob};
-use super::sampler::Sampler;
-use super::scheduler::{Scheduled, Scheduler, SchedulerConfig, SeqId};
-use super::stop::StopMatcher;
-use super::text::{StreamDecoder, TokenText};
-
-#[derive(Debug, Clone, Copy)]
-pub struct EngineConfig {
-    pub max_batch_tokens: usize,
-    pub max_seqs: usize,
-    pub max_prefill_chunk: usize,
-    /// Requests allowed to wait for a place in the batch; beyond it, submit says `Overloaded`.
-    pub max_waiting: usize,
-    /// Reuse the KV blocks of repeated prompt prefixes.
-    pub prefix_caching: bool,
-    /// Sample every token on the host from logits read back, even when the backend samples on
-    /// its device (`Backend::samples_on_device`, the CUDA backend). For tests that compare the
-    /// two paths and for debugging a device sampler; false (the normal setting) lets the device
-    /// sample whenever it can.
-    pub host_sampling: bool,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SubmitError {
-    #[error("the server is overloaded: {0} requests are already waiting; retry later")]
-    Overloaded(usize),
-    #[error("prompt ({prompt} tokens) plus max_new_tokens ({new}) exceeds the context length of {context} tokens")]
-    ContextLengthExceeded { prompt: usize, new: usize, context: usize },
-    #[error("the prompt is empty")]
-    EmptyPrompt,
-    #[error("n = {n} completions exceed the {max} sequences a step can hold")]
-    TooManyChoices { n: usize, max: usize },
-    #[error("the engine has stopped")]
-    Stopped,
-}
+use super::request::EngineRequest;
+use super::text::TokenText;
 
 enum Command {
     Submit(EngineRequest),
     Snapshot(mpsc::Sender<EngineSnapshot>),
-}
-
-/// The engine's state between two steps, as seen from its own thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EngineSnapshot {
-    pub running_sequences: usize,
-    pub waiting_sequences: usize,
-    pub active_requests: usize,
-    pub kv_blocks_used: usize,
-    pub kv_blocks_total: usize,
 }
 
 /// The server's side of the engine: submit requests, read metrics. Cheap to clone.
@@ -72,37 +22,14 @@ pub struct EngineSnapshot {
 pub struct EngineHandle {
     sender: SyncSender<Command>,
     waiting: Arc<AtomicUsize>,
-    limits: Arc<EngineLimits>,
+    limits: EngineLimits,
     pub metrics: Arc<EngineMetrics>,
-}
-
-struct EngineLimits {
-    max_waiting: usize,
-    /// Longest sequence that can ever run: the context, and no more than the KV cache holds.
-    max_sequence_tokens: usize,
-    max_position_embeddings: usize,
-    max_seqs: usize,
 }
 
 impl EngineHandle {
     pub fn submit(&self, request: EngineRequest) -> Result<(), SubmitError> {
-        let prompt = request.prompt_ids.len();
-        let new = request.params.max_new_tokens;
-        if prompt == 0 {
-            return Err(SubmitError::EmptyPrompt);
-        }
-        if prompt + new > self.limits.max_sequence_tokens {
-            return Err(SubmitError::ContextLengthExceeded { prompt, new, context: self.limits.max_sequence_tokens });
-        }
-        if request.params.n > self.limits.max_seqs {
-            return Err(SubmitError::TooManyChoices { n: request.params.n, max: self.limits.max_seqs });
-        }
-        let waiting = self.waiting.fetch_add(1, Ordering::SeqCst);
-        if waiting >= self.limits.max_waiting {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            EngineMetrics::add(&self.metrics.requests_rejected, 1);
-            return Err(SubmitError::Overloaded(waiting));
-        }
+        self.limits.check(&request)?;
+        let waiting = self.limits.reserve_waiting(&self.waiting, &self.metrics)?;
         match self.sender.try_send(Command::Submit(request)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
@@ -144,486 +71,43 @@ pub fn start_engine(
     text: Arc<dyn TokenText>,
     config: EngineConfig,
 ) -> (EngineHandle, std::thread::JoinHandle<()>) {
-    let layout = backend.kv_layout();
-    let model_config = backend.config().clone();
-    let max_sequence_tokens = model_config.max_position_embeddings.min(layout.capacity_tokens());
-    let limits = PlanLimits {
-        max_batch_tokens: config.max_batch_tokens,
-        max_seqs: config.max_seqs,
-        max_blocks_per_seq: max_sequence_tokens.div_ceil(layout.block_size),
-    };
-    let metrics = Arc::new(EngineMetrics::default());
-    EngineMetrics::set(&metrics.kv_blocks_total, layout.num_blocks as u64);
+    let engine = Engine::new(backend, text, config);
     // Room for every waiting request plus a few control messages.
     let (sender, receiver) = mpsc::sync_channel(config.max_waiting.max(1) + 16);
-    let waiting = Arc::new(AtomicUsize::new(0));
     let handle = EngineHandle {
         sender,
-        waiting: waiting.clone(),
-        limits: Arc::new(EngineLimits {
-            max_waiting: config.max_waiting,
-            max_sequence_tokens,
-            max_position_embeddings: model_config.max_position_embeddings,
-            max_seqs: config.max_seqs,
-        }),
-        metrics: metrics.clone(),
-    };
-    let scheduler = Scheduler::new(
-        SchedulerConfig {
-            max_batch_tokens: config.max_batch_tokens,
-            max_seqs: config.max_seqs,
-            max_prefill_chunk: config.max_prefill_chunk,
-        },
-        {
-            let blocks = KvBlockAllocator::new(layout.num_blocks, layout.block_size);
-            if config.prefix_caching {
-                blocks
-            } else {
-                blocks.without_prefix_caching()
-            }
-        },
-    );
-    let vocab = model_config.vocab_size;
-    let device_sampling = backend.samples_on_device() && !config.host_sampling;
-    tracing::info!(
-        "engine: {} backend, sampling on the {}",
-        backend.name(),
-        if device_sampling { "device" } else { "host" }
-    );
-    let mut engine = EngineLoop {
-        backend,
-        text,
-        scheduler,
-        plan: StepPlan::new(limits, layout.block_size),
-        scheduled: Vec::with_capacity(config.max_seqs),
-        logits: vec![0.0; config.max_seqs * vocab],
-        logprobs: vec![0.0; vocab],
-        ranked: Vec::with_capacity(vocab),
-        vocab,
-        requests: HashMap::new(),
-        sequences: HashMap::new(),
-        pending_forks: HashMap::new(),
-        fork_row: vec![0.0; vocab],
-        device_sampling,
-        sample_rows: Vec::with_capacity(config.max_seqs),
-        sample_history: Vec::new(),
-        sample_masks: Vec::with_capacity(config.max_seqs * backend_sampling::mask_words(vocab)),
-        sampled: SampledRows::with_capacity(config.max_seqs),
-        next_id: 0,
-        waiting,
-        metrics,
+        waiting: engine.waiting_counter(),
+        limits: *engine.limits(),
+        metrics: engine.metrics().clone(),
     };
     let thread = std::thread::Builder::new()
         .name("kiln-engine".into())
-        .spawn(move || engine.run(receiver))
+        .spawn(move || run(engine, receiver))
         .expect("spawning the engine thread");
     (handle, thread)
 }
 
-type RequestId = u64;
-
-struct RequestState {
-    request: EngineRequest,
-    submitted: Instant,
-    started: bool,
-    open_choices: usize,
-}
-
-struct SequenceState {
-    request: RequestId,
-    choice: usize,
-    sampler: Sampler,
-    decoder: Box<dyn StreamDecoder>,
-    stop: StopMatcher,
-    constraint: Option<Box<dyn TokenConstraint>>,
-    generated: usize,
-    last_token_at: Option<Instant>,
-}
-
-struct EngineLoop {
-    backend: Box<dyn Backend>,
-    text: Arc<dyn TokenText>,
-    scheduler: Scheduler,
-    plan: StepPlan,
-    scheduled: Vec<Scheduled>,
-    logits: Vec<f32>,
-    logprobs: Vec<f32>,
-    /// (token, log-probability) scratch for picking the top ones, kept between tokens.
-    ranked: Vec<(u32, f32)>,
-    vocab: usize,
-    requests: HashMap<RequestId, RequestState>,
-    sequences: HashMap<SeqId, SequenceState>,
-    /// Choices still to fork from their first sibling once its prompt is computed.
-    pending_forks: HashMap<SeqId, Vec<SeqId>>,
-    fork_row: Vec<f32>,
-    /// The backend samples on its device and `host_sampling` is off.
-    device_sampling: bool,
-    /// A device-sampled step's rows (plan order), their history entries and mask rows, and what
-    /// the device chose; kept between steps.
-    sample_rows: Vec<RowSampling>,
-    sample_history: Vec<HistoryEntry>,
-    sample_masks: Vec<u32>,
-    sampled: SampledRows,
-    next_id: u64,
-    waiting: Arc<AtomicUsize>,
-    metrics: Arc<EngineMetrics>,
-}
-
-impl EngineLoop {
-    fn run(&mut self, receiver: Receiver<Command>) {
-        loop {
-            if self.scheduler.is_idle() {
-                // Nothing to compute: sleep until a request arrives or every handle is gone.
-                match receiver.recv() {
-                    Ok(command) => self.handle(command),
-                    Err(_) => return,
-                }
-            }
-            while let Ok(command) = receiver.try_recv() {
-                self.handle(command);
-            }
-            self.cancel_abandoned();
-            self.step();
-            self.publish_gauges();
-        }
-    }
-
-    fn handle(&mut self, command: Command) {
-        match command {
-            Command::Submit(request) => self.admit(request),
-            Command::Snapshot(reply) => {
-                let blocks = self.scheduler.blocks();
-                let _ = reply.send(EngineSnapshot {
-                    running_sequences: self.scheduler.num_running(),
-                    waiting_sequences: self.scheduler.num_waiting(),
-                    active_requests: self.requests.len(),
-                    kv_blocks_used: blocks.blocks_used(),
-                    kv_blocks_total: blocks.num_blocks(),
-                });
+fn run(mut engine: Engine, receiver: Receiver<Command>) {
+    loop {
+        if engine.is_idle() {
+            // Nothing to compute: sleep until a request arrives or every handle is gone.
+            match receiver.recv() {
+                Ok(command) => handle(&mut engine, command),
+                Err(_) => return,
             }
         }
-    }
-
-    fn admit(&mut self, request: EngineRequest) {
-        let request_id = self.next_id;
-        self.next_id += 1;
-        EngineMetrics::add(&self.metrics.requests_total, 1);
-        EngineMetrics::add(&self.metrics.prompt_tokens_total, request.prompt_ids.len() as u64);
-        let n = request.params.n.max(1);
-        // Choice 0 prefills the prompt; the others are forked from it when its logits arrive and
-        // share its KV blocks (copy-on-write), so the prompt is computed once.
-        let first_id = self.next_id;
-        for choice in 0..n {
-            let id = self.next_id;
-            self.next_id += 1;
-            let mut sampling = request.params.sampling.clone();
-            // Each choice draws its own stream, reproducibly from the request's seed.
-            sampling.seed = sampling.seed.map(|s| s.wrapping_add(choice as u64));
-            self.sequences.insert(
-                id,
-                SequenceState {
-                    request: request_id,
-                    choice,
-                    sampler: Sampler::new(sampling, &request.prompt_ids),
-                    decoder: self.text.stream_decoder(request.params.continues_prompt),
-                    stop: StopMatcher::new(request.params.stop_strings.clone()),
-                    constraint: request.params.constraint.as_ref().map(|make| make()),
-                    generated: 0,
-                    last_token_at: None,
-                },
-            );
+        while let Ok(command) = receiver.try_recv() {
+            handle(&mut engine, command);
         }
-        self.scheduler.add(first_id, request.prompt_ids.clone());
-        if n > 1 {
-            self.pending_forks.insert(first_id, (first_id + 1..first_id + n as u64).collect());
-        }
-        self.requests
-            .insert(request_id, RequestState { request, submitted: Instant::now(), started: false, open_choices: n });
-    }
-
-    /// Requests whose client has gone are finished before the next step computes anything.
-    fn cancel_abandoned(&mut self) {
-        let cancelled: Vec<RequestId> =
-            self.requests.iter().filter(|(_, r)| r.request.cancel.load(Ordering::Relaxed)).map(|(&id, _)| id).collect();
-        for id in cancelled {
-            self.cancel_request(id);
-        }
-    }
-
-    fn cancel_request(&mut self, request_id: RequestId) {
-        let ids: Vec<SeqId> =
-            self.sequences.iter().filter(|(_, s)| s.request == request_id).map(|(&id, _)| id).collect();
-        for id in ids {
-            self.finish(id, FinishReason::Cancelled);
-        }
-        EngineMetrics::add(&self.metrics.requests_cancelled, 1);
-    }
-
-    fn step(&mut self) {
-        self.scheduler.schedule(&mut self.plan, &mut self.scheduled);
-        if self.scheduled.is_empty() {
-            return;
-        }
-        for s in &self.scheduled {
-            let request = self.sequences.get(&s.id).map(|seq| seq.request);
-            if let Some(state) = request.and_then(|r| self.requests.get_mut(&r)) {
-                if !state.started {
-                    state.started = true;
-                    self.waiting.fetch_sub(1, Ordering::SeqCst);
-                    self.metrics.queue_time.observe(state.submitted.elapsed().as_secs_f64());
-                }
-            }
-        }
-        let started = Instant::now();
-        let on_device = self.device_sampling && self.prepare_device_rows();
-        let result = if on_device {
-            self.backend.execute_and_sample(
-                &self.plan,
-                &self.sample_rows,
-                &self.sample_history,
-                &self.sample_masks,
-                &mut self.sampled,
-            )
-        } else {
-            self.backend.execute(&self.plan, &mut self.logits)
-        };
-        if let Err(error) = result {
-            self.fail_step(error);
-            return;
-        }
-        self.metrics.step_time.observe(started.elapsed().as_secs_f64());
-        EngineMetrics::add(&self.metrics.steps_total, 1);
-        if on_device {
-            EngineMetrics::add(&self.metrics.device_sampled_steps_total, 1);
-        }
-        EngineMetrics::set(&self.metrics.last_step_tokens, self.plan.num_tokens() as u64);
-        self.scheduler.step_done(&self.scheduled);
-        let scheduled = std::mem::take(&mut self.scheduled);
-        for s in &scheduled {
-            if let Some(row) = s.logits_row {
-                if on_device {
-                    self.emit_device_token(s.id, row);
-                } else {
-                    self.sample_and_emit(s.id, row);
-                }
-            }
-        }
-        self.scheduled = scheduled;
-    }
-
-    /// A backend failure fails the requests in this step; the engine keeps serving others.
-    fn fail_step(&mut self, error: BackendError) {
-        let message = format!("the forward step failed: {error}");
-        let failed: Vec<RequestId> =
-            self.scheduled.iter().filter_map(|s| self.sequences.get(&s.id).map(|q| q.request)).collect();
-        for request_id in failed {
-            if let Some(state) = self.requests.get_mut(&request_id) {
-                state.request.sink.send(EngineEvent::Error { message: message.clone() });
-            }
-            self.cancel_request(request_id);
-        }
-    }
-
-    /// Fills this step's device sampling rows from the sequences' samplers (which take their
-    /// draws now, as they would on the host) and says whether the device can sample the step.
-    /// It cannot when a sequence forks its choices from this step's row (each child samples
-    /// its own first token from the same logits) or asks for more alternatives than a device
-    /// row reports: those steps read the logits back.
-    fn prepare_device_rows(&mut self) -> bool {
-        let host_only = self.scheduled.iter().filter(|s| s.logits_row.is_some()).any(|s| {
-            self.pending_forks.contains_key(&s.id)
-                || self.sequences.get(&s.id).and_then(|q| self.requests.get(&q.request)).is_some_and(|state| {
-                    state.request.params.top_logprobs.is_some_and(|k| k > backend_sampling::MAX_TOP_LOGPROBS)
-                })
-        });
-        if host_only {
-            return false;
-        }
-        let vocab = self.vocab;
-        self.sample_rows.clear();
-        self.sample_rows.resize(self.plan.num_logits(), RowSampling::greedy());
-        self.sample_history.clear();
-        self.sample_masks.clear();
-        for s in &self.scheduled {
-            let Some(row) = s.logits_row else { continue };
-            let Some(seq) = self.sequences.get_mut(&s.id) else { continue };
-            let Some(state) = self.requests.get(&seq.request) else { continue };
-            let mut sampling = seq.sampler.device_row(&mut self.sample_history);
-            if let Some(constraint) = &seq.constraint {
-                sampling.mask_row =
-                    Some(backend_sampling::push_mask_row(&mut self.sample_masks, vocab, |t| constraint.allows(t)));
-            }
-            if let Some(k) = state.request.params.top_logprobs {
-                sampling.top_logprobs = k;
-                sampling.want_logprob = true;
-            }
-            self.sample_rows[row] = sampling;
-        }
-        true
-    }
-
-    fn sample_and_emit(&mut self, id: SeqId, row: usize) {
-        let vocab = self.vocab;
-        if let Some(children) = self.pending_forks.remove(&id) {
-            for child in children {
-                // A child cancelled before the fork has no state left: nothing to start.
-                if self.sequences.contains_key(&child) && self.scheduler.fork(id, child) {
-                    self.fork_row.copy_from_slice(&self.logits[row * vocab..(row + 1) * vocab]);
-                    self.emit_host_token(child, None);
-                }
-            }
-        }
-        self.emit_host_token(id, Some(row));
-    }
-
-    /// Samples a sequence's next token on the host from step row `row` (or, for a fork's first
-    /// token, from `fork_row`), and emits it.
-    fn emit_host_token(&mut self, id: SeqId, row: Option<usize>) {
-        let vocab = self.vocab;
-        let Some(seq) = self.sequences.get_mut(&id) else { return };
-        let Some(state) = self.requests.get(&seq.request) else { return };
-        let logits = match row {
-            Some(row) => &mut self.logits[row * vocab..(row + 1) * vocab],
-            None => &mut self.fork_row[..],
-        };
-        // Log-probabilities are the model's own, before penalties and temperature.
-        let want_logprobs = state.request.params.top_logprobs;
-        if want_logprobs.is_some() {
-            log_softmax(logits, &mut self.logprobs);
-        }
-        let token = match &seq.constraint {
-            Some(constraint) => seq.sampler.sample(logits, Some(&|t| constraint.allows(t))),
-            None => seq.sampler.sample(logits, None),
-        };
-        let logprob = want_logprobs.map(|k| top_logprobs(&self.logprobs, token, k, &mut self.ranked));
-        self.emit_token(id, token, logprob);
-    }
-
-    /// Emits the token the device chose for a sequence from step row `row`.
-    fn emit_device_token(&mut self, id: SeqId, row: usize) {
-        let Some(seq) = self.sequences.get(&id) else { return };
-        let Some(state) = self.requests.get(&seq.request) else { return };
-        let token = self.sampled.token(row);
-        let logprob = state.request.params.top_logprobs.map(|_| TokenLogprob {
-            token_id: token,
-            logprob: self.sampled.logprob(row).expect("a row that asks for log-probabilities gets one"),
-            top: self.sampled.top(row).to_vec(),
-        });
-        self.emit_token(id, token, logprob);
-    }
-
-    /// Everything after the choice of a token, wherever it was sampled: stop tokens, the
-    /// sampler's and constraint's state, metrics, the text it releases, the end of the sequence.
-    fn emit_token(&mut self, id: SeqId, token: u32, logprob: Option<TokenLogprob>) {
-        let Some(seq) = self.sequences.get_mut(&id) else { return };
-        let Some(state) = self.requests.get_mut(&seq.request) else { return };
-        let params = &state.request.params;
-        let now = Instant::now();
-        match seq.last_token_at {
-            None => self.metrics.time_to_first_token.observe(state.submitted.elapsed().as_secs_f64()),
-            Some(last) => self.metrics.inter_token_latency.observe((now - last).as_secs_f64()),
-        }
-        seq.last_token_at = Some(now);
-        if params.stop_token_ids.contains(&token) && seq.constraint.is_none() {
-            self.finish(id, FinishReason::Stop);
-            return;
-        }
-        seq.sampler.accept(token);
-        if let Some(constraint) = seq.constraint.as_mut() {
-            constraint.accept(token);
-        }
-        seq.generated += 1;
-        EngineMetrics::add(&self.metrics.generated_tokens_total, 1);
-        let released = seq.stop.push(&seq.decoder.push(token));
-        let alive = state.request.sink.send(EngineEvent::Token {
-            choice: seq.choice,
-            token_id: token,
-            text: released.text,
-            logprob,
-        });
-        let constraint_done = seq.constraint.as_ref().is_some_and(|c| c.is_complete());
-        let length_done = seq.generated >= params.max_new_tokens;
-        self.scheduler.append_token(id, token);
-        if !alive {
-            let request = seq.request;
-            self.cancel_request(request);
-        } else if released.stopped || constraint_done {
-            self.finish(id, FinishReason::Stop);
-        } else if length_done {
-            self.finish(id, FinishReason::Length);
-        }
-    }
-
-    /// Ends one sequence: flushes its held text, tells the client, frees its KV blocks.
-    fn finish(&mut self, id: SeqId, reason: FinishReason) {
-        self.scheduler.remove(id);
-        self.pending_forks.remove(&id);
-        let Some(mut seq) = self.sequences.remove(&id) else { return };
-        let Some(state) = self.requests.get_mut(&seq.request) else { return };
-        let text = if reason == FinishReason::Cancelled {
-            String::new()
-        } else {
-            let tail = seq.decoder.finish();
-            let released = seq.stop.push(&tail);
-            if released.stopped {
-                released.text
-            } else {
-                released.text + &seq.stop.finish()
-            }
-        };
-        state.request.sink.send(EngineEvent::Finished {
-            choice: seq.choice,
-            reason,
-            text,
-            generated_tokens: seq.generated,
-        });
-        state.open_choices -= 1;
-        if state.open_choices == 0 {
-            let state = self.requests.remove(&seq.request).expect("state was just borrowed");
-            if !state.started {
-                self.waiting.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-    }
-
-    fn publish_gauges(&self) {
-        let m = &self.metrics;
-        EngineMetrics::set(&m.queue_depth, self.waiting.load(Ordering::SeqCst) as u64);
-        EngineMetrics::set(&m.running_sequences, self.scheduler.num_running() as u64);
-        EngineMetrics::set(&m.kv_blocks_used, self.scheduler.blocks().blocks_used() as u64);
-        EngineMetrics::set(&m.preemptions_total, self.scheduler.preemptions());
-        EngineMetrics::set(&m.prefix_cache_hit_tokens_total, self.scheduler.cached_prompt_tokens());
+        engine.step();
     }
 }
 
-/// The chosen token's log-probability and the `k` best alternatives.
-/// The chosen token's log-probability and the k most likely tokens' (`ranked` is scratch).
-fn top_logprobs(logprobs: &[f32], token: u32, k: usize, ranked: &mut Vec<(u32, f32)>) -> TokenLogprob {
-    let mut top: Vec<(u32, f32)> = Vec::new();
-    if k > 0 {
-        ranked.clear();
-        ranked.extend(logprobs.iter().enumerate().map(|(i, &l)| (i as u32, l)));
-        let k = k.min(ranked.len());
-        let by_logprob_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        ranked.select_nth_unstable_by(k - 1, by_logprob_desc);
-        top.extend_from_slice(&ranked[..k]);
-        top.sort_by(by_logprob_desc);
-    }
-    TokenLogprob { token_id: token, logprob: logprobs[token as usize], top }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::top_logprobs;
-
-    #[test]
-    fn top_logprobs_are_the_k_best_in_order_ties_by_token_id() {
-        let logprobs = [-3.0, -1.0, -2.0, -1.0, -5.0];
-        let mut ranked = vec![(7, 7.0); 2]; // stale scratch from an earlier token
-        let got = top_logprobs(&logprobs, 2, 3, &mut ranked);
-        assert_eq!((got.token_id, got.logprob), (2, -2.0));
-        assert_eq!(got.top, vec![(1, -1.0), (3, -1.0), (2, -2.0)]);
-        assert_eq!(top_logprobs(&logprobs, 4, 9, &mut ranked).top.len(), 5, "k beyond the vocabulary");
-        assert!(top_logprobs(&logprobs, 0, 0, &mut ranked).top.is_empty());
+fn handle(engine: &mut Engine, command: Command) {
+    match command {
+        Command::Submit(request) => engine.admit(request),
+        Command::Snapshot(reply) => {
+            let _ = reply.send(engine.snapshot());
+        }
     }
 }

@@ -1,10 +1,14 @@
 //! The golden greedy cases of the default model (tests/data/smollm2_greedy.json; tests/data/README.md
 //! says how they were made), shared by the tests that run them on different weight formats.
 
+use std::sync::Arc;
+
 use kiln::backend::Backend;
-use kiln::engine::generate::{FinishReason, GenerationRequest, Generator};
+use kiln::engine::batch::run_batch;
+use kiln::engine::core::{Engine, EngineConfig};
 use kiln::engine::plan::PlanLimits;
-use kiln::engine::sampler::SamplingParams;
+use kiln::engine::request::{FinishReason, RequestParams};
+use kiln::engine::text::NoText;
 use serde_json::Value;
 
 pub fn golden() -> Value {
@@ -22,17 +26,25 @@ pub fn assert_greedy_cases_match(backend: Box<dyn Backend>, plan_limits: PlanLim
     let golden = golden();
     let stop_ids = ids(&golden["stop_ids"]);
     let cases = golden["cases"].as_array().expect("a case list");
-    let requests: Vec<GenerationRequest> = cases
+    let requests: Vec<_> = cases
         .iter()
-        .map(|case| GenerationRequest {
-            prompt_ids: ids(&case["prompt_ids"]),
-            max_new_tokens: ids(&case["generated_ids"]).len(),
-            sampling: SamplingParams::greedy(),
-            stop_token_ids: stop_ids.clone(),
+        .map(|case| {
+            let params = RequestParams::greedy(ids(&case["generated_ids"]).len(), stop_ids.clone());
+            (ids(&case["prompt_ids"]), params)
         })
         .collect();
-    let mut generator = Generator::new(backend, plan_limits);
-    let outputs = generator.generate(&requests, |_, _| {}).expect("generation runs");
+    // The serving engine, stepped on this thread: the path every request of the server takes.
+    let config = EngineConfig {
+        max_batch_tokens: plan_limits.max_batch_tokens,
+        max_seqs: plan_limits.max_seqs,
+        max_prefill_chunk: plan_limits.max_batch_tokens,
+        max_waiting: requests.len(),
+        prefix_caching: true,
+        host_sampling: false,
+    };
+    let mut engine = Engine::new(backend, Arc::new(NoText), config);
+    let outputs: Vec<_> =
+        run_batch(&mut engine, &requests).expect("generation runs").into_iter().map(|mut c| c.remove(0)).collect();
     for (case, output) in cases.iter().zip(&outputs) {
         let mut expected = ids(&case["generated_ids"]);
         if case["ends_with_eos"].as_bool().expect("ends_with_eos is a bool") {

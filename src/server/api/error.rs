@@ -124,9 +124,9 @@ impl ApiError {
     }
 }
 
-impl From<crate::engine::serving::SubmitError> for ApiError {
-    fn from(error: crate::engine::serving::SubmitError) -> ApiError {
-        use crate::engine::serving::SubmitError;
+impl From<crate::engine::core::SubmitError> for ApiError {
+    fn from(error: crate::engine::core::SubmitError) -> ApiError {
+        use crate::engine::core::SubmitError;
         match error {
             SubmitError::Overloaded(_) => ApiError::overloaded(error.to_string()),
             SubmitError::ContextLengthExceeded { prompt, new, context } => {
@@ -156,7 +156,7 @@ mod tests {
 
     #[test]
     fn engine_refusals_map_to_statuses() {
-        use crate::engine::serving::SubmitError;
+        use crate::engine::core::SubmitError;
         assert_eq!(ApiError::from(SubmitError::Overloaded(5)).status, 429);
         let context = ApiError::from(SubmitError::ContextLengthExceeded { prompt: 10, new: 10, context: 16 });
         assert_eq!((context.status, context.code), (400, Some("context_length_exceeded")));
