@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use kiln::backend::cuda::bench::{self, KernelTiming};
 use kiln::backend::cuda::device::{Dtype, Gpu};
 use kiln::backend::cuda::gemm::GemmVariant;
-use kiln::engine::sampler::SamplingParams;
+use kiln::backend::sampling::RowSampling;
 use kiln::model::ModelConfig;
 
 #[derive(Parser)]
@@ -91,14 +91,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 timings.push(bench::bench_attention_decode(&gpu, &config, dtype, batch, context)?);
             }
             for rows in [1, 64] {
-                timings.push(bench::bench_sampling(
-                    &gpu,
-                    rows,
-                    config.vocab_size,
-                    &SamplingParams::greedy(),
-                    "greedy",
-                )?);
-                let top_p = SamplingParams { temperature: 0.8, top_p: 0.9, top_k: 50, ..SamplingParams::greedy() };
+                timings.push(bench::bench_sampling(&gpu, rows, config.vocab_size, &RowSampling::greedy(), "greedy")?);
+                let top_p =
+                    RowSampling { temperature: 0.8, top_p: 0.9, top_k: 50, uniform: 0.5, ..RowSampling::greedy() };
                 timings.push(bench::bench_sampling(&gpu, rows, config.vocab_size, &top_p, "top_k_top_p")?);
             }
             for t in &timings {

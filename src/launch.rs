@@ -4,14 +4,10 @@
 use std::path::Path;
 
 use crate::backend::cpu::{CpuBackend, CpuKvCache};
-use crate::backend::KvLayout;
-use crate::engine::plan::PlanLimits;
+use crate::backend::plan::PlanLimits;
+use crate::backend::{KvLayout, KV_BLOCK_SIZE};
 use crate::model::weights::LlamaWeights;
 use crate::model::{ModelConfig, ModelError};
-
-/// Tokens per KV block: small enough that little is wasted at the end of a sequence, large
-/// enough that block tables stay short.
-pub const KV_BLOCK_SIZE: usize = 16;
 
 #[derive(Debug, Clone, Copy)]
 pub struct CpuLimits {

@@ -5,9 +5,9 @@ use kiln::backend::cpu::CpuBackend;
 use kiln::backend::{Backend, KvLayout};
 use std::sync::Arc;
 
+use kiln::backend::plan::{PlanLimits, StepPlan};
 use kiln::engine::batch::run_batch;
 use kiln::engine::core::{Engine, EngineConfig};
-use kiln::engine::plan::{PlanLimits, StepPlan};
 use kiln::engine::request::RequestParams;
 use kiln::engine::text::NoText;
 use kiln::model::random::{random_llama_weights, tiny_test_config};

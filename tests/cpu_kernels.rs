@@ -398,8 +398,8 @@ fn elementwise_ops_match_the_reference() {
 #[test]
 fn forward_logits_are_the_same_bits_in_any_batch_or_chunking() {
     use kiln::backend::cpu::CpuBackend;
+    use kiln::backend::plan::{PlanLimits, StepPlan};
     use kiln::backend::{Backend, KvLayout};
-    use kiln::engine::plan::{PlanLimits, StepPlan};
     use kiln::model::random::{random_llama_weights, random_llama_weights_quantized};
     use kiln::model::safetensors_dir::WeightDtype;
     use kiln::model::ModelConfig;

@@ -5,17 +5,19 @@
 //! Skips with a message where there is no GPU.
 #![cfg(feature = "cuda")]
 
+mod sampling_support;
+
 use kiln::backend::cpu::CpuBackend;
 use kiln::backend::cuda::backend::WeightSource;
-use kiln::backend::cuda::sampling;
 use kiln::backend::cuda::testing::cuda_for_test;
 use kiln::backend::cuda::{CudaBackend, CudaOptions, Dtype};
+use kiln::backend::plan::{PlanLimits, StepPlan};
 use kiln::backend::{Backend, KvLayout};
-use kiln::engine::plan::{PlanLimits, StepPlan};
 use kiln::engine::sampler::{argmax, SamplingParams};
 use kiln::model::config::ModelConfig;
 use kiln::model::random::random_llama_weights;
 use kiln::model::safetensors_dir::WeightDtype;
+use sampling_support::sample_row;
 
 const LAYOUT: KvLayout = KvLayout { block_size: 16, num_blocks: 64 };
 const LIMITS: PlanLimits = PlanLimits { max_batch_tokens: 128, max_seqs: 8, max_blocks_per_seq: 16 };
@@ -222,8 +224,7 @@ fn gpu_greedy_sampling_returns_the_argmax() {
     for plan in plans() {
         let mut logits = vec![f32::NAN; plan.num_logits() * 1000];
         gpu.execute(&plan, &mut logits).unwrap();
-        let rows: Vec<_> =
-            (0..plan.num_logits()).map(|_| sampling::sample_row(&greedy, 0.0, 0, 0, None, None)).collect();
+        let rows: Vec<_> = (0..plan.num_logits()).map(|_| sample_row(&greedy, 0.0, 0, 0, None, None)).collect();
         let tokens = gpu.execute_and_sample_rows(&plan, &rows, &[], &[]).unwrap().tokens.to_vec();
         let expected: Vec<u32> = logits.chunks(1000).map(argmax).collect();
         assert_eq!(tokens, expected);

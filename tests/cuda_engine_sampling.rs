@@ -12,11 +12,11 @@ use std::sync::Arc;
 use kiln::backend::cpu::CpuBackend;
 use kiln::backend::cuda::testing::cuda_for_test;
 use kiln::backend::cuda::{CudaBackend, CudaOptions, Dtype, WeightSource};
+use kiln::backend::plan::PlanLimits;
 use kiln::backend::{Backend, KvLayout};
 use kiln::engine::core::EngineConfig;
 use kiln::engine::json_mode::JsonObjectConstraint;
 use kiln::engine::metrics::EngineMetrics;
-use kiln::engine::plan::PlanLimits;
 use kiln::engine::request::{
     ConstraintFactory, EngineEvent, EngineRequest, FinishReason, RequestParams, TokenConstraint, TokenLogprob,
 };

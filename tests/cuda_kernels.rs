@@ -6,6 +6,8 @@
 //! gives other results).
 #![cfg(feature = "cuda")]
 
+mod sampling_support;
+
 use half::{bf16, f16};
 use kiln::backend::cuda::attention::{self, HEAD_DIMS};
 use kiln::backend::cuda::device::{DeviceArray, Dtype, Gpu};
@@ -21,6 +23,7 @@ use kiln::model::config::ModelConfig;
 use kiln::model::weights::WeightMatrix;
 use kiln::ops::attention::{attention as attention_ref, AttentionShape};
 use kiln::ops::compare::{assert_close, seeded_values, test_seed, Tolerance};
+use sampling_support::{penalty_entries, sample_row};
 
 const DTYPES: [Dtype; 2] = [Dtype::F16, Dtype::Bf16];
 
@@ -572,13 +575,13 @@ fn sampling_matches_the_cpu_sampler() {
             let generated: Vec<u32> = (0..8).map(|i| ((row_seed as usize / 3 + i * 13 % 5) % vocab) as u32).collect();
             // Every third row is masked to the tokens with an even id.
             let masked = r % 3 == 2;
-            let entries = sampling::penalty_entries(&params, &prompt, &generated);
+            let entries = penalty_entries(&params, &prompt, &generated);
             let mask_row = masked.then(|| {
                 mask.extend((0..vocab.div_ceil(32)).map(|_| 0x5555_5555u32));
                 mask.len() / vocab.div_ceil(32) - 1
             });
             let uniform = if params.is_greedy() { 0.0 } else { Rng::seeded(row_seed).next_f64() };
-            rows.push(sampling::sample_row(&params, uniform, penalties.len(), entries.len(), mask_row, Some(5)));
+            rows.push(sample_row(&params, uniform, penalties.len(), entries.len(), mask_row, Some(5)));
             penalties.extend(entries);
 
             let mut sampler = Sampler::new(params.clone(), &prompt);
@@ -678,9 +681,9 @@ fn sampling_top_logprobs_are_the_raw_logits_under_every_schedule() {
     }
     let params = SamplingParams { repetition_penalty: 1.3, ..SamplingParams::greedy() };
     let prompt: Vec<u32> = (100..140).collect();
-    let entries = sampling::penalty_entries(&params, &prompt, &[]);
+    let entries = penalty_entries(&params, &prompt, &[]);
     assert_eq!(entries[35].token, 135, "history entries are in token order");
-    let row = sampling::sample_row(&params, 0.0, 0, entries.len(), None, Some(5));
+    let row = sample_row(&params, 0.0, 0, entries.len(), None, Some(5));
     let mut lp = vec![0.0; vocab];
     kiln::ops::logits::log_softmax(&logits, &mut lp);
     for schedule in schedules() {
@@ -716,7 +719,7 @@ fn sampling_top_logprobs_break_ties_of_equal_logprobs_by_token_id() {
     let mut lp = vec![0.0; vocab];
     kiln::ops::logits::log_softmax(&logits, &mut lp);
     assert!(logits[5] < logits[6] && lp[5] == lp[6], "the case needs equal log-probabilities of unequal logits");
-    let row = sampling::sample_row(&SamplingParams::greedy(), 0.0, 0, 0, None, Some(3));
+    let row = sample_row(&SamplingParams::greedy(), 0.0, 0, 0, None, Some(3));
     let (tokens, _, top) = run_sampling(&gpu, &kernel, &logits, vocab, &[row], &[], &[]);
     assert_eq!(tokens[0], 0);
     let ranked: Vec<u32> = top[..3].iter().map(|alt| alt.token).collect();

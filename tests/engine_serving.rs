@@ -6,10 +6,10 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use kiln::backend::cpu::CpuBackend;
+use kiln::backend::plan::PlanLimits;
 use kiln::backend::KvLayout;
 use kiln::engine::batch::run_batch;
 use kiln::engine::core::{Engine, EngineConfig, SubmitError};
-use kiln::engine::plan::PlanLimits;
 use kiln::engine::request::{EngineEvent, EngineRequest, EventSink, FinishReason, RequestParams};
 use kiln::engine::sampler::SamplingParams;
 use kiln::engine::serving::{start_engine, EngineHandle};

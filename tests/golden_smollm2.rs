@@ -5,8 +5,8 @@
 mod golden_support;
 
 use golden_support::{assert_greedy_cases_match, golden, ids};
+use kiln::backend::plan::StepPlan;
 use kiln::backend::Backend;
-use kiln::engine::plan::StepPlan;
 use kiln::launch::{load_cpu_backend, CpuLimits};
 
 fn model_dir() -> std::path::PathBuf {

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use half::{bf16, f16};
 use kiln::backend::cpu::CpuBackend;
+use kiln::backend::plan::{PlanLimits, StepPlan};
 use kiln::backend::{Backend, KvLayout};
-use kiln::engine::plan::{PlanLimits, StepPlan};
 use kiln::model::weights::LlamaWeights;
 use kiln::model::{ModelConfig, ModelError};
 use kiln::ops::compare::{assert_close, seeded_values, Tolerance};

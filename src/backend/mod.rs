@@ -4,9 +4,10 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod plan;
 pub mod sampling;
 
-use crate::engine::plan::StepPlan;
+use crate::backend::plan::StepPlan;
 use crate::model::ModelConfig;
 use sampling::{HistoryEntry, RowSampling, SampledRows};
 
@@ -23,6 +24,10 @@ pub enum BackendError {
     #[error("the {backend} backend does not sample on its device")]
     NoDeviceSampling { backend: &'static str },
 }
+
+/// Tokens per KV block: small enough that little is wasted at the end of a sequence, large
+/// enough that block tables stay short.
+pub const KV_BLOCK_SIZE: usize = 16;
 
 /// How the backend's KV memory is divided; fixed at start-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 
+use crate::backend::plan::{PlanLimits, StepPlan};
 use crate::backend::Backend;
-use crate::engine::plan::{PlanLimits, StepPlan};
 use crate::launch::{cpu_backend, load_cpu_backend, load_cpu_backend_from_gguf, CpuLimits};
 use crate::model::packed_quant::PackedQuant;
 use crate::model::random::{random_llama_weights, random_llama_weights_quantized};
@@ -130,7 +130,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Option<BenchReport>> {
     let sequences = args.concurrency.unwrap_or(1).max(1);
     let limits = CpuLimits {
         kv_memory_bytes: usize::MAX,
-        kv_max_tokens: Some(sequences * context.next_multiple_of(crate::launch::KV_BLOCK_SIZE)),
+        kv_max_tokens: Some(sequences * context.next_multiple_of(crate::backend::KV_BLOCK_SIZE)),
         max_batch_tokens: args.prompt_tokens.max(16),
         max_seqs: sequences,
     };

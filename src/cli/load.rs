@@ -7,8 +7,8 @@ use std::time::Instant;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::backend::plan::PlanLimits;
 use crate::backend::Backend;
-use crate::engine::plan::PlanLimits;
 use crate::launch::{cpu_backend, CpuLimits};
 use crate::model::weights::LlamaWeights;
 use crate::model::ModelConfig;

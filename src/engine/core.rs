@@ -16,12 +16,12 @@ use crate::ops::logits::log_softmax;
 
 use super::kv_blocks::KvBlockAllocator;
 use super::metrics::EngineMetrics;
-use super::plan::{PlanLimits, StepPlan};
 use super::request::{EngineEvent, EngineRequest, FinishReason, TokenConstraint, TokenLogprob};
 use super::sampler::Sampler;
 use super::scheduler::{Scheduled, Scheduler, SchedulerConfig, SeqId};
 use super::stop::StopMatcher;
 use super::text::{StreamDecoder, TokenText};
+use crate::backend::plan::{PlanLimits, StepPlan};
 
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {

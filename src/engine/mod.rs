@@ -6,7 +6,6 @@ pub mod core;
 pub mod json_mode;
 pub mod kv_blocks;
 pub mod metrics;
-pub mod plan;
 pub mod request;
 pub mod rng;
 pub mod sampler;

@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 
 use super::kv_blocks::{BlockKey, KvBlockAllocator, ROOT_HASH};
-use super::plan::StepPlan;
+use crate::backend::plan::StepPlan;
 
 pub type SeqId = u64;
 
@@ -344,7 +344,7 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::plan::PlanLimits;
+    use crate::backend::plan::PlanLimits;
 
     fn setup(num_blocks: usize, max_batch_tokens: usize, max_prefill_chunk: usize) -> (Scheduler, StepPlan) {
         let config = SchedulerConfig { max_batch_tokens, max_seqs: 8, max_prefill_chunk };

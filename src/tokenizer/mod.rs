@@ -10,7 +10,6 @@ pub mod detok;
 mod error;
 mod pyjinja;
 mod special;
-mod stream;
 mod tojson;
 mod token_bytes;
 

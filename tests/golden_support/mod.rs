@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
+use kiln::backend::plan::PlanLimits;
 use kiln::backend::Backend;
 use kiln::engine::batch::run_batch;
 use kiln::engine::core::{Engine, EngineConfig};
-use kiln::engine::plan::PlanLimits;
 use kiln::engine::request::{FinishReason, RequestParams};
 use kiln::engine::text::NoText;
 use serde_json::Value;

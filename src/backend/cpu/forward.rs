@@ -5,7 +5,7 @@ use super::kernels::attention::{self, AttentionRun};
 use super::kernels::{elementwise, matmul, Isa};
 use super::kv_cache::CpuKvCache;
 use super::workspace::Workspace;
-use crate::engine::plan::StepPlan;
+use crate::backend::plan::StepPlan;
 use crate::model::weights::LlamaWeights;
 use crate::model::ModelConfig;
 use crate::ops::attention::AttentionShape;

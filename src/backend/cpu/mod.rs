@@ -9,7 +9,7 @@ mod workspace;
 
 pub use kv_cache::CpuKvCache;
 
-use crate::engine::plan::{PlanLimits, StepPlan};
+use crate::backend::plan::{PlanLimits, StepPlan};
 use crate::model::weights::LlamaWeights;
 use crate::model::ModelConfig;
 

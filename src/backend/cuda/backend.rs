@@ -8,9 +8,9 @@ use super::params::{self, PenaltyEntry, SampleRow};
 use super::sampler::SampleOutput;
 use super::weights::DeviceWeights;
 use super::CudaError;
+use crate::backend::plan::{PlanLimits, StepPlan};
 use crate::backend::sampling::{self as backend_sampling, HistoryEntry, RowSampling, SampledRows};
 use crate::backend::{Backend, BackendError, KvLayout};
-use crate::engine::plan::{PlanLimits, StepPlan};
 use crate::model::safetensors_dir::WeightDtype;
 use crate::model::weights::LlamaWeights;
 use crate::model::ModelConfig;
@@ -253,7 +253,7 @@ pub fn cuda_backend(
     limits: CudaLimits,
     options: CudaOptions,
 ) -> Result<(CudaBackend, PlanLimits), CudaError> {
-    let block_size = crate::launch::KV_BLOCK_SIZE;
+    let block_size = crate::backend::KV_BLOCK_SIZE;
     let kv_token_bytes = 2 * config.num_layers * config.kv_dim() * options.dtype.size_bytes();
     let kv_tokens = match limits.kv_tokens {
         Some(tokens) => tokens,

@@ -12,9 +12,9 @@ use super::random::fill_random;
 use super::rope::{DevicePlan, KvGeometry};
 use super::sampling;
 use super::CudaError;
+use crate::backend::plan::{PlanLimits, StepPlan};
+use crate::backend::sampling::RowSampling;
 use crate::backend::KvLayout;
-use crate::engine::plan::{PlanLimits, StepPlan};
-use crate::engine::sampler::SamplingParams;
 use crate::model::ModelConfig;
 
 /// One kernel measurement.
@@ -376,11 +376,11 @@ pub fn bench_sampling(
     gpu: &Gpu,
     rows: usize,
     vocab: usize,
-    params: &SamplingParams,
+    params: &RowSampling,
     label: &str,
 ) -> Result<KernelTiming, CudaError> {
     let logits = random_buffer(gpu, Dtype::F32, rows * vocab, 5)?;
-    let row: Vec<SampleRow> = (0..rows).map(|_| sampling::sample_row(params, 0.5, 0, 0, None, None)).collect();
+    let row: Vec<SampleRow> = (0..rows).map(|_| SampleRow::from(params)).collect();
     let row_bytes = gpu.upload_bytes(Dtype::U8, rows * std::mem::size_of::<SampleRow>(), bytemuck::cast_slice(&row))?;
     let out = gpu.alloc(Dtype::U32, rows * 2 + rows * 40)?;
     let weights = gpu.alloc(Dtype::F64, rows * vocab)?;
@@ -449,7 +449,7 @@ pub fn decode_benchmark(
     copy_gbs: f64,
 ) -> Result<Vec<DecodeResult>, CudaError> {
     let max_batch = batches.iter().copied().max().unwrap_or(1);
-    let block_size = crate::launch::KV_BLOCK_SIZE;
+    let block_size = crate::backend::KV_BLOCK_SIZE;
     let blocks_per_seq = (context + steps + 4).div_ceil(block_size);
     let layout = KvLayout { block_size, num_blocks: max_batch * blocks_per_seq };
     let limits =
@@ -462,11 +462,11 @@ pub fn decode_benchmark(
         CudaOptions { dtype, graphs: true },
     )?;
     let floor_ms = super::weights::DeviceWeights::streamed_bytes(config, dtype) as f64 / copy_gbs / 1e6;
-    let greedy = SamplingParams::greedy();
+    let greedy = SampleRow::from(&RowSampling::greedy());
     let mut results = Vec::new();
     let mut plan = StepPlan::new(limits, block_size);
     for &batch in batches {
-        let rows: Vec<SampleRow> = (0..batch).map(|_| sampling::sample_row(&greedy, 0.0, 0, 0, None, None)).collect();
+        let rows: Vec<SampleRow> = vec![greedy; batch];
         let tables: Vec<Vec<u32>> =
             (0..batch).map(|s| ((s * blocks_per_seq) as u32..((s + 1) * blocks_per_seq) as u32).collect()).collect();
         let mut tokens: Vec<u32> = vec![1; batch];
@@ -526,7 +526,7 @@ pub fn prefill_benchmark(
     lengths: &[usize],
 ) -> Result<Vec<PrefillResult>, CudaError> {
     let max_len = lengths.iter().copied().max().unwrap_or(1);
-    let block_size = crate::launch::KV_BLOCK_SIZE;
+    let block_size = crate::backend::KV_BLOCK_SIZE;
     let blocks_per_seq = max_len.div_ceil(block_size);
     let layout = KvLayout { block_size, num_blocks: blocks_per_seq };
     let limits = PlanLimits { max_batch_tokens: max_len, max_seqs: 1, max_blocks_per_seq: blocks_per_seq };

@@ -21,8 +21,8 @@ use super::sampler::{GpuSampler, SampleOutput};
 use super::sampling;
 use super::weights::DeviceWeights;
 use super::CudaError;
+use crate::backend::plan::{PlanLimits, StepPlan};
 use crate::backend::KvLayout;
-use crate::engine::plan::{PlanLimits, StepPlan};
 use crate::model::ModelConfig;
 
 /// Every kernel a forward step uses, resolved once.

@@ -1,0 +1,57 @@
+//! Kernel sampling rows and penalty entries from the engine's `SamplingParams`, for the tests
+//! that compare the CUDA sampling kernel (or a sequential model of it) with the CPU sampler.
+#![allow(dead_code)] // each test file uses what it needs
+
+use std::collections::BTreeMap;
+
+use kiln::backend::cuda::params::{PenaltyEntry, SampleRow};
+use kiln::backend::sampling::RowSampling;
+use kiln::engine::sampler::SamplingParams;
+
+/// The flattened settings of one row. `uniform` is the row's draw from its sequence's seeded
+/// generator (`Rng::next_f64`), taken only when the row is not greedy, as the CPU sampler does.
+pub fn sample_row(
+    params: &SamplingParams,
+    uniform: f64,
+    penalty_start: usize,
+    penalty_count: usize,
+    mask_row: Option<usize>,
+    top_logprobs: Option<usize>,
+) -> SampleRow {
+    SampleRow::from(&RowSampling {
+        temperature: params.temperature,
+        top_k: params.top_k,
+        top_p: params.top_p,
+        min_p: params.min_p,
+        repetition_penalty: params.repetition_penalty,
+        presence_penalty: params.presence_penalty,
+        frequency_penalty: params.frequency_penalty,
+        uniform,
+        history_start: penalty_start,
+        history_len: penalty_count,
+        mask_row,
+        top_logprobs: top_logprobs.unwrap_or(0),
+        want_logprob: top_logprobs.is_some(),
+    })
+}
+
+/// One entry per distinct token of the history, as the CPU sampler counts it: generated tokens
+/// get their count (presence / frequency penalties); with a repetition penalty, prompt and
+/// generated tokens are marked seen.
+pub fn penalty_entries(params: &SamplingParams, prompt: &[u32], generated: &[u32]) -> Vec<PenaltyEntry> {
+    let mut entries: BTreeMap<u32, PenaltyEntry> = BTreeMap::new();
+    let repetition = params.repetition_penalty != 1.0;
+    for &token in prompt {
+        if repetition {
+            entries.entry(token).or_insert(PenaltyEntry { token, ..PenaltyEntry::default() }).seen = 1;
+        }
+    }
+    for &token in generated {
+        let e = entries.entry(token).or_insert(PenaltyEntry { token, ..PenaltyEntry::default() });
+        e.generated_count += 1;
+        if repetition {
+            e.seen = 1;
+        }
+    }
+    entries.into_values().collect()
+}
