@@ -3,6 +3,7 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use super::api::error::ApiError;
 use super::api::pricing::Prices;
 use super::metrics::ServerMetrics;
 use super::webhook::WebhookPolicy;
@@ -27,6 +28,16 @@ pub struct App {
     pub metrics: ServerMetrics,
     /// Unix time of start-up, reported as the model's `created`.
     pub started_unix: u64,
+}
+
+impl App {
+    /// Checks a request's `model` (absent: the served one) against the served model.
+    pub fn check_model(&self, requested: Option<&str>) -> Result<(), ApiError> {
+        match requested {
+            Some(name) if name != self.model_name => Err(ApiError::model_not_found(name, &self.model_name)),
+            _ => Ok(()),
+        }
+    }
 }
 
 pub fn unix_now() -> u64 {

@@ -11,7 +11,7 @@ use super::app::App;
 use super::http::{Responder, WaitError};
 use crate::engine::json_mode::JsonObjectConstraint;
 use crate::engine::request::{
-    ConstraintFactory, EngineEvent, EngineRequest, EventSink, RequestParams, TokenConstraint,
+    ConstraintFactory, EngineEvent, EngineRequest, EventSink, RequestParams, TokenConstraint, TokenLogprob,
 };
 use crate::tokenizer::chat::ChatMessage;
 use crate::tokenizer::TokenizerError;
@@ -198,11 +198,12 @@ pub const CLIENT_CLOSED: u16 = 499;
 
 /// What one event did to the collected results.
 pub enum Progress {
-    /// Choice `index` got a token with this text.
+    /// Choice `index` got a token with this text (and its log-probabilities when asked).
     Token {
         index: usize,
         text: String,
         token_id: u32,
+        logprob: Option<TokenLogprob>,
     },
     /// Choice `index` finished; `text` is its last released text.
     Finished {
@@ -240,10 +241,10 @@ impl Collector {
                 c.text.push_str(&text);
                 c.token_ids.push(token_id);
                 c.token_texts.push(text.clone());
-                if let Some(lp) = logprob {
-                    c.logprobs.push(lp);
+                if let Some(lp) = &logprob {
+                    c.logprobs.push(lp.clone());
                 }
-                Progress::Token { index, text, token_id }
+                Progress::Token { index, text, token_id, logprob }
             }
             EngineEvent::Finished { choice, reason, text, .. } => {
                 let index = prompt * self.n + choice;

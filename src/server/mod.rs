@@ -7,5 +7,6 @@ pub mod http;
 pub mod metrics;
 mod native_routes;
 mod openai_routes;
+pub mod respond;
 pub mod routes;
 pub mod webhook;

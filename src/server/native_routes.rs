@@ -15,12 +15,10 @@ use super::generation::{
     prepare, submit, wait_for_all, Collector, Progress, Submitted, TaggedEvent, Waited, CLIENT_CLOSED, DISCONNECT_POLL,
 };
 use super::http::{Request, Responder, Response, WaitError};
-use super::routes::{json_response, send};
+use super::respond::{json_response, send};
 
 pub fn inference(app: &App, model: &str, request: &Request, responder: &mut Responder<'_>) -> Result<u16, ApiError> {
-    if model != app.model_name {
-        return Err(ApiError::model_not_found(model, &app.model_name));
-    }
+    app.check_model(Some(model))?;
     let native = parse_native(&request.body)?;
     let valid = native.generation;
     let webhook = match &native.webhook {
@@ -92,13 +90,9 @@ pub fn inference(app: &App, model: &str, request: &Request, responder: &mut Resp
             }
             Err(WaitError::ChannelClosed) => break,
         };
-        let logprob = match &event.1 {
-            crate::engine::request::EngineEvent::Token { logprob, .. } => logprob.as_ref().map(|l| l.logprob),
-            _ => None,
-        };
         let message: Value = match collector.apply(event) {
-            Progress::Token { text, token_id, .. } => json!({
-                "token": {"id": token_id, "text": text, "logprob": logprob, "special": false},
+            Progress::Token { text, token_id, logprob, .. } => json!({
+                "token": {"id": token_id, "text": text, "logprob": logprob.map(|l| l.logprob), "special": false},
                 "generated_text": null,
                 "details": null,
             }),

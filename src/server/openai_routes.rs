@@ -14,7 +14,7 @@ use super::generation::{
     DISCONNECT_POLL,
 };
 use super::http::{Responder, Response, WaitError};
-use super::routes::{check_model, json_response, send};
+use super::respond::{json_response, send};
 
 pub fn chat(app: &App, request: &super::http::Request, responder: &mut Responder<'_>) -> Result<u16, ApiError> {
     let valid = parse_chat(&request.body)?;
@@ -27,7 +27,7 @@ pub fn completions(app: &App, request: &super::http::Request, responder: &mut Re
 }
 
 fn generate(app: &App, flavor: Flavor, valid: ValidGeneration, responder: &mut Responder<'_>) -> Result<u16, ApiError> {
-    check_model(app, valid.model.as_deref())?;
+    app.check_model(valid.model.as_deref())?;
     let prepared = prepare(app, &valid)?;
     let submitted = submit(app, &valid, &prepared)?;
     let id = request_id(match flavor {
@@ -110,9 +110,9 @@ fn stream(running: &Running, responder: &mut Responder<'_>) -> Result<u16, ApiEr
             Err(WaitError::ChannelClosed) => break,
         };
         let chunk = match collector.apply(event) {
-            Progress::Token { index, text, .. } => {
+            Progress::Token { index, text, logprob, .. } => {
                 let logprobs = valid.logprobs.map(|_| {
-                    let entry = collector.choices[index].logprobs.last().cloned().into_iter().collect::<Vec<_>>();
+                    let entry: Vec<_> = logprob.into_iter().collect();
                     match flavor {
                         Flavor::Chat => chat_logprobs(&entry, &token_text),
                         Flavor::Completion => completion_logprobs(&entry, &token_text, 0),

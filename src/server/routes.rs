@@ -9,6 +9,7 @@ use serde_json::json;
 use super::api::error::ApiError;
 use super::app::App;
 use super::http::{Handler, Request, Responder, Response};
+use super::respond::{error_response, json_response, send};
 use super::{native_routes, openai_routes};
 
 /// Handles every request of the server. The server listens while the model loads; until the app
@@ -33,10 +34,6 @@ impl Handler for Routes {
         };
         app.metrics.count_response(route, status);
     }
-}
-
-pub fn error_response(error: &ApiError) -> Response {
-    Response::json(error.status, error.body_bytes())
 }
 
 /// The route label for metrics: fixed strings, so a client cannot grow the label set.
@@ -111,21 +108,6 @@ fn dispatch(app: &App, request: &Request, responder: &mut Responder<'_>) -> Resu
     }
 }
 
-pub fn json_response(status: u16, body: &serde_json::Value) -> Response {
-    Response::json(status, serde_json::to_vec(body).expect("a JSON value always serialises"))
-}
-
-pub fn send(responder: &mut Responder<'_>, response: Response) -> Result<u16, ApiError> {
-    let status = response_status(&response);
-    // A failed send means the client left; nothing more to do, the status is still logged.
-    let _ = responder.send(response);
-    Ok(status)
-}
-
-fn response_status(response: &Response) -> u16 {
-    response.status
-}
-
 /// With keys configured, `/v1/*` needs `Authorization: Bearer <key>` (or `X-API-Key: <key>`).
 fn authenticate(app: &App, request: &Request) -> Result<(), ApiError> {
     if app.api_keys.is_empty() {
@@ -149,12 +131,4 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Checks the request's `model` against the served one.
-pub fn check_model(app: &App, requested: Option<&str>) -> Result<(), ApiError> {
-    match requested {
-        Some(name) if name != app.model_name => Err(ApiError::model_not_found(name, &app.model_name)),
-        _ => Ok(()),
-    }
 }

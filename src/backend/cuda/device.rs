@@ -254,9 +254,7 @@ impl Gpu {
             }
             modules.push(module);
         }
-        let gpu = Gpu { ctx, stream, _modules: modules, functions, info };
-        super::gemm::configure(&gpu)?;
-        Ok(gpu)
+        Ok(Gpu { ctx, stream, _modules: modules, functions, info })
     }
 
     pub fn kernel(&self, name: &str) -> Result<Kernel, CudaError> {

@@ -18,18 +18,6 @@ fn shared_bytes((bm, bn, _): (u32, u32, u32)) -> u32 {
     GEMM_STAGES * (bm + bn) * GEMM_ROW_BYTES
 }
 
-/// Raises the dynamic shared-memory limit of the GEMM kernels above the default 48 KiB.
-pub(crate) fn configure(gpu: &Gpu) -> Result<(), CudaError> {
-    for dtype in ["f16", "bf16"] {
-        gpu.set_dynamic_shared(&format!("gemm_128x128_{dtype}"), shared_bytes(LARGE))?;
-        gpu.set_dynamic_shared(&format!("gemm_64x32_{dtype}"), shared_bytes(SMALL))?;
-        if gpu.info.wgmma {
-            gpu.set_dynamic_shared(&format!("gemm_wgmma_{dtype}"), WGMMA_SHARED_BYTES)?;
-        }
-    }
-    Ok(())
-}
-
 /// Which kernel computes a product; `Auto` picks by shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GemmVariant {
@@ -49,8 +37,15 @@ pub struct GemmKernels {
     multiprocessors: u32,
 }
 
+/// The GEMM kernels of `dtype`, each allowed the dynamic shared memory its tiles need (over
+/// the default 48 KiB, which a kernel gets only when asked; asking again is harmless).
 pub fn kernels(gpu: &Gpu, dtype: Dtype) -> Result<GemmKernels, CudaError> {
     let s = dtype.kernel_suffix();
+    gpu.set_dynamic_shared(&format!("gemm_128x128_{s}"), shared_bytes(LARGE))?;
+    gpu.set_dynamic_shared(&format!("gemm_64x32_{s}"), shared_bytes(SMALL))?;
+    if gpu.info.wgmma {
+        gpu.set_dynamic_shared(&format!("gemm_wgmma_{s}"), WGMMA_SHARED_BYTES)?;
+    }
     Ok(GemmKernels {
         gemv: (1..=8).map(|m| gpu.kernel(&format!("gemv_m{m}_{s}"))).collect::<Result<_, _>>()?,
         small: gpu.kernel(&format!("gemm_64x32_{s}"))?,
