@@ -8,7 +8,7 @@ use half::f16;
 use kiln::backend::cpu::kernels::{matmul, Isa};
 use kiln::model::packed_quant::PackedQuant;
 use kiln::model::weights::WeightMatrix;
-use kiln::ops::compare::seeded_values;
+use kiln::testing::seeded_values;
 
 fn matrix(format: &str, m: usize, k: usize) -> WeightMatrix {
     let values = seeded_values(7, m * k);

@@ -11,4 +11,5 @@ pub mod launch;
 pub mod model;
 pub mod ops;
 pub mod server;
+pub mod testing;
 pub mod tokenizer;

@@ -12,7 +12,7 @@ use kiln::engine::request::RequestParams;
 use kiln::engine::text::NoText;
 use kiln::model::random::{random_llama_weights, tiny_test_config};
 use kiln::model::safetensors_dir::WeightDtype;
-use kiln::ops::compare::{assert_close, Tolerance};
+use kiln::testing::{assert_close, Tolerance};
 
 const LAYOUT: KvLayout = KvLayout { block_size: 4, num_blocks: 64 };
 

@@ -2,7 +2,7 @@
 //! machine runs, on fresh random shapes each run (ragged sizes included: not multiples of the
 //! vector width, of the tile, or of the panel). Outputs are poisoned with NaN before each launch.
 //!
-//! Tolerance (kiln::ops::compare): f32 accumulation in a different order, F32_ACCUMULATION
+//! Tolerance (kiln::testing): f32 accumulation in a different order, F32_ACCUMULATION
 //! (|got − ref| ≤ 1e-4 + 1e-4·|ref|) for k ≤ 600. Quantized weights are compared with the
 //! reference on the same quantized values; since the integer path also rounds the activations to
 //! 8 bits, the oracle multiplies those rounded activations (`round_activations`).
@@ -17,7 +17,7 @@ use kiln::model::quant::{BlockQ4K, BlockQ6K, QK_K};
 use kiln::model::weights::{WeightFormat, WeightMatrix};
 use kiln::ops;
 use kiln::ops::attention::AttentionShape;
-use kiln::ops::compare::{check_close, seeded_values, test_seed, F32_ACCUMULATION};
+use kiln::testing::{check_close, seeded_values, test_seed, F32_ACCUMULATION};
 
 /// A sequence's keys and values, `[positions, kv_dim]` with heads side by side (as the reference
 /// reads them), and the same scattered into KV blocks in the cache's layout
@@ -137,7 +137,7 @@ fn check_matmul(isa: Isa, format: WeightFormat, n: usize, m: usize, k: usize, se
     let mut got = vec![f32::NAN; n * m];
     matmul::matmul_with(isa, &x, &w, &mut got);
     // Integer dots multiply the scales in another order: a few f32 roundings of |ref| more.
-    let tolerance = if integer_path { ops::compare::Tolerance { atol: 2e-4, rtol: 2e-4 } } else { F32_ACCUMULATION };
+    let tolerance = if integer_path { kiln::testing::Tolerance { atol: 2e-4, rtol: 2e-4 } } else { F32_ACCUMULATION };
     if let Err(message) = check_close(&got, &reference, tolerance) {
         panic!("matmul {} {} n={n} m={m} k={k}: {message}", isa.name(), format.name());
     }

@@ -13,7 +13,7 @@ use kiln::backend::cuda::driver::{self, Driver, Schedule};
 use kiln::backend::cuda::params::FillRandomParams;
 use kiln::backend::cuda::testing::gpu_for_test;
 use kiln::backend::cuda::{kernels, random, CudaError};
-use kiln::ops::compare::{seeded_values, test_seed};
+use kiln::testing::{seeded_values, test_seed};
 
 /// The driver's error code inside a kiln error.
 fn code(error: &CudaError) -> Option<CUresult> {

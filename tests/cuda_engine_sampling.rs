@@ -27,7 +27,7 @@ use kiln::model::config::ModelConfig;
 use kiln::model::random::random_llama_weights;
 use kiln::model::safetensors_dir::WeightDtype;
 use kiln::model::weights::LlamaWeights;
-use kiln::ops::compare::test_seed;
+use kiln::testing::test_seed;
 
 const VOCAB: usize = 512;
 /// 16 blocks of 16 tokens: the model's whole context (what the engine plans for).

@@ -22,7 +22,7 @@ use kiln::engine::sampler::{Sampler, SamplingParams};
 use kiln::model::config::ModelConfig;
 use kiln::model::weights::WeightMatrix;
 use kiln::ops::attention::{attention as attention_ref, AttentionShape};
-use kiln::ops::compare::{assert_close, seeded_values, test_seed, Tolerance};
+use kiln::testing::{assert_close, seeded_values, test_seed, Tolerance};
 use sampling_support::{penalty_entries, sample_row};
 
 const DTYPES: [Dtype; 2] = [Dtype::F16, Dtype::Bf16];
@@ -350,7 +350,7 @@ fn gemm_every_variant_matches_reference() {
                         tolerance(dtype)
                     };
                     let got = gpu.download_f32(out.array()).unwrap();
-                    if let Err(e) = kiln::ops::compare::check_close(&got, &expected, tol) {
+                    if let Err(e) = kiln::testing::check_close(&got, &expected, tol) {
                         panic!("{dtype:?} {variant:?} m={m} n={n} k={k} f32 out={out_f32}: {e}");
                     }
                 }
@@ -465,9 +465,7 @@ fn attention_case(
         )
         .unwrap()],
     );
-    if let Err(e) =
-        kiln::ops::compare::check_close(&gpu.download_f32(out.array()).unwrap(), &expected, tolerance(dtype))
-    {
+    if let Err(e) = kiln::testing::check_close(&gpu.download_f32(out.array()).unwrap(), &expected, tolerance(dtype)) {
         panic!("prefill {label}: {e}");
     }
     if queries.iter().all(|&nq| nq == 1) {
@@ -491,7 +489,7 @@ fn attention_case(
             .unwrap();
             run(gpu, &launches);
             if let Err(e) =
-                kiln::ops::compare::check_close(&gpu.download_f32(out.array()).unwrap(), &expected, tolerance(dtype))
+                kiln::testing::check_close(&gpu.download_f32(out.array()).unwrap(), &expected, tolerance(dtype))
             {
                 panic!("decode splits={splits} {label}: {e}");
             }
@@ -695,7 +693,7 @@ fn sampling_top_logprobs_are_the_raw_logits_under_every_schedule() {
         assert_close(&[logprobs[0]], &[lp[tokens[0] as usize]], tol);
         for (i, alt) in top[..5].iter().enumerate() {
             assert_eq!(alt.token, 135 + i as u32, "{schedule:?}: alternative {i}");
-            if let Err(e) = kiln::ops::compare::check_close(&[alt.logprob], &[lp[alt.token as usize]], tol) {
+            if let Err(e) = kiln::testing::check_close(&[alt.logprob], &[lp[alt.token as usize]], tol) {
                 panic!("{schedule:?}: alternative {i} (token {}) is not its raw log-probability: {e}", alt.token);
             }
         }

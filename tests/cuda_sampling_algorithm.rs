@@ -9,7 +9,7 @@ use kiln::backend::cuda::params::{PenaltyEntry, SampleRow, KILN_NONE, MAX_TOP_LO
 use kiln::backend::sampling::{HistoryEntry, RowSampling};
 use kiln::engine::rng::Rng;
 use kiln::engine::sampler::{Sampler, SamplingParams};
-use kiln::ops::compare::{seeded_values, test_seed};
+use kiln::testing::{seeded_values, test_seed};
 use sampling_support::{penalty_entries, sample_row};
 
 fn sort_key(logit: f32, id: u32) -> u64 {

@@ -10,6 +10,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("ops", 0),
     ("model", 0),
     ("tokenizer", 0),
+    ("testing", 0),
     ("backend", 1),
     ("engine", 2),
     ("server", 3),

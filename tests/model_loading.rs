@@ -10,7 +10,7 @@ use kiln::backend::plan::{PlanLimits, StepPlan};
 use kiln::backend::{Backend, KvLayout};
 use kiln::model::weights::LlamaWeights;
 use kiln::model::{ModelConfig, ModelError};
-use kiln::ops::compare::{assert_close, seeded_values, Tolerance};
+use kiln::testing::{assert_close, seeded_values, Tolerance};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 

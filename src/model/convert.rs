@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::gguf::{GgufFile, TensorInfo};
 use super::gguf_tokenizer::tokenizer_files_from_gguf;
+use super::staged::Staged;
 use super::ModelError;
 
 /// The model geometry, read from the GGUF's `<arch>.*` metadata.
@@ -68,7 +69,7 @@ pub fn convert_gguf_to_hf(gguf_path: &Path, out_dir: &Path, progress: Option<&Pr
         _ => PathBuf::from("."),
     };
     fs::create_dir_all(&parent).map_err(|e| ModelError::io(&parent, e))?;
-    let partial = PartialDir::create(&parent, out_dir)?;
+    let partial = Staged::dir_for(out_dir)?;
 
     let bos = gguf.get_u32("tokenizer.ggml.bos_token_id")?;
     let eos = gguf.get_u32("tokenizer.ggml.eos_token_id")?;
@@ -77,7 +78,12 @@ pub fn convert_gguf_to_hf(gguf_path: &Path, out_dir: &Path, progress: Option<&Pr
     write_json(&partial.path.join("tokenizer.json"), &tokenizer.tokenizer_json)?;
     write_json(&partial.path.join("tokenizer_config.json"), &tokenizer.tokenizer_config)?;
     write_safetensors(&gguf, &plan, &partial.path.join("model.safetensors"), progress)?;
-    partial.finish(out_dir)
+    match partial.place(out_dir) {
+        Ok(()) => Ok(()),
+        // Someone else finished the same conversion first; theirs is as good as ours.
+        Err(_) if out_dir.join("config.json").is_file() => Ok(()),
+        Err(e) => Err(ModelError::io(out_dir, e)),
+    }
 }
 
 /// The model configuration a conversion of this GGUF would write: for loading a GGUF's weights
@@ -355,43 +361,6 @@ fn encode_f16_row(gguf: &GgufFile, info: &TensorInfo, row: &[f32], out: &mut Vec
 fn write_json(path: &Path, value: &Value) -> Result<(), ModelError> {
     let text = serde_json::to_string_pretty(value).expect("a serde_json::Value always serializes");
     fs::write(path, text + "\n").map_err(|e| ModelError::io(path, e))
-}
-
-/// A temporary directory beside the target; removed on drop unless `finish` renamed it into place.
-struct PartialDir {
-    path: PathBuf,
-    done: bool,
-}
-
-impl PartialDir {
-    fn create(parent: &Path, target: &Path) -> Result<PartialDir, ModelError> {
-        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let path = parent.join(format!(".{name}.partial-{}-{nanos}", std::process::id()));
-        fs::create_dir(&path).map_err(|e| ModelError::io(&path, e))?;
-        Ok(PartialDir { path, done: false })
-    }
-
-    fn finish(mut self, target: &Path) -> Result<(), ModelError> {
-        match fs::rename(&self.path, target) {
-            Ok(()) => {
-                self.done = true;
-                Ok(())
-            }
-            // Someone else finished the same conversion first; theirs is as good as ours.
-            Err(_) if target.join("config.json").is_file() => Ok(()),
-            Err(e) => Err(ModelError::io(target, e)),
-        }
-    }
-}
-
-impl Drop for PartialDir {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = fs::remove_dir_all(&self.path);
-        }
-    }
 }
 
 #[cfg(test)]

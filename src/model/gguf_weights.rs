@@ -209,7 +209,7 @@ mod tests {
     use crate::model::gguf::testing::{string, GgufWriter};
     use crate::model::gguf::MetaValue;
     use crate::model::packed_quant::{quantize_to_ggml_row, PackedQuant};
-    use crate::ops::compare::seeded_values;
+    use crate::testing::seeded_values;
 
     const HIDDEN: usize = 64;
     const FFN: usize = 96;

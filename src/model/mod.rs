@@ -12,6 +12,7 @@ pub mod pull;
 pub mod quant;
 pub mod random;
 pub mod safetensors_dir;
+mod staged;
 pub mod weight_arena;
 pub mod weights;
 

@@ -204,7 +204,7 @@ pub fn dequantize_ggml_row(format: PackedQuant, ggml_row: &[u8], out: &mut [f32]
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::compare::{seeded_values, test_seed};
+    use crate::testing::{seeded_values, test_seed};
 
     #[test]
     fn interleaved_index_is_a_permutation() {

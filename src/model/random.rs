@@ -7,7 +7,7 @@ use super::packed_quant::PackedQuant;
 use super::safetensors_dir::WeightDtype;
 use super::weights::{LayerWeights, LlamaWeights, WeightMatrix};
 use super::ModelConfig;
-use crate::ops::compare::seeded_values;
+use crate::testing::seeded_values;
 
 /// Weights drawn uniformly from ±scale with scale 1/√fan_in, so activations stay O(1) through the
 /// layers as in a trained model, and norms near 1.

@@ -54,7 +54,7 @@ pub fn attention<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::compare::{assert_close, seeded_values, test_seed, F32_ACCUMULATION};
+    use crate::testing::{assert_close, seeded_values, test_seed, F32_ACCUMULATION};
 
     /// Softmax attention written out in f64 with explicit matrices, as the oracle.
     fn naive(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape, visible: std::ops::Range<usize>) -> Vec<f32> {

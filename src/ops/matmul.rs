@@ -62,7 +62,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::compare::{assert_close, seeded_values, test_seed, Tolerance, F32_ACCUMULATION};
+    use crate::testing::{assert_close, seeded_values, test_seed, Tolerance, F32_ACCUMULATION};
     use half::{bf16, f16};
 
     /// The textbook triple loop in f64: the oracle for `matmul`.

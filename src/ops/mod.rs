@@ -3,7 +3,6 @@
 
 pub mod activation;
 pub mod attention;
-pub mod compare;
 pub mod embedding;
 pub mod logits;
 pub mod matmul;

@@ -27,7 +27,7 @@ pub fn rmsnorm_residual(residual: &mut [f32], delta: &[f32], weight: &[f32], eps
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::compare::{assert_close, F32_ACCUMULATION};
+    use crate::testing::{assert_close, F32_ACCUMULATION};
 
     #[test]
     fn normalises_each_row() {

@@ -1,5 +1,5 @@
 //! Launcher of cuda/random.cu: seeded weights generated on the device, equal bit for bit to
-//! `ops::compare::seeded_values(seed, n)[i] * scale + offset` rounded to the array's dtype.
+//! `testing::seeded_values(seed, n)[i] * scale + offset` rounded to the array's dtype.
 
 use super::device::{DeviceArray, Dtype, Gpu, Launch};
 use super::params::FillRandomParams;

@@ -4,7 +4,7 @@
 
 use super::device::{Dtype, Gpu};
 use super::driver::{self, Driver};
-use crate::ops::compare::Tolerance;
+use crate::testing::Tolerance;
 
 /// Chooses the CUDA driver for `test` (`driver::for_tests`: a usable GPU, else the emulator;
 /// `KILN_REQUIRE_GPU` demands the GPU) and prints which. Panics with the reason when neither

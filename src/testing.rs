@@ -1,4 +1,6 @@
-//! The one tolerance rule every kernel test uses: `|got - ref| <= atol + rtol * |ref|`.
+//! What the tests of every layer share: the one tolerance rule every kernel test uses
+//! (`|got - ref| <= atol + rtol * |ref|`), seeded inputs, and the seed a run prints so that a
+//! failure can be replayed. Also behind the seeded random-weight models (`model::random`).
 
 /// Tolerances for f32 arithmetic that may sum in a different order than the reference.
 pub const F32_ACCUMULATION: Tolerance = Tolerance { atol: 1e-4, rtol: 1e-4 };
