@@ -32,7 +32,7 @@ enum Command {
     Pull,
     /// Serve the OpenAI-compatible and native HTTP APIs.
     Serve(ServeOptions),
-    /// Measure prefill and decode speed and peak memory of a model on this machine.
+    /// Measure prefill and decode speed and peak memory of a model on this machine (CPU backend).
     Bench(kiln::cli::bench::BenchArgs),
     /// Generate text from a prompt; only the generated text goes to stdout.
     Generate {
@@ -173,7 +173,17 @@ fn run(command: Command, backend: BackendChoice, original_weights: bool) -> anyh
                 },
             })
         }
-        Command::Bench(args) => kiln::cli::bench::run(&args).map(|_| ()),
+        Command::Bench(args) => {
+            // The GPU has its own harness (examples/gpu_bench, run by tools/gpu-check): say so
+            // rather than measure the CPU under a name that says CUDA.
+            if matches!(backend, BackendChoice::Cuda) {
+                anyhow::bail!(
+                    "`kiln bench` measures the CPU backend only; GPU kernels and decode are measured by \
+                     `cargo run --release --features cuda --example gpu_bench` (tools/gpu-check runs it)"
+                );
+            }
+            kiln::cli::bench::run(&args).map(|_| ())
+        }
         Command::Generate {
             model,
             prompt,

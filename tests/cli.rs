@@ -82,3 +82,11 @@ fn help_and_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8(out.stderr).unwrap().contains("--temperature"));
 }
+
+#[test]
+fn bench_says_it_measures_the_cpu_only() {
+    let out = kiln(&["--backend", "cuda", "bench"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("measures the CPU backend only") && stderr.contains("gpu_bench"), "{stderr}");
+}
