@@ -13,7 +13,6 @@
 pub mod activation;
 pub mod attention;
 pub mod backend;
-pub mod bench;
 pub mod device;
 pub mod driver;
 pub mod embedding;

@@ -1,21 +1,21 @@
-//! Measurements for `tools/gpu-check` and `kiln bench`: the copy bandwidth that bounds every
+//! The GPU measurements `tools/gpu-check` reports: the copy bandwidth that bounds every
 //! memory-bound kernel, each kernel on Llama-2-7B shapes (time, GB/s or TFLOP/s), and whole-model
 //! decode throughput on seeded device-side weights. Device-event timing after warm-up; inputs
 //! rotate through more memory than L2 holds, so the numbers are DRAM numbers.
 
-use super::attention;
-use super::backend::{CudaBackend, CudaOptions, WeightSource};
-use super::device::{DeviceBuffer, Dtype, Gpu, Launch};
-use super::gemm::{self, GemmVariant};
-use super::params::SampleRow;
-use super::random::fill_random;
-use super::rope::{DevicePlan, KvGeometry};
-use super::sampling;
-use super::CudaError;
-use crate::backend::plan::{PlanLimits, StepPlan};
-use crate::backend::sampling::RowSampling;
-use crate::backend::KvLayout;
-use crate::model::ModelConfig;
+use kiln::backend::cuda::attention;
+use kiln::backend::cuda::backend::{CudaBackend, CudaOptions, WeightSource};
+use kiln::backend::cuda::device::{DeviceBuffer, Dtype, Gpu, Launch};
+use kiln::backend::cuda::gemm::{self, GemmVariant};
+use kiln::backend::cuda::params::SampleRow;
+use kiln::backend::cuda::random::fill_random;
+use kiln::backend::cuda::rope::{DevicePlan, KvGeometry};
+use kiln::backend::cuda::sampling;
+use kiln::backend::cuda::CudaError;
+use kiln::backend::plan::{PlanLimits, StepPlan};
+use kiln::backend::sampling::RowSampling;
+use kiln::backend::KvLayout;
+use kiln::model::ModelConfig;
 
 /// One kernel measurement.
 #[derive(Debug, Clone)]
@@ -199,7 +199,7 @@ pub fn bench_small_kernels(
     dtype: Dtype,
     tokens: usize,
 ) -> Result<Vec<KernelTiming>, CudaError> {
-    use super::{activation, embedding, norm, rope};
+    use kiln::backend::cuda::{activation, embedding, norm, rope};
     let (h, ffn, q_dim, kv_dim) = (config.hidden_size, config.intermediate_size, config.q_dim(), config.kv_dim());
     let t = dtype.size_bytes();
     let mut out = Vec::new();
@@ -263,7 +263,7 @@ pub fn bench_small_kernels(
     let q = gpu.alloc(dtype, tokens * q_dim)?;
     let k_cache = gpu.alloc(dtype, g.cache_len())?;
     let v_cache = gpu.alloc(dtype, g.cache_len())?;
-    let inv_freq = gpu.upload_f32(&crate::ops::rope::rope_inv_freq(config))?;
+    let inv_freq = gpu.upload_f32(&kiln::ops::rope::rope_inv_freq(config))?;
     let launch = rope::rope_kv_write(
         &rope::kernel(gpu, dtype)?,
         g,
@@ -449,7 +449,7 @@ pub fn decode_benchmark(
     copy_gbs: f64,
 ) -> Result<Vec<DecodeResult>, CudaError> {
     let max_batch = batches.iter().copied().max().unwrap_or(1);
-    let block_size = crate::backend::KV_BLOCK_SIZE;
+    let block_size = kiln::backend::KV_BLOCK_SIZE;
     let blocks_per_seq = (context + steps + 4).div_ceil(block_size);
     let layout = KvLayout { block_size, num_blocks: max_batch * blocks_per_seq };
     let limits =
@@ -461,7 +461,7 @@ pub fn decode_benchmark(
         limits,
         CudaOptions { dtype, graphs: true },
     )?;
-    let floor_ms = super::weights::DeviceWeights::streamed_bytes(config, dtype) as f64 / copy_gbs / 1e6;
+    let floor_ms = kiln::backend::cuda::weights::DeviceWeights::streamed_bytes(config, dtype) as f64 / copy_gbs / 1e6;
     let greedy = SampleRow::from(&RowSampling::greedy());
     let mut results = Vec::new();
     let mut plan = StepPlan::new(limits, block_size);
@@ -526,7 +526,7 @@ pub fn prefill_benchmark(
     lengths: &[usize],
 ) -> Result<Vec<PrefillResult>, CudaError> {
     let max_len = lengths.iter().copied().max().unwrap_or(1);
-    let block_size = crate::backend::KV_BLOCK_SIZE;
+    let block_size = kiln::backend::KV_BLOCK_SIZE;
     let blocks_per_seq = max_len.div_ceil(block_size);
     let layout = KvLayout { block_size, num_blocks: blocks_per_seq };
     let limits = PlanLimits { max_batch_tokens: max_len, max_seqs: 1, max_blocks_per_seq: blocks_per_seq };
@@ -551,7 +551,7 @@ pub fn prefill_benchmark(
         let mut times = Vec::new();
         for run in 0..6 {
             let start = std::time::Instant::now();
-            crate::backend::Backend::execute(&mut backend, &plan, &mut logits)
+            kiln::backend::Backend::execute(&mut backend, &plan, &mut logits)
                 .map_err(|e| CudaError::Shape(e.to_string()))?;
             if run > 0 {
                 times.push(start.elapsed().as_secs_f64() * 1e3);

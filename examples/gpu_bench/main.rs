@@ -5,7 +5,9 @@
 //!   gpu_bench decode  [--geometry llama2-7b|DIR] [--dtype f16] [--batches 1,8,32,64] [--context 512] [--steps 32]
 
 use clap::{Parser, Subcommand};
-use kiln::backend::cuda::bench::{self, KernelTiming};
+mod harness;
+
+use harness::KernelTiming;
 use kiln::backend::cuda::device::{Dtype, Gpu};
 use kiln::backend::cuda::gemm::GemmVariant;
 use kiln::backend::sampling::RowSampling;
@@ -40,7 +42,7 @@ enum Command {
 }
 
 fn config(geometry: &str) -> ModelConfig {
-    bench::geometry(geometry)
+    harness::geometry(geometry)
         .or_else(|| ModelConfig::from_dir(std::path::Path::new(geometry)).ok())
         .unwrap_or_else(|| panic!("{geometry} is neither a known geometry nor a model directory"))
 }
@@ -71,30 +73,30 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 gpu.info.multiprocessors,
                 gpu.info.total_bytes as f64 / (1u64 << 30) as f64
             );
-            println!(r#"{{"kind":"copy","gbs":{:.1}}}"#, bench::copy_bandwidth_gbs(&gpu)?);
+            println!(r#"{{"kind":"copy","gbs":{:.1}}}"#, harness::copy_bandwidth_gbs(&gpu)?);
             let mut timings: Vec<KernelTiming> = Vec::new();
             for m in [1, 8] {
-                timings.extend(bench::bench_gemm(&gpu, &config, dtype, m, GemmVariant::Gemv)?);
+                timings.extend(harness::bench_gemm(&gpu, &config, dtype, m, GemmVariant::Gemv)?);
             }
             for m in [32, 64] {
-                timings.extend(bench::bench_gemm(&gpu, &config, dtype, m, GemmVariant::Auto)?);
+                timings.extend(harness::bench_gemm(&gpu, &config, dtype, m, GemmVariant::Auto)?);
             }
             for m in [512, 2048] {
-                timings.extend(bench::bench_gemm(&gpu, &config, dtype, m, GemmVariant::Auto)?);
+                timings.extend(harness::bench_gemm(&gpu, &config, dtype, m, GemmVariant::Auto)?);
             }
             if gpu.info.wgmma {
                 // The mma.sync kernel on the same shapes, to show what wgmma buys.
-                timings.extend(bench::bench_gemm(&gpu, &config, dtype, 2048, GemmVariant::TensorCoreLarge)?);
+                timings.extend(harness::bench_gemm(&gpu, &config, dtype, 2048, GemmVariant::TensorCoreLarge)?);
             }
-            timings.extend(bench::bench_small_kernels(&gpu, &config, dtype, 2048)?);
+            timings.extend(harness::bench_small_kernels(&gpu, &config, dtype, 2048)?);
             for (batch, context) in [(1, 1024), (8, 1024), (32, 1024), (64, 512)] {
-                timings.push(bench::bench_attention_decode(&gpu, &config, dtype, batch, context)?);
+                timings.push(harness::bench_attention_decode(&gpu, &config, dtype, batch, context)?);
             }
             for rows in [1, 64] {
-                timings.push(bench::bench_sampling(&gpu, rows, config.vocab_size, &RowSampling::greedy(), "greedy")?);
+                timings.push(harness::bench_sampling(&gpu, rows, config.vocab_size, &RowSampling::greedy(), "greedy")?);
                 let top_p =
                     RowSampling { temperature: 0.8, top_p: 0.9, top_k: 50, uniform: 0.5, ..RowSampling::greedy() };
-                timings.push(bench::bench_sampling(&gpu, rows, config.vocab_size, &top_p, "top_k_top_p")?);
+                timings.push(harness::bench_sampling(&gpu, rows, config.vocab_size, &top_p, "top_k_top_p")?);
             }
             for t in &timings {
                 println!("{}", t.json());
@@ -104,13 +106,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let (config, dtype) = (config(&geometry), dtype(&d));
             let copy_gbs = {
                 let gpu = Gpu::new()?;
-                bench::copy_bandwidth_gbs(&gpu)?
+                harness::copy_bandwidth_gbs(&gpu)?
             };
             println!(r#"{{"kind":"copy","gbs":{copy_gbs:.1}}}"#);
-            for result in bench::decode_benchmark(&config, dtype, &batches, context, steps, copy_gbs)? {
+            for result in harness::decode_benchmark(&config, dtype, &batches, context, steps, copy_gbs)? {
                 println!("{}", result.json());
             }
-            for result in bench::prefill_benchmark(&config, dtype, &[512, 2048])? {
+            for result in harness::prefill_benchmark(&config, dtype, &[512, 2048])? {
                 println!("{}", result.json());
             }
         }
