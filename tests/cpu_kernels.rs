@@ -11,7 +11,7 @@
 //! in any batch.
 
 use half::{bf16, f16};
-use kiln::backend::cpu::kernels::{attention, elementwise, matmul, quant_dot, Isa};
+use kiln::backend::cpu::kernels::{attention, matmul, quant_dot, rmsnorm, rope, silu_mul, Isa};
 use kiln::model::packed_quant::PackedQuant;
 use kiln::model::quant::{BlockQ4K, BlockQ6K, QK_K};
 use kiln::model::weights::{WeightFormat, WeightMatrix};
@@ -354,22 +354,22 @@ fn elementwise_ops_match_the_reference() {
             let name = |op: &str| format!("{op} {} rows={rows} dim={dim}", isa.name());
 
             let (mut reference, mut got) = (vec![f32::NAN; x.len()], vec![f32::NAN; x.len()]);
-            ops::norm::rmsnorm(&x, &weight, 1e-5, &mut reference);
-            elementwise::rmsnorm(isa, &x, &weight, 1e-5, &mut got);
+            ops::rmsnorm::rmsnorm(&x, &weight, 1e-5, &mut reference);
+            rmsnorm::rmsnorm(isa, &x, &weight, 1e-5, &mut got);
             check_close(&got, &reference, F32_ACCUMULATION).unwrap_or_else(|m| panic!("{}: {m}", name("rmsnorm")));
 
             let (mut residual_ref, mut residual_got) = (x.clone(), x.clone());
-            ops::norm::rmsnorm_residual(&mut residual_ref, &delta, &weight, 1e-5, &mut reference);
-            elementwise::rmsnorm_residual(isa, &mut residual_got, &delta, &weight, 1e-5, &mut got);
+            ops::rmsnorm::rmsnorm_residual(&mut residual_ref, &delta, &weight, 1e-5, &mut reference);
+            rmsnorm::rmsnorm_residual(isa, &mut residual_got, &delta, &weight, 1e-5, &mut got);
             assert_eq!(residual_got, residual_ref, "{}", name("residual add"));
             check_close(&got, &reference, F32_ACCUMULATION)
                 .unwrap_or_else(|m| panic!("{}: {m}", name("rmsnorm_residual")));
 
             // Gate values out to ±40 reach the clamped ends of the fast exp.
             let gate: Vec<f32> = x.iter().map(|v| v * 10.0).collect();
-            ops::activation::silu_mul(&gate, &delta, &mut reference);
+            ops::silu_mul::silu_mul(&gate, &delta, &mut reference);
             got.fill(f32::NAN);
-            elementwise::silu_mul(isa, &gate, &delta, &mut got);
+            silu_mul::silu_mul(isa, &gate, &delta, &mut got);
             check_close(&got, &reference, F32_ACCUMULATION).unwrap_or_else(|m| panic!("{}: {m}", name("silu_mul")));
         }
         for case in 0..4u64 {
@@ -385,9 +385,9 @@ fn elementwise_ops_match_the_reference() {
                 ops::rope::apply_rope(row, head_dim, positions[t] as usize, &inv_freq);
             }
             let (mut cos, mut sin) = (vec![f32::NAN; tokens * head_dim / 2], vec![f32::NAN; tokens * head_dim / 2]);
-            elementwise::rope_table(&positions, &inv_freq, &mut cos, &mut sin);
+            rope::rope_table(&positions, &inv_freq, &mut cos, &mut sin);
             let mut got = x.clone();
-            elementwise::apply_rope(isa, &mut got, width, head_dim, &cos, &sin);
+            rope::apply_rope(isa, &mut got, width, head_dim, &cos, &sin);
             assert_eq!(got, reference, "rope {} heads={heads} head_dim={head_dim}: not bit-identical", isa.name());
         }
     }

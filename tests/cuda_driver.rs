@@ -189,7 +189,7 @@ fn a_module_yields_its_own_kernels_and_no_other_names() {
     let gpu = gpu_for_test("a_module_yields_its_own_kernels_and_no_other_names");
     let unknown = gpu.kernel("no_such_kernel").err().expect("kiln knows no such kernel");
     assert!(matches!(unknown, CudaError::Module(_)), "{unknown}");
-    // At the driver: random.cu's image defines fill_random_*, and not norm.cu's kernels.
+    // At the driver: random.cu's image defines fill_random_*, and not rmsnorm.cu's kernels.
     let (_, random_image) = kernels::ALL.iter().find(|(file, _)| *file == "random").expect("random.cu is built");
     let ctx = CudaContext::new(0).unwrap();
     let module = ctx.load_module(Ptx::from_binary(random_image.to_vec())).unwrap();

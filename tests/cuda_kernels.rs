@@ -16,7 +16,7 @@ use kiln::backend::cuda::gemm::{self, GemmVariant};
 use kiln::backend::cuda::params::{PenaltyEntry, SampleRow, TopLogprob, MAX_TOP_LOGPROBS};
 use kiln::backend::cuda::rope::{DevicePlan, KvGeometry};
 use kiln::backend::cuda::testing::{gpu_for_test, tolerance};
-use kiln::backend::cuda::{activation, embedding, norm, random, rope, sampling};
+use kiln::backend::cuda::{embedding, random, rmsnorm, rope, sampling, silu_mul};
 use kiln::engine::rng::Rng;
 use kiln::engine::sampler::{Sampler, SamplingParams};
 use kiln::model::config::ModelConfig;
@@ -95,19 +95,19 @@ fn rmsnorm_residual_matches_reference() {
             let residual = scaled(seed, rows * dim, 3.0);
             let delta = seeded_values(seed + 1, rows * dim);
             let weight = seeded_values(seed + 2, dim).iter().map(|v| 1.0 + 0.2 * v).collect::<Vec<_>>();
-            let k = norm::kernel(&gpu, dtype).unwrap();
+            let k = rmsnorm::kernel(&gpu, dtype).unwrap();
             let (r, d, w) =
                 (gpu.upload_f32(&residual).unwrap(), gpu.upload_f32(&delta).unwrap(), gpu.upload_f32(&weight).unwrap());
             let out = gpu.alloc(dtype, rows * dim).unwrap();
             gpu.poison(out.array()).unwrap();
             run(
                 &gpu,
-                &[norm::rmsnorm_residual(&k, r.array(), Some(d.array()), w.array(), out.array(), None, rows, 1e-5)
+                &[rmsnorm::rmsnorm_residual(&k, r.array(), Some(d.array()), w.array(), out.array(), None, rows, 1e-5)
                     .unwrap()],
             );
             let mut expected_residual = residual.clone();
             let mut expected = vec![f32::NAN; rows * dim];
-            kiln::ops::norm::rmsnorm_residual(&mut expected_residual, &delta, &weight, 1e-5, &mut expected);
+            kiln::ops::rmsnorm::rmsnorm_residual(&mut expected_residual, &delta, &weight, 1e-5, &mut expected);
             assert_close(&gpu.download_f32(out.array()).unwrap(), &expected, tolerance(dtype));
             assert_close(&gpu.download_f32(r.array()).unwrap(), &expected_residual, Tolerance { atol: 0.0, rtol: 0.0 });
 
@@ -118,7 +118,7 @@ fn rmsnorm_residual_matches_reference() {
             gpu.poison(out.array()).unwrap();
             run(
                 &gpu,
-                &[norm::rmsnorm_residual(
+                &[rmsnorm::rmsnorm_residual(
                     &k,
                     r2.array(),
                     Some(d.array()),
@@ -150,7 +150,7 @@ fn silu_mul_matches_reference() {
         gpu.poison(out.array()).unwrap();
         run(
             &gpu,
-            &[activation::silu_mul(&activation::kernel(&gpu, dtype).unwrap(), device.array(), out.array(), n, ffn)
+            &[silu_mul::silu_mul(&silu_mul::kernel(&gpu, dtype).unwrap(), device.array(), out.array(), n, ffn)
                 .unwrap()],
         );
         let (mut gate, mut up) = (Vec::new(), Vec::new());
@@ -159,7 +159,7 @@ fn silu_mul_matches_reference() {
             up.extend_from_slice(&row[ffn..]);
         }
         let mut expected = vec![f32::NAN; n * ffn];
-        kiln::ops::activation::silu_mul(&gate, &up, &mut expected);
+        kiln::ops::silu_mul::silu_mul(&gate, &up, &mut expected);
         assert_close(&gpu.download_f32(out.array()).unwrap(), &expected, tolerance(dtype));
     }
 }

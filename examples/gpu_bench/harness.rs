@@ -199,7 +199,7 @@ pub fn bench_small_kernels(
     dtype: Dtype,
     tokens: usize,
 ) -> Result<Vec<KernelTiming>, CudaError> {
-    use kiln::backend::cuda::{activation, embedding, norm, rope};
+    use kiln::backend::cuda::{embedding, rmsnorm, rope, silu_mul};
     let (h, ffn, q_dim, kv_dim) = (config.hidden_size, config.intermediate_size, config.q_dim(), config.kv_dim());
     let t = dtype.size_bytes();
     let mut out = Vec::new();
@@ -219,8 +219,8 @@ pub fn bench_small_kernels(
     let delta = random_buffer(gpu, Dtype::F32, tokens * h, 21)?;
     let weight = random_buffer(gpu, Dtype::F32, h, 22)?;
     let normed = gpu.alloc(dtype, tokens * h)?;
-    let launch = norm::rmsnorm_residual(
-        &norm::kernel(gpu, dtype)?,
+    let launch = rmsnorm::rmsnorm_residual(
+        &rmsnorm::kernel(gpu, dtype)?,
         residual.array(),
         Some(delta.array()),
         weight.array(),
@@ -233,7 +233,7 @@ pub fn bench_small_kernels(
 
     let gate_up = random_buffer(gpu, dtype, tokens * 2 * ffn, 23)?;
     let act = gpu.alloc(dtype, tokens * ffn)?;
-    let launch = activation::silu_mul(&activation::kernel(gpu, dtype)?, gate_up.array(), act.array(), tokens, ffn)?;
+    let launch = silu_mul::silu_mul(&silu_mul::kernel(gpu, dtype)?, gate_up.array(), act.array(), tokens, ffn)?;
     record("silu_mul", &[launch], tokens * ffn * 3 * t, 0.0)?;
 
     let table = random_buffer(gpu, dtype, config.vocab_size * h, 24)?;

@@ -1,6 +1,6 @@
 //! The model head: final RMSNorm then the output projection, for the rows that need logits.
 
-use super::{matmul::matmul, norm::rmsnorm};
+use super::{matmul::matmul, rmsnorm::rmsnorm};
 use crate::model::weights::WeightMatrix;
 
 /// `out = rmsnorm(hidden) · lm_headᵀ`; hidden is `[rows, hidden]`, out is `[rows, vocab]`.

@@ -2,7 +2,7 @@
 //! from the fast kernels (`kernels`); `crate::ops` holds the reference of each op.
 
 use super::kernels::attention::{self, AttentionRun};
-use super::kernels::{elementwise, matmul, Isa};
+use super::kernels::{matmul, rmsnorm, rope, silu_mul, Isa};
 use super::kv_cache::CpuKvCache;
 use super::workspace::Workspace;
 use crate::backend::plan::StepPlan;
@@ -38,21 +38,21 @@ pub fn forward(
     let (cos, sin) = (&mut ws.rope_cos[..n * half], &mut ws.rope_sin[..n * half]);
 
     embedding(&weights.embed_tokens, &plan.token_ids, hidden);
-    elementwise::rope_table(&plan.positions, inv_freq, cos, sin);
+    rope::rope_table(&plan.positions, inv_freq, cos, sin);
     // The first layer's norm has no residual to add yet; later ones fuse the add of the previous
     // MLP output into their input norm.
     proj.fill(0.0);
     for (layer_index, layer) in weights.layers.iter().enumerate() {
         // Attention block: x += o_proj(attention(rope(q), rope(k), v)) over rmsnorm(x).
-        elementwise::rmsnorm_residual(isa, hidden, proj, &layer.input_norm, eps, normed);
+        rmsnorm::rmsnorm_residual(isa, hidden, proj, &layer.input_norm, eps, normed);
         matmul::matmul_group_with(
             isa,
             normed,
             &[&layer.q_proj, &layer.k_proj, &layer.v_proj],
             &mut [&mut *q, &mut *k, &mut *v],
         );
-        elementwise::apply_rope(isa, q, q_dim, config.head_dim, cos, sin);
-        elementwise::apply_rope(isa, k, kv_dim, config.head_dim, cos, sin);
+        rope::apply_rope(isa, q, q_dim, config.head_dim, cos, sin);
+        rope::apply_rope(isa, k, kv_dim, config.head_dim, cos, sin);
         for t in 0..n {
             let (block, offset) = plan.kv_slot(plan.token_seq[t] as usize, plan.positions[t] as usize);
             kv.write(layer_index, block, offset, &k[t * kv_dim..(t + 1) * kv_dim], &v[t * kv_dim..(t + 1) * kv_dim]);
@@ -79,9 +79,9 @@ pub fn forward(
         );
         matmul::matmul_with(isa, attn, &layer.o_proj, proj);
         // MLP block: x += down(silu(gate(x')) * up(x')) with x' = rmsnorm(x).
-        elementwise::rmsnorm_residual(isa, hidden, proj, &layer.post_attention_norm, eps, normed);
+        rmsnorm::rmsnorm_residual(isa, hidden, proj, &layer.post_attention_norm, eps, normed);
         matmul::matmul_group_with(isa, normed, &[&layer.gate_proj, &layer.up_proj], &mut [&mut *gate, &mut *up]);
-        elementwise::silu_mul(isa, gate, up, act);
+        silu_mul::silu_mul(isa, gate, up, act);
         matmul::matmul_with(isa, act, &layer.down_proj, proj);
     }
 
@@ -98,6 +98,6 @@ pub fn forward(
         }
     }
     let last_normed = &mut ws.last_normed[..rows * h];
-    elementwise::rmsnorm(isa, last_hidden, &weights.final_norm, eps, last_normed);
+    rmsnorm::rmsnorm(isa, last_hidden, &weights.final_norm, eps, last_normed);
     matmul::matmul_with(isa, last_normed, &weights.lm_head, logits_out);
 }

@@ -5,7 +5,7 @@
 use super::device::{Dtype, Gpu};
 use super::executor::{Executor, ExecutorOptions};
 use super::params::{self, PenaltyEntry, SampleRow};
-use super::sampler::SampleOutput;
+use super::sampling::SampleOutput;
 use super::weights::DeviceWeights;
 use super::CudaError;
 use crate::backend::plan::{PlanLimits, StepPlan};

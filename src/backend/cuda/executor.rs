@@ -9,16 +9,16 @@
 
 use cudarc::driver::CudaGraph;
 
-use super::activation;
 use super::attention::{self, AttentionKernels};
 use super::device::{DeviceArray, DeviceBuffer, Dtype, Gpu, Kernel, Launch, PinnedBuffer};
 use super::embedding;
 use super::gemm::{self, GemmKernels, GemmVariant};
-use super::norm;
 use super::params::{PenaltyEntry, SampleRow, KILN_NONE};
+use super::rmsnorm;
 use super::rope::{self, DevicePlan, KvGeometry};
-use super::sampler::{GpuSampler, SampleOutput};
 use super::sampling;
+use super::sampling::{GpuSampler, SampleOutput};
+use super::silu_mul;
 use super::weights::DeviceWeights;
 use super::CudaError;
 use crate::backend::plan::{PlanLimits, StepPlan};
@@ -179,8 +179,8 @@ impl Executor {
         };
         let kernels = KernelSet {
             embedding: embedding::kernel(&gpu, dtype)?,
-            rmsnorm: norm::kernel(&gpu, dtype)?,
-            silu_mul: activation::kernel(&gpu, dtype)?,
+            rmsnorm: rmsnorm::kernel(&gpu, dtype)?,
+            silu_mul: silu_mul::kernel(&gpu, dtype)?,
             rope_kv: rope::kernel(&gpu, dtype)?,
             gemm: gemm::kernels(&gpu, dtype)?,
             attention: attention::kernels(&gpu, dtype, config.head_dim)?,
@@ -453,7 +453,7 @@ impl Executor {
         out.push(embedding::embedding(&k.embedding, self.weights.embed_tokens.array(), h, plan.token_ids, hidden, n)?);
         for (i, layer) in self.weights.layers.iter().enumerate() {
             let delta = if i == 0 { None } else { Some(proj) };
-            out.push(norm::rmsnorm_residual(
+            out.push(rmsnorm::rmsnorm_residual(
                 &k.rmsnorm,
                 hidden,
                 delta,
@@ -506,7 +506,7 @@ impl Executor {
                 )?),
             }
             out.push(gemm::gemm(&k.gemm, auto, a.attn.array(), layer.o_proj.array(), proj, n, h, q_dim, true)?);
-            out.push(norm::rmsnorm_residual(
+            out.push(rmsnorm::rmsnorm_residual(
                 &k.rmsnorm,
                 hidden,
                 Some(proj),
@@ -527,7 +527,7 @@ impl Executor {
                 h,
                 false,
             )?);
-            out.push(activation::silu_mul(&k.silu_mul, a.gate_up.array(), a.act.array(), n, ffn)?);
+            out.push(silu_mul::silu_mul(&k.silu_mul, a.gate_up.array(), a.act.array(), n, ffn)?);
             out.push(gemm::gemm(&k.gemm, auto, a.act.array(), layer.down_proj.array(), proj, n, h, ffn, true)?);
         }
         // A step that finishes no sequence (a chunk of a long prompt) needs no head at all.
@@ -538,7 +538,7 @@ impl Executor {
         let delta = if self.weights.layers.is_empty() { None } else { Some(proj) };
         let last_normed = a.last_normed.array().slice(0, n_logits * h);
         let rows = plan.logit_tokens.slice(0, n_logits);
-        out.push(norm::rmsnorm_residual(
+        out.push(rmsnorm::rmsnorm_residual(
             &k.rmsnorm,
             hidden,
             delta,

@@ -10,7 +10,6 @@
 //! (`CudaBackend`, the `Backend` implementation); `bench` (the measurements `tools/gpu-check`
 //! prints); `testing` (the device for tests: the GPU, or the emulator without one).
 
-pub mod activation;
 pub mod attention;
 pub mod backend;
 pub mod device;
@@ -18,12 +17,12 @@ pub mod driver;
 pub mod embedding;
 pub mod executor;
 pub mod gemm;
-pub mod norm;
 pub mod params;
 pub mod random;
+pub mod rmsnorm;
 pub mod rope;
-pub mod sampler;
 pub mod sampling;
+pub mod silu_mul;
 pub mod testing;
 pub mod weights;
 

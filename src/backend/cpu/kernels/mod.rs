@@ -11,13 +11,25 @@
 pub mod attention;
 pub mod convert;
 mod dot_tile;
-pub mod elementwise;
 mod gemm;
 mod isa;
 pub mod matmul;
 pub mod quant_dot;
+pub mod rmsnorm;
+pub mod rope;
+pub mod silu_mul;
 
 pub use isa::Isa;
+
+/// Below this many elements an op runs on the calling thread.
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
+
+/// Rows per rayon task for a row-wise op over `len` elements of `dim`-wide rows: two tasks per
+/// thread, so that uneven rows still balance.
+pub(crate) fn rows_per_task(dim: usize, len: usize) -> usize {
+    let rows = len / dim;
+    rows.div_ceil(2 * rayon::current_num_threads()).max(1)
+}
 
 /// Defines `$name(isa, args..)` that runs `$body_fn(args..)` compiled for the given level: plain
 /// Rust, inlined into a `#[target_feature]` wrapper per x86 level so LLVM vectorizes it with that

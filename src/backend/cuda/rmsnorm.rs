@@ -1,4 +1,4 @@
-//! Launcher of cuda/norm.cu: RMSNorm fused with the residual add (reference: ops::norm).
+//! Launcher of cuda/rmsnorm.cu: RMSNorm fused with the residual add (reference: ops::rmsnorm).
 
 use super::device::{DeviceArray, Dtype, Gpu, Kernel, Launch};
 use super::params::RmsNormParams;

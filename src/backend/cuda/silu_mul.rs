@@ -1,5 +1,5 @@
-//! Launcher of cuda/activation.cu: SwiGLU over the fused gate/up projection (reference:
-//! ops::activation::silu_mul).
+//! Launcher of cuda/silu_mul.cu: SwiGLU over the fused gate/up projection (reference:
+//! ops::silu_mul::silu_mul).
 
 use super::device::{DeviceArray, Dtype, Gpu, Kernel, Launch};
 use super::params::SiluMulParams;
