@@ -370,7 +370,7 @@ pub(crate) mod tests {
     use safetensors::SafeTensors;
 
     use super::*;
-    use crate::model::gguf::testing::{string, strings, GgufWriter};
+    use crate::model::gguf::writer::{string, strings, GgufWriter};
     use crate::model::gguf::MetaValue;
     use crate::model::ModelConfig;
 

@@ -219,7 +219,7 @@ mod tests {
     use std::str::FromStr;
 
     use super::*;
-    use crate::model::gguf::testing::{string, strings, GgufWriter};
+    use crate::model::gguf::writer::{string, strings, GgufWriter};
     use crate::model::gguf::MetaValue;
 
     /// GPT-2's byte-to-character table: printable bytes stand for themselves, the rest are moved

@@ -206,7 +206,7 @@ mod tests {
     use half::f16;
 
     use super::*;
-    use crate::model::gguf::testing::{string, GgufWriter};
+    use crate::model::gguf::writer::{string, GgufWriter};
     use crate::model::gguf::MetaValue;
     use crate::model::packed_quant::{quantize_to_ggml_row, PackedQuant};
     use crate::testing::seeded_values;
