@@ -9,10 +9,11 @@
 
 use cudarc::driver::CudaGraph;
 
-use super::attention::{self, AttentionKernels};
-use super::device::{DeviceArray, DeviceBuffer, Dtype, Gpu, Kernel, Launch, PinnedBuffer};
+use super::attention;
+use super::device::{DeviceArray, DeviceBuffer, Dtype, Gpu, Launch, PinnedBuffer};
 use super::embedding;
-use super::gemm::{self, GemmKernels, GemmVariant};
+use super::forward::{self, Activations, AttentionMode, KernelSet, Model};
+use super::gemm;
 use super::params::{PenaltyEntry, SampleRow, KILN_NONE};
 use super::rmsnorm;
 use super::rope::{self, DevicePlan, KvGeometry};
@@ -24,32 +25,6 @@ use super::CudaError;
 use crate::backend::plan::{PlanLimits, StepPlan};
 use crate::backend::KvLayout;
 use crate::model::ModelConfig;
-
-/// Every kernel a forward step uses, resolved once.
-struct KernelSet {
-    embedding: Kernel,
-    rmsnorm: Kernel,
-    silu_mul: Kernel,
-    rope_kv: Kernel,
-    gemm: GemmKernels,
-    attention: AttentionKernels,
-    sample: Kernel,
-}
-
-/// Activations for the largest step (`max_batch_tokens` rows; logits for `max_seqs` rows).
-struct Activations {
-    hidden: DeviceBuffer,      // [tokens, hidden] f32 residual stream
-    proj: DeviceBuffer,        // [tokens, hidden] f32 output of o_proj / down_proj
-    normed: DeviceBuffer,      // [tokens, hidden] T
-    qkv: DeviceBuffer,         // [tokens, q_dim + 2 kv_dim] T
-    q: DeviceBuffer,           // [tokens, q_dim] T, roped
-    attn: DeviceBuffer,        // [tokens, q_dim] T
-    gate_up: DeviceBuffer,     // [tokens, 2 ffn] T
-    act: DeviceBuffer,         // [tokens, ffn] T
-    last_normed: DeviceBuffer, // [logit rows, hidden] T
-    logits: DeviceBuffer,      // [logit rows, vocab] f32
-    partial: DeviceBuffer,     // decode attention splits, f32
-}
 
 /// Where each plan array sits in the one u32 plan buffer (host pinned and device).
 #[derive(Debug, Clone, Copy)]
@@ -91,13 +66,6 @@ impl PlanLayout {
             total: at,
         }
     }
-}
-
-/// How a step's attention runs.
-#[derive(Debug, Clone, Copy)]
-enum AttentionMode {
-    Decode { splits: usize },
-    Prefill { n_seqs: usize, max_seq_tokens: usize },
 }
 
 /// A captured decode step.
@@ -436,131 +404,17 @@ impl Executor {
         mode: AttentionMode,
         out: &mut Vec<Launch>,
     ) -> Result<(), CudaError> {
-        out.clear();
-        let c = &self.config;
-        let k = &self.kernels;
-        let a = &self.acts;
-        let plan = self.device_plan();
-        let h = c.hidden_size;
-        let (q_dim, kv_dim, ffn) = (c.q_dim(), c.kv_dim(), c.intermediate_size);
-        let qkv_dim = q_dim + 2 * kv_dim;
-        let eps = c.rms_norm_eps;
-        let auto = GemmVariant::Auto;
-        let hidden = a.hidden.array().slice(0, n * h);
-        let proj = a.proj.array().slice(0, n * h);
-        let normed = a.normed.array().slice(0, n * h);
-        let cache_len = self.geometry.cache_len();
-        out.push(embedding::embedding(&k.embedding, self.weights.embed_tokens.array(), h, plan.token_ids, hidden, n)?);
-        for (i, layer) in self.weights.layers.iter().enumerate() {
-            let delta = if i == 0 { None } else { Some(proj) };
-            out.push(rmsnorm::rmsnorm_residual(
-                &k.rmsnorm,
-                hidden,
-                delta,
-                layer.input_norm.array(),
-                normed,
-                None,
-                n,
-                eps,
-            )?);
-            out.push(gemm::gemm(&k.gemm, auto, normed, layer.qkv.array(), a.qkv.array(), n, qkv_dim, h, false)?);
-            let k_cache = self.k_cache.array().slice(i * cache_len, cache_len);
-            let v_cache = self.v_cache.array().slice(i * cache_len, cache_len);
-            out.push(rope::rope_kv_write(
-                &k.rope_kv,
-                self.geometry,
-                a.qkv.array(),
-                a.q.array(),
-                k_cache,
-                v_cache,
-                self.inv_freq.array(),
-                &plan,
-                n,
-            )?);
-            match mode {
-                AttentionMode::Decode { splits } => out.extend(attention::decode(
-                    &k.attention,
-                    self.geometry,
-                    a.q.array(),
-                    k_cache,
-                    v_cache,
-                    a.attn.array(),
-                    a.partial.array(),
-                    &plan,
-                    n,
-                    splits,
-                    c.sliding_window,
-                )?),
-                AttentionMode::Prefill { n_seqs, max_seq_tokens } => out.push(attention::prefill(
-                    &k.attention,
-                    self.geometry,
-                    a.q.array(),
-                    k_cache,
-                    v_cache,
-                    a.attn.array(),
-                    &plan,
-                    n,
-                    n_seqs,
-                    max_seq_tokens,
-                    c.sliding_window,
-                )?),
-            }
-            out.push(gemm::gemm(&k.gemm, auto, a.attn.array(), layer.o_proj.array(), proj, n, h, q_dim, true)?);
-            out.push(rmsnorm::rmsnorm_residual(
-                &k.rmsnorm,
-                hidden,
-                Some(proj),
-                layer.post_attention_norm.array(),
-                normed,
-                None,
-                n,
-                eps,
-            )?);
-            out.push(gemm::gemm(
-                &k.gemm,
-                auto,
-                normed,
-                layer.gate_up.array(),
-                a.gate_up.array(),
-                n,
-                2 * ffn,
-                h,
-                false,
-            )?);
-            out.push(silu_mul::silu_mul(&k.silu_mul, a.gate_up.array(), a.act.array(), n, ffn)?);
-            out.push(gemm::gemm(&k.gemm, auto, a.act.array(), layer.down_proj.array(), proj, n, h, ffn, true)?);
-        }
-        // A step that finishes no sequence (a chunk of a long prompt) needs no head at all.
-        if n_logits == 0 {
-            return Ok(());
-        }
-        // The rows that need logits: the last MLP's residual add and the final norm, gathered.
-        let delta = if self.weights.layers.is_empty() { None } else { Some(proj) };
-        let last_normed = a.last_normed.array().slice(0, n_logits * h);
-        let rows = plan.logit_tokens.slice(0, n_logits);
-        out.push(rmsnorm::rmsnorm_residual(
-            &k.rmsnorm,
-            hidden,
-            delta,
-            self.weights.final_norm.array(),
-            last_normed,
-            Some(rows),
-            n_logits,
-            eps,
-        )?);
-        let logits = a.logits.array().slice(0, n_logits * c.vocab_size);
-        out.push(gemm::gemm(
-            &k.gemm,
-            auto,
-            last_normed,
-            self.weights.lm_head(),
-            logits,
-            n_logits,
-            c.vocab_size,
-            h,
-            true,
-        )?);
-        Ok(())
+        let model = Model {
+            config: &self.config,
+            weights: &self.weights,
+            kernels: &self.kernels,
+            acts: &self.acts,
+            geometry: self.geometry,
+            k_cache: self.k_cache.array(),
+            v_cache: self.v_cache.array(),
+            inv_freq: self.inv_freq.array(),
+        };
+        forward::launches(&model, &self.device_plan(), n, n_logits, mode, out)
     }
 
     /// Samples one token for each of the first `rows.len()` logits rows on the GPU (after

@@ -16,6 +16,7 @@ pub mod device;
 pub mod driver;
 pub mod embedding;
 pub mod executor;
+mod forward;
 pub mod gemm;
 pub mod params;
 pub mod random;
