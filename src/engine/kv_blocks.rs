@@ -81,6 +81,7 @@ impl KvBlockAllocator {
         self.num_blocks() - self.blocks_free()
     }
 
+    #[cfg(test)]
     pub fn blocks_cached(&self) -> usize {
         self.cached.len()
     }

@@ -109,6 +109,7 @@ impl Scheduler {
     }
 
     /// Replaces the last token of a running sequence (a fork samples its own first token).
+    #[cfg(test)]
     pub fn replace_last_token(&mut self, id: SeqId, token: u32) {
         if let Some(slot) = self.running.iter_mut().find(|s| s.id == id) {
             if let Some(last) = slot.tokens.last_mut() {

@@ -24,10 +24,6 @@ impl StopMatcher {
         StopMatcher { stops, held: String::new(), stopped: false }
     }
 
-    pub fn is_stopped(&self) -> bool {
-        self.stopped
-    }
-
     /// Adds newly decoded text and returns what can be released.
     pub fn push(&mut self, delta: &str) -> Released {
         if self.stopped {

@@ -21,7 +21,7 @@
 
 use half::f16;
 
-use super::quant::{self, GgmlType};
+use super::quant::GgmlType;
 
 /// Values per block.
 pub const BLOCK: usize = 32;
@@ -197,8 +197,9 @@ pub fn quantize_to_ggml_row(format: PackedQuant, values: &[f32]) -> Vec<u8> {
 }
 
 /// Dequantizes a ggml row through quant.rs (the reference for [`pack_ggml_row`]).
+#[cfg(test)]
 pub fn dequantize_ggml_row(format: PackedQuant, ggml_row: &[u8], out: &mut [f32]) {
-    quant::dequantize_row(format.ggml_type(), ggml_row, out).expect("row length matches its block count");
+    super::quant::dequantize_row(format.ggml_type(), ggml_row, out).expect("row length matches its block count");
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 use cudarc::driver::CudaGraph;
 
 use super::attention;
-use super::device::{DeviceArray, DeviceBuffer, Dtype, Gpu, Launch, PinnedBuffer};
+use super::device::{DeviceBuffer, Dtype, Gpu, Launch, PinnedBuffer};
 use super::embedding;
 use super::forward::{self, Activations, AttentionMode, KernelSet, Model};
 use super::gemm;
@@ -427,11 +427,6 @@ impl Executor {
     ) -> Result<SampleOutput<'_>, CudaError> {
         let logits = self.acts.logits.array();
         self.sampler.sample(&self.gpu, &self.kernels.sample, logits, self.config.vocab_size, rows, penalties, mask)
-    }
-
-    /// Device views for tools and tests.
-    pub fn logits_array(&self) -> DeviceArray {
-        self.acts.logits.array()
     }
 
     pub fn weights(&self) -> &DeviceWeights {

@@ -107,10 +107,6 @@ impl Server {
     }
 
     /// Connections open now (for metrics).
-    pub fn open_connections(&self) -> usize {
-        self.shared.tracker.open()
-    }
-
     /// Blocks the calling thread until at most `at_most` connections are open, or `timeout`
     /// passes; true if reached. For tests and health checks.
     pub fn wait_for_open_connections(&self, at_most: usize, timeout: Duration) -> bool {
