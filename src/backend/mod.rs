@@ -25,6 +25,14 @@ pub enum BackendError {
     NoDeviceSampling { backend: &'static str },
 }
 
+impl BackendError {
+    /// The backend cannot be trusted with another step (its device failed): the engine stops
+    /// rather than serve from a broken device. Other errors fail only the step's requests.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, BackendError::Device { .. })
+    }
+}
+
 /// Tokens per KV block: small enough that little is wasted at the end of a sequence, large
 /// enough that block tables stay short.
 pub const KV_BLOCK_SIZE: usize = 16;

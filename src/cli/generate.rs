@@ -74,7 +74,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     let started = std::time::Instant::now();
     loop {
-        engine.step();
+        engine.step()?;
         for event in events.try_iter() {
             match event {
                 EngineEvent::Token { text, .. } => {

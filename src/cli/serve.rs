@@ -15,7 +15,7 @@ use crate::engine::core::EngineConfig;
 use crate::engine::serving::start_engine;
 use crate::server::api::pricing::{Prices, DEFAULT_PRICES};
 use crate::server::app::{unix_now, App};
-use crate::server::http::{shutdown_on_signals, HttpConfig, Server};
+use crate::server::http::{shutdown_on_signals, HttpConfig, Server, ShutdownHandle};
 use crate::server::metrics::ServerMetrics;
 use crate::server::routes::Routes;
 use crate::server::webhook::WebhookPolicy;
@@ -70,16 +70,28 @@ impl Default for ServeArgs {
     }
 }
 
+/// Serves until SIGTERM/SIGINT, or until the engine fails: then the server drains (every request
+/// has had its error) and this returns the failure, so that kiln exits non-zero and its
+/// supervisor (systemd, Kubernetes) restarts it with a fresh engine and device.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let server = start(args, true)?;
+    let (server, engine_failure) = start_watched(args, true)?;
     let report = server.wait();
     tracing::info!("stopped ({} connections were still open at the deadline)", report.unfinished_connections);
-    Ok(())
+    match engine_failure.get() {
+        Some(cause) => anyhow::bail!("the engine failed: {cause}"),
+        None => Ok(()),
+    }
 }
 
 /// Binds, loads the model and starts the engine; returns the running server. `signals`: stop
 /// gracefully on SIGTERM/SIGINT (the CLI); tests leave it off and stop through the handle.
 pub fn start(args: ServeArgs, signals: bool) -> anyhow::Result<Server> {
+    start_watched(args, signals).map(|(server, _)| server)
+}
+
+/// `start`, plus the cell that holds the engine's failure once it has failed (the server is
+/// then shutting down).
+pub fn start_watched(args: ServeArgs, signals: bool) -> anyhow::Result<(Server, Arc<OnceLock<String>>)> {
     let address: SocketAddr = (args.host.as_str(), args.port)
         .to_socket_addrs()
         .with_context(|| format!("resolving --host {}", args.host))?
@@ -120,7 +132,9 @@ pub fn start(args: ServeArgs, signals: bool) -> anyhow::Result<Server> {
         prefix_caching: args.prefix_caching,
         host_sampling: args.host_sampling,
     };
-    let (engine, _engine_thread) = start_engine(loaded.backend, tokenizer.clone(), engine_config);
+    let (engine, engine_thread) = start_engine(loaded.backend, tokenizer.clone(), engine_config);
+    let engine_failure = engine.failure_cell();
+    watch_engine(engine_thread, engine_failure.clone(), server.shutdown_handle());
     let model_name = args.served_model_name.clone().unwrap_or(loaded.name);
     let app = App {
         engine,
@@ -145,5 +159,27 @@ pub fn start(args: ServeArgs, signals: bool) -> anyhow::Result<Server> {
         "serving {model_name} at http://{}/v1 (OpenAI API) and /v1/inference/{model_name}",
         server.local_addr()
     );
-    Ok(server)
+    Ok((server, engine_failure))
+}
+
+/// How long a server whose engine failed keeps answering 503 before it drains and exits.
+const ENGINE_FAILURE_GRACE: Duration = Duration::from_secs(2);
+
+/// When the engine thread ends with a failure, starts the server's shutdown: readiness is 503
+/// already (routes check the failure), the requests it held have their errors, and the drain lets
+/// those answers reach their clients before the process exits.
+fn watch_engine(engine_thread: std::thread::JoinHandle<()>, failure: Arc<OnceLock<String>>, shutdown: ShutdownHandle) {
+    let watcher = std::thread::Builder::new().name("kiln-engine-watch".into()).spawn(move || {
+        let _ = engine_thread.join();
+        if let Some(cause) = failure.get() {
+            tracing::error!("the engine failed ({cause}): shutting down so that a supervisor restarts kiln");
+            // A moment in which new connections still get a 503 naming the failure (a probe or a
+            // retrying client learns why) rather than a refused connection.
+            std::thread::sleep(ENGINE_FAILURE_GRACE);
+            shutdown.trigger();
+        }
+    });
+    if let Err(error) = watcher {
+        tracing::warn!("could not start the engine watcher ({error}); an engine failure will not stop the server");
+    }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use super::core::{Engine, SubmitError};
+use super::core::{Engine, EngineFailed, SubmitError};
 use super::request::{EngineEvent, EngineRequest, FinishReason, RequestParams, TokenLogprob};
 
 /// One finished choice of a request.
@@ -26,6 +26,8 @@ pub enum BatchError {
     Refused { index: usize, error: SubmitError },
     #[error("request {index} failed: {message}")]
     Failed { index: usize, message: String },
+    #[error("{0}")]
+    EngineFailed(#[from] EngineFailed),
 }
 
 /// Runs `requests` (prompt ids, parameters) together and returns each one's choices in order.
@@ -46,7 +48,7 @@ pub fn run_batch(
             .map_err(|error| BatchError::Refused { index, error })?;
         receivers.push(receiver);
     }
-    engine.run_until_idle();
+    engine.run_until_idle().map_err(BatchError::EngineFailed)?;
     receivers
         .iter()
         .zip(requests)

@@ -63,6 +63,41 @@ pub struct EngineSnapshot {
     pub kv_blocks_total: usize,
 }
 
+/// The engine cannot go on: its backend failed in a way that makes further steps untrustworthy.
+/// Every request it held has been failed with an `EngineEvent::Error`.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("the engine failed: {message}")]
+pub struct EngineFailed {
+    pub message: String,
+}
+
+/// A test-only fault, from `KILN_TEST_FAULT=step-error:N` or `step-panic:N`: the N-th step that
+/// computes something fails as a broken device would, or panics. For the tests that prove a dead
+/// engine is never hidden (tests/engine_failure.rs); unset in every real deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    StepError { at_step: u64 },
+    StepPanic { at_step: u64 },
+}
+
+impl Fault {
+    fn from_env() -> Option<Fault> {
+        let value = std::env::var("KILN_TEST_FAULT").ok()?;
+        let (kind, at) = value.split_once(':').unwrap_or((value.as_str(), "1"));
+        let at_step = at.parse().ok().filter(|&n| n > 0).unwrap_or(1);
+        let fault = match kind {
+            "step-error" => Fault::StepError { at_step },
+            "step-panic" => Fault::StepPanic { at_step },
+            _ => {
+                tracing::warn!("KILN_TEST_FAULT={value} is not step-error[:N] or step-panic[:N]; ignored");
+                return None;
+            }
+        };
+        tracing::warn!("test fault injected: {fault:?} (KILN_TEST_FAULT)");
+        Some(fault)
+    }
+}
+
 /// What every request is checked against before it is accepted, wherever it is submitted.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineLimits {
@@ -151,6 +186,9 @@ pub struct Engine {
     waiting: Arc<AtomicUsize>,
     limits: EngineLimits,
     metrics: Arc<EngineMetrics>,
+    /// Steps that computed something, for `fault`.
+    computed_steps: u64,
+    fault: Option<Fault>,
 }
 
 impl Engine {
@@ -215,6 +253,8 @@ impl Engine {
                 max_seqs: config.max_seqs,
             },
             metrics,
+            computed_steps: 0,
+            fault: Fault::from_env(),
         }
     }
 
@@ -246,17 +286,32 @@ impl Engine {
     }
 
     /// One step: cancels the requests whose client went away, runs the backend on what the
-    /// scheduler chose, and emits each sampled token.
-    pub fn step(&mut self) {
+    /// scheduler chose, and emits each sampled token. A step failure that leaves the backend
+    /// unusable fails every request and is returned; the engine must not be stepped again.
+    pub fn step(&mut self) -> Result<(), EngineFailed> {
         self.cancel_abandoned();
-        self.run_step();
+        let result = self.run_step();
         self.publish_gauges();
+        result
     }
 
     /// Steps until every submitted request has finished.
-    pub fn run_until_idle(&mut self) {
+    pub fn run_until_idle(&mut self) -> Result<(), EngineFailed> {
         while !self.is_idle() {
-            self.step();
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    /// Ends every request with an `EngineEvent::Error` carrying `message` and frees its
+    /// sequences: what a failed engine owes the clients waiting on it.
+    pub fn fail_all(&mut self, message: &str) {
+        let requests: Vec<RequestId> = self.requests.keys().copied().collect();
+        for request_id in requests {
+            if let Some(state) = self.requests.get_mut(&request_id) {
+                state.request.sink.send(EngineEvent::Error { message: message.to_string() });
+            }
+            self.cancel_request(request_id);
         }
     }
 
@@ -327,11 +382,12 @@ impl Engine {
         EngineMetrics::add(&self.metrics.requests_cancelled, 1);
     }
 
-    fn run_step(&mut self) {
+    fn run_step(&mut self) -> Result<(), EngineFailed> {
         self.scheduler.schedule(&mut self.plan, &mut self.scheduled);
         if self.scheduled.is_empty() {
-            return;
+            return Ok(());
         }
+        self.computed_steps += 1;
         for s in &self.scheduled {
             let request = self.sequences.get(&s.id).map(|seq| seq.request);
             if let Some(state) = request.and_then(|r| self.requests.get_mut(&r)) {
@@ -344,7 +400,9 @@ impl Engine {
         }
         let started = Instant::now();
         let on_device = self.device_sampling && self.prepare_device_rows();
-        let result = if on_device {
+        let result = if let Some(fault) = self.fault_due() {
+            self.inject(fault)
+        } else if on_device {
             self.backend.execute_and_sample(
                 &self.plan,
                 &self.sample_rows,
@@ -356,8 +414,14 @@ impl Engine {
             self.backend.execute(&self.plan, &mut self.logits)
         };
         if let Err(error) = result {
+            if error.is_fatal() {
+                let message = format!("the forward step failed: {error}");
+                tracing::error!("{message}; failing every request");
+                self.fail_all(&message);
+                return Err(EngineFailed { message });
+            }
             self.fail_step(error);
-            return;
+            return Ok(());
         }
         self.metrics.step_time.observe(started.elapsed().as_secs_f64());
         EngineMetrics::add(&self.metrics.steps_total, 1);
@@ -377,6 +441,23 @@ impl Engine {
             }
         }
         self.scheduled = scheduled;
+        Ok(())
+    }
+
+    fn fault_due(&self) -> Option<Fault> {
+        self.fault.filter(|fault| match *fault {
+            Fault::StepError { at_step } | Fault::StepPanic { at_step } => at_step == self.computed_steps,
+        })
+    }
+
+    fn inject(&self, fault: Fault) -> Result<(), BackendError> {
+        match fault {
+            Fault::StepError { .. } => Err(BackendError::Device {
+                backend: self.backend.name(),
+                message: "injected fault (KILN_TEST_FAULT=step-error)".into(),
+            }),
+            Fault::StepPanic { .. } => panic!("injected engine panic (KILN_TEST_FAULT=step-panic)"),
+        }
     }
 
     /// A backend failure fails the requests in this step; the engine keeps serving others.

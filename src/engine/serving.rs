@@ -1,15 +1,22 @@
 //! The engine on its own thread, for the server: requests arrive over a channel from any number
 //! of handles and join between steps; the thread sleeps while nothing is left to compute.
+//!
+//! A dead engine is never hidden: when a step fails fatally or panics, every request it held and
+//! every one still queued gets an error event, the handles report the failure (`/health` turns
+//! 503 on it) and the thread ends, so that the server can shut down and exit non-zero for its
+//! supervisor to restart it. The engine is not restarted in-process: after a device failure or a
+//! panic its state, and the device's, cannot be trusted.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::backend::Backend;
 
 use super::core::{Engine, EngineConfig, EngineLimits, EngineSnapshot, SubmitError};
 use super::metrics::EngineMetrics;
-use super::request::EngineRequest;
+use super::request::{EngineEvent, EngineRequest};
 use super::text::TokenText;
 
 enum Command {
@@ -23,11 +30,16 @@ pub struct EngineHandle {
     sender: SyncSender<Command>,
     waiting: Arc<AtomicUsize>,
     limits: EngineLimits,
+    /// Why the engine stopped, once it has.
+    failure: Arc<OnceLock<String>>,
     pub metrics: Arc<EngineMetrics>,
 }
 
 impl EngineHandle {
     pub fn submit(&self, request: EngineRequest) -> Result<(), SubmitError> {
+        if self.failure.get().is_some() {
+            return Err(SubmitError::Stopped);
+        }
         self.limits.check(&request)?;
         let waiting = self.limits.reserve_waiting(&self.waiting, &self.metrics)?;
         match self.sender.try_send(Command::Submit(request)) {
@@ -50,6 +62,17 @@ impl EngineHandle {
 
     pub fn max_sequence_tokens(&self) -> usize {
         self.limits.max_sequence_tokens
+    }
+
+    /// The cell `failure` reads, for a watcher that must not keep the engine alive (a handle
+    /// does: the engine thread runs while any handle exists).
+    pub fn failure_cell(&self) -> Arc<OnceLock<String>> {
+        self.failure.clone()
+    }
+
+    /// Why the engine stopped (a fatal step failure or a panic); None while it runs.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
     }
 
     pub fn waiting_requests(&self) -> usize {
@@ -78,16 +101,18 @@ pub fn start_engine(
         sender,
         waiting: engine.waiting_counter(),
         limits: *engine.limits(),
+        failure: Arc::new(OnceLock::new()),
         metrics: engine.metrics().clone(),
     };
+    let (failure, waiting) = (handle.failure.clone(), handle.waiting.clone());
     let thread = std::thread::Builder::new()
         .name("kiln-engine".into())
-        .spawn(move || run(engine, receiver))
+        .spawn(move || run(engine, receiver, failure, waiting))
         .expect("spawning the engine thread");
     (handle, thread)
 }
 
-fn run(mut engine: Engine, receiver: Receiver<Command>) {
+fn run(mut engine: Engine, receiver: Receiver<Command>, failure: Arc<OnceLock<String>>, waiting: Arc<AtomicUsize>) {
     loop {
         if engine.is_idle() {
             // Nothing to compute: sleep until a request arrives or every handle is gone.
@@ -99,8 +124,48 @@ fn run(mut engine: Engine, receiver: Receiver<Command>) {
         while let Ok(command) = receiver.try_recv() {
             handle(&mut engine, command);
         }
-        engine.step();
+        let message = match std::panic::catch_unwind(AssertUnwindSafe(|| engine.step())) {
+            Ok(Ok(())) => continue,
+            // The engine has already failed the requests it held.
+            Ok(Err(failed)) => failed.message,
+            Err(panic) => {
+                let message = format!("the engine panicked: {}", panic_text(panic.as_ref()));
+                // Best effort: after a panic the engine's own state may be what is broken.
+                let failed_all = std::panic::catch_unwind(AssertUnwindSafe(|| engine.fail_all(&message)));
+                if failed_all.is_err() {
+                    tracing::error!("failing the engine's requests panicked too; their clients see the channel close");
+                }
+                message
+            }
+        };
+        tracing::error!("{message}; the engine stops and new requests are refused");
+        let _ = failure.set(message.clone());
+        fail_queued(&receiver, &message, &waiting);
+        return;
     }
+}
+
+/// Answers every request still in the channel with the failure, so that no client waits for an
+/// engine that will not run it. (One sent after this, before the channel closes, sees its event
+/// channel close, which the server also reports as an error.)
+fn fail_queued(receiver: &Receiver<Command>, message: &str, waiting: &AtomicUsize) {
+    while let Ok(command) = receiver.try_recv() {
+        match command {
+            Command::Submit(mut request) => {
+                waiting.fetch_sub(1, Ordering::SeqCst);
+                request.sink.send(EngineEvent::Error { message: message.to_string() });
+            }
+            Command::Snapshot(_) => {}
+        }
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 fn handle(engine: &mut Engine, command: Command) {

@@ -88,7 +88,13 @@ pub fn inference(app: &App, model: &str, request: &Request, responder: &mut Resp
                 submitted.cancel();
                 return Ok(CLIENT_CLOSED);
             }
-            Err(WaitError::ChannelClosed) => break,
+            Err(WaitError::ChannelClosed) => {
+                // The engine went away without finishing this request (it failed).
+                let error = ApiError::internal("the engine stopped before finishing");
+                let _ = body.send(&sse_event(&error.body()));
+                let _ = body.finish();
+                return Ok(500);
+            }
         };
         let message: Value = match collector.apply(event) {
             Progress::Token { text, token_id, logprob, .. } => json!({
@@ -112,6 +118,7 @@ pub fn inference(app: &App, model: &str, request: &Request, responder: &mut Resp
             Progress::Failed(message) => {
                 submitted.cancel();
                 let _ = body.send(&sse_event(&ApiError::internal(message).body()));
+                let _ = body.finish();
                 return Ok(500);
             }
         };

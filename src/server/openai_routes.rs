@@ -107,7 +107,13 @@ fn stream(running: &Running, responder: &mut Responder<'_>) -> Result<u16, ApiEr
                 submitted.cancel();
                 return Ok(CLIENT_CLOSED);
             }
-            Err(WaitError::ChannelClosed) => break,
+            Err(WaitError::ChannelClosed) => {
+                // The engine went away without finishing this request (it failed).
+                let error = ApiError::internal("the engine stopped before finishing");
+                let _ = body.send(&sse_event(&error.body()));
+                let _ = body.finish();
+                return Ok(500);
+            }
         };
         let chunk = match collector.apply(event) {
             Progress::Token { index, text, logprob, .. } => {
@@ -142,6 +148,7 @@ fn stream(running: &Running, responder: &mut Responder<'_>) -> Result<u16, ApiEr
                 submitted.cancel();
                 let error = ApiError::internal(message);
                 let _ = body.send(&sse_event(&error.body()));
+                let _ = body.finish();
                 return Ok(500);
             }
         };

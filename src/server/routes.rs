@@ -56,9 +56,7 @@ fn dispatch(app: &App, request: &Request, responder: &mut Responder<'_>) -> Resu
     let path = request.path.as_str();
     match (method, path) {
         ("GET", "/health") => {
-            if !app.ready.load(Ordering::SeqCst) {
-                return Err(ApiError::not_ready());
-            }
+            check_ready(app)?;
             send(responder, Response::json(200, br#"{"status":"ok"}"#.to_vec()))
         }
         ("GET", "/metrics") => {
@@ -71,9 +69,7 @@ fn dispatch(app: &App, request: &Request, responder: &mut Responder<'_>) -> Resu
         (_, "/health" | "/metrics") => Err(ApiError::method_not_allowed(&request.method, path)),
         _ if path.starts_with("/v1/") => {
             authenticate(app, request)?;
-            if !app.ready.load(Ordering::SeqCst) {
-                return Err(ApiError::not_ready());
-            }
+            check_ready(app)?;
             match (method, path) {
                 ("GET", "/v1/models" | "/v1/openai/models") => {
                     let body = json!({"object": "list", "data": [{
@@ -106,6 +102,17 @@ fn dispatch(app: &App, request: &Request, responder: &mut Responder<'_>) -> Resu
         }
         _ => Err(ApiError::route_not_found(&request.method, path)),
     }
+}
+
+/// Ready: the model is loaded and the engine has not failed.
+fn check_ready(app: &App) -> Result<(), ApiError> {
+    if let Some(cause) = app.engine.failure() {
+        return Err(ApiError::engine_failed(cause));
+    }
+    if !app.ready.load(Ordering::SeqCst) {
+        return Err(ApiError::not_ready());
+    }
+    Ok(())
 }
 
 /// With keys configured, `/v1/*` needs `Authorization: Bearer <key>` (or `X-API-Key: <key>`).

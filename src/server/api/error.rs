@@ -101,6 +101,18 @@ impl ApiError {
         }
     }
 
+    /// The engine stopped (a device failure or a panic): kiln is shutting down for its
+    /// supervisor to restart it.
+    pub fn engine_failed(cause: &str) -> ApiError {
+        ApiError {
+            status: 503,
+            message: format!("The engine failed and the server is restarting ({cause}); retry shortly."),
+            kind: "server_error",
+            param: None,
+            code: Some("engine_failed"),
+        }
+    }
+
     pub fn not_ready() -> ApiError {
         ApiError {
             status: 503,

@@ -1,0 +1,132 @@
+//! `kiln serve` as a child process, the way an operator runs it, and a minimal HTTP client for
+//! the tests that need the real binary (its exit status, its log, its driver choice).
+#![allow(dead_code)] // each test file uses what it needs
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The default model's name, what requests put in `model`.
+pub const MODEL: &str = "SmolLM2-135M-Instruct";
+
+/// A `kiln serve` child process, killed when dropped; its log lines are kept.
+pub struct Served {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    /// The log so far, one string.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+/// Starts `kiln <global args> serve --port 0 <serve args>` with `env`, and waits until /health
+/// says the model is ready.
+pub fn serve(global: &[&str], args: &[&str], env: &[(&str, &str)]) -> Served {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    command
+        .args(global)
+        .args(["serve", "--port", "0", "--kv-memory", "0.0625", "--max-seqs", "4", "--max-batch-tokens", "128"])
+        .args(args)
+        .env("KILN_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("kiln starts");
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let kept = log.clone();
+    // The log goes on after the address is known: keep draining it so the server never blocks.
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = sender.send(rest.split_whitespace().next().unwrap_or_default().to_string());
+            }
+            kept.lock().unwrap().push(line);
+        }
+    });
+    let addr: SocketAddr = receiver
+        .recv_timeout(Duration::from_secs(120))
+        .expect("kiln serve logs its address")
+        .parse()
+        .expect("a socket address");
+    let served = Served { child, addr, log };
+    let started = Instant::now();
+    while request(addr, "GET", "/health", "").0 != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the server was not ready in 5 minutes:\n{}",
+            served.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    served
+}
+
+/// One HTTP/1.1 request; returns the status and the body (de-chunked). Status 0: no connection.
+pub fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect(addr) else { return (0, String::new()) };
+    stream.set_read_timeout(Some(Duration::from_secs(600))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    if stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body.as_bytes())).is_err() {
+        return (0, String::new());
+    }
+    let mut reply = Vec::new();
+    let _ = BufReader::new(stream).read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    let status = reply.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { unchunk(body) } else { body.into() };
+    (status, body)
+}
+
+fn unchunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        if size == 0 || rest.len() < size {
+            out.push_str(&rest[..size.min(rest.len())]);
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest.get(size + 2..).unwrap_or("");
+    }
+    out
+}
+
+/// The `data:` payloads of an SSE body, in order.
+pub fn sse_events(body: &str) -> Vec<String> {
+    body.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).map(str::to_string).collect()
+}
