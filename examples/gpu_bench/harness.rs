@@ -305,33 +305,18 @@ fn prefill_plan(
     blocks: usize,
     vocab: usize,
 ) -> Result<(DevicePlan, DeviceBuffer), CudaError> {
-    let mut words: Vec<u32> = Vec::new();
-    let mut push = |values: &[u32]| {
-        let start = words.len();
-        words.extend_from_slice(values);
-        words.resize(words.len().div_ceil(4) * 4, 0);
-        (start, values.len())
-    };
-    let ids = push(&(0..tokens as u32).map(|i| (i * 7919) % vocab as u32).collect::<Vec<_>>());
-    let positions = push(&(0..tokens as u32).collect::<Vec<_>>());
-    let seqs = push(&vec![0; tokens]);
-    let starts = push(&[0]);
-    let counts = push(&[tokens as u32]);
-    let tables = push(&(0..blocks as u32).collect::<Vec<_>>());
-    let logits = push(&[tokens as u32 - 1]);
-    let buffer = gpu.upload_u32(&words)?;
-    let a = buffer.array();
-    let view = |(start, len): (usize, usize)| a.slice(start, len);
-    let plan = DevicePlan {
-        token_ids: view(ids),
-        positions: view(positions),
-        token_seq: view(seqs),
-        seq_token_start: view(starts),
-        seq_token_count: view(counts),
-        block_tables: view(tables),
-        logit_tokens: view(logits),
-    };
-    Ok((plan, buffer))
+    upload_plan(
+        gpu,
+        [
+            &(0..tokens as u32).map(|i| (i * 7919) % vocab as u32).collect::<Vec<_>>(),
+            &(0..tokens as u32).collect::<Vec<_>>(),
+            &vec![0; tokens],
+            &[0],
+            &[tokens as u32],
+            &(0..blocks as u32).collect::<Vec<_>>(),
+            &[tokens as u32 - 1],
+        ],
+    )
 }
 
 /// A device plan of `batch` sequences, each one token at position `context - 1`, with distinct
@@ -342,31 +327,42 @@ fn bench_plan(
     context: usize,
     blocks_per_seq: usize,
 ) -> Result<(DevicePlan, DeviceBuffer), CudaError> {
+    let sequences: Vec<u32> = (0..batch as u32).collect();
+    upload_plan(
+        gpu,
+        [
+            &vec![1; batch],
+            &vec![(context - 1) as u32; batch],
+            &sequences,
+            &sequences,
+            &vec![1; batch],
+            &(0..(batch * blocks_per_seq) as u32).collect::<Vec<_>>(),
+            &sequences,
+        ],
+    )
+}
+
+/// Uploads a plan's arrays (token ids, positions, token sequence, sequence token starts and
+/// counts, block tables, logit tokens) into one buffer, each 16-byte aligned, and views them.
+fn upload_plan(gpu: &Gpu, arrays: [&[u32]; 7]) -> Result<(DevicePlan, DeviceBuffer), CudaError> {
     let mut words: Vec<u32> = Vec::new();
-    let mut push = |values: &[u32]| {
-        let start = words.len();
+    let mut at = [(0, 0); 7];
+    for (slot, values) in at.iter_mut().zip(arrays) {
+        *slot = (words.len(), values.len());
         words.extend_from_slice(values);
         words.resize(words.len().div_ceil(4) * 4, 0);
-        (start, values.len())
-    };
-    let ids = push(&vec![1; batch]);
-    let positions = push(&vec![(context - 1) as u32; batch]);
-    let seqs = push(&(0..batch as u32).collect::<Vec<_>>());
-    let starts = push(&(0..batch as u32).collect::<Vec<_>>());
-    let counts = push(&vec![1; batch]);
-    let tables = push(&(0..(batch * blocks_per_seq) as u32).collect::<Vec<_>>());
-    let logits = push(&(0..batch as u32).collect::<Vec<_>>());
+    }
     let buffer = gpu.upload_u32(&words)?;
     let a = buffer.array();
     let view = |(start, len): (usize, usize)| a.slice(start, len);
     let plan = DevicePlan {
-        token_ids: view(ids),
-        positions: view(positions),
-        token_seq: view(seqs),
-        seq_token_start: view(starts),
-        seq_token_count: view(counts),
-        block_tables: view(tables),
-        logit_tokens: view(logits),
+        token_ids: view(at[0]),
+        positions: view(at[1]),
+        token_seq: view(at[2]),
+        seq_token_start: view(at[3]),
+        seq_token_count: view(at[4]),
+        block_tables: view(at[5]),
+        logit_tokens: view(at[6]),
     };
     Ok((plan, buffer))
 }

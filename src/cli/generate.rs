@@ -47,14 +47,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         tokenizer.encode(&args.prompt, true).context("tokenizing the prompt")?
     };
     tracing::debug!("prompt is {} tokens", prompt_ids.len());
-    let engine_config = EngineConfig {
-        max_batch_tokens: serve.max_batch_tokens,
-        max_seqs: 1,
-        max_prefill_chunk: serve.max_prefill_chunk,
-        max_waiting: 1,
-        prefix_caching: false,
-        host_sampling: serve.host_sampling,
-    };
+    // The server's engine, for one request.
+    let engine_config = EngineConfig { max_seqs: 1, max_waiting: 1, prefix_caching: false, ..serve.engine_config() };
     let mut engine = Engine::new(loaded.backend, tokenizer.clone(), engine_config);
     // As many new tokens as asked for and the context (and KV cache) has room for.
     let room = engine.limits().max_sequence_tokens.saturating_sub(prompt_ids.len());

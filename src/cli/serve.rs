@@ -73,6 +73,20 @@ impl Default for ServeArgs {
 /// Serves until SIGTERM/SIGINT, or until the engine fails: then the server drains (every request
 /// has had its error) and this returns the failure, so that kiln exits non-zero and its
 /// supervisor (systemd, Kubernetes) restarts it with a fresh engine and device.
+impl ServeArgs {
+    /// The engine these arguments ask for (`kiln generate` takes it too, with one sequence).
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            max_batch_tokens: self.max_batch_tokens,
+            max_seqs: self.max_seqs,
+            max_prefill_chunk: self.max_prefill_chunk,
+            max_waiting: self.max_waiting,
+            prefix_caching: self.prefix_caching,
+            host_sampling: self.host_sampling,
+        }
+    }
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (server, engine_failure) = start_watched(args, true)?;
     let report = server.wait();
@@ -124,14 +138,7 @@ pub fn start_watched(args: ServeArgs, signals: bool) -> anyhow::Result<(Server, 
     let json_vocabulary: Vec<Vec<u8>> = (0..tokenizer.vocab_size() as u32)
         .map(|id| if tokenizer.is_special(id) { Vec::new() } else { tokenizer.token_bytes(id).to_vec() })
         .collect();
-    let engine_config = EngineConfig {
-        max_batch_tokens: args.max_batch_tokens,
-        max_seqs: args.max_seqs,
-        max_prefill_chunk: args.max_prefill_chunk,
-        max_waiting: args.max_waiting,
-        prefix_caching: args.prefix_caching,
-        host_sampling: args.host_sampling,
-    };
+    let engine_config = args.engine_config();
     let (engine, engine_thread) = start_engine(loaded.backend, tokenizer.clone(), engine_config);
     let engine_failure = engine.failure_cell();
     watch_engine(engine_thread, engine_failure.clone(), server.shutdown_handle());

@@ -26,6 +26,26 @@ pub struct SamplingParams {
 }
 
 impl SamplingParams {
+    /// These settings as a device-sampled row with draw `uniform` and history entries `history`
+    /// of the step's history slice; no mask and no log-probabilities (the caller's to set).
+    pub fn device_row(&self, uniform: f64, history: std::ops::Range<usize>) -> RowSampling {
+        RowSampling {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            uniform,
+            history_start: history.start,
+            history_len: history.len(),
+            mask_row: None,
+            top_logprobs: 0,
+            want_logprob: false,
+        }
+    }
+
     pub fn greedy() -> SamplingParams {
         SamplingParams {
             temperature: 0.0,
@@ -159,22 +179,7 @@ impl Sampler {
         let uniform = self.draw().unwrap_or(0.0);
         let history_start = history.len();
         self.history_entries(history);
-        let p = &self.params;
-        RowSampling {
-            temperature: p.temperature,
-            top_k: p.top_k,
-            top_p: p.top_p,
-            min_p: p.min_p,
-            repetition_penalty: p.repetition_penalty,
-            presence_penalty: p.presence_penalty,
-            frequency_penalty: p.frequency_penalty,
-            uniform,
-            history_start,
-            history_len: history.len() - history_start,
-            mask_row: None,
-            top_logprobs: 0,
-            want_logprob: false,
-        }
+        self.params.device_row(uniform, history_start..history.len())
     }
 
     /// Appends the tokens `apply_penalties` would touch, one entry per distinct token (none

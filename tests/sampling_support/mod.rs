@@ -18,21 +18,13 @@ pub fn sample_row(
     mask_row: Option<usize>,
     top_logprobs: Option<usize>,
 ) -> SampleRow {
-    SampleRow::from(&RowSampling {
-        temperature: params.temperature,
-        top_k: params.top_k,
-        top_p: params.top_p,
-        min_p: params.min_p,
-        repetition_penalty: params.repetition_penalty,
-        presence_penalty: params.presence_penalty,
-        frequency_penalty: params.frequency_penalty,
-        uniform,
-        history_start: penalty_start,
-        history_len: penalty_count,
+    let row = RowSampling {
         mask_row,
         top_logprobs: top_logprobs.unwrap_or(0),
         want_logprob: top_logprobs.is_some(),
-    })
+        ..params.device_row(uniform, penalty_start..penalty_start + penalty_count)
+    };
+    SampleRow::from(&row)
 }
 
 /// One entry per distinct token of the history, as the CPU sampler counts it: generated tokens
