@@ -114,6 +114,27 @@ struct ServeOptions {
     /// (for debugging the GPU sampler; slower).
     #[arg(long)]
     host_sampling: bool,
+    /// Default per-key limit of requests per minute (a keys-file line may set its own: rpm=N).
+    #[arg(long)]
+    key_rpm: Option<u64>,
+    /// Default per-key limit of tokens per minute, prompt and generated (keys file: tpm=N).
+    #[arg(long)]
+    key_tpm: Option<u64>,
+    /// Default per-key limit of requests running at once (keys file: concurrent=N).
+    #[arg(long)]
+    key_concurrent: Option<usize>,
+    /// Seconds running requests may take to finish after SIGTERM; then they are cut with an error.
+    #[arg(long, default_value_t = 30.0)]
+    shutdown_timeout: f64,
+    /// Seconds a response write may stall (a client not reading) before the request is cut.
+    #[arg(long, default_value_t = 30.0)]
+    write_timeout: f64,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, default_value_t = 32 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Seconds the engine may spend inside one step before /health/live answers 503.
+    #[arg(long, default_value_t = 120.0)]
+    liveness_timeout: f64,
     /// USD per million prompt tokens.
     #[arg(long, default_value_t = 0.64)]
     price_input: f64,
@@ -149,6 +170,18 @@ fn run(command: Command, backend: BackendChoice, original_weights: bool) -> anyh
             if o.max_batch_tokens == 0 || o.max_seqs == 0 || o.max_prefill_chunk == 0 {
                 anyhow::bail!("--max-batch-tokens, --max-seqs and --max-prefill-chunk must be positive");
             }
+            let seconds = |flag: &str, value: f64| {
+                if value > 0.0 && value.is_finite() && value < 1e9 {
+                    Ok(std::time::Duration::from_secs_f64(value))
+                } else {
+                    Err(anyhow::anyhow!("--{flag} must be a positive number of seconds"))
+                }
+            };
+            if o.key_rpm == Some(0) || o.key_tpm == Some(0) || o.key_concurrent == Some(0) {
+                anyhow::bail!(
+                    "--key-rpm, --key-tpm and --key-concurrent must be positive (leave one out for no limit)"
+                );
+            }
             kiln::cli::serve::run(kiln::cli::serve::ServeArgs {
                 model: o.model,
                 host: o.host,
@@ -171,6 +204,15 @@ fn run(command: Command, backend: BackendChoice, original_weights: bool) -> anyh
                     input_per_million_usd: o.price_input,
                     output_per_million_usd: o.price_output,
                 },
+                key_limits: kiln::server::rate_limit::KeyLimits {
+                    requests_per_minute: o.key_rpm,
+                    tokens_per_minute: o.key_tpm,
+                    concurrent_requests: o.key_concurrent,
+                },
+                shutdown_timeout: seconds("shutdown-timeout", o.shutdown_timeout)?,
+                write_timeout: seconds("write-timeout", o.write_timeout)?,
+                max_body_bytes: o.max_body_bytes,
+                liveness_timeout: seconds("liveness-timeout", o.liveness_timeout)?,
             })
         }
         Command::Bench(args) => {

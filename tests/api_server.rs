@@ -284,7 +284,7 @@ fn errors_have_openai_shape_and_status() {
         (chat_body(json!({"temperature": 3})), 400, Some("temperature")),
         (chat_body(json!({"n": 9})), 400, Some("n")),
         (chat_body(json!({"model": "gpt-4"})), 404, Some("model")),
-        (chat_body(json!({"max_tokens": 9000})), 400, Some("messages")),
+        (chat_body(json!({"max_tokens": 9000})), 400, Some("max_tokens")),
         (
             chat_body(
                 json!({"messages": [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]}),
@@ -304,6 +304,8 @@ fn errors_have_openai_shape_and_status() {
     }
     let context = post("/v1/chat/completions", chat_body(json!({"max_tokens": 9000}))).json();
     assert_eq!(context["error"]["code"], "context_length_exceeded");
+    // The prompt fits, so the field to reduce is the one asking for too much.
+    assert_eq!(context["error"]["param"], "max_tokens");
     let bad_json = request(server(), "POST", "/v1/chat/completions", &[], "{nope");
     assert_eq!((bad_json.status, bad_json.json()["error"]["type"].as_str()), (400, Some("invalid_request_error")));
     assert_eq!(request(server(), "GET", "/v1/nothing", &[], "").status, 404);

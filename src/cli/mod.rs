@@ -7,9 +7,14 @@ pub mod load;
 pub mod serve;
 
 /// Sends logs to stderr (stdout carries only generated text), filtered by `KILN_LOG` or `RUST_LOG`.
+/// The coroutine runtime's own info lines (one per connection, "add fd to epoll select") are off
+/// unless the filter names `may`: they would drown the access log.
 pub fn init_logging() {
-    let filter =
+    let mut filter =
         std::env::var("KILN_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".to_string());
+    if !filter.contains("may") {
+        filter.push_str(",may=warn");
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -16,7 +16,9 @@ use crate::engine::serving::start_engine;
 use crate::server::api::pricing::{Prices, DEFAULT_PRICES};
 use crate::server::app::{unix_now, App};
 use crate::server::http::{shutdown_on_signals, HttpConfig, Server, ShutdownHandle};
+use crate::server::keys::ApiKeys;
 use crate::server::metrics::ServerMetrics;
+use crate::server::rate_limit::KeyLimits;
 use crate::server::routes::Routes;
 use crate::server::webhook::WebhookPolicy;
 
@@ -43,6 +45,17 @@ pub struct ServeArgs {
     pub host_sampling: bool,
     pub max_connections: usize,
     pub prices: Prices,
+    /// Limits of keys that the keys file does not give their own.
+    pub key_limits: KeyLimits,
+    /// After SIGTERM, how long running requests may take before they are cut with an error.
+    pub shutdown_timeout: Duration,
+    /// How long a response write may stall (a client that does not read) before the request is
+    /// cut and its sequence freed.
+    pub write_timeout: Duration,
+    /// Largest request body in bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Longest the engine may stay inside one step before `/health/live` answers 503.
+    pub liveness_timeout: Duration,
 }
 
 impl Default for ServeArgs {
@@ -66,6 +79,11 @@ impl Default for ServeArgs {
             host_sampling: false,
             max_connections: 1000,
             prices: DEFAULT_PRICES,
+            key_limits: KeyLimits::default(),
+            shutdown_timeout: HttpConfig::default().drain_timeout,
+            write_timeout: HttpConfig::default().write_timeout,
+            max_body_bytes: HttpConfig::default().max_body_bytes,
+            liveness_timeout: DEFAULT_LIVENESS_TIMEOUT,
         }
     }
 }
@@ -111,15 +129,15 @@ pub fn start_watched(args: ServeArgs, signals: bool) -> anyhow::Result<(Server, 
         .with_context(|| format!("resolving --host {}", args.host))?
         .next()
         .with_context(|| format!("--host {} has no address", args.host))?;
-    let mut api_keys = args.api_keys.clone();
-    if let Some(path) = &args.api_keys_file {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading the API keys file {}", path.display()))?;
-        api_keys
-            .extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string));
-    }
+    let api_keys = ApiKeys::load(&args.api_keys, args.api_keys_file.as_deref(), args.key_limits)?;
     let slot: Arc<OnceLock<Arc<App>>> = Arc::new(OnceLock::new());
-    let http = HttpConfig { max_connections: args.max_connections, ..HttpConfig::default() };
+    let http = HttpConfig {
+        max_connections: args.max_connections,
+        drain_timeout: args.shutdown_timeout,
+        write_timeout: args.write_timeout,
+        max_body_bytes: args.max_body_bytes,
+        ..HttpConfig::default()
+    };
     let server =
         Server::bind(address, http, Routes(slot.clone())).with_context(|| format!("listening on {address}"))?;
     if signals {
@@ -160,6 +178,7 @@ pub fn start_watched(args: ServeArgs, signals: bool) -> anyhow::Result<(Server, 
         ready: AtomicBool::new(true),
         metrics: ServerMetrics::default(),
         started_unix: unix_now(),
+        liveness_timeout: args.liveness_timeout,
     };
     let _ = slot.set(Arc::new(app));
     tracing::info!(
@@ -168,6 +187,10 @@ pub fn start_watched(args: ServeArgs, signals: bool) -> anyhow::Result<(Server, 
     );
     Ok((server, engine_failure))
 }
+
+/// A step of the default model takes milliseconds, and of a 70B model on a GPU under a second; two
+/// minutes is a hung device or a deadlock, not a slow step.
+pub const DEFAULT_LIVENESS_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long a server whose engine failed keeps answering 503 before it drains and exits.
 const ENGINE_FAILURE_GRACE: Duration = Duration::from_secs(2);

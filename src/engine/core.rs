@@ -71,13 +71,20 @@ pub struct EngineFailed {
     pub message: String,
 }
 
-/// A test-only fault, from `KILN_TEST_FAULT=step-error:N` or `step-panic:N`: the N-th step that
-/// computes something fails as a broken device would, or panics. For the tests that prove a dead
-/// engine is never hidden (tests/engine_failure.rs); unset in every real deployment.
+/// A test-only fault, from `KILN_TEST_FAULT=step-error:N`, `step-panic:N` or `step-stall:N`: the
+/// N-th step that computes something fails as a broken device would, panics, or stalls for
+/// `STALL` before going on. For the tests that prove a dead or hung engine is never hidden
+/// (tests/engine_failure.rs); unset in every real deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
     StepError { at_step: u64 },
     StepPanic { at_step: u64 },
+    StepStall { at_step: u64 },
+}
+
+impl Fault {
+    /// How long `step-stall` holds its step: longer than the liveness tests' stall limit.
+    const STALL: std::time::Duration = std::time::Duration::from_secs(4);
 }
 
 impl Fault {
@@ -88,8 +95,9 @@ impl Fault {
         let fault = match kind {
             "step-error" => Fault::StepError { at_step },
             "step-panic" => Fault::StepPanic { at_step },
+            "step-stall" => Fault::StepStall { at_step },
             _ => {
-                tracing::warn!("KILN_TEST_FAULT={value} is not step-error[:N] or step-panic[:N]; ignored");
+                tracing::warn!("KILN_TEST_FAULT={value} is not step-error, step-panic or step-stall[:N]; ignored");
                 return None;
             }
         };
@@ -400,8 +408,9 @@ impl Engine {
         }
         let started = Instant::now();
         let on_device = self.device_sampling && self.prepare_device_rows();
-        let result = if let Some(fault) = self.fault_due() {
-            self.inject(fault)
+        let injected = self.fault_due().and_then(|fault| self.inject(fault));
+        let result = if let Some(injected) = injected {
+            injected
         } else if on_device {
             self.backend.execute_and_sample(
                 &self.plan,
@@ -446,17 +455,25 @@ impl Engine {
 
     fn fault_due(&self) -> Option<Fault> {
         self.fault.filter(|fault| match *fault {
-            Fault::StepError { at_step } | Fault::StepPanic { at_step } => at_step == self.computed_steps,
+            Fault::StepError { at_step } | Fault::StepPanic { at_step } | Fault::StepStall { at_step } => {
+                at_step == self.computed_steps
+            }
         })
     }
 
-    fn inject(&self, fault: Fault) -> Result<(), BackendError> {
+    /// Acts out a test fault: the step's result for an error or a panic, None once a stall has
+    /// passed (the step then computes as usual).
+    fn inject(&self, fault: Fault) -> Option<Result<(), BackendError>> {
         match fault {
-            Fault::StepError { .. } => Err(BackendError::Device {
+            Fault::StepError { .. } => Some(Err(BackendError::Device {
                 backend: self.backend.name(),
                 message: "injected fault (KILN_TEST_FAULT=step-error)".into(),
-            }),
+            })),
             Fault::StepPanic { .. } => panic!("injected engine panic (KILN_TEST_FAULT=step-panic)"),
+            Fault::StepStall { .. } => {
+                std::thread::sleep(Fault::STALL);
+                None
+            }
         }
     }
 

@@ -8,9 +8,10 @@
 //! panic its state, and the device's, cannot be trusted.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::backend::Backend;
 
@@ -32,8 +33,31 @@ pub struct EngineHandle {
     limits: EngineLimits,
     /// Why the engine stopped, once it has.
     failure: Arc<OnceLock<String>>,
+    heartbeat: Arc<Heartbeat>,
     pub metrics: Arc<EngineMetrics>,
 }
+
+/// When the engine loop last went round: between steps, and every `HEARTBEAT_PERIOD` while it
+/// sleeps with nothing to do. A liveness probe reads how long ago that was: a step that never
+/// returns (a hung device, a deadlock) shows as a heartbeat that stops.
+struct Heartbeat {
+    started: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Heartbeat {
+    fn beat(&self) {
+        self.last_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn age(&self) -> Duration {
+        let now = self.started.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// How often an idle engine loop wakes only to beat.
+const HEARTBEAT_PERIOD: Duration = Duration::from_millis(500);
 
 impl EngineHandle {
     pub fn submit(&self, request: EngineRequest) -> Result<(), SubmitError> {
@@ -70,6 +94,11 @@ impl EngineHandle {
         self.failure.clone()
     }
 
+    /// How long ago the engine loop last went round (see `Heartbeat`).
+    pub fn heartbeat_age(&self) -> Duration {
+        self.heartbeat.age()
+    }
+
     /// Why the engine stopped (a fatal step failure or a panic); None while it runs.
     pub fn failure(&self) -> Option<&str> {
         self.failure.get().map(String::as_str)
@@ -102,23 +131,33 @@ pub fn start_engine(
         waiting: engine.waiting_counter(),
         limits: *engine.limits(),
         failure: Arc::new(OnceLock::new()),
+        heartbeat: Arc::new(Heartbeat { started: Instant::now(), last_ms: AtomicU64::new(0) }),
         metrics: engine.metrics().clone(),
     };
-    let (failure, waiting) = (handle.failure.clone(), handle.waiting.clone());
+    let (failure, waiting, heartbeat) = (handle.failure.clone(), handle.waiting.clone(), handle.heartbeat.clone());
     let thread = std::thread::Builder::new()
         .name("kiln-engine".into())
-        .spawn(move || run(engine, receiver, failure, waiting))
+        .spawn(move || run(engine, receiver, failure, waiting, heartbeat))
         .expect("spawning the engine thread");
     (handle, thread)
 }
 
-fn run(mut engine: Engine, receiver: Receiver<Command>, failure: Arc<OnceLock<String>>, waiting: Arc<AtomicUsize>) {
+fn run(
+    mut engine: Engine,
+    receiver: Receiver<Command>,
+    failure: Arc<OnceLock<String>>,
+    waiting: Arc<AtomicUsize>,
+    heartbeat: Arc<Heartbeat>,
+) {
     loop {
+        heartbeat.beat();
         if engine.is_idle() {
-            // Nothing to compute: sleep until a request arrives or every handle is gone.
-            match receiver.recv() {
+            // Nothing to compute: sleep until a request arrives or every handle is gone, waking
+            // to beat.
+            match receiver.recv_timeout(HEARTBEAT_PERIOD) {
                 Ok(command) => handle(&mut engine, command),
-                Err(_) => return,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
             }
         }
         while let Ok(command) = receiver.try_recv() {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::api::error::ApiError;
 use super::api::pricing::Prices;
+use super::keys::ApiKeys;
 use super::metrics::ServerMetrics;
 use super::webhook::WebhookPolicy;
 use crate::engine::serving::EngineHandle;
@@ -15,8 +16,8 @@ pub struct App {
     pub tokenizer: Arc<Tokenizer>,
     /// The id clients name in `model`; requests naming another get 404.
     pub model_name: String,
-    /// Accepted bearer keys; empty means no authentication.
-    pub api_keys: Vec<String>,
+    /// Accepted bearer keys and their limits; empty means no authentication.
+    pub api_keys: ApiKeys,
     pub prices: Prices,
     pub webhooks: WebhookPolicy,
     /// Token ids that end a completion (the model's EOS ids).
@@ -28,6 +29,8 @@ pub struct App {
     pub metrics: ServerMetrics,
     /// Unix time of start-up, reported as the model's `created`.
     pub started_unix: u64,
+    /// Longest the engine loop may stay inside one step before liveness answers 503.
+    pub liveness_timeout: std::time::Duration,
 }
 
 impl App {

@@ -5,10 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::api::error::ApiError;
+use super::api::responses::sse_event;
 use super::api::responses::ChoiceResult;
 use super::api::valid::{PromptInput, ValidGeneration};
 use super::app::App;
-use super::http::{Responder, WaitError};
+use super::caller::Caller;
+use super::http::{BodyStream, Responder, WaitError};
 use crate::engine::json_mode::JsonObjectConstraint;
 use crate::engine::request::{
     ConstraintFactory, EngineEvent, EngineRequest, EventSink, RequestParams, TokenConstraint, TokenLogprob,
@@ -69,16 +71,22 @@ pub fn prepare(app: &App, valid: &ValidGeneration) -> Result<PreparedPrompts, Ap
     let context = app.engine.max_sequence_tokens();
     let longest = prompt_ids.iter().map(Vec::len).max().unwrap_or(0);
     let room = context.saturating_sub(longest);
+    // A prompt that leaves no room names the prompt; one that leaves too little for what was
+    // asked names the length asked for.
+    let exceeded = |requested: usize| {
+        let field = if room == 0 { valid.prompt_field } else { valid.max_tokens_field };
+        ApiError::context_length_exceeded(longest, requested, context).for_param(field)
+    };
     let max_tokens = match valid.max_tokens {
         Some(requested) if requested > room => {
             if valid.cap_max_tokens_to_context && room > 0 {
                 room
             } else {
-                return Err(ApiError::context_length_exceeded(longest, requested, context));
+                return Err(exceeded(requested));
             }
         }
         Some(requested) => requested,
-        None if room == 0 => return Err(ApiError::context_length_exceeded(longest, 1, context)),
+        None if room == 0 => return Err(exceeded(1)),
         None => room,
     };
     Ok(PreparedPrompts { prompt_ids, prompt_texts, max_tokens, continues_prompt })
@@ -98,10 +106,15 @@ pub type TaggedEvent = (usize, EngineEvent);
 struct MaySink {
     prompt: usize,
     sender: may::sync::mpsc::Sender<TaggedEvent>,
+    /// Generated tokens count against the caller's key as they are produced.
+    caller: Caller,
 }
 
 impl EventSink for MaySink {
     fn send(&mut self, event: EngineEvent) -> bool {
+        if let EngineEvent::Token { .. } = event {
+            self.caller.count_generated_token();
+        }
         self.sender.send((self.prompt, event)).is_ok()
     }
 }
@@ -120,7 +133,12 @@ impl Submitted {
     }
 }
 
-pub fn submit(app: &App, valid: &ValidGeneration, prepared: &PreparedPrompts) -> Result<Submitted, ApiError> {
+pub fn submit(
+    app: &App,
+    caller: &Caller,
+    valid: &ValidGeneration,
+    prepared: &PreparedPrompts,
+) -> Result<Submitted, ApiError> {
     let (sender, events) = may::sync::mpsc::channel();
     let constraint: Option<ConstraintFactory> = valid.json_mode.then(|| {
         let vocabulary = app.json_vocabulary.clone();
@@ -145,7 +163,7 @@ pub fn submit(app: &App, valid: &ValidGeneration, prepared: &PreparedPrompts) ->
         let request = EngineRequest {
             prompt_ids: ids.clone(),
             params: params.clone(),
-            sink: Box::new(MaySink { prompt, sender: sender.clone() }),
+            sink: Box::new(MaySink { prompt, sender: sender.clone(), caller: caller.clone() }),
             cancel: cancel.clone(),
         };
         if let Err(error) = app.engine.submit(request) {
@@ -155,6 +173,7 @@ pub fn submit(app: &App, valid: &ValidGeneration, prepared: &PreparedPrompts) ->
         }
         submitted.cancel_flags.push(cancel);
     }
+    caller.count_prompt_tokens(prepared.prompt_tokens() as u64);
     Ok(submitted)
 }
 
@@ -187,10 +206,40 @@ pub fn wait_for_all(
                 submitted.cancel();
                 return Ok(Waited::ClientGone);
             }
-            Err(WaitError::ChannelClosed) => return Err(ApiError::internal("the engine stopped before finishing")),
+            Err(interrupted) => {
+                submitted.cancel();
+                return Err(interruption_error(interrupted));
+            }
         }
     }
     Ok(Waited::Complete)
+}
+
+/// The error a request gets when waiting for its engine events ends without one (other than by
+/// the client leaving).
+fn interruption_error(error: WaitError) -> ApiError {
+    match error {
+        WaitError::ShutdownTimeout => ApiError::shutdown_timeout(),
+        WaitError::ChannelClosed | WaitError::ClientGone => ApiError::internal("the engine stopped before finishing"),
+    }
+}
+
+/// Ends a stream whose wait for the next event failed: the work is cancelled and, unless the
+/// client left, the stream closes with an error event (never `[DONE]`). Returns the status to
+/// log.
+pub fn end_interrupted_stream(body: BodyStream<'_, '_>, submitted: &Submitted, error: WaitError) -> u16 {
+    submitted.cancel();
+    if error == WaitError::ClientGone {
+        return CLIENT_CLOSED;
+    }
+    end_stream_with_error(body, &interruption_error(error))
+}
+
+/// Closes a started stream with `error` as its last event; returns the status to log.
+pub fn end_stream_with_error(mut body: BodyStream<'_, '_>, error: &ApiError) -> u16 {
+    let _ = body.send(&sse_event(&error.body()));
+    let _ = body.finish();
+    error.status
 }
 
 /// The status logged for a request whose client left: nginx's "client closed request".

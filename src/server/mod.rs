@@ -2,11 +2,14 @@
 
 pub mod api;
 pub mod app;
+pub mod caller;
 pub mod generation;
 pub mod http;
+pub mod keys;
 pub mod metrics;
 mod native_routes;
 mod openai_routes;
+pub mod rate_limit;
 pub mod respond;
 pub mod routes;
 pub mod webhook;

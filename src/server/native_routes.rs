@@ -11,13 +11,21 @@ use super::api::native::parse_native;
 use super::api::pricing::Prices;
 use super::api::responses::{finish_reason_str, sse_event, SSE_DONE};
 use super::app::{request_id, App};
+use super::caller::Caller;
 use super::generation::{
-    prepare, submit, wait_for_all, Collector, Progress, Submitted, TaggedEvent, Waited, CLIENT_CLOSED, DISCONNECT_POLL,
+    end_interrupted_stream, end_stream_with_error, prepare, submit, wait_for_all, Collector, Progress, Submitted,
+    TaggedEvent, Waited, CLIENT_CLOSED, DISCONNECT_POLL,
 };
-use super::http::{Request, Responder, Response, WaitError};
+use super::http::{Request, Responder, Response};
 use super::respond::{json_response, send};
 
-pub fn inference(app: &App, model: &str, request: &Request, responder: &mut Responder<'_>) -> Result<u16, ApiError> {
+pub fn inference(
+    app: &App,
+    caller: &Caller,
+    model: &str,
+    request: &Request,
+    responder: &mut Responder<'_>,
+) -> Result<u16, ApiError> {
     app.check_model(Some(model))?;
     let native = parse_native(&request.body)?;
     let valid = native.generation;
@@ -27,8 +35,9 @@ pub fn inference(app: &App, model: &str, request: &Request, responder: &mut Resp
     };
     let prepared = prepare(app, &valid)?;
     let started = Instant::now();
-    let submitted = submit(app, &valid, &prepared)?;
+    let submitted = submit(app, caller, &valid, &prepared)?;
     let id = request_id("");
+    caller.usage.set_request_id(&id);
     let input_tokens = prepared.prompt_tokens();
     let status = |state: &str, runtime_ms: u128, generated: usize| {
         json!({
@@ -84,17 +93,7 @@ pub fn inference(app: &App, model: &str, request: &Request, responder: &mut Resp
     while !collector.is_done() {
         let event = match body.wait_for(&submitted.events, DISCONNECT_POLL) {
             Ok(event) => event,
-            Err(WaitError::ClientGone) => {
-                submitted.cancel();
-                return Ok(CLIENT_CLOSED);
-            }
-            Err(WaitError::ChannelClosed) => {
-                // The engine went away without finishing this request (it failed).
-                let error = ApiError::internal("the engine stopped before finishing");
-                let _ = body.send(&sse_event(&error.body()));
-                let _ = body.finish();
-                return Ok(500);
-            }
+            Err(error) => return Ok(end_interrupted_stream(body, &submitted, error)),
         };
         let message: Value = match collector.apply(event) {
             Progress::Token { text, token_id, logprob, .. } => json!({
@@ -117,9 +116,7 @@ pub fn inference(app: &App, model: &str, request: &Request, responder: &mut Resp
             }
             Progress::Failed(message) => {
                 submitted.cancel();
-                let _ = body.send(&sse_event(&ApiError::internal(message).body()));
-                let _ = body.finish();
-                return Ok(500);
+                return Ok(end_stream_with_error(body, &ApiError::internal(message)));
             }
         };
         if body.send(&sse_event(&message)).is_err() {

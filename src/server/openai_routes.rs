@@ -9,31 +9,44 @@ use super::api::responses::{
 };
 use super::api::valid::ValidGeneration;
 use super::app::{request_id, unix_now, App};
+use super::caller::Caller;
 use super::generation::{
-    prepare, submit, wait_for_all, Collector, PreparedPrompts, Progress, Submitted, Waited, CLIENT_CLOSED,
-    DISCONNECT_POLL,
+    end_interrupted_stream, end_stream_with_error, prepare, submit, wait_for_all, Collector, PreparedPrompts, Progress,
+    Submitted, Waited, CLIENT_CLOSED, DISCONNECT_POLL,
 };
-use super::http::{Responder, Response, WaitError};
+use super::http::{Request, Responder, Response};
 use super::respond::{json_response, send};
 
-pub fn chat(app: &App, request: &super::http::Request, responder: &mut Responder<'_>) -> Result<u16, ApiError> {
+pub fn chat(app: &App, caller: &Caller, request: &Request, responder: &mut Responder<'_>) -> Result<u16, ApiError> {
     let valid = parse_chat(&request.body)?;
-    generate(app, Flavor::Chat, valid, responder)
+    generate(app, caller, Flavor::Chat, valid, responder)
 }
 
-pub fn completions(app: &App, request: &super::http::Request, responder: &mut Responder<'_>) -> Result<u16, ApiError> {
+pub fn completions(
+    app: &App,
+    caller: &Caller,
+    request: &Request,
+    responder: &mut Responder<'_>,
+) -> Result<u16, ApiError> {
     let valid = parse_completion(&request.body)?;
-    generate(app, Flavor::Completion, valid, responder)
+    generate(app, caller, Flavor::Completion, valid, responder)
 }
 
-fn generate(app: &App, flavor: Flavor, valid: ValidGeneration, responder: &mut Responder<'_>) -> Result<u16, ApiError> {
+fn generate(
+    app: &App,
+    caller: &Caller,
+    flavor: Flavor,
+    valid: ValidGeneration,
+    responder: &mut Responder<'_>,
+) -> Result<u16, ApiError> {
     app.check_model(valid.model.as_deref())?;
     let prepared = prepare(app, &valid)?;
-    let submitted = submit(app, &valid, &prepared)?;
+    let submitted = submit(app, caller, &valid, &prepared)?;
     let id = request_id(match flavor {
         Flavor::Chat => "chatcmpl-",
         Flavor::Completion => "cmpl-",
     });
+    caller.usage.set_request_id(&id);
     let meta = ResponseMeta { id: &id, created: unix_now(), model: &app.model_name, prices: app.prices };
     let running = Running { app, flavor, valid: &valid, prepared: &prepared, submitted: &submitted, meta: &meta };
     if valid.stream {
@@ -103,17 +116,7 @@ fn stream(running: &Running, responder: &mut Responder<'_>) -> Result<u16, ApiEr
     while !collector.is_done() {
         let event = match body.wait_for(&submitted.events, DISCONNECT_POLL) {
             Ok(event) => event,
-            Err(WaitError::ClientGone) => {
-                submitted.cancel();
-                return Ok(CLIENT_CLOSED);
-            }
-            Err(WaitError::ChannelClosed) => {
-                // The engine went away without finishing this request (it failed).
-                let error = ApiError::internal("the engine stopped before finishing");
-                let _ = body.send(&sse_event(&error.body()));
-                let _ = body.finish();
-                return Ok(500);
-            }
+            Err(error) => return Ok(end_interrupted_stream(body, submitted, error)),
         };
         let chunk = match collector.apply(event) {
             Progress::Token { index, text, logprob, .. } => {
@@ -146,10 +149,7 @@ fn stream(running: &Running, responder: &mut Responder<'_>) -> Result<u16, ApiEr
             }
             Progress::Failed(message) => {
                 submitted.cancel();
-                let error = ApiError::internal(message);
-                let _ = body.send(&sse_event(&error.body()));
-                let _ = body.finish();
-                return Ok(500);
+                return Ok(end_stream_with_error(body, &ApiError::internal(message)));
             }
         };
         if body.send(&sse_event(&chunk)).is_err() {

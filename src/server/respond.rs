@@ -6,7 +6,11 @@ use super::http::{Responder, Response};
 
 /// The one place an `ApiError` becomes a response.
 pub fn error_response(error: &ApiError) -> Response {
-    Response::json(error.status, error.body_bytes())
+    let response = Response::json(error.status, error.body_bytes());
+    match error.retry_after_secs {
+        Some(seconds) => response.header("Retry-After", seconds.to_string()),
+        None => response,
+    }
 }
 
 pub fn json_response(status: u16, body: &serde_json::Value) -> Response {

@@ -31,6 +31,12 @@ impl Served {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// Sends SIGTERM, as a supervisor stopping kiln does.
+    pub fn terminate(&self) {
+        let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(sent.success(), "kill -TERM failed");
+    }
+
     /// Waits up to `timeout` for the process to exit on its own.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let started = Instant::now();
@@ -92,24 +98,99 @@ pub fn serve(global: &[&str], args: &[&str], env: &[(&str, &str)]) -> Served {
 
 /// One HTTP/1.1 request; returns the status and the body (de-chunked). Status 0: no connection.
 pub fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let Ok(mut stream) = TcpStream::connect(addr) else { return (0, String::new()) };
-    stream.set_read_timeout(Some(Duration::from_secs(600))).unwrap();
+    let reply = exchange(addr, method, path, &[], body);
+    (reply.status, reply.body)
+}
+
+/// A whole response: status 0 when there was no connection.
+pub struct Reply {
+    pub status: u16,
+    /// The status line and headers.
+    pub head: String,
+    /// De-chunked.
+    pub body: String,
+}
+
+impl Reply {
+    /// The value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_string())
+        })
+    }
+
+    /// The body as JSON (panics with the body if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request with extra headers.
+pub fn exchange(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let none = Reply { status: 0, head: String::new(), body: String::new() };
+    let Ok(mut stream) = send_request(addr, method, path, headers, body) else { return none };
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    parse_reply(&reply)
+}
+
+fn send_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(600)))?;
+    let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n",
+         {extra}Content-Length: {}\r\n\r\n",
         body.len()
     );
-    if stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body.as_bytes())).is_err() {
-        return (0, String::new());
-    }
-    let mut reply = Vec::new();
-    let _ = BufReader::new(stream).read_to_end(&mut reply);
-    let reply = String::from_utf8_lossy(&reply).into_owned();
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    Ok(stream)
+}
+
+fn parse_reply(reply: &[u8]) -> Reply {
+    let reply = String::from_utf8_lossy(reply).into_owned();
     let status = reply.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
     let body =
         if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { unchunk(body) } else { body.into() };
-    (status, body)
+    Reply { status, head: head.to_string(), body }
+}
+
+/// A streamed response being read: the test can act once the first event has arrived.
+pub struct OpenStream {
+    stream: TcpStream,
+    received: Vec<u8>,
+}
+
+impl OpenStream {
+    pub fn start(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> OpenStream {
+        let stream = send_request(addr, "POST", path, headers, body).expect("the server takes the request");
+        OpenStream { stream, received: Vec::new() }
+    }
+
+    /// Reads until the first `data:` event has arrived.
+    pub fn wait_for_first_event(&mut self) {
+        let mut buffer = [0u8; 4096];
+        while !String::from_utf8_lossy(&self.received).contains("data: ") {
+            let read = self.stream.read(&mut buffer).expect("reading the stream");
+            assert!(read > 0, "the stream ended before its first event: {}", String::from_utf8_lossy(&self.received));
+            self.received.extend_from_slice(&buffer[..read]);
+        }
+    }
+
+    /// Reads to the end of the response.
+    pub fn finish(mut self) -> Reply {
+        let _ = self.stream.read_to_end(&mut self.received);
+        parse_reply(&self.received)
+    }
 }
 
 fn unchunk(mut body: &str) -> String {

@@ -10,6 +10,8 @@ pub struct ApiError {
     pub kind: &'static str,
     pub param: Option<String>,
     pub code: Option<&'static str>,
+    /// Seconds after which a retry may succeed, sent as `Retry-After` (429 and 503).
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -21,11 +23,19 @@ impl ApiError {
             kind: "invalid_request_error",
             param: Some(param.to_string()),
             code: Some("invalid_value"),
+            retry_after_secs: None,
         }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError { status: 400, message: message.into(), kind: "invalid_request_error", param: None, code: None }
+        ApiError {
+            status: 400,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: None,
+            retry_after_secs: None,
+        }
     }
 
     pub fn invalid_json(message: impl Into<String>) -> ApiError {
@@ -35,6 +45,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: None,
             code: Some("invalid_json"),
+            retry_after_secs: None,
         }
     }
 
@@ -48,6 +59,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: Some("messages".into()),
             code: Some("context_length_exceeded"),
+            retry_after_secs: None,
         }
     }
 
@@ -58,6 +70,7 @@ impl ApiError {
             kind: "authentication_error",
             param: None,
             code: Some("invalid_api_key"),
+            retry_after_secs: None,
         }
     }
 
@@ -68,6 +81,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: Some("model".into()),
             code: Some("model_not_found"),
+            retry_after_secs: None,
         }
     }
 
@@ -78,6 +92,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: None,
             code: Some("not_found"),
+            retry_after_secs: None,
         }
     }
 
@@ -88,6 +103,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: None,
             code: None,
+            retry_after_secs: None,
         }
     }
 
@@ -98,6 +114,7 @@ impl ApiError {
             kind: "rate_limit_error",
             param: None,
             code: Some("server_overloaded"),
+            retry_after_secs: Some(1),
         }
     }
 
@@ -110,6 +127,7 @@ impl ApiError {
             kind: "server_error",
             param: None,
             code: Some("engine_failed"),
+            retry_after_secs: Some(5),
         }
     }
 
@@ -120,11 +138,80 @@ impl ApiError {
             kind: "server_error",
             param: None,
             code: Some("not_ready"),
+            retry_after_secs: Some(5),
+        }
+    }
+
+    /// The engine loop has not gone round for longer than the liveness limit (a step that does not
+    /// return): a supervisor should restart the server.
+    pub fn engine_stalled(stalled: std::time::Duration, limit: std::time::Duration) -> ApiError {
+        ApiError {
+            status: 503,
+            message: format!(
+                "The engine has been inside one step for {:.1} s, longer than the liveness limit of {:.1} s.",
+                stalled.as_secs_f64(),
+                limit.as_secs_f64()
+            ),
+            kind: "server_error",
+            param: None,
+            code: Some("engine_stalled"),
+            retry_after_secs: None,
+        }
+    }
+
+    /// The server is draining after SIGTERM: it finishes what it runs and takes no new work, so
+    /// that a load balancer sends the request to another replica.
+    pub fn shutting_down() -> ApiError {
+        ApiError {
+            status: 503,
+            message: "The server is shutting down and takes no new requests; retry (another replica may answer)."
+                .into(),
+            kind: "server_error",
+            param: None,
+            code: Some("shutting_down"),
+            retry_after_secs: Some(1),
+        }
+    }
+
+    /// The drain after SIGTERM ran past `--shutdown-timeout` with this request unfinished.
+    pub fn shutdown_timeout() -> ApiError {
+        ApiError {
+            status: 503,
+            message: "The server shut down before this request finished (its --shutdown-timeout passed); retry.".into(),
+            kind: "server_error",
+            param: None,
+            code: Some("shutting_down"),
+            retry_after_secs: Some(1),
+        }
+    }
+
+    /// A per-key limit (requests or tokens per minute, concurrent streams) is reached.
+    pub fn rate_limited(message: impl Into<String>, retry_after_secs: u64) -> ApiError {
+        ApiError {
+            status: 429,
+            message: message.into(),
+            kind: "rate_limit_error",
+            param: None,
+            code: Some("rate_limit_exceeded"),
+            retry_after_secs: Some(retry_after_secs.max(1)),
         }
     }
 
     pub fn internal(message: impl Into<String>) -> ApiError {
-        ApiError { status: 500, message: message.into(), kind: "server_error", param: None, code: None }
+        ApiError {
+            status: 500,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: None,
+            retry_after_secs: None,
+        }
+    }
+
+    /// The same error naming another request field.
+    pub fn for_param(mut self, param: &str) -> ApiError {
+        self.param = Some(param.to_string());
+        self
     }
 
     pub fn body(&self) -> serde_json::Value {

@@ -4,6 +4,7 @@
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use super::limits::{MAX_JSON_DEPTH, MAX_STOP_BYTES};
 
 pub struct Fields {
     map: Map<String, Value>,
@@ -14,6 +15,7 @@ impl Fields {
         if body.is_empty() {
             return Err(ApiError::invalid_json("The request body is empty; send a JSON object."));
         }
+        check_depth(body)?;
         let value: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::invalid_json(format!("The request body is not valid JSON: {e}")))?;
         match value {
@@ -118,6 +120,12 @@ impl Fields {
         if stops.iter().any(String::is_empty) {
             return Err(ApiError::invalid_param(name, format!("`{name}` sequences must not be empty.")));
         }
+        if let Some(long) = stops.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(ApiError::invalid_param(
+                name,
+                format!("Each `{name}` sequence may be at most {MAX_STOP_BYTES} bytes; one is {}.", long.len()),
+            ));
+        }
         Ok(stops)
     }
 
@@ -142,6 +150,54 @@ impl Fields {
     }
 }
 
+/// Refuses a body nesting deeper than `MAX_JSON_DEPTH`, naming the top-level field it is in. A
+/// scan of brackets outside strings, before parsing: valid or not, the body is never parsed
+/// deeper than the bound.
+fn check_depth(body: &[u8]) -> Result<(), ApiError> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    // The most recent string that ended at depth 1: the top-level key being read.
+    let mut string_start = 0;
+    let mut field: &[u8] = b"";
+    for (i, &byte) in body.iter().enumerate() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => {
+                    in_string = false;
+                    if depth == 1 {
+                        field = &body[string_start..i];
+                    }
+                }
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => {
+                in_string = true;
+                string_start = i + 1;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    let field = String::from_utf8_lossy(field);
+                    let param = if field.is_empty() { "body".to_string() } else { field.into_owned() };
+                    return Err(ApiError::invalid_param(
+                        &param,
+                        format!("`{param}` nests deeper than {MAX_JSON_DEPTH} levels of JSON, the most a request may."),
+                    ));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +219,19 @@ mod tests {
         assert!(f.stop("stop", 1).is_err());
         assert!(f.stop("bad_stop", 4).is_err());
         assert_eq!(f.seed("neg").unwrap(), Some(u64::MAX));
+    }
+
+    #[test]
+    fn nesting_is_bounded_and_names_the_field() {
+        let nested = |levels: usize| format!("{{\"messages\": {}1{}}}", "[".repeat(levels - 1), "]".repeat(levels - 1));
+        // The body's own object is the first level.
+        assert!(Fields::parse(nested(MAX_JSON_DEPTH).as_bytes()).is_ok());
+        let error = Fields::parse(nested(MAX_JSON_DEPTH + 1).as_bytes()).err().unwrap();
+        assert_eq!((error.status, error.param.as_deref()), (400, Some("messages")));
+        // Brackets inside strings do not count, escaped quotes do not end them.
+        let quoted = format!("{{\"a\": \"\\\"{}\"}}", "[".repeat(100));
+        assert!(Fields::parse(quoted.as_bytes()).is_ok());
+        assert_eq!(Fields::parse("[".repeat(40).as_bytes()).err().unwrap().param.as_deref(), Some("body"));
     }
 
     #[test]

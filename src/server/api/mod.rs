@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod fields;
+pub mod limits;
 pub mod native;
 pub mod openai;
 pub mod pricing;

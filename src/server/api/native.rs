@@ -3,6 +3,7 @@
 
 use super::error::ApiError;
 use super::fields::Fields;
+use super::limits::{MAX_NATIVE_NEW_TOKENS, MAX_NATIVE_RESPONSES, MAX_STOP_SEQUENCES};
 use super::valid::{PromptInput, ValidGeneration};
 use crate::engine::sampler::SamplingParams;
 
@@ -16,7 +17,7 @@ pub fn parse_native(body: &[u8]) -> Result<NativeRequest, ApiError> {
     let f = Fields::parse(body)?;
     let input = f.string("input")?.ok_or_else(|| ApiError::invalid_param("input", "`input` is required."))?;
     let stream = f.bool("stream")?.unwrap_or(false);
-    let n = f.u64_in("num_responses", 1, 2)?.unwrap_or(1) as usize;
+    let n = f.u64_in("num_responses", 1, MAX_NATIVE_RESPONSES)?.unwrap_or(1) as usize;
     if stream && n > 1 {
         return Err(ApiError::invalid_param("num_responses", "`num_responses` greater than 1 cannot be streamed."));
     }
@@ -42,10 +43,12 @@ pub fn parse_native(body: &[u8]) -> Result<NativeRequest, ApiError> {
         generation: ValidGeneration {
             model: None,
             prompt: PromptInput::Text(vec![input]),
-            max_tokens: Some(f.u64_in("max_new_tokens", 1, 100_000)?.unwrap_or(512) as usize),
+            prompt_field: "input",
+            max_tokens: Some(f.u64_in("max_new_tokens", 1, MAX_NATIVE_NEW_TOKENS)?.unwrap_or(512) as usize),
+            max_tokens_field: "max_new_tokens",
             cap_max_tokens_to_context: true,
             sampling,
-            stop: f.stop("stop", 16)?,
+            stop: f.stop("stop", MAX_STOP_SEQUENCES)?,
             n,
             stream,
             include_usage: false,

@@ -8,10 +8,8 @@ use super::fields::Fields;
 use super::valid::{Message, PromptInput, ValidGeneration};
 use crate::engine::sampler::SamplingParams;
 
-/// The most completions one request may ask for.
-pub const MAX_N: u64 = 4;
-pub const MAX_STOP_SEQUENCES: usize = 16;
-pub const MAX_TOP_LOGPROBS: u64 = 20;
+use super::limits::{MAX_COMPLETION_LOGPROBS, MAX_MESSAGES, MAX_PROMPTS};
+pub use super::limits::{MAX_N, MAX_STOP_SEQUENCES, MAX_TOP_LOGPROBS};
 /// OpenAI's default `max_tokens` for the legacy completions endpoint.
 pub const COMPLETIONS_DEFAULT_MAX_TOKENS: usize = 16;
 
@@ -20,6 +18,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ValidGeneration, ApiError> {
     let messages = parse_messages(&f)?;
     let mut valid = common(&f)?;
     valid.prompt = PromptInput::Chat(messages);
+    valid.prompt_field = "messages";
     // Chat logprobs: `logprobs: true` plus optional `top_logprobs`.
     let logprobs = f.bool("logprobs")?.unwrap_or(false);
     let top = f.u64_in("top_logprobs", 0, MAX_TOP_LOGPROBS)?;
@@ -34,8 +33,9 @@ pub fn parse_completion(body: &[u8]) -> Result<ValidGeneration, ApiError> {
     let f = Fields::parse(body)?;
     let mut valid = common(&f)?;
     valid.prompt = parse_prompt(&f)?;
+    valid.prompt_field = "prompt";
     // Completions logprobs: an integer count of alternatives.
-    valid.logprobs = f.u64_in("logprobs", 0, 5)?.map(|k| k as usize);
+    valid.logprobs = f.u64_in("logprobs", 0, MAX_COMPLETION_LOGPROBS)?.map(|k| k as usize);
     valid.echo = f.bool("echo")?.unwrap_or(false);
     if valid.echo && valid.stream {
         return Err(ApiError::invalid_param("echo", "`echo` cannot be combined with `stream`."));
@@ -46,9 +46,9 @@ pub fn parse_completion(body: &[u8]) -> Result<ValidGeneration, ApiError> {
 
 /// The fields both endpoints share.
 fn common(f: &Fields) -> Result<ValidGeneration, ApiError> {
-    let max_tokens = match f.u64_in("max_completion_tokens", 1, u32::MAX as u64)? {
-        Some(v) => Some(v),
-        None => f.u64_in("max_tokens", 1, u32::MAX as u64)?,
+    let (max_tokens, max_tokens_field) = match f.u64_in("max_completion_tokens", 1, u32::MAX as u64)? {
+        Some(v) => (Some(v), "max_completion_tokens"),
+        None => (f.u64_in("max_tokens", 1, u32::MAX as u64)?, "max_tokens"),
     };
     let stream = f.bool("stream")?.unwrap_or(false);
     let include_usage = match f.get("stream_options") {
@@ -89,7 +89,9 @@ fn common(f: &Fields) -> Result<ValidGeneration, ApiError> {
     Ok(ValidGeneration {
         model: f.string("model")?,
         prompt: PromptInput::Text(Vec::new()),
+        prompt_field: "prompt",
         max_tokens: max_tokens.map(|v| v as usize),
+        max_tokens_field,
         cap_max_tokens_to_context: false,
         sampling,
         stop: f.stop("stop", MAX_STOP_SEQUENCES)?,
@@ -105,6 +107,12 @@ fn common(f: &Fields) -> Result<ValidGeneration, ApiError> {
 
 fn parse_messages(f: &Fields) -> Result<Vec<Message>, ApiError> {
     let items = match f.get("messages") {
+        Some(Value::Array(items)) if items.len() > MAX_MESSAGES => {
+            return Err(ApiError::invalid_param(
+                "messages",
+                format!("`messages` may hold at most {MAX_MESSAGES} messages; got {}.", items.len()),
+            ))
+        }
         Some(Value::Array(items)) if !items.is_empty() => items,
         Some(Value::Array(_)) => return Err(ApiError::invalid_param("messages", "`messages` must not be empty.")),
         Some(_) => return Err(ApiError::invalid_param("messages", "`messages` must be a list of messages.")),
@@ -173,6 +181,12 @@ fn parse_prompt(f: &Fields) -> Result<PromptInput, ApiError> {
         Some(Value::String(s)) => Ok(PromptInput::Text(vec![s.clone()])),
         Some(Value::Array(items)) if items.is_empty() => {
             Err(ApiError::invalid_param("prompt", "`prompt` must not be empty."))
+        }
+        Some(Value::Array(items)) if items.len() > MAX_PROMPTS && !items.iter().all(Value::is_u64) => {
+            Err(ApiError::invalid_param(
+                "prompt",
+                format!("`prompt` may hold at most {MAX_PROMPTS} prompts; got {}.", items.len()),
+            ))
         }
         Some(Value::Array(items)) => {
             if items.iter().all(Value::is_string) {

@@ -23,8 +23,13 @@ pub enum PromptInput {
 pub struct ValidGeneration {
     pub model: Option<String>,
     pub prompt: PromptInput,
+    /// The request field the prompt came from, named by errors about its length.
+    pub prompt_field: &'static str,
     /// None: as many as the context allows (chat) — the caller fills in the endpoint's default.
     pub max_tokens: Option<usize>,
+    /// The request field `max_tokens` came from (`max_tokens`, `max_completion_tokens`,
+    /// `max_new_tokens`), named by errors about it.
+    pub max_tokens_field: &'static str,
     /// true: `max_tokens` beyond the context is cut to fit (native API); false: it is an error.
     pub cap_max_tokens_to_context: bool,
     pub sampling: SamplingParams,

@@ -22,8 +22,9 @@ pub(crate) fn serve(mut io: ConnIo, peer: SocketAddr, shared: &Shared) {
         tracing::debug!(%peer, %err, "cannot configure the socket");
         return;
     }
+    let mut served_before = false;
     loop {
-        let (head, deadline) = match read_head(&mut io, shared) {
+        let (head, deadline) = match read_head(&mut io, shared, served_before) {
             Ok(Some(found)) => found,
             Ok(None) => return io.close(linger),
             Err(err) => return reject(io, err, false, peer, linger),
@@ -36,13 +37,18 @@ pub(crate) fn serve(mut io: ConnIo, peer: SocketAddr, shared: &Shared) {
         if !run_handler(&mut io, head, body, peer, shared) {
             return io.close(linger);
         }
+        served_before = true;
     }
 }
 
 /// The next request head and the deadline for the rest of the request, or `None` when the
 /// connection should close quietly: the client closed, it stayed idle past the keep-alive
 /// timeout, or the server is shutting down between requests.
-fn read_head(io: &mut ConnIo, shared: &Shared) -> Result<Option<(ParsedHead, Instant)>, RequestError> {
+fn read_head(
+    io: &mut ConnIo,
+    shared: &Shared,
+    served_before: bool,
+) -> Result<Option<(ParsedHead, Instant)>, RequestError> {
     let config = &shared.config;
     // A pipelined request already buffered is in progress; otherwise the clock starts with its
     // first byte.
@@ -73,7 +79,7 @@ fn read_head(io: &mut ConnIo, shared: &Shared) -> Result<Option<(ParsedHead, Ins
                 Filled::TimedOut => return Err(RequestError::Timeout),
             },
             None => {
-                if !wait_idle(io, shared) {
+                if !wait_idle(io, shared, served_before) {
                     return Ok(None);
                 }
                 deadline = Some(Instant::now() + config.request_timeout);
@@ -85,15 +91,23 @@ fn read_head(io: &mut ConnIo, shared: &Shared) -> Result<Option<(ParsedHead, Ins
 
 /// Waits for the first byte of the next request; false when the connection should close.
 /// Marked idle meanwhile, so a shutdown can close it without cutting a request.
-fn wait_idle(io: &mut ConnIo, shared: &Shared) -> bool {
+///
+/// While the server drains, a kept-alive connection closes instead of waiting, but a new one
+/// still gets its one request (a readiness probe learns the server is draining), waiting for it
+/// no longer than the linger timeout so that it cannot hold the drain open.
+fn wait_idle(io: &mut ConnIo, shared: &Shared, served_before: bool) -> bool {
+    let config = &shared.config;
     if shared.shutdown.is_triggered() {
-        return false;
+        if served_before {
+            return false;
+        }
+        let filled = io.fill(config.keep_alive_timeout.min(config.linger_timeout));
+        return matches!(filled, Ok(Filled::Bytes(_)));
     }
     io.set_idle(true);
     // Checked again after marking: a shutdown that scanned for idle connections before the
     // mark is visible here (see `Registration::set_idle`).
-    let filled =
-        if shared.shutdown.is_triggered() { Ok(Filled::Eof) } else { io.fill(shared.config.keep_alive_timeout) };
+    let filled = if shared.shutdown.is_triggered() { Ok(Filled::Eof) } else { io.fill(config.keep_alive_timeout) };
     io.set_idle(false);
     matches!(filled, Ok(Filled::Bytes(_)))
 }

@@ -109,4 +109,6 @@ pub enum WaitError {
     ClientGone,
     #[error("the sender dropped without sending")]
     ChannelClosed,
+    #[error("the server's shutdown timeout passed")]
+    ShutdownTimeout,
 }

@@ -125,11 +125,23 @@ impl<'c> Responder<'c> {
         self.io.peer_gone()
     }
 
+    /// Whether the server is shutting down: it finishes running requests but should take no
+    /// new work (readiness answers 503).
+    pub fn draining(&self) -> bool {
+        self.shutdown.is_triggered()
+    }
+
     /// Waits for one value on `results` (a may channel: the engine's threads send into it, this
     /// coroutine parks without holding an OS thread), checking every `poll` whether the client
-    /// left. On `ClientGone`, drop the receiver or cancel the request so the engine stops.
+    /// left or the server's drain timeout passed. On `ClientGone` or `ShutdownTimeout`, cancel the
+    /// request so the engine stops; after `ShutdownTimeout`, answer with an error promptly.
     pub fn wait_for<T>(&self, results: &may::sync::mpsc::Receiver<T>, poll: Duration) -> Result<T, WaitError> {
         loop {
+            // Checked before every wait: a stream that always has its next token ready never
+            // times out here.
+            if self.shutdown.is_cut() {
+                return Err(WaitError::ShutdownTimeout);
+            }
             match results.recv_timeout(poll) {
                 Ok(value) => return Ok(value),
                 Err(RecvTimeoutError::Timeout) => {
@@ -223,6 +235,11 @@ impl BodyStream<'_, '_> {
     /// See [`Responder::client_disconnected`].
     pub fn client_disconnected(&self) -> bool {
         self.responder.client_disconnected()
+    }
+
+    /// See [`Responder::draining`].
+    pub fn draining(&self) -> bool {
+        self.responder.draining()
     }
 
     /// See [`Responder::wait_for`]: waits for the next token while watching the client, which

@@ -76,7 +76,18 @@ impl Response {
 /// error shape so SDK clients can show it. `message` is fixed text, never request content.
 pub(crate) fn error_response(status: u16, message: &str) -> Response {
     let kind = if status >= 500 { "server_error" } else { "invalid_request_error" };
-    let body = serde_json::json!({ "error": { "message": message, "type": kind, "code": status } });
+    // OpenAI's `code` is a string (or null); clients match on it.
+    let code = match status {
+        400 => "bad_request",
+        408 => "request_timeout",
+        413 => "request_too_large",
+        417 => "expectation_failed",
+        431 => "request_header_fields_too_large",
+        501 => "not_implemented",
+        503 => "server_busy",
+        _ => "internal_error",
+    };
+    let body = serde_json::json!({ "error": { "message": message, "type": kind, "param": null, "code": code } });
     Response::json(status, body.to_string())
 }
 

@@ -32,10 +32,14 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn begin_shutdown(&self) {
-        if !self.shutdown.fire() {
-            return;
+        if self.shutdown.fire() {
+            self.tracker.close_idle();
         }
-        self.tracker.close_idle();
+    }
+
+    /// Ends the accept loop: the listener closes and new connections are refused.
+    fn stop_accepting(&self) {
+        self.shutdown.stop_accepting();
         // The accept loop is parked in accept(); a connection of our own wakes it to see the
         // flag. may's connect parks a coroutine, or blocks a plain thread, as the caller is.
         if let Err(err) = may::net::TcpStream::connect_timeout(&self.wake_addr, WAKE_CONNECT_TIMEOUT) {
@@ -114,26 +118,34 @@ impl Server {
     }
 
     /// Blocks the calling OS thread (call it from `main`, not from a coroutine) until a
-    /// shutdown is triggered, then until running requests finish or the drain timeout passes,
-    /// after which the remaining connections are closed under their handlers.
+    /// shutdown is triggered, then until running requests finish or the drain timeout passes.
+    /// Past it, handlers waiting through [`Responder::wait_for`](super::Responder::wait_for) are
+    /// told to give up (a stream ends with an error event) and get a linger timeout to do so;
+    /// then the remaining connections are closed under their handlers.
     pub fn wait(mut self) -> ShutdownReport {
         let started = self.shared.shutdown.wait_fired();
+        let tracker = &self.shared.tracker;
+        let config = &self.shared.config;
+        let drained = tracker.wait_until_at_most(0, started + config.drain_timeout);
+        self.shared.stop_accepting();
         if let Some(accept_loop) = self.accept_loop.take() {
             // Err only if the accept loop panicked, and it then no longer accepts either.
             let _ = accept_loop.join();
         }
-        let tracker = &self.shared.tracker;
-        let config = &self.shared.config;
-        if tracker.wait_until_at_most(0, started + config.drain_timeout) {
+        // A connection accepted between the drain and the listener closing is cut like the rest.
+        let unfinished = tracker.open();
+        if drained && unfinished == 0 {
             tracing::info!("all connections drained");
             return ShutdownReport { unfinished_connections: 0 };
         }
-        let unfinished = tracker.open();
-        tracing::warn!(unfinished, "drain timeout passed; closing the remaining connections");
-        tracker.close_all();
-        // They notice at their next read, write or disconnect check; a handler blocked on
-        // something else is not waited for beyond this.
-        tracker.wait_until_at_most(0, Instant::now() + config.linger_timeout);
+        tracing::warn!(unfinished, "drain timeout passed; cutting the remaining requests");
+        self.shared.shutdown.cut();
+        if !tracker.wait_until_at_most(0, Instant::now() + config.linger_timeout) {
+            tracker.close_all();
+            // They notice at their next read, write or disconnect check; a handler blocked on
+            // something else is not waited for beyond this.
+            tracker.wait_until_at_most(0, Instant::now() + config.linger_timeout);
+        }
         ShutdownReport { unfinished_connections: unfinished }
     }
 }
@@ -155,10 +167,10 @@ fn wake_addr(local: SocketAddr) -> SocketAddr {
 }
 
 fn accept_loop(listener: may::net::TcpListener, shared: Arc<Shared>) {
-    while !shared.shutdown.is_triggered() {
+    while !shared.shutdown.accepting_stopped() {
         match listener.accept() {
             // Checked again: this may be the wake-up connection, or a client that raced it.
-            Ok(_) if shared.shutdown.is_triggered() => break,
+            Ok(_) if shared.shutdown.accepting_stopped() => break,
             Ok((stream, peer)) => admit(stream, peer, &shared),
             Err(err) => {
                 tracing::warn!(%err, "accept failed");

@@ -12,16 +12,43 @@ use signal_hook::iterator::Signals;
 use super::error::HttpError;
 use super::server::Shared;
 
-/// Whether, and since when, the server is shutting down.
+/// Whether, and since when, the server is shutting down, and how far the drain has gone.
 pub(crate) struct ShutdownState {
     triggered: AtomicBool,
     since: Mutex<Option<Instant>>,
     fired: Condvar,
+    /// The drain timeout passed: handlers still waiting for results must give up and answer
+    /// with an error (a stream ends with an error event) before their connections are closed.
+    cut: AtomicBool,
+    /// The drain is over: the accept loop stops and the listener closes.
+    accepting_stopped: AtomicBool,
 }
 
 impl ShutdownState {
     pub(crate) fn new() -> Self {
-        ShutdownState { triggered: AtomicBool::new(false), since: Mutex::new(None), fired: Condvar::new() }
+        ShutdownState {
+            triggered: AtomicBool::new(false),
+            since: Mutex::new(None),
+            fired: Condvar::new(),
+            cut: AtomicBool::new(false),
+            accepting_stopped: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn accepting_stopped(&self) -> bool {
+        self.accepting_stopped.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn stop_accepting(&self) {
+        self.accepting_stopped.store(true, Ordering::SeqCst);
     }
 
     /// SeqCst: see `Registration::set_idle`.
@@ -53,9 +80,13 @@ impl ShutdownState {
     }
 }
 
-/// Starts a graceful shutdown of one [`Server`](super::Server): it stops accepting, closes idle
-/// keep-alive connections, and lets running requests finish (their responses carry
-/// `Connection: close`) until the drain timeout. Cheap to clone, safe to fire more than once and
+/// Starts a graceful shutdown of one [`Server`](super::Server): it closes idle keep-alive
+/// connections and lets running requests finish (their responses carry `Connection: close`)
+/// until the drain timeout. New connections are still accepted while it drains, so that a load
+/// balancer's readiness probe gets an answer (handlers see [`Responder::draining`]) rather than a
+/// refused connection; the listener closes when the drain ends.
+///
+/// [`Responder::draining`]: super::Responder::draining Cheap to clone, safe to fire more than once and
 /// from any thread or coroutine.
 #[derive(Clone)]
 pub struct ShutdownHandle {
