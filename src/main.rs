@@ -87,7 +87,8 @@ struct ServeOptions {
     /// The model id clients use (default: the model directory's name).
     #[arg(long)]
     served_model_name: Option<String>,
-    /// A host (or host:port) webhooks may be delivered to (repeatable); none are allowed by default.
+    /// An internal destination webhooks may reach (repeatable): a host, host:port, address or CIDR
+    /// range. Public addresses need none; loopback, private, link-local and unique-local ones do.
     #[arg(long = "webhook-allow")]
     webhook_allow: Vec<String>,
     /// KV cache size in GiB (default: 1 on the CPU, most of the free memory on a GPU).

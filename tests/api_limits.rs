@@ -115,6 +115,13 @@ fn every_request_bound_is_answered_at_and_refused_one_past() {
     };
     assert_bound(addr, chat_path, &nested(MAX_JSON_DEPTH), &nested(MAX_JSON_DEPTH + 1), "metadata");
 
+    // Webhooks may not reach the server's own network unless the operator allows it.
+    for internal in ["http://169.254.169.254/latest/meta-data", "http://127.0.0.1:9/hook", "http://[::1]/hook"] {
+        let body = json!({"input": "Hi", "max_new_tokens": 1, "webhook": internal}).to_string();
+        let refused = post(addr, native_path, &body);
+        assert_eq!((refused.status, refused.json()["error"]["param"].clone()), (400, json!("webhook")), "{internal}");
+    }
+
     // The context: the prompt (token ids, so its length is exact) plus max_tokens.
     let models = exchange(addr, "GET", "/v1/models", &[], "").json();
     let context = models["data"][0]["max_model_len"].as_u64().expect("max_model_len") as usize;

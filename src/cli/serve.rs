@@ -21,6 +21,7 @@ use crate::server::metrics::ServerMetrics;
 use crate::server::rate_limit::KeyLimits;
 use crate::server::routes::Routes;
 use crate::server::webhook::WebhookPolicy;
+use crate::server::webhook_destination::Allowed;
 
 #[derive(Debug, Clone)]
 pub struct ServeArgs {
@@ -130,6 +131,7 @@ pub fn start_watched(args: ServeArgs, signals: bool) -> anyhow::Result<(Server, 
         .next()
         .with_context(|| format!("--host {} has no address", args.host))?;
     let api_keys = ApiKeys::load(&args.api_keys, args.api_keys_file.as_deref(), args.key_limits)?;
+    let webhook_allowed = Allowed::parse(&args.webhook_allow).map_err(|e| anyhow::anyhow!("--webhook-allow {e}"))?;
     let slot: Arc<OnceLock<Arc<App>>> = Arc::new(OnceLock::new());
     let http = HttpConfig {
         max_connections: args.max_connections,
@@ -169,7 +171,7 @@ pub fn start_watched(args: ServeArgs, signals: bool) -> anyhow::Result<(Server, 
         api_keys,
         prices: args.prices,
         webhooks: WebhookPolicy {
-            allowed: args.webhook_allow,
+            allowed: webhook_allowed,
             timeout: Duration::from_secs(10),
             attempts: 3,
             retry_backoff: Duration::from_secs(1),

@@ -13,3 +13,4 @@ pub mod rate_limit;
 pub mod respond;
 pub mod routes;
 pub mod webhook;
+pub mod webhook_destination;
