@@ -37,6 +37,11 @@ impl Served {
         assert!(sent.success(), "kill -TERM failed");
     }
 
+    /// The process id, to read its /proc entries.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits up to `timeout` for the process to exit on its own.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let started = Instant::now();
@@ -54,13 +59,15 @@ impl Served {
 /// says the model is ready.
 pub fn serve(global: &[&str], args: &[&str], env: &[(&str, &str)]) -> Served {
     let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    command
-        .args(global)
-        .args(["serve", "--port", "0", "--kv-memory", "0.0625", "--max-seqs", "4", "--max-batch-tokens", "128"])
-        .args(args)
-        .env("KILN_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    // Small defaults for a 2-core machine; a test's own value of a flag replaces the default.
+    let defaults = [("--kv-memory", "0.0625"), ("--max-seqs", "4"), ("--max-batch-tokens", "128")];
+    command.args(global).args(["serve", "--port", "0"]);
+    for (flag, value) in defaults {
+        if !args.contains(&flag) {
+            command.args([flag, value]);
+        }
+    }
+    command.args(args).env("KILN_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
     for (name, value) in env {
         command.env(name, value);
     }
@@ -155,7 +162,7 @@ fn send_request(
     Ok(stream)
 }
 
-fn parse_reply(reply: &[u8]) -> Reply {
+pub fn parse_reply(reply: &[u8]) -> Reply {
     let reply = String::from_utf8_lossy(reply).into_owned();
     let status = reply.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));

@@ -49,6 +49,7 @@ impl ConnIo {
     /// No Nagle delay (streamed tokens must leave at once) and a bound on stalled writes.
     pub(crate) fn configure(&self, write_timeout: Duration) -> io::Result<()> {
         self.stream.set_nodelay(true)?;
+        set_send_buffer(&self.stream, SEND_BUFFER_BYTES)?;
         self.stream.set_write_timeout(Some(write_timeout))
     }
 
@@ -187,5 +188,34 @@ fn read_append(stream: &mut TcpStream, dst: &mut Vec<u8>, max: usize, timeout: D
                 _ => Err(err),
             }
         }
+    }
+}
+
+/// The kernel's send buffer per connection. Left to autotuning it grows to several MiB, which a
+/// client that stops reading fills before any write stalls: its whole answer is generated into
+/// kernel memory and the write timeout never fires. A fixed bound makes such a client stall a
+/// write within this many bytes, so it is cut after the write timeout and its sequence freed,
+/// and bounds kernel memory across a thousand connections. Token streams need far less; a
+/// large whole answer still flows at this buffer per round trip (256 KiB / 100 ms = 2.5 MB/s).
+const SEND_BUFFER_BYTES: usize = 256 * 1024;
+
+fn set_send_buffer(stream: &may::net::TcpStream, bytes: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a socket descriptor this connection owns, and a c_int option value of the size
+    // passed.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
