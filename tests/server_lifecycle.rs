@@ -7,7 +7,7 @@ mod serve_support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use serve_support::{exchange, request, serve, sse_events, OpenStream, MODEL};
+use serve_support::{exchange, request, serve, sse_events, wait_until, OpenStream, MODEL};
 
 /// A prompt the default model continues for as long as it is let (greedy counting).
 fn counting(max_tokens: usize, stream: bool) -> String {
@@ -19,18 +19,6 @@ fn counting(max_tokens: usize, stream: bool) -> String {
         "stream": stream,
     })
     .to_string()
-}
-
-/// Polls `check` until it is true or `timeout` passes (waiting on the thing, not a fixed sleep).
-fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < timeout {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 #[test]

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use serve_support::{exchange, serve, sse_events, Reply, Served, MODEL};
+use serve_support::{exchange, serve, sse_events, wait_until, Reply, Served, MODEL};
 
 /// How far resident memory may rise above its idle value during the run. The KV cache and
 /// weights are allocated at start-up; what grows under load is per-connection (coroutine stacks
@@ -202,17 +202,6 @@ fn metric(addr: SocketAddr, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} not in /metrics"))
-}
-
-fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < timeout {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    check()
 }
 
 fn assert_idle_gauges(addr: SocketAddr) {
@@ -424,7 +413,12 @@ fn slow_loris_connections_do_not_stop_others_and_a_client_that_never_reads_is_cu
     assert!(
         wait_until(Duration::from_secs(60), || metric(addr, "kiln_requests_cancelled_total") > cancelled_before),
         "the stalled stream was never cut:\n{}",
-        served.log().lines().filter(|l| !l.contains("/metrics") && !l.contains("/health")).collect::<Vec<_>>().join("\n")
+        served
+            .log()
+            .lines()
+            .filter(|l| !l.contains("/metrics") && !l.contains("/health"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert_idle_gauges(addr);
     assert_eq!(exchange(addr, "POST", "/v1/completions", &[], &body).status, 200, "the server serves on");

@@ -218,3 +218,15 @@ fn unchunk(mut body: &str) -> String {
 pub fn sse_events(body: &str) -> Vec<String> {
     body.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).map(str::to_string).collect()
 }
+
+/// Polls `check` until it is true or `timeout` passes (tests wait on the thing, not a fixed sleep).
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check()
+}
