@@ -66,8 +66,16 @@ struct Running<'a> {
     meta: &'a ResponseMeta<'a>,
 }
 
+/// A token's text in log-probability lists: special tokens are empty there as in `text` (an
+/// echoed prompt of token ids may hold them), so the tokens always add up to the text.
 fn token_text(app: &App) -> impl Fn(u32) -> String + '_ {
-    move |id| String::from_utf8_lossy(app.tokenizer.token_bytes(id)).into_owned()
+    move |id| {
+        if app.tokenizer.is_special(id) {
+            String::new()
+        } else {
+            String::from_utf8_lossy(app.tokenizer.token_bytes(id)).into_owned()
+        }
+    }
 }
 
 /// Waits for every choice, then answers with one JSON object.

@@ -92,7 +92,7 @@ fn dispatch(app: &App, caller: &mut Caller, request: &Request, responder: &mut R
             )
         }
         ("GET", "/openapi.json") => send(responder, Response::json(200, include_bytes!("openapi.json").to_vec())),
-        (_, "/health" | "/health/ready" | "/health/live" | "/metrics") => {
+        (_, "/health" | "/health/ready" | "/health/live" | "/metrics" | "/openapi.json") => {
             Err(ApiError::method_not_allowed(&request.method, path))
         }
         _ if path.starts_with("/v1/") => {

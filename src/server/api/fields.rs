@@ -51,12 +51,9 @@ impl Fields {
             None => Ok(None),
             Some(v) => {
                 // Whole numbers written as 5.0 are accepted, as Python clients sometimes send them.
-                let x = v
-                    .as_u64()
-                    .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 1.8e19).map(|f| f as u64))
-                    .ok_or_else(|| {
-                        ApiError::invalid_param(name, format!("`{name}` must be a non-negative integer."))
-                    })?;
+                let x = v.as_u64().or_else(|| whole_number(v).filter(|f| *f >= 0.0).map(|f| f as u64)).ok_or_else(
+                    || ApiError::invalid_param(name, format!("`{name}` must be a non-negative integer.")),
+                )?;
                 if x < min || x > max {
                     return Err(ApiError::invalid_param(
                         name,
@@ -76,9 +73,21 @@ impl Fields {
                 .as_i64()
                 .map(|s| s as u64)
                 .or_else(|| v.as_u64())
+                .or_else(|| whole_number(v).map(|f| f as i64 as u64))
                 .map(Some)
                 .ok_or_else(|| ApiError::invalid_param(name, format!("`{name}` must be an integer."))),
         }
+    }
+
+    /// A probability that must be above 0 (`top_p`): at most `max`. A positive value too small
+    /// for an f32 becomes the smallest positive f32 rather than a refused 0.
+    pub fn positive_f32(&self, name: &str, max: f32) -> Result<Option<f32>, ApiError> {
+        let Some(x) = self.f32_in(name, 0.0, max)? else { return Ok(None) };
+        let raw = self.get(name).and_then(Value::as_f64).unwrap_or(0.0);
+        if raw <= 0.0 {
+            return Err(ApiError::invalid_param(name, format!("`{name}` must be greater than 0 and at most {max}.")));
+        }
+        Ok(Some(x.max(f32::MIN_POSITIVE)))
     }
 
     pub fn bool(&self, name: &str) -> Result<Option<bool>, ApiError> {
@@ -148,6 +157,12 @@ impl Fields {
             )),
         }
     }
+}
+
+/// A whole number written as a float (`5.0`), as Python clients sometimes send integers; within
+/// what an i64 or u64 holds.
+pub fn whole_number(value: &Value) -> Option<f64> {
+    value.as_f64().filter(|f| f.fract() == 0.0 && *f > -9.2e18 && *f < 1.8e19)
 }
 
 /// Refuses a body nesting deeper than `MAX_JSON_DEPTH`, naming the top-level field it is in. A

@@ -21,10 +21,7 @@ pub fn parse_native(body: &[u8]) -> Result<NativeRequest, ApiError> {
     if stream && n > 1 {
         return Err(ApiError::invalid_param("num_responses", "`num_responses` greater than 1 cannot be streamed."));
     }
-    let top_p = f.f32_in("top_p", 0.0, 1.0)?.unwrap_or(0.9);
-    if top_p == 0.0 {
-        return Err(ApiError::invalid_param("top_p", "`top_p` must be greater than 0 and at most 1."));
-    }
+    let top_p = f.positive_f32("top_p", 1.0)?.unwrap_or(0.9);
     let webhook = f.string("webhook")?;
     if stream && webhook.is_some() {
         return Err(ApiError::invalid_param("webhook", "`webhook` cannot be combined with `stream`."));

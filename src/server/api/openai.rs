@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::error::ApiError;
-use super::fields::Fields;
+use super::fields::{whole_number, Fields};
 use super::valid::{Message, PromptInput, ValidGeneration};
 use crate::engine::sampler::SamplingParams;
 
@@ -75,7 +75,7 @@ fn common(f: &Fields) -> Result<ValidGeneration, ApiError> {
     };
     let sampling = SamplingParams {
         temperature: f.f32_in("temperature", 0.0, 2.0)?.unwrap_or(1.0),
-        top_p: f.f32_in("top_p", 0.0, 1.0)?.unwrap_or(1.0),
+        top_p: f.positive_f32("top_p", 1.0)?.unwrap_or(1.0),
         top_k: f.u64_in("top_k", 0, 100_000)?.unwrap_or(0) as usize,
         min_p: f.f32_in("min_p", 0.0, 1.0)?.unwrap_or(0.0),
         repetition_penalty: f.f32_in("repetition_penalty", 0.01, 5.0)?.unwrap_or(1.0),
@@ -83,9 +83,6 @@ fn common(f: &Fields) -> Result<ValidGeneration, ApiError> {
         frequency_penalty: f.f32_in("frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0),
         seed: f.seed("seed")?,
     };
-    if sampling.top_p == 0.0 {
-        return Err(ApiError::invalid_param("top_p", "`top_p` must be greater than 0 and at most 1."));
-    }
     Ok(ValidGeneration {
         model: f.string("model")?,
         prompt: PromptInput::Text(Vec::new()),
@@ -182,7 +179,7 @@ fn parse_prompt(f: &Fields) -> Result<PromptInput, ApiError> {
         Some(Value::Array(items)) if items.is_empty() => {
             Err(ApiError::invalid_param("prompt", "`prompt` must not be empty."))
         }
-        Some(Value::Array(items)) if items.len() > MAX_PROMPTS && !items.iter().all(Value::is_u64) => {
+        Some(Value::Array(items)) if items.len() > MAX_PROMPTS && !items.iter().all(is_token_id) => {
             Err(ApiError::invalid_param(
                 "prompt",
                 format!("`prompt` may hold at most {MAX_PROMPTS} prompts; got {}.", items.len()),
@@ -191,7 +188,7 @@ fn parse_prompt(f: &Fields) -> Result<PromptInput, ApiError> {
         Some(Value::Array(items)) => {
             if items.iter().all(Value::is_string) {
                 Ok(PromptInput::Text(items.iter().map(|s| s.as_str().unwrap_or_default().to_string()).collect()))
-            } else if items.iter().all(Value::is_u64) {
+            } else if items.iter().all(is_token_id) {
                 Ok(PromptInput::Tokens(vec![token_ids(items).ok_or_else(invalid)?]))
             } else if items.iter().all(Value::is_array) {
                 items
@@ -208,8 +205,17 @@ fn parse_prompt(f: &Fields) -> Result<PromptInput, ApiError> {
     }
 }
 
+/// A token id: a non-negative integer, also written as a whole float (`5.0`).
+fn is_token_id(value: &Value) -> bool {
+    value.is_u64() || whole_number(value).is_some_and(|f| f >= 0.0)
+}
+
 fn token_ids(items: &[Value]) -> Option<Vec<u32>> {
-    items.iter().map(|v| v.as_u64().and_then(|id| u32::try_from(id).ok())).collect()
+    items
+        .iter()
+        .map(|v| v.as_u64().or_else(|| whole_number(v).filter(|f| *f >= 0.0).map(|f| f as u64)))
+        .map(|id| id.and_then(|id| u32::try_from(id).ok()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -273,6 +279,11 @@ mod tests {
         let v = parse_completion(br#"{"prompt":[[1,2],[3]],"max_tokens":5}"#).unwrap();
         assert_eq!(v.prompt, PromptInput::Tokens(vec![vec![1, 2], vec![3]]));
         assert!(parse_completion(br#"{"prompt":[1,"a"]}"#).is_err());
+        // Whole numbers written as floats, as Python clients send them (found by schemathesis).
+        let v = parse_completion(br#"{"prompt":[1.0,2.0],"seed":5.0,"top_p":1e-300}"#).unwrap();
+        assert_eq!((v.prompt, v.sampling.seed), (PromptInput::Tokens(vec![vec![1, 2]]), Some(5)));
+        assert!(v.sampling.top_p > 0.0, "a positive top_p too small for an f32 is not 0");
+        assert!(parse_completion(br#"{"prompt":[1.5]}"#).is_err());
         assert!(parse_completion(br#"{}"#).is_err());
         let v = parse_chat(br#"{"messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":3,"stream":true,"stream_options":{"include_usage":true}}"#).unwrap();
         assert_eq!((v.logprobs, v.include_usage), (Some(3), true));
