@@ -947,3 +947,17 @@ fn shutdown_closes_stuck_requests_after_the_drain_timeout() {
     // Let the handler finish; its response has nowhere to go.
     let _ = open_gate.send(());
 }
+
+#[test]
+fn a_dropped_server_stops_accepting() {
+    let server = start(test_config(), routes);
+    let addr = server.local_addr();
+    assert!(TcpStream::connect(addr).is_ok());
+    drop(server);
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    // The accept loop sees the flag at its wake-up connection and closes the listener.
+    while TcpStream::connect(addr).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "a dropped server still accepts");
+        thread::sleep(Duration::from_millis(10));
+    }
+}

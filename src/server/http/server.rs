@@ -39,7 +39,9 @@ impl Shared {
 
     /// Ends the accept loop: the listener closes and new connections are refused.
     fn stop_accepting(&self) {
-        self.shutdown.stop_accepting();
+        if !self.shutdown.stop_accepting() {
+            return;
+        }
         // The accept loop is parked in accept(); a connection of our own wakes it to see the
         // flag. may's connect parks a coroutine, or blocks a plain thread, as the caller is.
         if let Err(err) = may::net::TcpStream::connect_timeout(&self.wake_addr, WAKE_CONNECT_TIMEOUT) {
@@ -55,7 +57,8 @@ pub struct ShutdownReport {
     pub unfinished_connections: usize,
 }
 
-/// A running HTTP server. Dropping it starts a shutdown; [`Server::wait`] waits for one.
+/// A running HTTP server. Dropping it starts a shutdown and closes the listener; [`Server::wait`]
+/// waits for a shutdown and runs the drain.
 pub struct Server {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
@@ -151,8 +154,11 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// A server dropped without [`Server::wait`] has no one to run its drain: it stops accepting at
+    /// once and running requests finish on their own.
     fn drop(&mut self) {
         self.shared.begin_shutdown();
+        self.shared.stop_accepting();
     }
 }
 

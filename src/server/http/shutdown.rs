@@ -47,8 +47,9 @@ impl ShutdownState {
         self.accepting_stopped.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn stop_accepting(&self) {
-        self.accepting_stopped.store(true, Ordering::SeqCst);
+    /// Sets the flag; true only for the call that set it.
+    pub(crate) fn stop_accepting(&self) -> bool {
+        !self.accepting_stopped.swap(true, Ordering::SeqCst)
     }
 
     /// SeqCst: see `Registration::set_idle`.
