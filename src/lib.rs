@@ -7,6 +7,8 @@
 pub mod backend;
 pub mod cli;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod launch;
 pub mod model;
 pub mod ops;

@@ -95,48 +95,16 @@ impl SafetensorsDir {
             // SAFETY: the map is read-only; a model file being rewritten while kiln runs is
             // outside what any inference server can defend against.
             let mmap = unsafe { Mmap::map(&handle) }.map_err(|e| ModelError::io(&file, e))?;
-            let bytes: SharedBytes = Arc::new(MappedFile(mmap));
-            let parsed = SafeTensors::deserialize((*bytes).as_ref())
-                .map_err(|e| ModelError::invalid(&file, format!("not a valid safetensors file: {e}")))?;
-            let base = (*bytes).as_ref().as_ptr() as usize;
-            for (name, view) in parsed.tensors() {
-                let dtype = match view.dtype() {
-                    Dtype::F32 => WeightDtype::F32,
-                    Dtype::F16 => WeightDtype::F16,
-                    Dtype::BF16 => WeightDtype::Bf16,
-                    other => {
-                        return Err(ModelError::invalid(
-                            &file,
-                            format!("tensor `{name}` has dtype {other:?}; kiln reads F32, F16 and BF16"),
-                        ))
-                    }
-                };
-                let start = view.data().as_ptr() as usize - base;
-                let end = start + view.data().len();
-                let location = if start % dtype.size_bytes() == 0 {
-                    TensorLocation {
-                        dtype,
-                        shape: view.shape().to_vec(),
-                        file: file.clone(),
-                        bytes: bytes.clone(),
-                        start,
-                        end,
-                    }
-                } else {
-                    let owned: SharedBytes = Arc::new(view.data().to_vec());
-                    let len = view.data().len();
-                    TensorLocation {
-                        dtype,
-                        shape: view.shape().to_vec(),
-                        file: file.clone(),
-                        bytes: owned,
-                        start: 0,
-                        end: len,
-                    }
-                };
-                tensors.insert(name, location);
-            }
+            add_file_tensors(&file, Arc::new(MappedFile(mmap)), &mut tensors)?;
         }
+        Ok(SafetensorsDir { tensors })
+    }
+
+    /// The tensors of one safetensors file held in memory; `file` only names it in errors. (The
+    /// same parse as `open`, without a directory: what the fuzz target feeds.)
+    pub(crate) fn from_file_bytes(file: &Path, bytes: SharedBytes) -> Result<SafetensorsDir, ModelError> {
+        let mut tensors = HashMap::new();
+        add_file_tensors(file, bytes, &mut tensors)?;
         Ok(SafetensorsDir { tensors })
     }
 
@@ -147,6 +115,55 @@ impl SafetensorsDir {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
     }
+}
+
+/// Parses one safetensors file's header and records where each tensor's bytes are.
+fn add_file_tensors(
+    file: &Path,
+    bytes: SharedBytes,
+    tensors: &mut HashMap<String, TensorLocation>,
+) -> Result<(), ModelError> {
+    let parsed = SafeTensors::deserialize((*bytes).as_ref())
+        .map_err(|e| ModelError::invalid(file, format!("not a valid safetensors file: {e}")))?;
+    let base = (*bytes).as_ref().as_ptr() as usize;
+    for (name, view) in parsed.tensors() {
+        let dtype = match view.dtype() {
+            Dtype::F32 => WeightDtype::F32,
+            Dtype::F16 => WeightDtype::F16,
+            Dtype::BF16 => WeightDtype::Bf16,
+            other => {
+                return Err(ModelError::invalid(
+                    file,
+                    format!("tensor `{name}` has dtype {other:?}; kiln reads F32, F16 and BF16"),
+                ))
+            }
+        };
+        let start = view.data().as_ptr() as usize - base;
+        let end = start + view.data().len();
+        let location = if start.is_multiple_of(dtype.size_bytes()) {
+            TensorLocation {
+                dtype,
+                shape: view.shape().to_vec(),
+                file: file.to_owned(),
+                bytes: bytes.clone(),
+                start,
+                end,
+            }
+        } else {
+            let owned: SharedBytes = Arc::new(view.data().to_vec());
+            let len = view.data().len();
+            TensorLocation {
+                dtype,
+                shape: view.shape().to_vec(),
+                file: file.to_owned(),
+                bytes: owned,
+                start: 0,
+                end: len,
+            }
+        };
+        tensors.insert(name, location);
+    }
+    Ok(())
 }
 
 #[derive(serde::Deserialize)]

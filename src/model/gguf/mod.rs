@@ -17,7 +17,6 @@ mod metadata;
 mod reader;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
 pub(crate) mod writer;
 
 const MAGIC: &[u8; 4] = b"GGUF";
@@ -96,7 +95,7 @@ pub struct TensorInfo {
 
 impl TensorInfo {
     pub fn n_elements(&self) -> usize {
-        // Cannot overflow: open() checked that the byte size fits in the file.
+        // Cannot overflow: check_tensor refused dims whose product (zeros aside) overflows.
         self.dims.iter().product()
     }
     /// Values per row (ne0).

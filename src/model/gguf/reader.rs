@@ -31,6 +31,11 @@ pub(super) fn check_tensor(
             ggml_type.block_size()
         ))
     })?;
+    // With a zero dimension the byte size is 0 whatever the others are, but `n_rows` and
+    // `n_elements` multiply them out: their product, zeros left out, must fit too.
+    if raw.dims.iter().filter(|&&d| d != 0).try_fold(1usize, |acc, &d| acc.checked_mul(d)).is_none() {
+        return Err(reader.invalid(format!("tensor `{name}`: dims {:?} overflow", raw.dims)));
+    }
     let n_bytes = raw.dims[1..]
         .iter()
         .try_fold(row_bytes, |acc, &d| acc.checked_mul(d))

@@ -185,3 +185,13 @@ fn open_maps_a_real_file_and_names_it_in_errors() {
     let missing = dir.path().join("missing.gguf");
     assert!(matches!(GgufFile::open(&missing), Err(ModelError::Io { .. })));
 }
+
+/// Found by the `gguf_reader` fuzz target: with a zero first dimension the byte size is 0 whatever
+/// the other dimensions are, so the reader accepted dims `[0, 2^64 - 2^40, 248]` and `n_rows` and
+/// `n_elements` then overflowed.
+#[test]
+fn fuzz_found_dims_whose_product_overflows_are_refused() {
+    let bytes = GgufWriter::new().tensor("blk.0.ffn_gate_exps.weight", &[0, 0xffff_ff00_0000_0000, 248], 0, Vec::new());
+    let err = parse(bytes.to_bytes()).unwrap_err();
+    assert!(err.to_string().contains("overflow"), "{err}");
+}

@@ -1,4 +1,5 @@
-//! A minimal GGUF writer so tests can build files byte by byte (including broken ones).
+//! A minimal GGUF writer so tests and the fuzz seeds (src/fuzzing.rs) can build files byte by byte
+//! (including broken ones).
 
 use super::MetaValue;
 

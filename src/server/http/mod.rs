@@ -45,14 +45,14 @@
 //! ```
 
 mod body;
-mod chunked;
+pub(crate) mod chunked;
 mod config;
 mod conn_io;
 mod connection;
 mod date;
 mod error;
 mod handler;
-mod head;
+pub(crate) mod head;
 mod request;
 mod responder;
 mod response;

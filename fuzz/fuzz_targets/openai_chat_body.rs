@@ -1,0 +1,6 @@
+//! Fuzz target: kiln::fuzzing::openai_chat_body (what it feeds and checks is documented there).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(init: kiln::fuzzing::write_seeds("openai_chat_body"), |data: &[u8]| {
+    kiln::fuzzing::openai_chat_body(data);
+});
