@@ -16,6 +16,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("server", 3),
     ("launch", 4),
     ("cli", 4),
+    // The fuzz targets' entry points reach the parsers of every layer below, as the CLI does.
+    ("fuzzing", 4),
     ("lib", 5),
     ("main", 5),
 ];
