@@ -13,6 +13,11 @@ const MAX_WHITESPACE_RUN: u8 = 8;
 const MAX_DEPTH: usize = 32;
 /// More open alternatives than this and the document is refused: no real schema branches so far.
 const MAX_CONFIGS: usize = 256;
+/// Digits in a number's integer part and in its fraction, and in its exponent: every number
+/// generated fits an i64 (integers) or a finite f64, which JSON parsers (serde_json, JavaScript)
+/// refuse or round beyond. Narrower than JSON allows, so every output still validates.
+const MAX_NUMBER_DIGITS: u8 = 18;
+const MAX_EXPONENT_DIGITS: u8 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum NumberAt {
@@ -79,9 +84,11 @@ enum Frame {
         at: usize,
     },
     String(StringAt),
+    /// `digits`: how many digits the current part (integer, fraction, exponent) has.
     Number {
         integer: bool,
         at: NumberAt,
+        digits: u8,
     },
     Object {
         node: NodeId,
@@ -192,9 +199,9 @@ fn step(schema: &CompiledSchema, mut config: Config, byte: u8, out: &mut Vec<Con
                 }
             }
         }
-        Frame::Number { integer, at } => match number_step(integer, at, byte) {
-            Some(at) => {
-                set_top(&mut config, Frame::Number { integer, at });
+        Frame::Number { integer, at, digits } => match number_step(integer, at, digits, byte) {
+            Some((at, digits)) => {
+                set_top(&mut config, Frame::Number { integer, at, digits });
                 push_unique(out, config);
             }
             // The byte does not continue the number: if it may end here, the byte belongs to
@@ -253,9 +260,10 @@ fn start_value(schema: &CompiledSchema, mut config: Config, node: NodeId, byte: 
         }
         Node::Number { integer } => {
             // A number starts with `-` or a digit (what may follow a leading `-`).
-            let at = if byte == b'-' { Some(NumberAt::Minus) } else { number_step(*integer, NumberAt::Minus, byte) };
-            if let Some(at) = at {
-                set_top(&mut config, Frame::Number { integer: *integer, at });
+            let at =
+                if byte == b'-' { Some((NumberAt::Minus, 0)) } else { number_step(*integer, NumberAt::Minus, 0, byte) };
+            if let Some((at, digits)) = at {
+                set_top(&mut config, Frame::Number { integer: *integer, at, digits });
                 push_unique(out, config);
             }
         }
@@ -390,10 +398,11 @@ fn array_step(
     }
 }
 
-/// The next state of a number after `byte`, None if `byte` does not continue it.
-fn number_step(integer: bool, at: NumberAt, byte: u8) -> Option<NumberAt> {
+/// The next state of a number after `byte` and the digits of its current part, None if `byte`
+/// does not continue it.
+fn number_step(integer: bool, at: NumberAt, digits: u8, byte: u8) -> Option<(NumberAt, u8)> {
     use NumberAt::*;
-    Some(match (at, byte) {
+    let next = match (at, byte) {
         (Minus, b'0') => Zero,
         (Minus, b'1'..=b'9') => Int,
         (Int, b'0'..=b'9') => Int,
@@ -403,7 +412,10 @@ fn number_step(integer: bool, at: NumberAt, byte: u8) -> Option<NumberAt> {
         (Exponent, b'+' | b'-') => ExponentSign,
         (Exponent | ExponentSign | ExponentDigits, b'0'..=b'9') => ExponentDigits,
         _ => return None,
-    })
+    };
+    let digits = if byte.is_ascii_digit() { digits + 1 } else { 0 };
+    let limit = if next == ExponentDigits { MAX_EXPONENT_DIGITS } else { MAX_NUMBER_DIGITS };
+    (digits <= limit).then_some((next, digits))
 }
 
 fn number_may_end(at: NumberAt) -> bool {

@@ -126,13 +126,73 @@ mod tests {
             r#"{"name": 1, "age": 1}"#,
             r#"{"name": "Ada", "age": 01}"#,
             r#"{"name": "Ada", "age": 1,}"#,
-            r#"{"name": "a\ud800", "age": 1}"#,      // a lone surrogate
-            "{\"name\": \"tab\there\", \"age\": 1}", // a raw control character
-            r#"{"name": "Ada", "age": 1} "#,         // nothing after the document
+            r#"{"name": "a\ud800", "age": 1}"#,               // a lone surrogate
+            "{\"name\": \"tab\there\", \"age\": 1}",          // a raw control character
+            r#"{"name": "Ada", "age": 1234567890123456789}"#, // beyond 18 digits: past an i64
+            r#"{"name": "Ada", "age": 1} "#,                  // nothing after the document
         ] {
             assert_refuses(&schema, text);
         }
         assert_eq!(run(&schema, r#"{"name": "Ada", "age": 12"#), Some(false), "a prefix is not complete");
+    }
+
+    /// A seeded random walk through what the matcher allows, byte by byte, from an alphabet that
+    /// has every structural byte and a multi-byte character; past `close_after` bytes it prefers
+    /// bytes that close things. Returns the document once complete.
+    fn random_document(schema: &CompiledSchema, seed: u64, close_after: usize) -> String {
+        let alphabet: Vec<u8> = b" \n\"\\{}[],:-.0123456789eE+tfnarulsxyz".iter().copied().chain("é".bytes()).collect();
+        let closing = b"\"}]0,";
+        let mut rng = crate::engine::rng::Rng::seeded(seed);
+        let mut matcher = SchemaMatcher::new(schema);
+        let mut out = Vec::new();
+        while !matcher.is_complete() {
+            assert!(out.len() < 4000, "seed {seed}: no end in sight: {}", String::from_utf8_lossy(&out));
+            let allowed: Vec<u8> = alphabet.iter().copied().filter(|b| matcher.can_feed(schema, &[*b])).collect();
+            let preferred: Vec<u8> = allowed.iter().copied().filter(|b| closing.contains(b)).collect();
+            let pool = if out.len() > close_after && !preferred.is_empty() { &preferred } else { &allowed };
+            // Where the alphabet has no allowed byte (a key's next letter, a character's
+            // continuation), any allowed byte; none at all is a dead end the matcher let in.
+            let byte = if pool.is_empty() {
+                let any: Vec<u8> = (0..=255).filter(|b| matcher.can_feed(schema, &[*b])).collect();
+                assert!(!any.is_empty(), "seed {seed}: stuck after {}", String::from_utf8_lossy(&out));
+                any[(rng.next_u64() % any.len() as u64) as usize]
+            } else {
+                pool[(rng.next_u64() % pool.len() as u64) as usize]
+            };
+            assert!(matcher.feed(schema, &[byte]));
+            out.push(byte);
+        }
+        String::from_utf8(out).expect("the matcher only lets whole UTF-8 through")
+    }
+
+    #[test]
+    fn random_walks_through_the_matcher_are_valid_documents() {
+        let schema = compile(person());
+        let declared = ["name", "age", "height", "admin", "nick", "role", "kind", "tags", "address"];
+        let seed = crate::testing::test_seed();
+        for walk in 0..200 {
+            let text = random_document(&schema, seed.wrapping_add(walk), 40);
+            let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            let object = value.as_object().unwrap_or_else(|| panic!("not an object: {text}"));
+            assert!(object.keys().all(|k| declared.contains(&k.as_str())), "{text}");
+            // An integer (`-0` included, which serde_json reads as a float).
+            let whole = object["age"].as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 1e18);
+            assert!(object["name"].is_string() && whole, "{text}");
+            if let Some(tags) = object.get("tags") {
+                let tags = tags.as_array().unwrap();
+                assert!((1..=2).contains(&tags.len()) && tags.iter().all(Value::is_string), "{text}");
+            }
+            if let Some(role) = object.get("role") {
+                assert!([json!("user"), json!("admin"), json!(3)].contains(role), "{text}");
+            }
+            if let Some(nick) = object.get("nick") {
+                assert!(nick.is_string() || nick.is_null(), "{text}");
+            }
+            if let Some(address) = object.get("address") {
+                let address = address.as_object().unwrap();
+                assert!(address.len() == 1 && address["city"].is_string(), "{text}");
+            }
+        }
     }
 
     #[test]
