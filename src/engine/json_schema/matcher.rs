@@ -84,6 +84,13 @@ enum Frame {
         at: usize,
     },
     String(StringAt),
+    /// A string whose decoded content must match `CompiledSchema::patterns[pattern]`, whose DFA
+    /// is in `state`.
+    PatternString {
+        at: StringAt,
+        pattern: u16,
+        state: u32,
+    },
     /// `digits`: how many digits the current part (integer, fraction, exponent) has.
     Number {
         integer: bool,
@@ -171,7 +178,7 @@ fn step(schema: &CompiledSchema, mut config: Config, byte: u8, out: &mut Vec<Con
         }
         return;
     }
-    if !matches!(top, Frame::String(_) | Frame::Literal { .. }) {
+    if !matches!(top, Frame::String(_) | Frame::PatternString { .. } | Frame::Literal { .. }) {
         config.whitespace_run = 0;
     }
     match top {
@@ -198,6 +205,33 @@ fn step(schema: &CompiledSchema, mut config: Config, byte: u8, out: &mut Vec<Con
                     }
                 }
             }
+        }
+        Frame::PatternString { at, pattern, state } => {
+            let compiled = &schema.patterns[pattern as usize];
+            if at == StringAt::Plain && byte == b'"' {
+                if compiled.matches_at_end(state) {
+                    finish_top(config, out);
+                }
+                return;
+            }
+            // A pattern reads the decoded text: the byte itself, or what an escape stands for.
+            // `\u` escapes are not generated here (the character itself can be).
+            let decoded = match (at, byte) {
+                (StringAt::Plain, b'\\') => None,
+                (StringAt::Escape, b'u') => return,
+                (StringAt::Escape, _) => Some(unescape(byte)),
+                _ => Some(byte),
+            };
+            let Some(Some(next)) = string_step(at, byte) else { return };
+            let state = match decoded {
+                Some(decoded) => match compiled.next(state, decoded) {
+                    Some(state) => state,
+                    None => return,
+                },
+                None => state,
+            };
+            set_top(&mut config, Frame::PatternString { at: next, pattern, state });
+            push_unique(out, config);
         }
         Frame::Number { integer, at, digits } => match number_step(integer, at, digits, byte) {
             Some((at, digits)) => {
@@ -267,9 +301,17 @@ fn start_value(schema: &CompiledSchema, mut config: Config, node: NodeId, byte: 
                 push_unique(out, config);
             }
         }
-        Node::String => {
+        Node::String { pattern } => {
             if byte == b'"' {
-                set_top(&mut config, Frame::String(StringAt::Plain));
+                let frame = match pattern {
+                    None => Frame::String(StringAt::Plain),
+                    Some(p) => Frame::PatternString {
+                        at: StringAt::Plain,
+                        pattern: *p as u16,
+                        state: schema.patterns[*p].start,
+                    },
+                };
+                set_top(&mut config, frame);
                 push_unique(out, config);
             }
         }
@@ -416,6 +458,18 @@ fn number_step(integer: bool, at: NumberAt, digits: u8, byte: u8) -> Option<(Num
     let digits = if byte.is_ascii_digit() { digits + 1 } else { 0 };
     let limit = if next == ExponentDigits { MAX_EXPONENT_DIGITS } else { MAX_NUMBER_DIGITS };
     (digits <= limit).then_some((next, digits))
+}
+
+/// The byte a one-character escape (after `\\`) stands for.
+fn unescape(byte: u8) -> u8 {
+    match byte {
+        b'b' => 0x08,
+        b'f' => 0x0c,
+        b'n' => b'\n',
+        b'r' => b'\r',
+        b't' => b'\t',
+        other => other,
+    }
 }
 
 fn number_may_end(at: NumberAt) -> bool {

@@ -240,7 +240,9 @@ mod tests {
     #[test]
     fn unsupported_keywords_are_refused_by_name() {
         for (schema, named) in [
-            (json!({"type": "string", "pattern": "^a+$"}), "pattern"),
+            (json!({"type": "string", "pattern": "^a+$", "format": "date"}), "together"),
+            (json!({"type": "string", "format": "hostname"}), "hostname"),
+            (json!({"type": "string", "pattern": "(?<=a)b"}), "(?<=a)b"),
             (json!({"type": "integer", "minimum": 0}), "minimum"),
             (json!({"oneOf": [{"type": "string"}]}), "oneOf"),
             (json!({"type": "string", "items": {}}), "items"),
@@ -256,6 +258,41 @@ mod tests {
             let error = CompiledSchema::compile(&schema).unwrap_err().to_string();
             assert!(error.contains(named), "{schema}: {error}");
         }
+    }
+
+    #[test]
+    fn string_patterns_and_formats_hold_for_every_prefix() {
+        let schema = compile(json!({"type": "object", "properties": {
+            "code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
+            "note": {"type": "string", "pattern": "ok"},
+            "day": {"type": "string", "format": "date"},
+            "at": {"type": "string", "format": "date-time"},
+            "id": {"type": "string", "format": "uuid"},
+            "mail": {"type": "string", "format": "email"}
+        }, "additionalProperties": false}));
+        assert_accepts(
+            &schema,
+            concat!(
+                r#"{"code": "AB-123", "note": "it is ok\n", "day": "2026-12-04", "at": "2026-12-04T22:30:00.5Z", "#,
+                r#""id": "123e4567-e89b-12d3-a456-426614174000", "mail": "ada@example.org"}"#
+            ),
+        );
+        for text in [
+            r#"{"code": "AB-1234"}"#,
+            r#"{"code": "ab-123"}"#,
+            r#"{"note": "o k"}"#,
+            r#"{"day": "2026-13-01"}"#,
+            r#"{"at": "2026-12-04 22:30:00Z"}"#,
+            r#"{"id": "123e4567"}"#,
+            r#"{"mail": "ada@"}"#,
+            r#"{"code": "\u0041B-123"}"#,
+        ] {
+            assert_refuses(&schema, text);
+        }
+        // A prefix that can no longer match dies at once, not at the closing quote.
+        let mut matcher = SchemaMatcher::new(&schema);
+        assert!(matcher.feed(&schema, br#"{"code": "A"#));
+        assert!(!matcher.can_feed(&schema, b"1"));
     }
 
     #[test]

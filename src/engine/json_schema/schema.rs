@@ -8,6 +8,9 @@
 
 use std::collections::HashMap;
 
+use regex_automata::dfa::{dense, Automaton, StartKind};
+use regex_automata::util::primitives::StateID;
+use regex_automata::{Anchored, Input};
 use serde_json::{Map, Value};
 
 pub type NodeId = usize;
@@ -23,7 +26,10 @@ pub enum Node {
     Number {
         integer: bool,
     },
-    String,
+    /// A string; with `pattern`, its content (decoded) must match `patterns[pattern]`.
+    String {
+        pattern: Option<usize>,
+    },
     Object {
         /// (name as the literal of its key, without the opening quote; value node)
         properties: Vec<(usize, NodeId)>,
@@ -42,11 +48,71 @@ pub enum Node {
     Pending,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct CompiledSchema {
     pub nodes: Vec<Node>,
     pub literals: Vec<Vec<u8>>,
+    pub patterns: Vec<StringPattern>,
     pub root: NodeId,
+}
+
+/// A string's `pattern` (or `format`) as a DFA over the string's decoded UTF-8 bytes, anchored
+/// at its start and searching anywhere in it, as JSON Schema patterns do. Minimised, so a state
+/// from which no match can be reached is the dead state: a prefix that cannot match dies at once.
+#[derive(Debug, Clone)]
+pub struct StringPattern {
+    pub source: String,
+    pub dfa: dense::DFA<Vec<u32>>,
+    pub start: u32,
+}
+
+impl StringPattern {
+    /// Largest DFA a pattern may compile to: a hostile pattern is refused, not built.
+    const MAX_DFA_BYTES: usize = 4 << 20;
+
+    fn compile(source: &str, path: &str) -> Result<StringPattern, SchemaError> {
+        // Unanchored in JSON Schema: the pattern may match anywhere, so the DFA (anchored at the
+        // string's start) reads any prefix first and anything after.
+        let wrapped = format!("(?s:.*?)(?:{source})(?s:.*)");
+        let dfa = dense::Builder::new()
+            .configure(
+                dense::Config::new()
+                    .start_kind(StartKind::Anchored)
+                    .minimize(true)
+                    .dfa_size_limit(Some(Self::MAX_DFA_BYTES))
+                    .determinize_size_limit(Some(Self::MAX_DFA_BYTES)),
+            )
+            .build(&wrapped)
+            .map_err(|e| error(path, format!("`pattern` `{source}` is not supported: {e}")))?;
+        let start = dfa
+            .start_state_forward(&Input::new("").anchored(Anchored::Yes))
+            .map_err(|e| error(path, format!("`pattern` `{source}`: {e}")))?;
+        Ok(StringPattern { source: source.to_string(), dfa, start: start.as_u32() })
+    }
+
+    pub fn next(&self, state: u32, byte: u8) -> Option<u32> {
+        let next = self.dfa.next_state(StateID::new_unchecked(state as usize), byte);
+        (!self.dfa.is_dead_state(next)).then(|| next.as_u32())
+    }
+
+    /// Whether the string may end in `state`.
+    pub fn matches_at_end(&self, state: u32) -> bool {
+        self.dfa.is_match_state(self.dfa.next_eoi_state(StateID::new_unchecked(state as usize)))
+    }
+}
+
+/// The `format`s supported, as patterns (anchored: the whole string).
+fn format_pattern(format: &str) -> Option<&'static str> {
+    Some(match format {
+        "date" => r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$",
+        "time" => r"^([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$",
+        "date-time" => {
+            r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+        }
+        "uuid" => r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        "email" => r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$",
+        _ => return None,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,10 +144,17 @@ const MAX_SCHEMA_DEPTH: usize = 64;
 
 impl CompiledSchema {
     pub fn compile(schema: &Value) -> Result<CompiledSchema, SchemaError> {
-        let mut compiler =
-            Compiler { root: schema, nodes: Vec::new(), literals: Vec::new(), refs: HashMap::new(), any: None };
+        let mut compiler = Compiler {
+            root: schema,
+            nodes: Vec::new(),
+            literals: Vec::new(),
+            patterns: Vec::new(),
+            refs: HashMap::new(),
+            any: None,
+        };
         let root = compiler.node(schema, "#", 0)?;
-        let compiled = CompiledSchema { nodes: compiler.nodes, literals: compiler.literals, root };
+        let compiled =
+            CompiledSchema { nodes: compiler.nodes, literals: compiler.literals, patterns: compiler.patterns, root };
         compiled.check_choices_consume()?;
         Ok(compiled)
     }
@@ -119,6 +192,7 @@ struct Compiler<'a> {
     root: &'a Value,
     nodes: Vec<Node>,
     literals: Vec<Vec<u8>>,
+    patterns: Vec<StringPattern>,
     /// `$ref` target pointer → its node, so recursive schemas compile to cycles.
     refs: HashMap<String, NodeId>,
     /// The node of "any value", made once.
@@ -159,7 +233,7 @@ impl<'a> Compiler<'a> {
         let scalars = self.literals_of(&[Value::Null, Value::Bool(true), Value::Bool(false)]);
         let scalars = self.add(scalars);
         let number = self.add(Node::Number { integer: false });
-        let string = self.add(Node::String);
+        let string = self.add(Node::String { pattern: None });
         let object = self.add(Node::Object { properties: Vec::new(), required: 0, extra: Some(any) });
         let array = self.add(Node::Array { items: any, min_items: 0, max_items: None });
         self.nodes[any] = Node::AnyOf(vec![scalars, number, string, object, array]);
@@ -283,7 +357,7 @@ impl<'a> Compiler<'a> {
             return Err(error(path, format!("unknown type `{type_name}`")));
         }
         let node = match type_name {
-            "string" => Node::String,
+            "string" => self.string(object, path)?,
             "integer" => Node::Number { integer: true },
             "number" => Node::Number { integer: false },
             "boolean" => self.literals_of(&[Value::Bool(true), Value::Bool(false)]),
@@ -292,6 +366,31 @@ impl<'a> Compiler<'a> {
             _ => self.array(object, path, depth)?,
         };
         Ok(self.add(node))
+    }
+
+    fn string(&mut self, object: &Map<String, Value>, path: &str) -> Result<Node, SchemaError> {
+        let source = match (object.get("pattern"), object.get("format")) {
+            (None, None) => return Ok(Node::String { pattern: None }),
+            (Some(_), Some(_)) => return Err(error(path, "`pattern` and `format` together are not supported")),
+            (Some(Value::String(pattern)), None) => pattern.clone(),
+            (Some(_), None) => return Err(error(path, "`pattern` must be a string")),
+            (None, Some(format)) => {
+                let name = format.as_str().unwrap_or_default();
+                format_pattern(name)
+                    .ok_or_else(|| {
+                        error(
+                            path,
+                            format!("`format` `{name}` is not supported (date, time, date-time, uuid, email are)"),
+                        )
+                    })?
+                    .to_string()
+            }
+        };
+        if self.patterns.len() >= u16::MAX as usize {
+            return Err(error(path, "too many string patterns in one schema"));
+        }
+        self.patterns.push(StringPattern::compile(&source, path)?);
+        Ok(Node::String { pattern: Some(self.patterns.len() - 1) })
     }
 
     fn object(&mut self, object: &'a Map<String, Value>, path: &str, depth: usize) -> Result<Node, SchemaError> {
@@ -379,6 +478,8 @@ const KNOWN: &[&str] = &[
     "items",
     "minItems",
     "maxItems",
+    "pattern",
+    "format",
 ];
 
 /// Refuses an object or array keyword where no listed type uses it (`items` on a string): the
@@ -388,6 +489,7 @@ fn check_keywords_apply(object: &Map<String, Value>, types: &[&str], path: &str)
         let owner = match keyword.as_str() {
             "properties" | "required" | "additionalProperties" => "object",
             "items" | "minItems" | "maxItems" => "array",
+            "pattern" | "format" => "string",
             _ => continue,
         };
         if !types.contains(&owner) {
