@@ -2,7 +2,7 @@
 //! are produced) and requests in flight. Over a limit a request gets 429 `rate_limit_exceeded`
 //! with `Retry-After` saying when it would pass. Windows slide by the second over the last 60.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -81,8 +81,6 @@ pub struct KeyState {
     clock: Instant,
     windows: Mutex<Windows>,
     in_flight: AtomicUsize,
-    /// Every token this key has used, for metrics and tests.
-    tokens_total: AtomicU64,
 }
 
 /// A request admitted under its key's limits; dropping it ends it for the concurrency limit.
@@ -104,7 +102,6 @@ impl KeyState {
             clock: Instant::now(),
             windows: Mutex::new(Windows { requests: MinuteWindow::new(), tokens: MinuteWindow::new() }),
             in_flight: AtomicUsize::new(0),
-            tokens_total: AtomicU64::new(0),
         })
     }
 
@@ -163,15 +160,10 @@ impl KeyState {
     /// Counts tokens against the per-minute limit (prompt tokens when a request is submitted,
     /// generated tokens as they are produced).
     pub fn count_tokens(&self, tokens: u64) {
-        self.tokens_total.fetch_add(tokens, Ordering::Relaxed);
         if self.limits.tokens_per_minute.is_some() {
             let now = self.now();
             self.windows().tokens.add(now, tokens);
         }
-    }
-
-    pub fn tokens_total(&self) -> u64 {
-        self.tokens_total.load(Ordering::Relaxed)
     }
 
     pub fn in_flight(&self) -> usize {
