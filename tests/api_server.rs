@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use kiln::cli::serve::{start, ServeArgs};
+use kiln::engine::json_schema::{CompiledSchema, SchemaMatcher};
 use kiln::server::http::Server;
 use serde_json::{json, Value};
 
@@ -274,8 +275,42 @@ fn json_mode_returns_a_json_object() {
     )
     .json();
     let content = v["choices"][0]["message"]["content"].as_str().unwrap();
-    let mut state = kiln::engine::json_mode::JsonState::default();
-    assert!(content.trim_start().starts_with('{') && state.feed(content.as_bytes()), "{content}");
+    let object = CompiledSchema::compile(&json!({"type": "object"})).unwrap();
+    let mut matcher = SchemaMatcher::new(&object);
+    assert!(content.trim_start().starts_with('{') && matcher.feed(&object, content.as_bytes()), "{content}");
+}
+
+/// The native API takes a JSON schema in both shapes; a schema with an unsupported keyword is
+/// refused before anything runs, naming the field and the keyword.
+#[test]
+fn native_json_schema_outputs_validate() {
+    let schema = json!({"type": "object", "properties": {"city": {"enum": ["Paris", "Lyon"]},
+                        "year": {"type": "integer"}}, "required": ["city", "year"], "additionalProperties": false});
+    for format in [
+        json!({"type": "json_object", "schema": schema}),
+        json!({"type": "json_schema", "json_schema": {"name": "place", "schema": schema}}),
+    ] {
+        for seed in 0..4 {
+            let v = post(
+                &format!("/v1/inference/{MODEL}"),
+                json!({"input": "A city in France as JSON:", "max_new_tokens": 200, "temperature": 1, "seed": seed,
+                       "response_format": format}),
+            )
+            .json();
+            let text = v["results"][0]["generated_text"].as_str().unwrap();
+            let parsed: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert!(["Paris", "Lyon"].contains(&parsed["city"].as_str().unwrap()), "{text}");
+            assert!(parsed["year"].is_i64() && parsed.as_object().unwrap().len() == 2, "{text}");
+        }
+    }
+    let refused = post(
+        &format!("/v1/inference/{MODEL}"),
+        json!({"input": "x", "response_format": {"type": "json_object", "schema": {"type": "integer", "minimum": 3}}}),
+    );
+    assert_eq!(refused.status, 400);
+    let error = refused.json();
+    assert_eq!(error["error"]["param"], "response_format.schema", "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("`minimum`"), "{error}");
 }
 
 #[test]

@@ -15,11 +15,9 @@ use kiln::backend::cuda::{CudaBackend, CudaOptions, Dtype, WeightSource};
 use kiln::backend::plan::PlanLimits;
 use kiln::backend::{Backend, KvLayout};
 use kiln::engine::core::EngineConfig;
-use kiln::engine::json_mode::JsonObjectConstraint;
+use kiln::engine::json_schema::SchemaCache;
 use kiln::engine::metrics::EngineMetrics;
-use kiln::engine::request::{
-    ConstraintFactory, EngineEvent, EngineRequest, FinishReason, RequestParams, TokenConstraint, TokenLogprob,
-};
+use kiln::engine::request::{ConstraintFactory, EngineEvent, EngineRequest, FinishReason, RequestParams, TokenLogprob};
 use kiln::engine::sampler::SamplingParams;
 use kiln::engine::serving::{start_engine, EngineHandle};
 use kiln::engine::text::NoText;
@@ -89,9 +87,7 @@ fn requests(seed: u64) -> Vec<(&'static str, Vec<u32>, RequestParams)> {
         ..SamplingParams::greedy()
     };
     let params = |sampling: SamplingParams| RequestParams { sampling, ..RequestParams::greedy(NEW_TOKENS, vec![]) };
-    let vocabulary = json_vocabulary();
-    let json: ConstraintFactory =
-        Arc::new(move || Box::new(JsonObjectConstraint::new(vocabulary.clone())) as Box<dyn TokenConstraint>);
+    let json: ConstraintFactory = SchemaCache::new(json_vocabulary().to_vec()).json_object();
     vec![
         ("greedy", prompt(1, 9), params(SamplingParams::greedy())),
         ("greedy with stop token and logprobs", prompt(2, 5), {

@@ -179,8 +179,25 @@ fn n_completions_share_the_prompt_and_match_single_runs() {
 
 #[test]
 fn the_concurrency_benchmark_runs_every_request_to_the_end() {
-    let report = kiln::cli::bench_concurrency::run(Box::new(backend(256)), 4, 6, 5, 64).unwrap();
+    let (report, constrained) = kiln::cli::bench_concurrency::run(Box::new(backend(256)), 4, 6, 5, 64, None).unwrap();
     assert_eq!((report.concurrency, report.prompt_tokens, report.new_tokens), (4, 6, 5));
     assert!(report.single_tokens_per_s > 0.0 && report.aggregate_tokens_per_s > 0.0);
     assert!((report.speedup - report.aggregate_tokens_per_s / report.single_tokens_per_s).abs() < 1e-9);
+    assert!(constrained.is_none());
+}
+
+/// With a schema the benchmark runs the requests constrained and times the masks: every token
+/// generated needed one, so mask time and steps are both counted.
+#[test]
+fn the_concurrency_benchmark_times_constrained_decoding() {
+    // Byte-valued tokens: any JSON can be spelled.
+    let bytes: Vec<Vec<u8>> = (0..256u32).map(|b| if b < 128 { vec![b as u8] } else { Vec::new() }).collect();
+    let schema =
+        serde_json::json!({"type": "object", "properties": {"a": {"type": "array", "items": {"type": "integer"}}}});
+    let constraint = kiln::engine::json_schema::SchemaCache::new(bytes).json_schema(&schema).unwrap();
+    let (_, constrained) =
+        kiln::cli::bench_concurrency::run(Box::new(backend(256)), 4, 6, 12, 64, Some(constraint)).unwrap();
+    let c = constrained.unwrap();
+    assert!(c.steps > 0 && c.generated_tokens > 0 && c.step_ms > 0.0, "{c:?}");
+    assert!(c.mask_ms_per_step > 0.0 && c.first_run_mask_ms_per_step > 0.0, "{c:?}");
 }

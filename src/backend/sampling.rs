@@ -80,17 +80,29 @@ pub fn mask_words(vocab: usize) -> usize {
 
 /// Appends a mask row allowing the tokens `allows` accepts; returns the row's index.
 pub fn push_mask_row(masks: &mut Vec<u32>, vocab: usize, allows: impl Fn(u32) -> bool) -> usize {
+    push_mask_words(masks, vocab, |words| {
+        for (w, word) in words.iter_mut().enumerate() {
+            for bit in 0..32 {
+                let token = w * 32 + bit;
+                if token < vocab && allows(token as u32) {
+                    *word |= 1 << bit;
+                }
+            }
+        }
+    })
+}
+
+/// Appends a zeroed mask row, lets `fill` set its allowed bits (bit `t % 32` of word `t / 32`)
+/// and clears any set past the vocabulary; returns the row's index.
+pub fn push_mask_words(masks: &mut Vec<u32>, vocab: usize, fill: impl FnOnce(&mut [u32])) -> usize {
     let words = mask_words(vocab);
     let start = masks.len();
     debug_assert!(start.is_multiple_of(words), "mask rows are whole rows");
     masks.resize(start + words, 0);
-    for (w, word) in masks[start..].iter_mut().enumerate() {
-        for bit in 0..32 {
-            let token = w * 32 + bit;
-            if token < vocab && allows(token as u32) {
-                *word |= 1 << bit;
-            }
-        }
+    let row = &mut masks[start..];
+    fill(row);
+    if vocab % 32 != 0 {
+        row[words - 1] &= (1u32 << (vocab % 32)) - 1;
     }
     start / words
 }
@@ -164,11 +176,13 @@ mod tests {
         let mut masks = Vec::new();
         assert_eq!(push_mask_row(&mut masks, 40, |t| t % 3 == 0), 0);
         assert_eq!(push_mask_row(&mut masks, 40, |_| true), 1);
-        assert_eq!(masks.len(), 2 * mask_words(40));
+        assert_eq!(push_mask_words(&mut masks, 40, |words| words.fill(u32::MAX)), 2);
+        assert_eq!(masks.len(), 3 * mask_words(40));
         for t in 0..64u32 {
             let bit = |row: usize| (masks[row * 2 + t as usize / 32] >> (t % 32)) & 1 == 1;
             assert_eq!(bit(0), t < 40 && t % 3 == 0, "row 0, token {t}");
             assert_eq!(bit(1), t < 40, "row 1, token {t}");
+            assert_eq!(bit(2), t < 40, "row 2, token {t}: nothing past the vocabulary");
         }
     }
 

@@ -9,15 +9,19 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use crate::backend::plan::{PlanLimits, StepPlan};
 use crate::backend::Backend;
+use crate::engine::json_schema::SchemaCache;
+use crate::engine::request::ConstraintFactory;
 use crate::launch::{cpu_backend, load_cpu_backend, load_cpu_backend_from_gguf, CpuLimits};
 use crate::model::packed_quant::PackedQuant;
 use crate::model::random::{random_llama_weights, random_llama_weights_quantized};
 use crate::model::safetensors_dir::WeightDtype;
 use crate::model::ModelConfig;
+use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -57,6 +61,11 @@ pub struct BenchArgs {
     /// one request alone; reports aggregate and single-request tokens/s.
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// With --concurrency: run the requests again constrained by this JSON Schema (a file) and
+    /// report what working out the allowed tokens costs per step. Needs the model's tokenizer
+    /// (a model directory, the default model's included).
+    #[arg(long, requires = "concurrency")]
+    pub json_schema: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -170,15 +179,20 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Option<BenchReport>> {
     let weights_format = backend.weights().layers[0].gate_proj.format.name().to_string();
     let isa = backend.isa().name().to_string();
     if let Some(concurrency) = args.concurrency {
-        let report = super::bench_concurrency::run(
+        let constraint = match &args.json_schema {
+            None => None,
+            Some(path) => Some(schema_constraint(path, args.model.as_deref(), args.model_geometry.is_some())?),
+        };
+        let (report, constrained) = super::bench_concurrency::run(
             Box::new(backend),
             concurrency,
             args.decode_prompt_tokens,
             args.decode_tokens,
             plan_limits.max_batch_tokens,
+            constraint,
         )?;
         if args.json {
-            println!("{}", serde_json::to_string(&report)?);
+            println!("{}", serde_json::json!({"concurrency": report, "json_schema": constrained}));
         } else {
             println!("model        {model}");
             println!("weights      {weights_format} ({isa} kernels, {} threads)", rayon::current_num_threads());
@@ -190,6 +204,18 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Option<BenchReport>> {
                 "concurrent   {:>8.1} tokens/s  ({} requests at once, {:.2}x one request)",
                 report.aggregate_tokens_per_s, report.concurrency, report.speedup
             );
+            if let Some(c) = constrained {
+                println!(
+                    "json schema  {:.3} ms of masks per step of {:.2} ms ({:.1}% of the rest of the step; \
+                     first run of the schema {:.3} ms per step), {} steps, {} tokens",
+                    c.mask_ms_per_step,
+                    c.step_ms,
+                    c.overhead * 100.0,
+                    c.first_run_mask_ms_per_step,
+                    c.steps,
+                    c.generated_tokens
+                );
+            }
         }
         return Ok(None);
     }
@@ -222,6 +248,25 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Option<BenchReport>> {
         print_table(&report);
     }
     Ok(Some(report))
+}
+
+/// The constraint of the JSON Schema in `path`, over the tokenizer of the model directory.
+fn schema_constraint(
+    path: &std::path::Path,
+    model: Option<&std::path::Path>,
+    random_geometry: bool,
+) -> anyhow::Result<ConstraintFactory> {
+    anyhow::ensure!(
+        !random_geometry && !model.is_some_and(|m| m.is_file()),
+        "--json-schema needs a tokenizer: use a model directory (or the default model), not random weights or a GGUF file"
+    );
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let schema: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let dir = crate::model::pull::resolve_model(model)?;
+    let tokenizer = Tokenizer::from_dir(&dir).with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
+    let schemas = SchemaCache::for_tokenizer(&tokenizer);
+    schemas.json_schema(&schema).with_context(|| format!("the schema in {}", path.display()))
 }
 
 fn print_table(r: &BenchReport) {

@@ -8,8 +8,10 @@ use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::engine::core::EngineConfig;
-use crate::engine::request::{EngineEvent, EngineRequest, RequestParams};
-use crate::engine::serving::{start_engine, EngineHandle};
+use crate::engine::metrics::EngineMetrics;
+use crate::engine::request::{ConstraintFactory, EngineEvent, EngineRequest, RequestParams};
+use crate::engine::sampler::SamplingParams;
+use crate::engine::serving::start_engine;
 use crate::engine::text::NoText;
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -24,13 +26,30 @@ pub struct ConcurrencyReport {
     pub speedup: f64,
 }
 
+/// What constrained decoding costs (`--json-schema`): the same N requests again, each constrained
+/// by the schema and sampled (temperature 1, seeded), with the engine's own timing of the masks.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ConstraintReport {
+    /// Engine steps of the constrained run, and wall time per step.
+    pub steps: u64,
+    pub step_ms: f64,
+    /// Time spent working out allowed tokens, per step (all sequences of the step together),
+    /// on the first run of the schema (masks worked out) and on a second (masks cached).
+    pub first_run_mask_ms_per_step: f64,
+    pub mask_ms_per_step: f64,
+    /// `mask_ms_per_step` against the rest of the step.
+    pub overhead: f64,
+    pub generated_tokens: usize,
+}
+
 pub fn run(
     backend: Box<dyn Backend>,
     concurrency: usize,
     prompt_tokens: usize,
     new_tokens: usize,
     max_batch_tokens: usize,
-) -> anyhow::Result<ConcurrencyReport> {
+    constraint: Option<ConstraintFactory>,
+) -> anyhow::Result<(ConcurrencyReport, Option<ConstraintReport>)> {
     let vocab = backend.config().vocab_size as u32;
     let config = EngineConfig {
         max_batch_tokens,
@@ -44,15 +63,20 @@ pub fn run(
     // Distinct prompts (no shared prefix), and no stop tokens: exactly `new_tokens` each.
     let prompt =
         |r: usize| -> Vec<u32> { (0..prompt_tokens).map(|i| ((i * 7919 + r * 104_729 + 11) as u32) % vocab).collect() };
-    let timed = |requests: &[Vec<u32>], engine: &EngineHandle| -> anyhow::Result<f64> {
+    let greedy = RequestParams::greedy(new_tokens, Vec::new());
+    // Generated tokens, and seconds of wall time.
+    let timed = |requests: &[Vec<u32>], params: &RequestParams| -> anyhow::Result<(usize, f64)> {
         let started = Instant::now();
         let receivers: Vec<mpsc::Receiver<EngineEvent>> = requests
             .iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(i, p)| {
                 let (sender, receiver) = mpsc::channel();
+                let mut params = params.clone();
+                params.sampling.seed = params.sampling.seed.map(|seed| seed + i as u64);
                 let request = EngineRequest {
                     prompt_ids: p.clone(),
-                    params: RequestParams::greedy(new_tokens, Vec::new()),
+                    params,
                     sink: Box::new(sender),
                     cancel: Arc::new(AtomicBool::new(false)),
                 };
@@ -69,19 +93,51 @@ pub fn run(
                 }
             }
         }
-        Ok(generated as f64 / started.elapsed().as_secs_f64())
+        Ok((generated, started.elapsed().as_secs_f64()))
     };
+    let rate = |(generated, seconds): (usize, f64)| generated as f64 / seconds;
     // A warm-up request first, so page faults of the weights are not measured.
-    timed(&[prompt(concurrency + 1)], &engine)?;
-    let single = timed(&[prompt(0)], &engine)?;
+    timed(&[prompt(concurrency + 1)], &greedy)?;
+    let single = rate(timed(&[prompt(0)], &greedy)?);
     let batch: Vec<Vec<u32>> = (1..=concurrency).map(prompt).collect();
-    let aggregate = timed(&batch, &engine)?;
-    Ok(ConcurrencyReport {
+    let aggregate = rate(timed(&batch, &greedy)?);
+    let report = ConcurrencyReport {
         concurrency,
         prompt_tokens,
         new_tokens,
         single_tokens_per_s: single,
         aggregate_tokens_per_s: aggregate,
         speedup: aggregate / single,
-    })
+    };
+    let Some(constraint) = constraint else { return Ok((report, None)) };
+    let params = RequestParams {
+        sampling: SamplingParams { temperature: 1.0, seed: Some(1), ..SamplingParams::greedy() },
+        constraint: Some(constraint),
+        ..greedy
+    };
+    let metrics = engine.metrics.clone();
+    // (steps, mask seconds) so far.
+    let counters = || (EngineMetrics::get(&metrics.steps_total), metrics.constraint_mask_time.snapshot().2);
+    let before = counters();
+    timed(&batch, &params)?;
+    let first = counters();
+    let (generated, seconds) = timed(&batch, &params)?;
+    let second = counters();
+    let per_step = |(steps0, mask0): (u64, f64), (steps1, mask1): (u64, f64)| {
+        (steps1 - steps0, (mask1 - mask0) * 1e3 / (steps1 - steps0).max(1) as f64)
+    };
+    let (_, first_run_mask_ms_per_step) = per_step(before, first);
+    let (steps, mask_ms_per_step) = per_step(first, second);
+    let step_ms = seconds * 1e3 / steps.max(1) as f64;
+    Ok((
+        report,
+        Some(ConstraintReport {
+            steps,
+            step_ms,
+            first_run_mask_ms_per_step,
+            mask_ms_per_step,
+            overhead: mask_ms_per_step / (step_ms - mask_ms_per_step),
+            generated_tokens: generated,
+        }),
+    ))
 }

@@ -12,6 +12,7 @@ use anyhow::Context;
 use super::generate::stop_ids;
 use super::load::{load_model, BackendChoice, LoadLimits};
 use crate::engine::core::EngineConfig;
+use crate::engine::json_schema::SchemaCache;
 use crate::engine::serving::start_engine;
 use crate::server::api::pricing::{Prices, DEFAULT_PRICES};
 use crate::server::app::{unix_now, App};
@@ -155,14 +156,12 @@ pub fn start_watched(args: ServeArgs, signals: bool) -> anyhow::Result<(Server, 
     let loaded = load_model(args.model.as_deref(), limits, args.backend, args.original_weights)?;
     let config = loaded.config.clone();
     let tokenizer = Arc::new(loaded.tokenizer);
-    let json_vocabulary: Vec<Vec<u8>> = (0..tokenizer.vocab_size() as u32)
-        .map(|id| if tokenizer.is_special(id) { Vec::new() } else { tokenizer.token_bytes(id).to_vec() })
-        .collect();
     let engine_config = args.engine_config();
     let (engine, engine_thread) = start_engine(loaded.backend, tokenizer.clone(), engine_config);
     let engine_failure = engine.failure_cell();
     watch_engine(engine_thread, engine_failure.clone(), server.shutdown_handle());
     let model_name = args.served_model_name.clone().unwrap_or(loaded.name);
+    let schemas = SchemaCache::for_tokenizer(&tokenizer);
     let app = App {
         engine,
         stop_token_ids: stop_ids(&config.eos_token_ids, tokenizer.eos_token_id()),
@@ -176,7 +175,7 @@ pub fn start_watched(args: ServeArgs, signals: bool) -> anyhow::Result<(Server, 
             attempts: 3,
             retry_backoff: Duration::from_secs(1),
         },
-        json_vocabulary: Arc::new(json_vocabulary),
+        schemas,
         ready: AtomicBool::new(true),
         metrics: ServerMetrics::default(),
         started_unix: unix_now(),

@@ -190,6 +190,8 @@ pub struct Engine {
     sample_history: Vec<HistoryEntry>,
     sample_masks: Vec<u32>,
     sampled: SampledRows,
+    /// The allowed-token mask of a constrained sequence sampled on the host; kept between steps.
+    host_mask: Vec<u32>,
     next_id: u64,
     waiting: Arc<AtomicUsize>,
     limits: EngineLimits,
@@ -252,6 +254,7 @@ impl Engine {
             sample_history: Vec::new(),
             sample_masks: Vec::with_capacity(config.max_seqs * backend_sampling::mask_words(vocab)),
             sampled: SampledRows::with_capacity(config.max_seqs),
+            host_mask: vec![0; backend_sampling::mask_words(vocab)],
             next_id: 0,
             waiting: Arc::new(AtomicUsize::new(0)),
             limits: EngineLimits {
@@ -515,9 +518,12 @@ impl Engine {
             let Some(seq) = self.sequences.get_mut(&s.id) else { continue };
             let Some(state) = self.requests.get(&seq.request) else { continue };
             let mut sampling = seq.sampler.device_row(&mut self.sample_history);
-            if let Some(constraint) = &seq.constraint {
-                sampling.mask_row =
-                    Some(backend_sampling::push_mask_row(&mut self.sample_masks, vocab, |t| constraint.allows(t)));
+            if let Some(constraint) = seq.constraint.as_mut() {
+                let started = Instant::now();
+                sampling.mask_row = Some(backend_sampling::push_mask_words(&mut self.sample_masks, vocab, |words| {
+                    constraint.allowed_tokens(words)
+                }));
+                self.metrics.constraint_mask_time.observe(started.elapsed().as_secs_f64());
             }
             if let Some(k) = state.request.params.top_logprobs {
                 sampling.top_logprobs = k;
@@ -557,8 +563,16 @@ impl Engine {
         if want_logprobs.is_some() {
             log_softmax(logits, &mut self.logprobs);
         }
-        let token = match &seq.constraint {
-            Some(constraint) => seq.sampler.sample(logits, Some(&|t| constraint.allows(t))),
+        let token = match seq.constraint.as_mut() {
+            Some(constraint) => {
+                let started = Instant::now();
+                let mask = &mut self.host_mask;
+                mask.fill(0);
+                constraint.allowed_tokens(mask);
+                self.metrics.constraint_mask_time.observe(started.elapsed().as_secs_f64());
+                let allowed = |t: u32| mask.get(t as usize / 32).is_some_and(|word| word >> (t % 32) & 1 == 1);
+                seq.sampler.sample(logits, Some(&allowed))
+            }
             None => seq.sampler.sample(logits, None),
         };
         let logprob = want_logprobs.map(|k| top_logprobs(&self.logprobs, token, k, &mut self.ranked));
@@ -594,10 +608,18 @@ impl Engine {
             self.finish(id, FinishReason::Stop);
             return;
         }
-        seq.sampler.accept(token);
-        if let Some(constraint) = seq.constraint.as_mut() {
-            constraint.accept(token);
+        if seq.constraint.as_mut().is_some_and(|constraint| !constraint.accept(token)) {
+            // Only when the constraint allowed nothing (a state it cannot continue from): the
+            // output would break its guarantee, so the request fails instead.
+            let message = "structured output reached a state with no allowed token; this is a bug in kiln, \
+                           please report the request's schema";
+            tracing::error!("{message}");
+            state.request.sink.send(EngineEvent::Error { message: message.to_string() });
+            let request = seq.request;
+            self.cancel_request(request);
+            return;
         }
+        seq.sampler.accept(token);
         seq.generated += 1;
         EngineMetrics::add(&self.metrics.generated_tokens_total, 1);
         let released = seq.stop.push(&seq.decoder.push(token));

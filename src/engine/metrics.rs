@@ -11,7 +11,7 @@ pub const LATENCY_BUCKETS_S: [f64; 14] =
 pub struct Histogram {
     buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
     count: AtomicU64,
-    sum_us: AtomicU64,
+    sum_ns: AtomicU64,
 }
 
 impl Histogram {
@@ -22,7 +22,7 @@ impl Histogram {
             }
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        self.sum_ns.fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
     }
 
     /// Cumulative counts per bucket, total count, and sum in seconds.
@@ -30,7 +30,7 @@ impl Histogram {
         (
             self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
             self.count.load(Ordering::Relaxed),
-            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+            self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
         )
     }
 }
@@ -58,6 +58,8 @@ pub struct EngineMetrics {
     pub time_to_first_token: Histogram,
     pub inter_token_latency: Histogram,
     pub step_time: Histogram,
+    /// Working out one constrained sequence's allowed tokens (JSON mode, JSON schemas).
+    pub constraint_mask_time: Histogram,
 }
 
 impl EngineMetrics {

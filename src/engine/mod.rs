@@ -3,7 +3,6 @@
 
 pub mod batch;
 pub mod core;
-pub mod json_mode;
 pub mod json_schema;
 pub mod kv_blocks;
 pub mod metrics;

@@ -6,10 +6,14 @@ use std::sync::Arc;
 
 use super::sampler::SamplingParams;
 
-/// Restricts which tokens may come next (JSON mode); one instance per sequence.
+/// Restricts which tokens may come next (JSON mode, a JSON schema); one instance per sequence.
 pub trait TokenConstraint: Send {
-    fn allows(&self, token: u32) -> bool;
-    fn accept(&mut self, token: u32);
+    /// Sets bit `t % 32` of word `t / 32` of `mask` (zeroed by the caller, a bit per token of
+    /// the vocabulary) for every token `t` that may come next; at least one is allowed while
+    /// the output is incomplete.
+    fn allowed_tokens(&mut self, mask: &mut [u32]);
+    /// Moves past `token`; false if it was not allowed (the state is then unchanged).
+    fn accept(&mut self, token: u32) -> bool;
     /// The constrained output is complete (a JSON object closed): the sequence stops here.
     fn is_complete(&self) -> bool;
 }

@@ -8,6 +8,7 @@ use super::api::pricing::Prices;
 use super::keys::ApiKeys;
 use super::metrics::ServerMetrics;
 use super::webhook::WebhookPolicy;
+use crate::engine::json_schema::SchemaCache;
 use crate::engine::serving::EngineHandle;
 use crate::tokenizer::Tokenizer;
 
@@ -22,8 +23,8 @@ pub struct App {
     pub webhooks: WebhookPolicy,
     /// Token ids that end a completion (the model's EOS ids).
     pub stop_token_ids: Vec<u32>,
-    /// Every token's output bytes, special tokens empty: what JSON mode masks with.
-    pub json_vocabulary: Arc<Vec<Vec<u8>>>,
+    /// JSON mode's and every JSON schema's token constraints, over this tokenizer.
+    pub schemas: SchemaCache,
     /// False until the model is loaded and the engine runs: `/health` answers 503 until then.
     pub ready: AtomicBool,
     pub metrics: ServerMetrics,

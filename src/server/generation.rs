@@ -7,16 +7,18 @@ use std::sync::Arc;
 use super::api::error::ApiError;
 use super::api::responses::sse_event;
 use super::api::responses::ChoiceResult;
-use super::api::valid::{PromptInput, ValidGeneration};
+use super::api::valid::{PromptInput, ResponseFormat, ValidGeneration};
 use super::app::App;
 use super::caller::Caller;
 use super::http::{BodyStream, Responder, WaitError};
-use crate::engine::json_mode::JsonObjectConstraint;
-use crate::engine::request::{
-    ConstraintFactory, EngineEvent, EngineRequest, EventSink, RequestParams, TokenConstraint, TokenLogprob,
-};
+use crate::engine::request::{ConstraintFactory, EngineEvent, EngineRequest, EventSink, RequestParams, TokenLogprob};
 use crate::tokenizer::chat::ChatMessage;
 use crate::tokenizer::TokenizerError;
+
+/// Said with every refused schema, so a client learns what it can write instead.
+const SUPPORTED_SCHEMA_FEATURES: &str = "Supported: type, properties, required, additionalProperties, items, \
+minItems, maxItems, enum, const, anyOf, allOf with one schema, $ref to $defs, pattern, format (date, time, \
+date-time, uuid, email), minLength, maxLength.";
 
 /// Prompts ready for the engine.
 pub struct PreparedPrompts {
@@ -140,12 +142,13 @@ pub fn submit(
     prepared: &PreparedPrompts,
 ) -> Result<Submitted, ApiError> {
     let (sender, events) = may::sync::mpsc::channel();
-    let constraint: Option<ConstraintFactory> = valid.json_mode.then(|| {
-        let vocabulary = app.json_vocabulary.clone();
-        let make: ConstraintFactory =
-            Arc::new(move || Box::new(JsonObjectConstraint::new(vocabulary.clone())) as Box<dyn TokenConstraint>);
-        make
-    });
+    let constraint: Option<ConstraintFactory> = match &valid.response_format {
+        ResponseFormat::Text => None,
+        ResponseFormat::JsonObject => Some(app.schemas.json_object()),
+        ResponseFormat::JsonSchema { schema, param } => Some(app.schemas.json_schema(schema).map_err(|e| {
+            ApiError::invalid_param(param, format!("`{param}` cannot be used: {e}. {SUPPORTED_SCHEMA_FEATURES}"))
+        })?),
+    };
     let params = RequestParams {
         max_new_tokens: prepared.max_tokens,
         sampling: valid.sampling.clone(),

@@ -97,6 +97,12 @@ pub fn render(engine: &EngineMetrics, server: &ServerMetrics) -> String {
         &engine.inter_token_latency,
     );
     histogram(&mut out, "kiln_step_seconds", "Duration of one forward step.", &engine.step_time);
+    histogram(
+        &mut out,
+        "kiln_constraint_mask_seconds",
+        "Time to work out one constrained sequence's allowed tokens (JSON mode, JSON schemas).",
+        &engine.constraint_mask_time,
+    );
     let _ = writeln!(out, "# HELP kiln_http_responses_total HTTP responses by route and status.\n# TYPE kiln_http_responses_total counter");
     let responses = server.responses.lock().unwrap_or_else(|p| p.into_inner());
     for ((route, status), count) in responses.iter() {

@@ -118,7 +118,7 @@ struct Config {
 }
 
 /// The state of one output: every configuration still alive.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SchemaMatcher {
     configs: Vec<Config>,
 }
@@ -188,7 +188,7 @@ fn step(schema: &CompiledSchema, mut config: Config, byte: u8, out: &mut Vec<Con
             let bytes = &schema.literals[literal];
             if bytes.get(at) == Some(&byte) {
                 if at + 1 == bytes.len() {
-                    finish_top(config, out);
+                    finish_top(schema, config, out);
                 } else {
                     set_top(&mut config, Frame::Literal { literal, at: at + 1 });
                     push_unique(out, config);
@@ -198,7 +198,7 @@ fn step(schema: &CompiledSchema, mut config: Config, byte: u8, out: &mut Vec<Con
         Frame::String(at) => {
             if let Some(next) = string_step(at, byte) {
                 match next {
-                    None => finish_top(config, out),
+                    None => finish_top(schema, config, out),
                     Some(at) => {
                         set_top(&mut config, Frame::String(at));
                         push_unique(out, config);
@@ -210,13 +210,18 @@ fn step(schema: &CompiledSchema, mut config: Config, byte: u8, out: &mut Vec<Con
             let compiled = &schema.patterns[pattern as usize];
             if at == StringAt::Plain && byte == b'"' {
                 if compiled.matches_at_end(state) {
-                    finish_top(config, out);
+                    finish_top(schema, config, out);
                 }
                 return;
             }
             // A pattern reads the decoded text: the byte itself, or what an escape stands for.
             // `\u` escapes are not generated here (the character itself can be).
             let decoded = match (at, byte) {
+                // An escape opens only where some escaped character may come: a `\` the pattern
+                // can never get past would leave the output with no way to go on.
+                (StringAt::Plain, b'\\') if !ESCAPED.iter().any(|&e| compiled.next(state, unescape(e)).is_some()) => {
+                    return
+                }
                 (StringAt::Plain, b'\\') => None,
                 (StringAt::Escape, b'u') => return,
                 (StringAt::Escape, _) => Some(unescape(byte)),
@@ -242,7 +247,7 @@ fn step(schema: &CompiledSchema, mut config: Config, byte: u8, out: &mut Vec<Con
             // what holds the number.
             None if number_may_end(at) => {
                 let mut ended = Vec::new();
-                finish_top(config, &mut ended);
+                finish_top(schema, config, &mut ended);
                 for config in ended {
                     step(schema, config, byte, out);
                 }
@@ -332,7 +337,7 @@ fn start_value(schema: &CompiledSchema, mut config: Config, node: NodeId, byte: 
 }
 
 /// The value on top is complete: pop it and tell what held it.
-fn finish_top(mut config: Config, out: &mut Vec<Config>) {
+fn finish_top(schema: &CompiledSchema, mut config: Config, out: &mut Vec<Config>) {
     config.stack.pop();
     let parent = match config.stack.last_mut() {
         None => {
@@ -355,8 +360,14 @@ fn finish_top(mut config: Config, out: &mut Vec<Config>) {
                 _ => return,
             };
         }
-        Frame::Array { count, at, .. } if *at == ArrayAt::InItem => {
-            *count += 1;
+        Frame::Array { node, count, at } if *at == ArrayAt::InItem => {
+            // Beyond the larger bound the count no longer matters: arrays of any longer length
+            // share one state, which keeps the set of states (and the mask cache) finite.
+            let relevant = match &schema.nodes[*node] {
+                Node::Array { min_items, max_items, .. } => (*min_items).max(max_items.unwrap_or(0)),
+                _ => u32::MAX,
+            };
+            *count = (*count + 1).min(relevant);
             *at = ArrayAt::Next;
         }
         _ => return,
@@ -378,7 +389,7 @@ fn object_step(
     let unseen = (0..properties.len()).filter(|&p| seen & (1 << p) == 0);
     let set = |config: &mut Config, at: ObjectAt| set_top(config, Frame::Object { node, seen, at });
     match (at, byte) {
-        (ObjectAt::Start | ObjectAt::Next, b'}') if close_ok => finish_top(config, out),
+        (ObjectAt::Start | ObjectAt::Next, b'}') if close_ok => finish_top(schema, config, out),
         (ObjectAt::Next, b',') => {
             if unseen.clone().next().is_some() || extra.is_some() {
                 set(&mut config, ObjectAt::Key);
@@ -426,7 +437,7 @@ fn array_step(
     let Node::Array { items, min_items, max_items } = &schema.nodes[node] else { return };
     let room = max_items.is_none_or(|max| count < max);
     match (at, byte) {
-        (ArrayAt::Start | ArrayAt::Next, b']') if count >= *min_items => finish_top(config, out),
+        (ArrayAt::Start | ArrayAt::Next, b']') if count >= *min_items => finish_top(schema, config, out),
         (ArrayAt::Next, b',') if room => {
             set_top(&mut config, Frame::Array { node, count, at: ArrayAt::Item });
             push_unique(out, config);
@@ -459,6 +470,9 @@ fn number_step(integer: bool, at: NumberAt, digits: u8, byte: u8) -> Option<(Num
     let limit = if next == ExponentDigits { MAX_EXPONENT_DIGITS } else { MAX_NUMBER_DIGITS };
     (digits <= limit).then_some((next, digits))
 }
+
+/// The one-character escapes (after `\\`) a patterned string may use.
+const ESCAPED: [u8; 8] = [b'"', b'\\', b'/', b'b', b'f', b'n', b'r', b't'];
 
 /// The byte a one-character escape (after `\\`) stands for.
 fn unescape(byte: u8) -> u8 {

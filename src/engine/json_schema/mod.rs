@@ -1,47 +1,49 @@
 //! Structured outputs: decoding constrained by a JSON Schema, so the output always parses and
 //! validates. `schema` compiles the schema (refusing what it does not support, by name);
-//! `matcher` says which bytes may come next; `SchemaConstraint` turns that into which tokens may.
-//!
-//! Not yet here (issue 13, next steps): string `pattern` and `format`, the API's
-//! `response_format: json_schema`, a token trie so masking does not feed every token's bytes.
+//! `matcher` says which bytes may come next; `token_trie` and `automaton` turn that into which
+//! tokens may, cached per schema so that a token costs a table lookup once a state is known;
+//! `cache` keeps compiled schemas. JSON mode is the schema of any object.
 
+pub mod automaton;
+pub mod cache;
 pub mod matcher;
 pub mod schema;
+pub mod token_trie;
 
 use std::sync::Arc;
 
+pub use automaton::SchemaAutomaton;
+pub use cache::SchemaCache;
 pub use matcher::SchemaMatcher;
 pub use schema::{CompiledSchema, SchemaError};
+pub use token_trie::TokenTrie;
 
 use super::request::TokenConstraint;
 
-/// One sequence's constraint: the matcher over the compiled schema, and every token's bytes.
+/// One sequence's constraint: its own matcher state, and the schema's shared automaton.
 pub struct SchemaConstraint {
-    schema: Arc<CompiledSchema>,
-    /// Every token's output bytes; special tokens have none and are never allowed.
+    automaton: Arc<SchemaAutomaton>,
+    /// Every token's output bytes, to move the matcher by the chosen token.
     token_bytes: Arc<Vec<Vec<u8>>>,
     matcher: SchemaMatcher,
 }
 
 impl SchemaConstraint {
-    pub fn new(schema: Arc<CompiledSchema>, token_bytes: Arc<Vec<Vec<u8>>>) -> SchemaConstraint {
-        let matcher = SchemaMatcher::new(&schema);
-        SchemaConstraint { schema, token_bytes, matcher }
+    pub fn new(automaton: Arc<SchemaAutomaton>, token_bytes: Arc<Vec<Vec<u8>>>) -> SchemaConstraint {
+        let matcher = SchemaMatcher::new(automaton.schema());
+        SchemaConstraint { automaton, token_bytes, matcher }
     }
 }
 
 impl TokenConstraint for SchemaConstraint {
-    fn allows(&self, token: u32) -> bool {
-        match self.token_bytes.get(token as usize) {
-            Some(bytes) if !bytes.is_empty() => self.matcher.can_feed(&self.schema, bytes),
-            _ => false,
-        }
+    fn allowed_tokens(&mut self, mask: &mut [u32]) {
+        self.automaton.allowed_tokens(&self.matcher, mask);
     }
 
-    fn accept(&mut self, token: u32) {
-        if let Some(bytes) = self.token_bytes.get(token as usize) {
-            let fed = self.matcher.feed(&self.schema, bytes);
-            debug_assert!(fed, "only allowed tokens are accepted");
+    fn accept(&mut self, token: u32) -> bool {
+        match self.token_bytes.get(token as usize) {
+            Some(bytes) if !bytes.is_empty() => self.matcher.feed(self.automaton.schema(), bytes),
+            _ => false,
         }
     }
 
@@ -282,12 +284,19 @@ mod tests {
             r#"{"code": "ab-123"}"#,
             r#"{"note": "o k"}"#,
             r#"{"day": "2026-13-01"}"#,
+            r#"{"day": "2022-02-29"}"#, // not a leap year
+            r#"{"day": "1900-02-29"}"#, // a century not divisible by 400
+            r#"{"day": "2026-04-31"}"#,
+            r#"{"day": "0000-01-01"}"#,
             r#"{"at": "2026-12-04 22:30:00Z"}"#,
             r#"{"id": "123e4567"}"#,
             r#"{"mail": "ada@"}"#,
             r#"{"code": "\u0041B-123"}"#,
         ] {
             assert_refuses(&schema, text);
+        }
+        for day in ["2024-02-29", "2000-02-29", "2026-01-31", "2026-11-30", "0004-02-29"] {
+            assert_accepts(&schema, &format!(r#"{{"day": "{day}", "at": "{day}T00:00:00+01:00"}}"#));
         }
         // A prefix that can no longer match dies at once, not at the closing quote.
         let mut matcher = SchemaMatcher::new(&schema);
@@ -302,23 +311,147 @@ mod tests {
         assert_refuses(&schema, "{                 }");
     }
 
+    /// The tokens a constraint allows next, through the mask interface the engine uses.
+    fn allowed(constraint: &mut dyn TokenConstraint, vocab: usize) -> Vec<u32> {
+        let mut mask = vec![0u32; vocab.div_ceil(32)];
+        constraint.allowed_tokens(&mut mask);
+        (0..vocab as u32).filter(|&t| mask[t as usize / 32] >> (t % 32) & 1 == 1).collect()
+    }
+
+    fn constraint(schema: Value, vocabulary: &[&str]) -> SchemaConstraint {
+        let vocabulary: Vec<Vec<u8>> = vocabulary.iter().map(|t| t.as_bytes().to_vec()).collect();
+        let trie = Arc::new(TokenTrie::new(&vocabulary));
+        let automaton = Arc::new(SchemaAutomaton::new(Arc::new(compile(schema)), trie));
+        SchemaConstraint::new(automaton, Arc::new(vocabulary))
+    }
+
     #[test]
     fn tokens_spanning_several_characters_are_masked_by_their_bytes() {
-        let schema = Arc::new(compile(json!({"type": "object", "properties": {"ok": {"type": "boolean"}},
-                                              "required": ["ok"]})));
-        let vocabulary: Vec<Vec<u8>> = ["{\"", "ok", "\":", " true", "}", "{", "\"o", "k\"", ":", "false", "", "é"]
-            .iter()
-            .map(|t| t.as_bytes().to_vec())
-            .collect();
-        let mut constraint = SchemaConstraint::new(schema, Arc::new(vocabulary));
-        let allowed = |c: &SchemaConstraint| (0..12).filter(|&t| c.allows(t)).collect::<Vec<u32>>();
-        assert_eq!(allowed(&constraint), vec![0, 5], "the object's start, alone or with the key's quote");
+        let mut constraint = constraint(
+            json!({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}),
+            &["{\"", "ok", "\":", " true", "}", "{", "\"o", "k\"", ":", "false", "", "é"],
+        );
+        assert_eq!(allowed(&mut constraint, 12), vec![0, 5], "the object's start, alone or with the key's quote");
         for token in [0, 1, 2, 3] {
-            assert!(constraint.allows(token));
+            assert!(allowed(&mut constraint, 12).contains(&token));
             constraint.accept(token);
         }
-        assert_eq!(allowed(&constraint), vec![4]);
+        assert_eq!(allowed(&mut constraint, 12), vec![4]);
         constraint.accept(4);
         assert!(constraint.is_complete());
+    }
+
+    /// The cached walk of the trie gives, for every state met, exactly the tokens whose bytes
+    /// the matcher accepts (the definition), over a vocabulary with shared prefixes, multi-byte
+    /// characters split across tokens and lone continuation bytes.
+    #[test]
+    fn cached_masks_equal_feeding_every_token() {
+        let schema = json!({"type": "object", "properties": {
+            "name": {"type": "string", "maxLength": 3},
+            "n": {"type": "array", "items": {"type": "integer"}, "maxItems": 2},
+            "when": {"format": "date", "type": "string"}}, "required": ["name"]});
+        let mut vocabulary: Vec<String> = [
+            "{",
+            "}",
+            "\"",
+            "\":",
+            "\",",
+            ",",
+            ":",
+            " ",
+            "[",
+            "]",
+            "1",
+            "12",
+            "-",
+            "0",
+            "name",
+            "\"name\":",
+            "n",
+            "when",
+            "é",
+            "ab",
+            "abc",
+            "\\",
+            "\\n",
+            "\"}",
+            "2024-",
+            "01",
+            "-0",
+            "\n",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        vocabulary.extend((' '..='~').map(String::from));
+        let mut bytes: Vec<Vec<u8>> = vocabulary.iter().map(|t| t.as_bytes().to_vec()).collect();
+        bytes.extend([vec![0xc3], vec![0xa9], vec![0xe2, 0x82], vec![0xac], Vec::new()]);
+        let vocab = bytes.len();
+        let compiled = Arc::new(compile(schema));
+        let automaton = Arc::new(SchemaAutomaton::new(compiled.clone(), Arc::new(TokenTrie::new(&bytes))));
+        let bytes = Arc::new(bytes);
+        let mut rng = crate::engine::rng::Rng::seeded(7);
+        for _ in 0..50 {
+            let mut constraint = SchemaConstraint::new(automaton.clone(), bytes.clone());
+            for _ in 0..40 {
+                let expected: Vec<u32> = (0..vocab as u32)
+                    .filter(|&t| {
+                        !bytes[t as usize].is_empty() && constraint.matcher.can_feed(&compiled, &bytes[t as usize])
+                    })
+                    .collect();
+                let got = allowed(&mut constraint, vocab);
+                assert_eq!(got, expected, "state {:?}", constraint.matcher);
+                if constraint.is_complete() {
+                    break;
+                }
+                assert!(!got.is_empty(), "a dead end: {:?}", constraint.matcher);
+                let pick = got[(rng.next_f64() * got.len() as f64) as usize % got.len()];
+                assert!(constraint.accept(pick));
+            }
+        }
+        let stats = automaton.cache_stats();
+        assert!(stats.masks > 10 && stats.states >= stats.masks, "{stats:?}");
+    }
+
+    /// Every prefix the constraint lets through can be finished: walks that prefer the risky
+    /// bytes (escapes, quotes, closing brackets, multi-byte characters) at every step never
+    /// reach a state that allows nothing. A `\\` at a patterned string's last allowed
+    /// character used to be such a dead end.
+    #[test]
+    fn no_prefix_allowed_is_a_dead_end() {
+        let bytes: Vec<Vec<u8>> =
+            (0..=255u8).map(|b| vec![b]).chain(["é", "😀", "\\n", "\\u00e9"].map(|s| s.as_bytes().to_vec())).collect();
+        let vocab = bytes.len();
+        let trie = Arc::new(TokenTrie::new(&bytes));
+        let bytes = Arc::new(bytes);
+        let risky: &[u8] = b"\\\"]},:0123456789.eE-";
+        for schema in [
+            json!({"type": "object", "properties": {"s": {"type": "string", "maxLength": 3}, "p": {"type": "string", "pattern": "^[a-c\\\\]{1,2}$"},
+                   "d": {"type": "string", "format": "date-time"}, "n": {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 2}},
+                   "required": ["s", "p", "d", "n"], "additionalProperties": false}),
+            json!({"anyOf": [{"type": "string", "minLength": 2, "maxLength": 2}, {"type": "integer"}, {"enum": ["ab", "a\"b"]}]}),
+            json!({"type": "array", "items": {"type": "object", "properties": {"k": {"const": 1}}}, "maxItems": 3}),
+        ] {
+            let automaton = Arc::new(SchemaAutomaton::new(Arc::new(compile(schema.clone())), trie.clone()));
+            let mut rng = crate::engine::rng::Rng::seeded(11);
+            for walk in 0..300 {
+                let mut constraint = SchemaConstraint::new(automaton.clone(), bytes.clone());
+                for _ in 0..200 {
+                    if constraint.is_complete() {
+                        break;
+                    }
+                    let got = allowed(&mut constraint, vocab);
+                    assert!(!got.is_empty(), "{schema}, walk {walk}: a dead end at {:?}", constraint.matcher);
+                    let risky_ones: Vec<u32> = got
+                        .iter()
+                        .copied()
+                        .filter(|&t| t >= 128 && t < 256 || (t < 128 && risky.contains(&(t as u8))) || t >= 256)
+                        .collect();
+                    let from = if !risky_ones.is_empty() && rng.next_f64() < 0.6 { &risky_ones } else { &got };
+                    let pick = from[(rng.next_f64() * from.len() as f64) as usize % from.len()];
+                    assert!(constraint.accept(pick));
+                }
+            }
+        }
     }
 }

@@ -101,16 +101,23 @@ impl StringPattern {
     }
 }
 
+/// A calendar date: years 0001 to 9999 (year 0 is valid RFC 3339 but refused by common parsers,
+/// Python's among them), days within their month, 29 February in leap years only (every fourth
+/// year, except centuries not divisible by 400).
+const DATE: &str = concat!(
+    "(([0-9]{3}[1-9]|[0-9]{2}[1-9][0-9]|[0-9][1-9][0-9]{2}|[1-9][0-9]{3})-((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)|02-(0[1-9]|1[0-9]|2[0-8]))",
+    "|([0-9]{2}(0[48]|[2468][048]|[13579][26])|(0[48]|[2468][048]|[13579][26])00)-02-29)"
+);
+const TIME: &str = r"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])";
+
 /// The `format`s supported, as patterns (anchored: the whole string).
-fn format_pattern(format: &str) -> Option<&'static str> {
+fn format_pattern(format: &str) -> Option<String> {
     Some(match format {
-        "date" => r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$",
-        "time" => r"^([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$",
-        "date-time" => {
-            r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
-        }
-        "uuid" => r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
-        "email" => r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$",
+        "date" => format!("^{DATE}$"),
+        "time" => format!("^{TIME}$"),
+        "date-time" => format!("^{DATE}T{TIME}$"),
+        "uuid" => r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$".to_string(),
+        "email" => r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$".to_string(),
         _ => return None,
     })
 }
@@ -369,21 +376,26 @@ impl<'a> Compiler<'a> {
     }
 
     fn string(&mut self, object: &Map<String, Value>, path: &str) -> Result<Node, SchemaError> {
+        let length = string_length_pattern(object, path)?;
         let source = match (object.get("pattern"), object.get("format")) {
-            (None, None) => return Ok(Node::String { pattern: None }),
+            (None, None) => match length {
+                None => return Ok(Node::String { pattern: None }),
+                Some(length) => length,
+            },
+            _ if length.is_some() => {
+                return Err(error(
+                    path,
+                    "`minLength`/`maxLength` together with `pattern` or `format` are not supported",
+                ))
+            }
             (Some(_), Some(_)) => return Err(error(path, "`pattern` and `format` together are not supported")),
             (Some(Value::String(pattern)), None) => pattern.clone(),
             (Some(_), None) => return Err(error(path, "`pattern` must be a string")),
             (None, Some(format)) => {
                 let name = format.as_str().unwrap_or_default();
-                format_pattern(name)
-                    .ok_or_else(|| {
-                        error(
-                            path,
-                            format!("`format` `{name}` is not supported (date, time, date-time, uuid, email are)"),
-                        )
-                    })?
-                    .to_string()
+                format_pattern(name).ok_or_else(|| {
+                    error(path, format!("`format` `{name}` is not supported (date, time, date-time, uuid, email are)"))
+                })?
             }
         };
         if self.patterns.len() >= u16::MAX as usize {
@@ -464,6 +476,31 @@ impl<'a> Compiler<'a> {
     }
 }
 
+/// `minLength`/`maxLength` as a pattern over the string's characters (code points, as JSON
+/// Schema counts them), or None when neither is given.
+fn string_length_pattern(object: &Map<String, Value>, path: &str) -> Result<Option<String>, SchemaError> {
+    let bound = |name: &str| -> Result<Option<u64>, SchemaError> {
+        match object.get(name) {
+            None => Ok(None),
+            Some(v) => {
+                v.as_u64().map(Some).ok_or_else(|| error(path, format!("`{name}` must be a non-negative integer")))
+            }
+        }
+    };
+    let (min, max) = (bound("minLength")?, bound("maxLength")?);
+    if min.is_none() && max.is_none() {
+        return Ok(None);
+    }
+    let min = min.unwrap_or(0);
+    if max.is_some_and(|max| max < min) {
+        return Err(error(path, "`maxLength` is below `minLength`: no string fits"));
+    }
+    // The DFA grows with the bound; the regex compiler refuses repetitions past 1000 and the
+    // DFA size limit refuses what would be too large.
+    let max = max.map(|m| m.to_string()).unwrap_or_default();
+    Ok(Some(format!("^(?s:.){{{min},{max}}}$")))
+}
+
 /// Every keyword this compiler understands somewhere.
 const KNOWN: &[&str] = &[
     "type",
@@ -480,6 +517,8 @@ const KNOWN: &[&str] = &[
     "maxItems",
     "pattern",
     "format",
+    "minLength",
+    "maxLength",
 ];
 
 /// Refuses an object or array keyword where no listed type uses it (`items` on a string): the
@@ -489,7 +528,7 @@ fn check_keywords_apply(object: &Map<String, Value>, types: &[&str], path: &str)
         let owner = match keyword.as_str() {
             "properties" | "required" | "additionalProperties" => "object",
             "items" | "minItems" | "maxItems" => "array",
-            "pattern" | "format" => "string",
+            "pattern" | "format" | "minLength" | "maxLength" => "string",
             _ => continue,
         };
         if !types.contains(&owner) {

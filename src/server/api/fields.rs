@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use super::limits::{MAX_JSON_DEPTH, MAX_STOP_BYTES};
+use super::valid::ResponseFormat;
 
 pub struct Fields {
     map: Map<String, Value>,
@@ -138,23 +139,63 @@ impl Fields {
         Ok(stops)
     }
 
-    /// `response_format`: `{"type": "text"}` or `{"type": "json_object"}`; true for JSON mode.
-    pub fn json_mode(&self, name: &str) -> Result<bool, ApiError> {
-        match self.get(name) {
-            None => Ok(false),
-            Some(Value::Object(format)) => match format.get("type").and_then(Value::as_str) {
-                Some("text") => Ok(false),
-                Some("json_object") => Ok(true),
-                Some(other) => Err(ApiError::invalid_param(
+    /// `response_format`: `{"type": "text"}`, `{"type": "json_object"}` (JSON mode), or a JSON
+    /// schema: OpenAI's `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`
+    /// or the hosted service's `{"type": "json_object", "schema": {...}}`.
+    pub fn response_format(&self, name: &str) -> Result<ResponseFormat, ApiError> {
+        let format = match self.get(name) {
+            None | Some(Value::Null) => return Ok(ResponseFormat::Text),
+            Some(Value::Object(format)) => format,
+            Some(_) => {
+                return Err(ApiError::invalid_param(
                     name,
-                    format!("`{name}.type` `{other}` is not supported; use `text` or `json_object`."),
-                )),
-                None => Err(ApiError::invalid_param(name, format!("`{name}` needs a `type`."))),
-            },
-            Some(_) => Err(ApiError::invalid_param(
+                    format!("`{name}` must be an object like {{\"type\": \"json_object\"}}."),
+                ))
+            }
+        };
+        let schema_in = |holder: &Map<String, Value>, param: String| match holder.get("schema") {
+            Some(schema @ (Value::Object(_) | Value::Bool(_))) => {
+                Ok(ResponseFormat::JsonSchema { schema: schema.clone(), param })
+            }
+            Some(_) => Err(ApiError::invalid_param(&param, format!("`{param}` must be a JSON Schema object."))),
+            None => Err(ApiError::invalid_param(&param, format!("`{param}` is required."))),
+        };
+        match format.get("type").and_then(Value::as_str) {
+            Some("text") => Ok(ResponseFormat::Text),
+            Some("json_object") if format.contains_key("schema") => schema_in(format, format!("{name}.schema")),
+            Some("json_object") => Ok(ResponseFormat::JsonObject),
+            Some("json_schema") => {
+                let param = format!("{name}.json_schema");
+                let Some(Value::Object(json_schema)) = format.get("json_schema") else {
+                    return Err(ApiError::invalid_param(
+                        &param,
+                        format!("`{param}` is required: an object with `name` and `schema`."),
+                    ));
+                };
+                match json_schema.get("name") {
+                    None => {}
+                    Some(Value::String(label)) if label.len() <= 64 => {}
+                    Some(_) => {
+                        return Err(ApiError::invalid_param(
+                            &format!("{param}.name"),
+                            format!("`{param}.name` must be a string of at most 64 characters."),
+                        ))
+                    }
+                }
+                // `strict: false` would let a model stray; kiln always constrains, which meets both.
+                if !matches!(json_schema.get("strict"), None | Some(Value::Null | Value::Bool(_))) {
+                    return Err(ApiError::invalid_param(
+                        &format!("{param}.strict"),
+                        format!("`{param}.strict` must be true or false."),
+                    ));
+                }
+                schema_in(json_schema, format!("{param}.schema"))
+            }
+            Some(other) => Err(ApiError::invalid_param(
                 name,
-                format!("`{name}` must be an object like {{\"type\": \"json_object\"}}."),
+                format!("`{name}.type` `{other}` is not supported; use `text`, `json_object` or `json_schema`."),
             )),
+            None => Err(ApiError::invalid_param(name, format!("`{name}` needs a `type`."))),
         }
     }
 }
@@ -255,7 +296,34 @@ mod tests {
             assert_eq!(Fields::parse(body.as_bytes()).err().unwrap().status, 400, "{body}");
         }
         let f = fields(r#"{"response_format": {"type": "json_object"}, "r2": {"type": "xml"}}"#);
-        assert!(f.json_mode("response_format").unwrap());
-        assert!(f.json_mode("r2").is_err());
+        assert_eq!(f.response_format("response_format").unwrap(), ResponseFormat::JsonObject);
+        assert!(f.response_format("r2").is_err());
+    }
+
+    #[test]
+    fn response_formats_in_both_shapes() {
+        let schema = serde_json::json!({"type": "object"});
+        let f = fields(
+            r#"{"a": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}, "strict": true}},
+                "b": {"type": "json_object", "schema": {"type": "object"}}, "c": {"type": "text"}, "d": null,
+                "e": {"type": "json_schema", "json_schema": {"name": "x"}},
+                "f": {"type": "json_schema", "json_schema": {"schema": 3}},
+                "g": {"type": "json_schema", "json_schema": {"schema": {}, "strict": "yes"}},
+                "h": {"type": "json_schema"}}"#,
+        );
+        let expect = |param: &str| ResponseFormat::JsonSchema { schema: schema.clone(), param: param.to_string() };
+        assert_eq!(f.response_format("a").unwrap(), expect("a.json_schema.schema"));
+        assert_eq!(f.response_format("b").unwrap(), expect("b.schema"));
+        assert_eq!(f.response_format("c").unwrap(), ResponseFormat::Text);
+        assert_eq!(f.response_format("d").unwrap(), ResponseFormat::Text);
+        assert_eq!(f.response_format("absent").unwrap(), ResponseFormat::Text);
+        for (name, param) in [
+            ("e", "e.json_schema.schema"),
+            ("f", "f.json_schema.schema"),
+            ("g", "g.json_schema.strict"),
+            ("h", "h.json_schema"),
+        ] {
+            assert_eq!(f.response_format(name).err().unwrap().param.as_deref(), Some(param), "{name}");
+        }
     }
 }

@@ -51,7 +51,7 @@ pub fn parse_native(body: &[u8]) -> Result<NativeRequest, ApiError> {
             include_usage: false,
             logprobs: None,
             echo: false,
-            json_mode: f.json_mode("response_format")?,
+            response_format: f.response_format("response_format")?,
             user: None,
         },
         webhook,

@@ -97,7 +97,7 @@ fn common(f: &Fields) -> Result<ValidGeneration, ApiError> {
         include_usage,
         logprobs: None,
         echo: false,
-        json_mode: f.json_mode("response_format")?,
+        response_format: f.response_format("response_format")?,
         user: f.string("user")?,
     })
 }
@@ -236,7 +236,8 @@ mod tests {
                 Message { role: "user".into(), content: "Hi there".into() },
             ])
         );
-        assert_eq!((v.n, v.stream, v.max_tokens, v.logprobs, v.json_mode), (1, false, None, None, false));
+        assert_eq!((v.n, v.stream, v.max_tokens, v.logprobs), (1, false, None, None));
+        assert_eq!(v.response_format, super::super::valid::ResponseFormat::Text);
         assert_eq!(v.sampling.temperature, 1.0);
     }
 
@@ -262,8 +263,9 @@ mod tests {
             ),
             (
                 r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema"}}"#,
-                "response_format",
+                "response_format.json_schema",
             ),
+            (r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"xml"}}"#, "response_format"),
         ];
         for (body, param) in cases {
             let err = chat(body).unwrap_err();

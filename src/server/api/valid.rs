@@ -19,6 +19,20 @@ pub enum PromptInput {
     Tokens(Vec<Vec<u32>>),
 }
 
+/// What the output must be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseFormat {
+    Text,
+    /// A JSON object (JSON mode).
+    JsonObject,
+    /// A JSON document valid under `schema`; `param` names where it came from, for errors
+    /// about the schema (which is compiled when the request is submitted).
+    JsonSchema {
+        schema: serde_json::Value,
+        param: String,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidGeneration {
     pub model: Option<String>,
@@ -40,6 +54,6 @@ pub struct ValidGeneration {
     /// `Some(k)`: return the chosen tokens' log-probabilities and k alternatives.
     pub logprobs: Option<usize>,
     pub echo: bool,
-    pub json_mode: bool,
+    pub response_format: ResponseFormat,
     pub user: Option<String>,
 }
