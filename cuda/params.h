@@ -177,7 +177,7 @@ typedef struct {
     float presence_penalty;       // 0: off
     float frequency_penalty;      // 0: off
     uint32_t top_k;               // 0: off
-    uint32_t penalty_start;       // first PenaltyEntry of this row
+    uint32_t penalty_start;       // first PenaltyEntry of this row (its biased and penalised tokens)
     uint32_t penalty_count;
     uint32_t mask_row;            // row of the allowed-token bitmask, KILN_NONE: no mask
     uint32_t top_logprobs;        // alternatives wanted, at most KILN_MAX_TOP_LOGPROBS
@@ -198,19 +198,21 @@ KILN_FIELD(SampleRow, mask_row, 44)
 KILN_FIELD(SampleRow, top_logprobs, 48)
 KILN_FIELD(SampleRow, want_logprobs, 52)
 
-// One distinct token of a sequence's history: how often it was generated, and whether the
-// repetition penalty applies (seen in prompt or output).
+// One distinct token whose logit a row adjusts: its logit bias (added first), how often it was
+// generated, and whether the repetition penalty applies (seen in prompt or output).
 typedef struct {
     uint32_t token;
     uint32_t generated_count;
     uint32_t seen;
-    float raw_logit;  // written by the kernel: the logit before penalties (for log-probabilities)
+    float bias;       // 0: none
+    float raw_logit;  // written by the kernel: the logit before bias and penalties (for log-probabilities)
 } PenaltyEntry;
-KILN_LAYOUT(PenaltyEntry, 16)
+KILN_LAYOUT(PenaltyEntry, 20)
 KILN_FIELD(PenaltyEntry, token, 0)
 KILN_FIELD(PenaltyEntry, generated_count, 4)
 KILN_FIELD(PenaltyEntry, seen, 8)
-KILN_FIELD(PenaltyEntry, raw_logit, 12)
+KILN_FIELD(PenaltyEntry, bias, 12)
+KILN_FIELD(PenaltyEntry, raw_logit, 16)
 
 typedef struct {
     uint32_t token;

@@ -1,7 +1,7 @@
 // Token choice on the GPU, one block per logits row, with engine/sampler.rs's semantics:
-// log-probabilities of the raw logits (chosen token and the best alternatives), then
-// repetition / presence / frequency penalties, the allowed-token mask, and either argmax (lowest
-// id wins ties) or a seeded draw after temperature, top-k, min-p and top-p.
+// log-probabilities of the raw logits (chosen token and the best alternatives), then the logit
+// bias and the repetition / presence / frequency penalties, the allowed-token mask, and either
+// argmax (lowest id wins ties) or a seeded draw after temperature, top-k, min-p and top-p.
 //
 // The CPU sorts candidates by (logit desc, id asc) and walks them. Here each candidate gets that
 // order as a 64-bit key (ordered float bits, then the inverted id), and every cut is a radix
@@ -141,11 +141,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sample_f32(const Sample
         __syncthreads();
     }
 
-    // 2. Penalties, each distinct history token once; the raw logit is kept for step 5.
+    // 2. Logit bias, then penalties, each distinct token once (one thread per entry, so no two
+    // threads write one logit); the raw logit is kept for step 5. A zero bias is not added, as on
+    // the CPU: -0.0 + 0 is +0.0, which orders above -0.0 in the sort keys.
     for (uint32_t e = threadIdx.x; e < r.penalty_count; e += THREADS) {
         PenaltyEntry& entry = p.penalties[r.penalty_start + e];
         float l = logits[entry.token];
         entry.raw_logit = l;
+        if (entry.bias != 0.0f) l = __fadd_rn(l, entry.bias);
         if (r.repetition_penalty != 1.0f && entry.seen) {
             l = l > 0.0f ? __fdiv_rn(l, r.repetition_penalty) : __fmul_rn(l, r.repetition_penalty);
         }
@@ -235,7 +238,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sample_f32(const Sample
         token = key_token(drawn != NOT_FOUND ? drawn : last_key);
     }
 
-    // 5. The chosen token's log-probability, from its logit before penalties.
+    // 5. The chosen token's log-probability, from its logit before bias and penalties.
     if (r.want_logprobs) {
         if (threadIdx.x == 0) sh.chosen_raw = logits[token];
         __syncthreads();

@@ -16,6 +16,7 @@ use crate::model::gguf::{GgufFile, MetaValue};
 use crate::model::quant::GgmlType;
 use crate::model::safetensors_dir::{SafetensorsDir, WeightDtype};
 use crate::server::api::error::ApiError;
+use crate::server::api::limits::{MAX_LOGIT_BIAS, MAX_LOGIT_BIAS_VALUE};
 use crate::server::api::valid::{PromptInput, ValidGeneration};
 use crate::server::api::{native, openai};
 use crate::server::http::chunked::ChunkedDecoder;
@@ -215,7 +216,10 @@ fn check_generation(valid: &ValidGeneration, max_n: usize, max_temperature: f32)
         && s.top_k <= 100_000
         && (0.01..=5.0).contains(&s.repetition_penalty)
         && (-2.0..=2.0).contains(&s.presence_penalty)
-        && (-2.0..=2.0).contains(&s.frequency_penalty);
+        && (-2.0..=2.0).contains(&s.frequency_penalty)
+        && s.logit_bias.len() <= MAX_LOGIT_BIAS
+        && s.logit_bias.windows(2).all(|pair| pair[0].0 < pair[1].0)
+        && s.logit_bias.iter().all(|(_, bias)| bias.abs() <= MAX_LOGIT_BIAS_VALUE);
     assert!(ok, "a validated request is out of range: {valid:?}");
 }
 
@@ -481,6 +485,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "openai_chat_body" => text(&[
             r#"{"model":"m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Hi"}]}],"max_tokens":5,"temperature":0.5,"stop":["\n"],"n":2}"#,
             r#"{"messages":[{"role":"developer","content":"x"}],"logprobs":true,"top_logprobs":3,"stream":true,"stream_options":{"include_usage":true},"response_format":{"type":"json_object"},"seed":-1}"#,
+            r#"{"messages":[{"role":"user","content":"x"}],"logit_bias":{"50256":-100,"7":2.5},"ignore_eos":true,"user":"u","tool_choice":"none"}"#,
         ]),
         "openai_completion_body" => text(&[
             r#"{"prompt":"Once","logprobs":2,"echo":true,"max_tokens":5.0,"top_k":40,"min_p":0.1}"#,

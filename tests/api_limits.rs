@@ -7,8 +7,8 @@ mod serve_support;
 use std::time::Duration;
 
 use kiln::server::api::limits::{
-    MAX_COMPLETION_LOGPROBS, MAX_JSON_DEPTH, MAX_MESSAGES, MAX_N, MAX_NATIVE_RESPONSES, MAX_PROMPTS, MAX_STOP_BYTES,
-    MAX_STOP_SEQUENCES, MAX_TOP_LOGPROBS,
+    MAX_COMPLETION_LOGPROBS, MAX_JSON_DEPTH, MAX_LOGIT_BIAS, MAX_LOGIT_BIAS_VALUE, MAX_MESSAGES, MAX_N,
+    MAX_NATIVE_RESPONSES, MAX_PROMPTS, MAX_STOP_BYTES, MAX_STOP_SEQUENCES, MAX_TOP_LOGPROBS,
 };
 use serde_json::{json, Value};
 use serve_support::{exchange, serve, OpenStream, Reply, MODEL};
@@ -105,15 +105,32 @@ fn every_request_bound_is_answered_at_and_refused_one_past() {
     let past = post(addr, chat_path, &messages(MAX_MESSAGES + 1).to_string());
     assert_eq!((past.status, past.json()["error"]["code"].clone()), (400, json!("invalid_value")), "{}", past.body);
     assert_eq!(past.json()["error"]["param"], "messages");
-    // The body is the first level; `user` (ignored after validation) carries the nesting.
+    // The body is the first level; `metadata` (accepted, changes nothing) and the object it must
+    // be carry the nesting.
     let nested = |levels: usize| {
         let mut value = json!(1);
-        for _ in 1..levels {
+        for _ in 2..levels {
             value = json!([value]);
         }
-        chat(json!({"metadata": value}))
+        chat(json!({"metadata": {"k": value}}))
     };
     assert_bound(addr, chat_path, &nested(MAX_JSON_DEPTH), &nested(MAX_JSON_DEPTH + 1), "metadata");
+
+    let bias = |count: usize| json!((0..count).map(|t| (t.to_string(), json!(0))).collect::<serde_json::Map<_, _>>());
+    assert_bound(
+        addr,
+        completions_path,
+        &completion(json!({"logit_bias": bias(MAX_LOGIT_BIAS)})),
+        &completion(json!({"logit_bias": bias(MAX_LOGIT_BIAS + 1)})),
+        "logit_bias",
+    );
+    assert_bound(
+        addr,
+        chat_path,
+        &chat(json!({"logit_bias": {"5": MAX_LOGIT_BIAS_VALUE}})),
+        &chat(json!({"logit_bias": {"5": MAX_LOGIT_BIAS_VALUE + 0.5}})),
+        "logit_bias",
+    );
 
     // Webhooks may not reach the server's own network unless the operator allows it.
     for internal in ["http://169.254.169.254/latest/meta-data", "http://127.0.0.1:9/hook", "http://[::1]/hook"] {
@@ -136,6 +153,8 @@ fn every_request_bound_is_answered_at_and_refused_one_past() {
     let too_long = post(addr, completions_path, &completion(json!({"prompt": ids(context)})).to_string());
     assert_eq!((too_long.status, too_long.json()["error"]["param"].clone()), (400, json!("prompt")));
     assert_eq!(too_long.json()["error"]["code"], "context_length_exceeded");
+    // Detokenize reads at most a context's worth of ids.
+    assert_bound(addr, "/detokenize", &json!({"tokens": ids(context)}), &json!({"tokens": ids(context + 1)}), "tokens");
 
     // The body: exactly at the limit is read, one byte more is 413.
     let padded = |size: usize| {

@@ -496,7 +496,9 @@ fn disconnect_cancels_generation() {
         text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).unwrap().parse().unwrap()
     };
     let cancelled_before = metric("kiln_requests_cancelled_total");
-    let body = chat_body(json!({"max_tokens": 2000, "stream": true, "messages": [{"role": "user", "content": "Count from one to one thousand in words."}]})).to_string();
+    // The model answers this in three tokens ("One thousand."): `ignore_eos` keeps it generating,
+    // so that only the hang-up can end the request.
+    let body = chat_body(json!({"max_tokens": 2000, "stream": true, "ignore_eos": true, "messages": [{"role": "user", "content": "Count from one to one thousand in words."}]})).to_string();
     let mut stream = TcpStream::connect(addr).unwrap();
     let head = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",

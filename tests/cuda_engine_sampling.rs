@@ -1,6 +1,6 @@
 //! The serving engine on the CUDA backend samples on the device (cuda/sampling.cu) instead of
 //! reading logits back: the same seeded requests (greedy, temperature, top-k, top-p, min-p,
-//! penalties, JSON mode, top log-probabilities, n = 2) give the same tokens and
+//! penalties, logit bias, JSON mode, top log-probabilities, n = 2) give the same tokens and
 //! log-probabilities as with host sampling forced (`EngineConfig::host_sampling`), and greedy
 //! requests give the CPU backend's tokens. Runs on the GPU, or on the emulator without one.
 #![cfg(feature = "cuda")]
@@ -123,11 +123,38 @@ fn requests(seed: u64) -> Vec<(&'static str, Vec<u32>, RequestParams)> {
         ),
         ("top logprobs", prompt(11, 13), RequestParams { top_logprobs: Some(5), ..params(sampling(0.7, 8)) }),
         (
+            "greedy with logit bias and logprobs",
+            prompt(13, 9),
+            RequestParams {
+                top_logprobs: Some(3),
+                ..params(SamplingParams { logit_bias: logit_bias(seed, 1), ..SamplingParams::greedy() })
+            },
+        ),
+        (
+            "logit bias with penalties",
+            prompt(14, 12),
+            params(SamplingParams {
+                logit_bias: logit_bias(seed, 2),
+                repetition_penalty: 1.2,
+                frequency_penalty: 0.3,
+                ..sampling(0.9, 10)
+            }),
+        ),
+        (
             "n = 2",
             prompt(12, 10),
             RequestParams { n: 2, top_logprobs: Some(2), ..params(SamplingParams { top_p: 0.9, ..sampling(1.1, 9) }) },
         ),
     ]
+}
+
+/// Biases a random model's logits feel without one token taking every step: every 7th token
+/// nudged by up to ±4, one banned, one raised (some are prompt tokens: bias and penalties meet).
+fn logit_bias(seed: u64, salt: u64) -> Vec<(u32, f32)> {
+    let amounts = kiln::testing::seeded_values(seed.wrapping_add(salt * 7919), VOCAB / 7);
+    let mut bias: Vec<(u32, f32)> = amounts.iter().enumerate().map(|(i, a)| ((i * 7) as u32, a * 4.0)).collect();
+    bias.extend([(101, -100.0), (200 + salt as u32, 2.5)]);
+    bias
 }
 
 #[derive(Debug, Default, Clone)]

@@ -23,7 +23,7 @@ use kiln::model::config::ModelConfig;
 use kiln::model::weights::WeightMatrix;
 use kiln::ops::attention::{attention as attention_ref, AttentionShape};
 use kiln::testing::{assert_close, seeded_values, test_seed, Tolerance};
-use sampling_support::{penalty_entries, sample_row};
+use sampling_support::{logit_bias, penalty_entries, sample_row};
 
 const DTYPES: [Dtype; 2] = [Dtype::F16, Dtype::Bf16];
 
@@ -552,13 +552,33 @@ fn sampling_cases() -> Vec<(SamplingParams, &'static str)> {
     ]
 }
 
+/// The cases again with a logit bias (`vocab` bounds its token ids): the bias is added before the
+/// penalties, greedy included, and log-probabilities stay the raw logits'.
+fn biased_sampling_cases(vocab: usize) -> Vec<(SamplingParams, &'static str)> {
+    let base = |temperature: f32| SamplingParams { temperature, ..SamplingParams::greedy() };
+    vec![
+        (SamplingParams { logit_bias: logit_bias(vocab, 1), ..SamplingParams::greedy() }, "greedy with bias"),
+        (SamplingParams { logit_bias: logit_bias(vocab, 2), top_k: 40, ..base(0.9) }, "top-k with bias"),
+        (
+            SamplingParams {
+                logit_bias: logit_bias(vocab, 3),
+                repetition_penalty: 1.3,
+                presence_penalty: 0.5,
+                frequency_penalty: 0.3,
+                ..base(1.0)
+            },
+            "bias and penalties",
+        ),
+    ]
+}
+
 #[test]
 fn sampling_matches_the_cpu_sampler() {
     let gpu = gpu_for_test("sampling_matches_the_cpu_sampler");
     let seed = test_seed();
     let (vocab, rows_per_case) = if under_sanitizer() { (1003, 3) } else { (5003, 12) };
     let kernel = sampling::kernel(&gpu).unwrap();
-    for (case, (params, label)) in sampling_cases().into_iter().enumerate() {
+    for (case, (params, label)) in sampling_cases().into_iter().chain(biased_sampling_cases(vocab)).enumerate() {
         let n = rows_per_case;
         let logits: Vec<f32> = scaled(seed + case as u64, n * vocab, 6.0);
         let mut rows = Vec::new();
@@ -624,9 +644,10 @@ fn run_sampling(
     let n = rows.len();
     let logits_d = gpu.upload_f32(logits).unwrap();
     let rows_d = gpu.upload_bytes(Dtype::U8, n * std::mem::size_of::<SampleRow>(), bytemuck::cast_slice(rows)).unwrap();
-    let penalty_bytes = [bytemuck::cast_slice(penalties), &[0u8; 16][..]].concat();
+    let entry = std::mem::size_of::<PenaltyEntry>();
+    let penalty_bytes = [bytemuck::cast_slice(penalties), &vec![0u8; entry][..]].concat();
     let pen_d = gpu
-        .upload_bytes(Dtype::U8, penalties.len().max(1) * 16, &penalty_bytes[..penalties.len().max(1) * 16])
+        .upload_bytes(Dtype::U8, penalties.len().max(1) * entry, &penalty_bytes[..penalties.len().max(1) * entry])
         .unwrap();
     let mask_d = gpu.upload_u32(if mask.is_empty() { &[0] } else { mask }).unwrap();
     let outputs = gpu.alloc(Dtype::U32, 2 * n + n * MAX_TOP_LOGPROBS * 2).unwrap();

@@ -10,7 +10,7 @@ use kiln::backend::sampling::{HistoryEntry, RowSampling};
 use kiln::engine::rng::Rng;
 use kiln::engine::sampler::{Sampler, SamplingParams};
 use kiln::testing::{seeded_values, test_seed};
-use sampling_support::{penalty_entries, sample_row};
+use sampling_support::{logit_bias, penalty_entries, sample_row};
 
 fn sort_key(logit: f32, id: u32) -> u64 {
     let bits = logit.to_bits();
@@ -51,10 +51,13 @@ fn radix_search(keys: &[u64], weight: &[f64], target: f64, strict: bool) -> u64 
     prefix
 }
 
-/// sample_f32's steps 2 to 4 for one row.
+/// sample_f32's steps 2 to 4 for one row: bias and penalties, mask, greedy or a draw.
 fn sample_like_kernel(logits: &mut [f32], row: &SampleRow, entries: &[PenaltyEntry], mask: Option<&[u32]>) -> u32 {
     for e in entries {
         let mut l = logits[e.token as usize];
+        if e.bias != 0.0 {
+            l += e.bias;
+        }
         if row.repetition_penalty != 1.0 && e.seen != 0 {
             l = if l > 0.0 { l / row.repetition_penalty } else { l * row.repetition_penalty };
         }
@@ -131,6 +134,14 @@ fn the_kernels_algorithm_picks_the_cpu_samplers_tokens() {
         SamplingParams { min_p: 2.0, ..base(1.0) },
         SamplingParams { top_k: 50, top_p: 0.7, min_p: 0.05, ..base(0.7) },
         SamplingParams { repetition_penalty: 1.4, presence_penalty: 0.3, frequency_penalty: 0.2, ..base(0.9) },
+        SamplingParams { logit_bias: logit_bias(vocab, 1), ..SamplingParams::greedy() },
+        SamplingParams { logit_bias: logit_bias(vocab, 2), top_p: 0.9, ..base(1.0) },
+        SamplingParams {
+            logit_bias: logit_bias(vocab, 3),
+            repetition_penalty: 1.3,
+            frequency_penalty: 0.4,
+            ..base(0.8)
+        },
     ];
     let mut draws = 0;
     for (c, params) in cases.iter().enumerate() {
@@ -172,6 +183,8 @@ fn rows_exported_by_the_engine_convert_to_what_the_kernel_reads() {
         SamplingParams { repetition_penalty: 1.3, presence_penalty: 0.4, frequency_penalty: 0.2, ..base(1.1) },
         SamplingParams { repetition_penalty: 0.8, ..SamplingParams::greedy() },
         SamplingParams { frequency_penalty: 0.7, ..base(0.6) },
+        SamplingParams { logit_bias: logit_bias(vocab, 4), ..SamplingParams::greedy() },
+        SamplingParams { logit_bias: logit_bias(vocab, 5), repetition_penalty: 1.2, ..base(0.9) },
     ];
     for (c, params) in cases.iter().enumerate() {
         let params = SamplingParams { seed: Some(seed.wrapping_add(c as u64)), ..params.clone() };
@@ -207,8 +220,8 @@ fn rows_exported_by_the_engine_convert_to_what_the_kernel_reads() {
             host.accept(expected);
         }
     }
-    let entry = PenaltyEntry::from(&HistoryEntry { token: 7, generated_count: 2, seen: true });
-    assert_eq!(entry, PenaltyEntry { token: 7, generated_count: 2, seen: 1, raw_logit: 0.0 });
+    let entry = PenaltyEntry::from(&HistoryEntry { token: 7, generated_count: 2, seen: true, bias: -3.5 });
+    assert_eq!(entry, PenaltyEntry { token: 7, generated_count: 2, seen: 1, bias: -3.5, raw_logit: 0.0 });
     let too_many = SampleRow::from(&RowSampling { top_logprobs: 99, mask_row: Some(4), ..RowSampling::greedy() });
     assert_eq!((too_many.top_logprobs, too_many.mask_row), (MAX_TOP_LOGPROBS as u32, 4));
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use kiln::backend::cpu::CpuBackend;
 use kiln::backend::plan::PlanLimits;
+use kiln::backend::sampling::MAX_LOGIT_BIAS;
 use kiln::backend::KvLayout;
 use kiln::engine::batch::run_batch;
 use kiln::engine::core::{Engine, EngineConfig, SubmitError};
@@ -65,6 +66,8 @@ struct Collected {
     tokens: Vec<Vec<u32>>,
     text: Vec<String>,
     reasons: Vec<Option<FinishReason>>,
+    /// Per choice, the prompt tokens its Finished event says came from the prefix cache.
+    cached: Vec<usize>,
 }
 
 fn submit(
@@ -79,16 +82,22 @@ fn submit(
 }
 
 fn collect(receiver: &mpsc::Receiver<EngineEvent>, n: usize) -> Collected {
-    let mut c = Collected { tokens: vec![Vec::new(); n], text: vec![String::new(); n], reasons: vec![None; n] };
+    let mut c = Collected {
+        tokens: vec![Vec::new(); n],
+        text: vec![String::new(); n],
+        reasons: vec![None; n],
+        cached: vec![0; n],
+    };
     while c.reasons.iter().any(Option::is_none) {
         match receiver.recv().expect("the engine finishes every choice") {
             EngineEvent::Token { choice, token_id, text, .. } => {
                 c.tokens[choice].push(token_id);
                 c.text[choice] += &text;
             }
-            EngineEvent::Finished { choice, reason, text, .. } => {
+            EngineEvent::Finished { choice, reason, text, cached_prompt_tokens, .. } => {
                 c.text[choice] += &text;
                 c.reasons[choice] = Some(reason);
+                c.cached[choice] = cached_prompt_tokens;
             }
             EngineEvent::Error { message } => panic!("engine error: {message}"),
         }
@@ -237,5 +246,58 @@ fn n_choices_are_seeded_reproducibly() {
     let b = collect(&submit(&engine, prompt(4, 5), params).0, 3);
     assert_eq!(a.tokens, b.tokens, "same seed, same output");
     assert!(a.tokens[0] != a.tokens[1] || a.tokens[1] != a.tokens[2], "choices draw different streams");
+    assert_idle(&engine);
+}
+
+#[test]
+fn finished_events_report_the_prompt_tokens_the_prefix_cache_held() {
+    let engine = engine(LAYOUT, 64);
+    let p = prompt(8, 14);
+    let first = collect(&submit(&engine, p.clone(), RequestParams::greedy(3, vec![])).0, 1);
+    assert_eq!(first.cached, vec![0], "nothing was cached before the first request");
+    // Blocks of 4: the first three full blocks are reused (the last prompt token is always
+    // computed, for the logits); every choice reports the prompt's count.
+    let again = RequestParams { n: 2, ..RequestParams::greedy(3, vec![]) };
+    let second = collect(&submit(&engine, p.clone(), again).0, 2);
+    assert_eq!(second.cached, vec![12, 12]);
+    assert_eq!(second.tokens[0], first.tokens[0], "a cached prefix gives the same tokens");
+    // A prompt that shares only its first block.
+    let mut other = p[..5].to_vec();
+    other.extend([200, 201, 202, 203, 204]);
+    assert_eq!(collect(&submit(&engine, other, RequestParams::greedy(2, vec![])).0, 1).cached, vec![4]);
+    assert_idle(&engine);
+}
+
+#[test]
+fn logit_bias_steers_greedy_choices_and_is_checked_at_submit() {
+    let engine = engine(LAYOUT, 64);
+    let p = prompt(5, 7);
+    let biased = |logit_bias: Vec<(u32, f32)>| RequestParams {
+        sampling: SamplingParams { logit_bias, ..SamplingParams::greedy() },
+        ..RequestParams::greedy(6, vec![])
+    };
+    let free = collect(&submit(&engine, p.clone(), biased(vec![])).0, 1).tokens.remove(0);
+    let target = (free[0] + 1) % 250;
+    let pushed = collect(&submit(&engine, p.clone(), biased(vec![(target, 100.0)])).0, 1).tokens.remove(0);
+    assert_eq!(pushed, vec![target; 6], "+100 makes the token every greedy choice");
+    let banned = collect(&submit(&engine, p.clone(), biased(vec![(free[0], -100.0)])).0, 1).tokens.remove(0);
+    assert_ne!(banned[0], free[0], "-100 takes the greedy token out");
+    assert!(!banned.contains(&free[0]));
+
+    let vocab = tiny_test_config().vocab_size as u32;
+    let refused = |logit_bias: Vec<(u32, f32)>| {
+        let (sender, _receiver) = mpsc::channel();
+        engine.submit(EngineRequest {
+            prompt_ids: p.clone(),
+            params: biased(logit_bias),
+            sink: Box::new(sender),
+            cancel: Arc::new(AtomicBool::new(false)),
+        })
+    };
+    assert!(matches!(refused(vec![(vocab, 1.0)]), Err(SubmitError::LogitBias(_))), "a token outside the vocabulary");
+    let too_many = (0..=MAX_LOGIT_BIAS as u32).map(|t| (t % vocab, 1.0)).collect();
+    assert!(matches!(refused(too_many), Err(SubmitError::LogitBias(_))), "more entries than a device row holds");
+    let last = collect(&submit(&engine, p, biased(vec![(vocab - 1, 100.0)])).0, 1).tokens.remove(0);
+    assert_eq!(last, vec![vocab - 1; 6], "the last id of the vocabulary is accepted");
     assert_idle(&engine);
 }

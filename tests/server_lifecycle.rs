@@ -105,14 +105,17 @@ fn a_stalled_step_turns_liveness_503_until_the_engine_moves_again() {
 fn every_request_gets_one_access_log_line_without_the_runtimes_chatter() {
     let served = serve(&["--backend", "cpu"], &[], &[]);
     let addr = served.addr;
-    assert_eq!(request(addr, "POST", "/v1/completions", &counting(5, false)).0, 200);
+    let reply = exchange(addr, "POST", "/v1/completions", &[], &counting(5, false));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let id = reply.header("x-request-id").expect("every answer carries its request id");
     assert_eq!(request(addr, "GET", "/nowhere?secret=1", "").0, 404);
     // The line is written after the response; wait for it.
     assert!(wait_until(Duration::from_secs(10), || served.log().contains("\"/nowhere\" 404")), "{}", served.log());
     let log = served.log();
     let completion =
         log.lines().find(|l| l.contains("POST \"/v1/completions\" 200")).unwrap_or_else(|| panic!("{log}"));
-    assert!(completion.contains("tokens_out=5") && completion.contains("id=cmpl-"), "{completion}");
+    assert!(completion.contains("tokens_out=5") && completion.contains(&format!(" id={id} ")), "{completion}");
+    assert_eq!(reply.json()["id"], format!("cmpl-{id}"), "the log's id is the completion's, unprefixed");
     assert!(!completion.contains("tokens_in=0"), "{completion}");
     assert!(!log.contains("secret=1"), "query strings are not logged");
     assert!(!log.contains("epoll"), "the coroutine runtime's per-connection lines are filtered:\n{log}");

@@ -65,8 +65,8 @@ pub trait Backend: Send {
     }
 
     /// Runs one forward step like `execute`, then samples each of the plan's logits rows with
-    /// `rows[r]` (one per row, in plan order). `history` holds the rows' penalty entries (each
-    /// row's `history()` range), `masks` their allowed-token mask rows (`[mask rows,
+    /// `rows[r]` (one per row, in plan order). `history` holds the rows' logit-bias and penalty
+    /// entries (each row's `history()` range), `masks` their allowed-token mask rows (`[mask rows,
     /// mask_words(vocab)]`). `out` is cleared and gets one result per row. Only where
     /// `samples_on_device` says so.
     fn execute_and_sample(

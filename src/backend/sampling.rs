@@ -6,6 +6,9 @@ use std::ops::Range;
 
 /// The most alternatives a device-sampled row reports (the OpenAI API's limit).
 pub const MAX_TOP_LOGPROBS: usize = 20;
+/// The most logit-bias entries a row carries (the OpenAI API's limit): with the row's history,
+/// what a device sizes its entry buffers for.
+pub const MAX_LOGIT_BIAS: usize = 300;
 
 /// One logits row's sampling settings for this step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -25,7 +28,8 @@ pub struct RowSampling {
     pub frequency_penalty: f32,
     /// The row's draw in [0, 1) from its sequence's seeded stream (ignored when greedy).
     pub uniform: f64,
-    /// The row's entries in the step's history slice: one per distinct token, none twice.
+    /// The row's entries in the step's history slice (its penalised and biased tokens): one per
+    /// distinct token, none twice.
     pub history_start: usize,
     pub history_len: usize,
     /// The row of the step's allowed-token mask (`mask_words(vocab)` words, bit set: allowed);
@@ -63,14 +67,18 @@ impl RowSampling {
     }
 }
 
-/// One distinct token of a sequence's history (its prompt and what it generated so far).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// One distinct token whose logit a row adjusts before choosing: a token of the sequence's
+/// history (its prompt and what it generated so far) that a penalty applies to, or a token with a
+/// logit bias, or both. The bias is added first, then the penalties.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct HistoryEntry {
     pub token: u32,
     /// How often it was generated (presence and frequency penalties).
     pub generated_count: u32,
     /// The repetition penalty applies to it (a prompt or generated token).
     pub seen: bool,
+    /// Added to the raw logit before the penalties (`logit_bias`); 0 means none.
+    pub bias: f32,
 }
 
 /// Words of one allowed-token mask row.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::backend::sampling::{self as backend_sampling, HistoryEntry, RowSampling, SampledRows};
+use crate::backend::sampling::{self as backend_sampling, HistoryEntry, RowSampling, SampledRows, MAX_LOGIT_BIAS};
 use crate::backend::{Backend, BackendError};
 use crate::ops::logits::log_softmax;
 
@@ -49,6 +49,8 @@ pub enum SubmitError {
     EmptyPrompt,
     #[error("n = {n} completions exceed the {max} sequences a step can hold")]
     TooManyChoices { n: usize, max: usize },
+    #[error("logit_bias: {0}")]
+    LogitBias(String),
     #[error("the engine has stopped")]
     Stopped,
 }
@@ -115,6 +117,8 @@ pub struct EngineLimits {
     /// The model's context length (what the API validates against).
     pub max_position_embeddings: usize,
     pub max_seqs: usize,
+    /// Logits per row: every token id a request names must be below it.
+    pub vocab: usize,
 }
 
 impl EngineLimits {
@@ -130,6 +134,17 @@ impl EngineLimits {
         }
         if request.params.n > self.max_seqs {
             return Err(SubmitError::TooManyChoices { n: request.params.n, max: self.max_seqs });
+        }
+        // A device sizes its per-row entries for this many biased tokens, and indexes logits by them.
+        let bias = &request.params.sampling.logit_bias;
+        if bias.len() > MAX_LOGIT_BIAS {
+            return Err(SubmitError::LogitBias(format!("{} entries, at most {MAX_LOGIT_BIAS}", bias.len())));
+        }
+        if let Some(&(token, _)) = bias.iter().find(|&&(token, _)| token as usize >= self.vocab) {
+            return Err(SubmitError::LogitBias(format!(
+                "token {token} is outside the vocabulary of {} tokens",
+                self.vocab
+            )));
         }
         Ok(())
     }
@@ -153,6 +168,8 @@ struct RequestState {
     submitted: Instant,
     started: bool,
     open_choices: usize,
+    /// Prompt tokens the prefix cache held when the request started (reported when it ends).
+    cached_prompt_tokens: usize,
 }
 
 struct SequenceState {
@@ -262,6 +279,7 @@ impl Engine {
                 max_sequence_tokens,
                 max_position_embeddings: model_config.max_position_embeddings,
                 max_seqs: config.max_seqs,
+                vocab,
             },
             metrics,
             computed_steps: 0,
@@ -371,8 +389,16 @@ impl Engine {
         if n > 1 {
             self.pending_forks.insert(first_id, (first_id + 1..first_id + n as u64).collect());
         }
-        self.requests
-            .insert(request_id, RequestState { request, submitted: Instant::now(), started: false, open_choices: n });
+        self.requests.insert(
+            request_id,
+            RequestState {
+                request,
+                submitted: Instant::now(),
+                started: false,
+                open_choices: n,
+                cached_prompt_tokens: 0,
+            },
+        );
     }
 
     /// Requests whose client has gone are finished before the next step computes anything.
@@ -404,6 +430,8 @@ impl Engine {
             if let Some(state) = request.and_then(|r| self.requests.get_mut(&r)) {
                 if !state.started {
                     state.started = true;
+                    // Its first scheduling: what is computed already came from the prefix cache.
+                    state.cached_prompt_tokens = self.scheduler.computed_tokens(s.id);
                     self.waiting.fetch_sub(1, Ordering::SeqCst);
                     self.metrics.queue_time.observe(state.submitted.elapsed().as_secs_f64());
                 }
@@ -664,6 +692,7 @@ impl Engine {
             reason,
             text,
             generated_tokens: seq.generated,
+            cached_prompt_tokens: state.cached_prompt_tokens,
         });
         state.open_choices -= 1;
         if state.open_choices == 0 {

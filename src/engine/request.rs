@@ -75,8 +75,10 @@ pub enum EngineEvent {
     /// One generated token of completion `choice` and the text it released (maybe empty while
     /// a character or a possible stop string is incomplete).
     Token { choice: usize, token_id: u32, text: String, logprob: Option<TokenLogprob> },
-    /// Completion `choice` ended; `text` is what was still held back.
-    Finished { choice: usize, reason: FinishReason, text: String, generated_tokens: usize },
+    /// Completion `choice` ended; `text` is what was still held back. `cached_prompt_tokens`:
+    /// the prompt tokens taken from the prefix cache instead of computed (the same for every
+    /// choice of the request; 0 when it never started).
+    Finished { choice: usize, reason: FinishReason, text: String, generated_tokens: usize, cached_prompt_tokens: usize },
     /// The request failed inside the engine.
     Error { message: String },
 }

@@ -1,6 +1,6 @@
-//! Choosing the next token from a row of logits: penalties, temperature, top-k, top-p, min-p and a
-//! seeded draw. This is the reference the GPU sampling kernel is tested against; for a backend
-//! that samples on its device, `device_row` exports the same settings and state.
+//! Choosing the next token from a row of logits: logit bias, penalties, temperature, top-k, top-p,
+//! min-p and a seeded draw. This is the reference the GPU sampling kernel is tested against; for a
+//! backend that samples on its device, `device_row` exports the same settings and state.
 
 use std::collections::HashMap;
 
@@ -23,6 +23,9 @@ pub struct SamplingParams {
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
     pub seed: Option<u64>,
+    /// OpenAI's `logit_bias`: (token, amount) pairs added to the raw logits before the penalties,
+    /// greedy included. `Sampler::new` keeps one entry per token (the first), sorted by id.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl SamplingParams {
@@ -56,6 +59,7 @@ impl SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             seed: None,
+            logit_bias: Vec::new(),
         }
     }
 
@@ -80,7 +84,10 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn new(params: SamplingParams, prompt: &[u32]) -> Sampler {
+    pub fn new(mut params: SamplingParams, prompt: &[u32]) -> Sampler {
+        // Sorted and distinct: looked up by binary search, and a device applies each entry once.
+        params.logit_bias.sort_by_key(|&(token, _)| token);
+        params.logit_bias.dedup_by_key(|&mut (token, _)| token);
         let rng = params.seed.map(Rng::seeded).unwrap_or_else(Rng::from_entropy);
         let seen =
             if params.repetition_penalty != 1.0 { prompt.iter().map(|&t| (t, ())).collect() } else { HashMap::new() };
@@ -99,9 +106,10 @@ impl Sampler {
         }
     }
 
-    /// Picks the next token. `logits` is modified (penalties, temperature).
+    /// Picks the next token. `logits` is modified (bias, penalties, temperature).
     /// `allowed` masks tokens out when it returns false (JSON mode); it must allow at least one.
     pub fn sample(&mut self, logits: &mut [f32], allowed: Option<&dyn Fn(u32) -> bool>) -> u32 {
+        self.apply_logit_bias(logits);
         self.apply_penalties(logits);
         if let Some(allowed) = allowed {
             for (id, logit) in logits.iter_mut().enumerate() {
@@ -173,8 +181,8 @@ impl Sampler {
 
     /// This step's row for a backend that samples on its device: the parameters, the draw
     /// (taken as `sample` takes it, so a sequence gets the same tokens either way) and the
-    /// history the penalties need, appended to `history`. Mask and log-probabilities are the
-    /// caller's to set.
+    /// entries the logit bias and the penalties need, appended to `history`. Mask and
+    /// log-probabilities are the caller's to set.
     pub fn device_row(&mut self, history: &mut Vec<HistoryEntry>) -> RowSampling {
         let uniform = self.draw().unwrap_or(0.0);
         let history_start = history.len();
@@ -182,23 +190,58 @@ impl Sampler {
         self.params.device_row(uniform, history_start..history.len())
     }
 
-    /// Appends the tokens `apply_penalties` would touch, one entry per distinct token (none
-    /// when no penalty is on), in no particular order.
+    /// Appends the tokens `apply_logit_bias` and `apply_penalties` would touch, one entry per
+    /// distinct token (none when neither is on), in no particular order: the penalised tokens
+    /// with their bias, then the biased tokens no penalty touches.
     pub fn history_entries(&self, out: &mut Vec<HistoryEntry>) {
         let p = &self.params;
-        if p.repetition_penalty != 1.0 {
+        let repetition = p.repetition_penalty != 1.0;
+        let additive = p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
+        if repetition {
             // Every generated token is also in `seen`.
             out.extend(self.seen.keys().map(|&token| HistoryEntry {
                 token,
                 generated_count: self.generated_counts.get(&token).copied().unwrap_or(0),
                 seen: true,
+                bias: self.bias_of(token),
             }));
-        } else if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+        } else if additive {
             out.extend(self.generated_counts.iter().map(|(&token, &generated_count)| HistoryEntry {
                 token,
                 generated_count,
                 seen: false,
+                bias: self.bias_of(token),
             }));
+        }
+        let penalised = |token: u32| {
+            if repetition {
+                self.seen.contains_key(&token)
+            } else {
+                additive && self.generated_counts.contains_key(&token)
+            }
+        };
+        out.extend(
+            self.params
+                .logit_bias
+                .iter()
+                .filter(|&&(token, bias)| bias != 0.0 && !penalised(token))
+                .map(|&(token, bias)| HistoryEntry { token, generated_count: 0, seen: false, bias }),
+        );
+    }
+
+    /// The token's logit bias; 0 when it has none.
+    fn bias_of(&self, token: u32) -> f32 {
+        let bias = &self.params.logit_bias;
+        bias.binary_search_by_key(&token, |&(t, _)| t).map_or(0.0, |i| bias[i].1)
+    }
+
+    /// Adds each biased token's amount to its logit. A zero bias is skipped, as on the device:
+    /// adding 0 would turn a -0.0 logit into +0.0, which orders differently there.
+    fn apply_logit_bias(&self, logits: &mut [f32]) {
+        for &(token, bias) in &self.params.logit_bias {
+            if let Some(l) = logits.get_mut(token as usize).filter(|_| bias != 0.0) {
+                *l += bias;
+            }
         }
     }
 
@@ -317,10 +360,47 @@ mod tests {
         assert_eq!(s.sample(&mut [5.0, 1.0, 0.0], Some(&|id| id != 0)), 1);
     }
 
-    /// The penalties as a device applies them from exported entries (cuda/sampling.cu step 2).
+    #[test]
+    fn logit_bias_is_added_before_the_penalties_greedy_included() {
+        let biased = |logit_bias: Vec<(u32, f32)>| SamplingParams { logit_bias, ..SamplingParams::greedy() };
+        // +100 makes a token the greedy choice, -100 takes the best one out.
+        let logits = [2.0f32, 1.0, 0.5, -1.0];
+        assert_eq!(Sampler::new(biased(vec![]), &[]).sample(&mut logits.clone(), None), 0);
+        assert_eq!(Sampler::new(biased(vec![(3, 100.0)]), &[]).sample(&mut logits.clone(), None), 3);
+        assert_eq!(Sampler::new(biased(vec![(0, -100.0)]), &[]).sample(&mut logits.clone(), None), 1);
+        // Out-of-vocabulary ids change nothing (the API refuses them first); unsorted and repeated
+        // entries keep the first of each token.
+        let mut s = Sampler::new(biased(vec![(9, 50.0), (2, 1.0), (1, 0.25), (2, 7.0)]), &[]);
+        assert_eq!(s.params().logit_bias, vec![(1, 0.25), (2, 1.0), (9, 50.0)]);
+        let mut got = logits;
+        assert_eq!(s.sample(&mut got, None), 0);
+        assert_eq!(got, [2.0, 1.25, 1.5, -1.0]);
+        // The bias comes first: a repetition penalty divides the biased logit (1 + 3 = 4, / 2).
+        let mut s = Sampler::new(
+            SamplingParams { repetition_penalty: 2.0, logit_bias: vec![(1, 3.0)], ..SamplingParams::greedy() },
+            &[1],
+        );
+        let mut got = logits;
+        assert_eq!(s.sample(&mut got, None), 0);
+        assert_eq!(got, [2.0, 2.0, 0.5, -1.0]);
+        // With temperature the biased token is drawn (it holds nearly all the mass).
+        let mut s = Sampler::new(SamplingParams { logit_bias: vec![(2, 30.0)], ..params(1.0) }, &[]);
+        assert!((0..200).all(|_| s.sample(&mut logits.clone(), None) == 2));
+        // A zero bias changes nothing, not even the sign of a zero.
+        let mut s = Sampler::new(biased(vec![(0, 0.0)]), &[]);
+        let mut zero = [-0.0f32, -1.0];
+        s.sample(&mut zero, None);
+        assert!(zero[0].is_sign_negative());
+    }
+
+    /// The bias and penalties as a device applies them from exported entries (cuda/sampling.cu
+    /// step 2).
     fn apply_entries(row: &RowSampling, entries: &[HistoryEntry], logits: &mut [f32]) {
         for e in entries {
             let l = &mut logits[e.token as usize];
+            if e.bias != 0.0 {
+                *l += e.bias;
+            }
             if row.repetition_penalty != 1.0 && e.seen {
                 *l = if *l > 0.0 { *l / row.repetition_penalty } else { *l * row.repetition_penalty };
             }
@@ -331,9 +411,14 @@ mod tests {
     }
 
     #[test]
-    fn exported_history_gives_the_penalties_sample_applies() {
+    fn exported_history_gives_the_bias_and_penalties_sample_applies() {
+        // Token 5 is generated and biased, 11 biased only, 3 biased with 0 (no entry of its own).
+        let bias = vec![(11, -2.5), (5, 1.5), (3, 0.0)];
         let cases = [
             SamplingParams::greedy(),
+            SamplingParams { logit_bias: bias.clone(), ..SamplingParams::greedy() },
+            SamplingParams { repetition_penalty: 1.2, logit_bias: bias.clone(), ..params(0.9) },
+            SamplingParams { frequency_penalty: 0.5, logit_bias: bias.clone(), ..params(1.0) },
             SamplingParams { repetition_penalty: 1.3, ..params(0.0) },
             SamplingParams { presence_penalty: 0.5, ..params(1.0) },
             SamplingParams { frequency_penalty: -0.25, ..params(1.0) },
@@ -344,7 +429,8 @@ mod tests {
         for p in cases {
             let mut sampler = Sampler::new(p.clone(), &prompt);
             generated.iter().for_each(|&t| sampler.accept(t));
-            let mut history = vec![HistoryEntry { token: 99, generated_count: 9, seen: true }]; // another row's
+            // Another row's entry comes first.
+            let mut history = vec![HistoryEntry { token: 99, generated_count: 9, seen: true, bias: 1.0 }];
             let row = sampler.device_row(&mut history);
             let entries = &history[row.history()];
             assert_eq!(history[0].token, 99, "appends after what is there");
@@ -354,12 +440,19 @@ mod tests {
             assert_eq!(tokens.len(), entries.len(), "{p:?}: one entry per distinct token");
             let logits: Vec<f32> = (0..12).map(|i| i as f32 * 0.75 - 4.0).collect();
             let mut expected = logits.clone();
+            sampler.apply_logit_bias(&mut expected);
             sampler.apply_penalties(&mut expected);
             let mut got = logits.clone();
             apply_entries(&row, entries, &mut got);
             assert_eq!(got, expected, "{p:?}");
             let any_penalty = p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
-            assert_eq!(entries.is_empty(), !any_penalty, "{p:?}: entries only when a penalty is on");
+            let any = any_penalty || !p.logit_bias.is_empty();
+            assert_eq!(entries.is_empty(), !any, "{p:?}: entries only when a penalty or a bias is on");
+            for (token, bias) in [(11, -2.5), (5, 1.5)].into_iter().filter(|_| !p.logit_bias.is_empty()) {
+                let entry = entries.iter().find(|e| e.token == token).expect("a biased token has an entry");
+                assert_eq!(entry.bias, bias, "{p:?}: token {token}");
+            }
+            assert!(entries.iter().all(|e| e.token != 3 || any_penalty), "{p:?}: a zero bias alone needs no entry");
             assert_eq!((row.temperature, row.top_k, row.top_p, row.min_p), (p.temperature, p.top_k, p.top_p, p.min_p));
             assert_eq!(
                 (row.repetition_penalty, row.presence_penalty, row.frequency_penalty),

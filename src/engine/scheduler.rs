@@ -122,6 +122,13 @@ impl Scheduler {
         self.cached_prompt_tokens
     }
 
+    /// Tokens of running sequence `id` whose K/V are in the cache before this step computes
+    /// (0 when it is not running). Asked in the step that first schedules a sequence, it is the
+    /// prompt prefix taken from the prefix cache.
+    pub fn computed_tokens(&self, id: SeqId) -> usize {
+        self.running.iter().find(|s| s.id == id).map_or(0, |s| s.computed)
+    }
+
     /// Appends a sampled token to a sequence; it is computed in the next step.
     pub fn append_token(&mut self, id: SeqId, token: u32) {
         if let Some(slot) = self.running.iter_mut().find(|s| s.id == id) {
@@ -442,7 +449,12 @@ mod tests {
         let mut prompt: Vec<u32> = (0..8).collect();
         prompt.extend([50, 51, 52]);
         s.add(2, prompt);
-        let scheduled = step(&mut s, &mut plan);
+        let mut scheduled = Vec::new();
+        s.schedule(&mut plan, &mut scheduled);
+        assert_eq!(s.computed_tokens(2), 8, "before the step: the prefix taken from the cache");
+        s.step_done(&scheduled);
+        assert_eq!(s.computed_tokens(2), 11);
+        assert_eq!(s.computed_tokens(99), 0, "not running");
         assert_eq!(scheduled, vec![Scheduled { id: 2, tokens: 3, logits_row: Some(0) }]);
         assert_eq!(plan.positions, vec![8, 9, 10]);
         assert_eq!(s.cached_prompt_tokens(), 8);

@@ -47,9 +47,3 @@ impl App {
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
-
-/// A request id: a prefix and 24 random hex digits.
-pub fn request_id(prefix: &str) -> String {
-    let mut rng = crate::engine::rng::Rng::from_entropy();
-    format!("{prefix}{:016x}{:08x}", rng.next_u64(), rng.next_u64() as u32)
-}

@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::api::error::ApiError;
+use super::api::logit_bias;
 use super::api::responses::sse_event;
-use super::api::responses::ChoiceResult;
+use super::api::responses::{ChoiceResult, PromptTokens};
 use super::api::valid::{PromptInput, ResponseFormat, ValidGeneration};
 use super::app::App;
 use super::caller::Caller;
@@ -64,6 +65,7 @@ pub fn prepare(app: &App, valid: &ValidGeneration) -> Result<PreparedPrompts, Ap
             (lists.clone(), texts, true)
         }
     };
+    logit_bias::check_vocabulary(&valid.sampling.logit_bias, tokenizer.vocab_size())?;
     if let Some(empty) = prompt_ids.iter().position(Vec::is_empty) {
         return Err(ApiError::invalid_param(
             "prompt",
@@ -94,7 +96,8 @@ pub fn prepare(app: &App, valid: &ValidGeneration) -> Result<PreparedPrompts, Ap
     Ok(PreparedPrompts { prompt_ids, prompt_texts, max_tokens, continues_prompt })
 }
 
-fn chat_error(error: TokenizerError) -> ApiError {
+/// A chat the template refuses names `messages`; a model without a template is the request's problem.
+pub fn chat_error(error: TokenizerError) -> ApiError {
     match error {
         TokenizerError::ChatTemplate(message) => ApiError::invalid_param("messages", message),
         TokenizerError::NoChatTemplate => ApiError::bad_request(error.to_string()),
@@ -153,7 +156,7 @@ pub fn submit(
         max_new_tokens: prepared.max_tokens,
         sampling: valid.sampling.clone(),
         stop_strings: valid.stop.clone(),
-        stop_token_ids: app.stop_token_ids.clone(),
+        stop_token_ids: if valid.ignore_eos { Vec::new() } else { app.stop_token_ids.clone() },
         n: valid.n,
         top_logprobs: valid.logprobs,
         constraint,
@@ -270,11 +273,23 @@ pub struct Collector {
     pub choices: Vec<ChoiceResult>,
     n: usize,
     open: usize,
+    /// Per prompt: its tokens the prefix cache held (every choice of a prompt reports the same).
+    cached_prompt_tokens: Vec<usize>,
 }
 
 impl Collector {
     pub fn new(prompts: usize, n: usize) -> Collector {
-        Collector { choices: vec![ChoiceResult::default(); prompts * n], n, open: prompts * n }
+        Collector {
+            choices: vec![ChoiceResult::default(); prompts * n],
+            n,
+            open: prompts * n,
+            cached_prompt_tokens: vec![0; prompts],
+        }
+    }
+
+    /// The request's prompt tokens, and how many of them came from the prefix cache.
+    pub fn prompt_tokens(&self, prepared: &PreparedPrompts) -> PromptTokens {
+        PromptTokens { total: prepared.prompt_tokens(), cached: self.cached_prompt_tokens.iter().sum() }
     }
 
     pub fn is_done(&self) -> bool {
@@ -298,7 +313,10 @@ impl Collector {
                 }
                 Progress::Token { index, text, token_id, logprob }
             }
-            EngineEvent::Finished { choice, reason, text, .. } => {
+            EngineEvent::Finished { choice, reason, text, cached_prompt_tokens, .. } => {
+                if let Some(cached) = self.cached_prompt_tokens.get_mut(prompt) {
+                    *cached = (*cached).max(cached_prompt_tokens);
+                }
                 let index = prompt * self.n + choice;
                 let c = &mut self.choices[index];
                 c.text.push_str(&text);

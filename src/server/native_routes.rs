@@ -10,7 +10,7 @@ use super::api::error::ApiError;
 use super::api::native::parse_native;
 use super::api::pricing::Prices;
 use super::api::responses::{finish_reason_str, sse_event, SSE_DONE};
-use super::app::{request_id, App};
+use super::app::App;
 use super::caller::Caller;
 use super::generation::{
     end_interrupted_stream, end_stream_with_error, prepare, submit, wait_for_all, Collector, Progress, Submitted,
@@ -36,8 +36,7 @@ pub fn inference(
     let prepared = prepare(app, &valid)?;
     let started = Instant::now();
     let submitted = submit(app, caller, &valid, &prepared)?;
-    let id = request_id("");
-    caller.usage.set_request_id(&id);
+    let id = caller.request_id.to_string();
     let input_tokens = prepared.prompt_tokens();
     let status = |state: &str, runtime_ms: u128, generated: usize| {
         json!({

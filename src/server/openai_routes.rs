@@ -8,7 +8,7 @@ use super::api::responses::{
     SSE_DONE,
 };
 use super::api::valid::ValidGeneration;
-use super::app::{request_id, unix_now, App};
+use super::app::{unix_now, App};
 use super::caller::Caller;
 use super::generation::{
     end_interrupted_stream, end_stream_with_error, prepare, submit, wait_for_all, Collector, PreparedPrompts, Progress,
@@ -42,11 +42,13 @@ fn generate(
     app.check_model(valid.model.as_deref())?;
     let prepared = prepare(app, &valid)?;
     let submitted = submit(app, caller, &valid, &prepared)?;
-    let id = request_id(match flavor {
+    // The object's id is the request's (the client's `X-Request-Id` when it sent one) behind
+    // OpenAI's prefix, so a client can find its request in the server's log.
+    let prefix = match flavor {
         Flavor::Chat => "chatcmpl-",
         Flavor::Completion => "cmpl-",
-    });
-    caller.usage.set_request_id(&id);
+    };
+    let id = format!("{prefix}{}", caller.request_id);
     let meta = ResponseMeta { id: &id, created: unix_now(), model: &app.model_name, prices: app.prices };
     let running = Running { app, flavor, valid: &valid, prepared: &prepared, submitted: &submitted, meta: &meta };
     if valid.stream {
@@ -93,7 +95,7 @@ fn whole(running: &Running, responder: &mut Responder<'_>) -> Result<u16, ApiErr
         echo,
         valid.n,
         valid.logprobs.is_some(),
-        prepared.prompt_tokens(),
+        collector.prompt_tokens(prepared),
         &token_text(app),
     );
     send(responder, json_response(200, &body))
@@ -166,7 +168,7 @@ fn stream(running: &Running, responder: &mut Responder<'_>) -> Result<u16, ApiEr
         }
     }
     if valid.include_usage {
-        let usage = usage_chunk(flavor, meta, prepared.prompt_tokens(), collector.completion_tokens());
+        let usage = usage_chunk(flavor, meta, collector.prompt_tokens(prepared), collector.completion_tokens());
         if body.send(&sse_event(&usage)).is_err() {
             return Ok(CLIENT_CLOSED);
         }

@@ -12,8 +12,9 @@ use super::app::App;
 use super::caller::Caller;
 use super::http::{Handler, Request, Responder, Response};
 use super::rate_limit::KeyState;
+use super::request_id::request_id;
 use super::respond::{error_response, json_response, send};
-use super::{native_routes, openai_routes};
+use super::{native_routes, openai_routes, tokenize_routes};
 
 /// Handles every request of the server. The server listens while the model loads; until the app
 /// is set, every route but liveness answers 503 (so `/health` tells a load balancer to wait).
@@ -22,7 +23,9 @@ pub struct Routes(pub Arc<OnceLock<Arc<App>>>);
 impl Handler for Routes {
     fn handle(&self, request: Request, responder: &mut Responder<'_>) {
         let started = Instant::now();
-        let mut caller = Caller::default();
+        let mut caller = Caller::new(request_id(&request.headers));
+        // On every answer, errors and streams included.
+        responder.add_header("X-Request-Id", caller.request_id.to_string());
         let status = match self.0.get() {
             Some(app) => {
                 let status = match dispatch(app, &mut caller, &request, responder) {
@@ -63,6 +66,9 @@ fn route_name(path: &str) -> &'static str {
         "/metrics" => "/metrics",
         "/openapi.json" => "/openapi.json",
         "/v1/models" | "/v1/openai/models" => "/v1/models",
+        p if model_path(p).is_some() => "/v1/models/{model}",
+        "/tokenize" => "/tokenize",
+        "/detokenize" => "/detokenize",
         "/v1/chat/completions" | "/v1/openai/chat/completions" => "/v1/chat/completions",
         "/v1/completions" | "/v1/openai/completions" => "/v1/completions",
         p if p.starts_with("/v1/inference/") => "/v1/inference",
@@ -95,7 +101,7 @@ fn dispatch(app: &App, caller: &mut Caller, request: &Request, responder: &mut R
         (_, "/health" | "/health/ready" | "/health/live" | "/metrics" | "/openapi.json") => {
             Err(ApiError::method_not_allowed(&request.method, path))
         }
-        _ if path.starts_with("/v1/") => {
+        _ if path.starts_with("/v1/") || matches!(path, "/tokenize" | "/detokenize") => {
             caller.key = authenticate(app, request)?;
             let caller = &*caller;
             check_ready(app, responder)?;
@@ -103,14 +109,14 @@ fn dispatch(app: &App, caller: &mut Caller, request: &Request, responder: &mut R
             let _admitted = caller.key.as_ref().map(|key| key.admit()).transpose()?;
             match (method, path) {
                 ("GET", "/v1/models" | "/v1/openai/models") => {
-                    let body = json!({"object": "list", "data": [{
-                        "id": app.model_name, "object": "model", "created": app.started_unix, "owned_by": "kiln",
-                        // What a request can use: the model's context, or less when the KV
-                        // cache is smaller.
-                        "max_model_len": app.engine.max_sequence_tokens(),
-                    }]});
-                    send(responder, json_response(200, &body))
+                    send(responder, json_response(200, &json!({"object": "list", "data": [model_object(app)]})))
                 }
+                ("GET", p) if model_path(p).is_some() => {
+                    app.check_model(model_path(p))?;
+                    send(responder, json_response(200, &model_object(app)))
+                }
+                ("POST", "/tokenize") => tokenize_routes::tokenize(app, request, responder),
+                ("POST", "/detokenize") => tokenize_routes::detokenize(app, request, responder),
                 ("POST", "/v1/chat/completions" | "/v1/openai/chat/completions") => {
                     openai_routes::chat(app, caller, request, responder)
                 }
@@ -128,13 +134,32 @@ fn dispatch(app: &App, caller: &mut Caller, request: &Request, responder: &mut R
                     | "/v1/chat/completions"
                     | "/v1/openai/chat/completions"
                     | "/v1/completions"
-                    | "/v1/openai/completions",
+                    | "/v1/openai/completions"
+                    | "/tokenize"
+                    | "/detokenize",
                 ) => Err(ApiError::method_not_allowed(&request.method, path)),
+                (_, p) if model_path(p).is_some() => Err(ApiError::method_not_allowed(&request.method, path)),
                 _ => Err(ApiError::route_not_found(&request.method, path)),
             }
         }
         _ => Err(ApiError::route_not_found(&request.method, path)),
     }
+}
+
+/// The model id of `/v1/models/{model}` (also under `/v1/openai/`).
+fn model_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/models/")
+        .or_else(|| path.strip_prefix("/v1/openai/models/"))
+        .filter(|model| !model.is_empty())
+}
+
+/// The served model as OpenAI's model object.
+fn model_object(app: &App) -> serde_json::Value {
+    json!({
+        "id": app.model_name, "object": "model", "created": app.started_unix, "owned_by": "kiln",
+        // What a request can use: the model's context, or less when the KV cache is smaller.
+        "max_model_len": app.engine.max_sequence_tokens(),
+    })
 }
 
 /// Live: the engine loop goes round (it has not failed, and no step has run longer than the
@@ -205,7 +230,7 @@ fn access_log(request: &Request, status: u16, started: Instant, caller: &Caller)
         started.elapsed().as_secs_f64() * 1e3,
         usage.prompt_tokens(),
         usage.completion_tokens(),
-        usage.request_id().as_deref().unwrap_or("-"),
+        caller.request_id,
         caller.key.as_ref().map(|key| key.label.as_str()).unwrap_or("-"),
         request.peer_addr,
     );

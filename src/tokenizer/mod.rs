@@ -155,6 +155,12 @@ impl Tokenizer {
         self.table.decode(ids)
     }
 
+    /// Ids to text keeping special tokens as their text (`<|im_start|>`), as HF's
+    /// `decode(ids, skip_special_tokens=False)`: a rendered chat prompt's ids give its text back.
+    pub fn decode_with_special(&self, ids: &[u32]) -> String {
+        self.table.decode_with_special(ids)
+    }
+
     /// A streaming decoder for one sequence, equal to `decode` of everything pushed.
     pub fn incremental_decoder(&self) -> IncrementalDecoder {
         IncrementalDecoder::new(self)

@@ -116,10 +116,21 @@ impl TokenTable {
     /// apply without revising text it already sent. (HF's ByteFallback decoder instead replaces every
     /// byte of an invalid run of byte tokens; the two agree whenever the bytes are valid UTF-8.)
     pub fn decode(&self, ids: &[u32]) -> String {
+        self.decode_ids(ids, false)
+    }
+
+    /// `decode` that keeps special tokens as their text (HF's `decode(ids,
+    /// skip_special_tokens=False)`): what a rendered chat prompt tokenizes from.
+    pub fn decode_with_special(&self, ids: &[u32]) -> String {
+        self.decode_ids(ids, true)
+    }
+
+    fn decode_ids(&self, ids: &[u32], keep_special: bool) -> String {
         let mut bytes = Vec::with_capacity(ids.len() * 4);
         let mut first = true;
         for &id in ids {
-            if let Some(b) = self.visible_bytes(id, first) {
+            let special = keep_special && self.is_special(id) && self.exists.get(id as usize).copied().unwrap_or(false);
+            if let Some(b) = self.visible_bytes(id, first).or_else(|| special.then(|| self.bytes(id))) {
                 bytes.extend_from_slice(b);
                 first = false;
             }
@@ -359,6 +370,9 @@ mod tests {
         let t = table(&["<s>", "▁▁Hi", "▁there"], &[0], decoder);
         assert_eq!(t.decode(&[0, 1, 2]), "Hi there");
         assert_eq!(t.decode(&[2, 1]), "there  Hi");
+        // Kept, the special token is the first one: the next keeps its leading spaces.
+        assert_eq!(t.decode_with_special(&[0, 1, 2]), "<s>  Hi there");
+        assert_eq!(t.decode_with_special(&[1, 2, 77]), "Hi there", "unknown ids still add nothing");
         let never = json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never"});
         assert_eq!(table(&["▁a"], &[], never).decode(&[0]), " a");
     }
@@ -369,6 +383,7 @@ mod tests {
         assert_eq!(t.bytes(1), b" Hello");
         assert_eq!(t.bytes(2), b"\n");
         assert_eq!(t.decode(&[0, 1, 2, 3, 4]), " Hello\n你", "no strip for byte-level");
+        assert_eq!(t.decode_with_special(&[0, 1, 2, 0]), "<|im_start|> Hello\n<|im_start|>");
         assert_eq!(t.bytes(0), b"<|im_start|>");
         assert_eq!(t.bytes(5), [0xE9]);
     }

@@ -5,12 +5,22 @@ Run by tests/openai_sdk.rs, which starts the server and passes its address in KI
 import json
 import os
 import unittest
+import urllib.request
 
 import openai
 
 BASE_URL = os.environ["KILN_BASE_URL"]
 MODEL = os.environ.get("KILN_MODEL", "SmolLM2-135M-Instruct")
 FRANCE = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+
+
+def tokenize(body):
+    """POST /tokenize (vLLM's route, beside /v1), which the SDK has no method for."""
+    url = BASE_URL.rsplit("/v1", 1)[0] + "/tokenize"
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer " + os.environ.get("KILN_API_KEY", "unused")}
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)
 
 
 def client(**kwargs):
@@ -73,6 +83,39 @@ class Chat(unittest.TestCase):
         )
         self.assertIsInstance(json.loads(r.choices[0].message.content), dict)
 
+    def test_logit_bias_ignore_eos_and_cached_tokens(self):
+        # Banning the greedy first token ("The", its id from /tokenize) changes the answer.
+        ids = tokenize({"prompt": "The", "add_special_tokens": False})["tokens"]
+        self.assertEqual(len(ids), 1)
+        banned = client().chat.completions.create(
+            model=MODEL, messages=FRANCE, temperature=0, max_tokens=5, logit_bias={str(ids[0]): -100}
+        )
+        self.assertFalse(banned.choices[0].message.content.startswith("The"), banned.choices[0].message.content)
+        # vLLM's ignore_eos through extra_body: generation runs to max_tokens.
+        long = client().chat.completions.create(
+            model=MODEL, messages=FRANCE, temperature=0, max_tokens=30, extra_body={"ignore_eos": True}
+        )
+        self.assertEqual((long.choices[0].finish_reason, long.usage.completion_tokens), ("length", 30))
+        # The repeated prompt's prefix comes from the cache, and the SDK reads the count.
+        again = client().chat.completions.create(model=MODEL, messages=FRANCE, temperature=0, max_tokens=1)
+        self.assertGreater(again.usage.prompt_tokens_details.cached_tokens, 0)
+
+    def test_request_id_and_unsupported_fields(self):
+        raw = client().chat.completions.with_raw_response.create(
+            model=MODEL, messages=FRANCE, temperature=0, max_tokens=2, extra_headers={"X-Request-Id": "sdk-trace-1"}
+        )
+        self.assertEqual(raw.headers["x-request-id"], "sdk-trace-1")
+        self.assertEqual(raw.parse().id, "chatcmpl-sdk-trace-1")
+        tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+        with self.assertRaises(openai.BadRequestError) as e:
+            client().chat.completions.create(model=MODEL, messages=FRANCE, tools=tools)
+        self.assertEqual(e.exception.body["param"], "tools")
+        # Accepted fields that change nothing.
+        r = client().chat.completions.create(
+            model=MODEL, messages=FRANCE, temperature=0, max_tokens=20, user="u", store=False, metadata={"a": "b"}
+        )
+        self.assertEqual(r.choices[0].message.content, "The capital of France is Paris.")
+
     def test_errors(self):
         with self.assertRaises(openai.BadRequestError) as e:
             client().chat.completions.create(model=MODEL, messages=FRANCE, temperature=5)
@@ -103,6 +146,10 @@ class Completions(unittest.TestCase):
 class Models(unittest.TestCase):
     def test_models(self):
         self.assertEqual([m.id for m in client().models.list()], [MODEL])
+        model = client().models.retrieve(MODEL)
+        self.assertEqual((model.id, model.object, model.owned_by), (MODEL, "model", "kiln"))
+        with self.assertRaises(openai.NotFoundError):
+            client().models.retrieve("gpt-4o")
 
 
 if __name__ == "__main__":

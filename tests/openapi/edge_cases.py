@@ -66,6 +66,7 @@ def case(name, method, path, *, key=KEY, body=None, raw=None, headers=None, stat
 
 
 CHAT = ("/v1/chat/completions", "POST")
+DETOKENIZE = ("/detokenize", "POST")
 COMPLETIONS = ("/v1/completions", "POST")
 MODELS = ("/v1/models", "GET")
 NATIVE = ("/v1/inference/{model}", "POST")
@@ -93,6 +94,17 @@ case("top_logprobs = 21", "POST", CHAT[0], body={"messages": USER, "logprobs": T
      status=400, param="top_logprobs", operation=CHAT)
 case("completions logprobs = 6", "POST", COMPLETIONS[0], body={"prompt": "x", "logprobs": 6}, status=400,
      param="logprobs", operation=COMPLETIONS)
+case("logit_bias with 301 tokens", "POST", CHAT[0],
+     body={"messages": USER, "logit_bias": {str(t): 0 for t in range(301)}}, status=400, param="logit_bias",
+     operation=CHAT)
+case("a logit_bias token outside the vocabulary", "POST", CHAT[0],
+     body={"messages": USER, "logit_bias": {"49152": 1}}, status=400, param="logit_bias", operation=CHAT)
+case("tool calling", "POST", CHAT[0], body={"messages": USER, "tools": [{"type": "function"}]}, status=400,
+     param="tools", operation=CHAT)
+MAX_MODEL_LEN = requests.get(BASE + "/v1/models", headers={"Authorization": f"Bearer {KEY}"},
+                             timeout=30).json()["data"][0]["max_model_len"]
+case("detokenize one id past max_model_len", "POST", DETOKENIZE[0], body={"tokens": [28] * (MAX_MODEL_LEN + 1)},
+     status=400, param="tokens", operation=DETOKENIZE)
 case("max_tokens = 2^32", "POST", CHAT[0], body={"messages": USER, "max_tokens": 2**32}, status=400,
      param="max_tokens", operation=CHAT)
 case("max_tokens past the context", "POST", COMPLETIONS[0], body={"prompt": "x", "max_tokens": 1_000_000},

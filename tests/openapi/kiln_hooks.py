@@ -12,8 +12,9 @@ Always:
 For seven cases in eight (the eighth keeps its generated value, chosen by a hash of the value, so a
 failing case replays the same way):
 - the model named in the body or the path becomes the served model;
-- token-id prompts get ids below the vocabulary size, and whole numbers written as floats (1.0)
-  become integers there and in seeds (the server takes those only as integer literals)."""
+- token-id prompts (and /detokenize's `tokens`) get ids below the vocabulary size, and whole numbers
+  written as floats (1.0) become integers there and in seeds (the server takes those only as integer
+  literals)."""
 
 import os
 import zlib
@@ -128,6 +129,8 @@ def before_call(context, case, kwargs):
         body["max_new_tokens"] = MAX_TOKENS
     if path.endswith("/completions") and "prompt" in body:
         body["prompt"] = _token_prompt(body["prompt"])
+    if path == "/detokenize" and "tokens" in body:
+        body["tokens"] = _token_prompt(body["tokens"])
     _cut_prompt(body, _Budget(PROMPT_BUDGET))
     seed = body.get("seed")
     if _is_whole(seed) and isinstance(seed, float) and not _keep_generated(seed):

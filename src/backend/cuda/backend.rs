@@ -286,7 +286,7 @@ mod tests {
     #[test]
     fn sampling_rows_that_point_outside_their_step_are_refused() {
         let vocab = 70; // 3 mask words a row
-        let history = [HistoryEntry { token: 3, generated_count: 1, seen: false }; 4];
+        let history = [HistoryEntry { token: 3, generated_count: 1, seen: false, bias: 0.0 }; 4];
         let masks = [u32::MAX; 6];
         let row = |history_start, history_len, mask_row| RowSampling {
             history_start,
@@ -304,7 +304,7 @@ mod tests {
         assert!(refused(&[row(0, 0, Some(2))], &history, 1).contains("mask row"));
         let too_many = RowSampling { top_logprobs: backend_sampling::MAX_TOP_LOGPROBS + 1, ..RowSampling::greedy() };
         assert!(refused(&[too_many], &history, 1).contains("top log-probabilities"));
-        let outside = [HistoryEntry { token: 70, generated_count: 1, seen: true }];
+        let outside = [HistoryEntry { token: 70, generated_count: 1, seen: true, bias: 2.0 }];
         assert!(refused(&[row(0, 1, None)], &outside, 1).contains("outside the vocabulary"));
     }
 }

@@ -198,7 +198,9 @@ impl Executor {
         let plan_device = gpu.alloc(Dtype::U32, plan_layout.total)?;
         gpu.memset(plan_device.array(), 0)?;
 
-        let sampler = GpuSampler::new(&gpu, rows, rows * limits.max_blocks_per_seq * layout.block_size, vocab)?;
+        // Each row's entries: at most one per distinct token of its sequence, plus its biased ones.
+        let entries_per_row = limits.max_blocks_per_seq * layout.block_size + crate::backend::sampling::MAX_LOGIT_BIAS;
+        let sampler = GpuSampler::new(&gpu, rows, rows * entries_per_row, vocab)?;
         gpu.synchronize()?;
         let graphs = buckets.iter().map(|_| None).collect();
         Ok(Executor {

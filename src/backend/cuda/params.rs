@@ -130,12 +130,14 @@ kernel_params! {
         pub want_logprobs: u32,
     }
 
-    /// One distinct token of a sequence's history.
+    /// One distinct token whose logit a row adjusts: its bias, then its penalties.
     pub struct PenaltyEntry {
         pub token: u32,
         pub generated_count: u32,
         /// 1 when the repetition penalty applies (prompt or output token).
         pub seen: u32,
+        /// Added to the raw logit before the penalties; 0 means none.
+        pub bias: f32,
         pub raw_logit: f32,
     }
 

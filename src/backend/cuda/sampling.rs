@@ -1,4 +1,4 @@
-//! Launcher of cuda/sampling.cu: penalties, mask, greedy or seeded top-k / top-p / min-p draws and
+//! Launcher of cuda/sampling.cu: logit bias, penalties, mask, greedy or seeded top-k / top-p / min-p draws and
 //! log-probabilities on the GPU, so only token ids (and asked-for log-probabilities) come back
 //! (reference: engine::sampler::Sampler and ops::logits::log_softmax). `GpuSampler` is the
 //! executor's sampling step: pinned staging and device buffers for a step's rows, penalty
@@ -42,6 +42,7 @@ impl From<&HistoryEntry> for PenaltyEntry {
             token: entry.token,
             generated_count: entry.generated_count,
             seen: entry.seen as u32,
+            bias: entry.bias,
             raw_logit: 0.0,
         }
     }
@@ -51,7 +52,7 @@ impl From<&HistoryEntry> for PenaltyEntry {
 #[derive(Debug, Clone, Copy)]
 pub struct SampleBuffers {
     pub rows: DeviceArray,         // [n_rows] SampleRow, as bytes
-    pub penalties: DeviceArray,    // [entries] PenaltyEntry, as bytes
+    pub penalties: DeviceArray,    // [entries] PenaltyEntry (biased and penalised tokens), as bytes
     pub mask: DeviceArray,         // [mask rows, ceil(vocab / 32)] u32
     pub tokens_out: DeviceArray,   // [n_rows] u32
     pub logprobs_out: DeviceArray, // [n_rows] f32
@@ -117,7 +118,8 @@ pub struct GpuSampler {
 }
 
 impl GpuSampler {
-    /// Room for `rows` rows of `vocab` logits with `penalties` history entries in all.
+    /// Room for `rows` rows of `vocab` logits with `penalties` entries (biased and penalised
+    /// tokens) in all.
     pub fn new(gpu: &Gpu, rows: usize, penalties: usize, vocab: usize) -> Result<GpuSampler, CudaError> {
         let capacity = Capacity { rows, penalties, mask_words: rows * vocab.div_ceil(32) };
         let row_bytes = rows * std::mem::size_of::<SampleRow>();

@@ -233,6 +233,7 @@ impl From<crate::engine::core::SubmitError> for ApiError {
             }
             SubmitError::EmptyPrompt => ApiError::invalid_param("prompt", "The prompt is empty."),
             SubmitError::TooManyChoices { .. } => ApiError::invalid_param("n", error.to_string()),
+            SubmitError::LogitBias(_) => ApiError::invalid_param("logit_bias", error.to_string()),
             SubmitError::Stopped => ApiError::internal(error.to_string()),
         }
     }
@@ -260,5 +261,7 @@ mod tests {
         let context = ApiError::from(SubmitError::ContextLengthExceeded { prompt: 10, new: 10, context: 16 });
         assert_eq!((context.status, context.code), (400, Some("context_length_exceeded")));
         assert_eq!(ApiError::from(SubmitError::TooManyChoices { n: 9, max: 4 }).param.as_deref(), Some("n"));
+        let bias = ApiError::from(SubmitError::LogitBias("token 9 is outside the vocabulary of 8 tokens".into()));
+        assert_eq!((bias.status, bias.param.as_deref()), (400, Some("logit_bias")));
     }
 }

@@ -20,3 +20,7 @@ pub const MAX_MESSAGES: usize = 1024;
 pub const MAX_JSON_DEPTH: usize = 32;
 /// The native API's `max_new_tokens`, before the context bounds it.
 pub const MAX_NATIVE_NEW_TOKENS: u64 = 100_000;
+/// Tokens in one `logit_bias` (OpenAI's limit; a device sizes its sampling buffers for it), and
+/// the most one token's bias may be, either way.
+pub const MAX_LOGIT_BIAS: usize = crate::backend::sampling::MAX_LOGIT_BIAS;
+pub const MAX_LOGIT_BIAS_VALUE: f32 = 100.0;

@@ -4,8 +4,11 @@
 pub mod error;
 pub mod fields;
 pub mod limits;
+pub mod logit_bias;
 pub mod native;
 pub mod openai;
+pub mod openai_params;
 pub mod pricing;
 pub mod responses;
+pub mod tokenize;
 pub mod valid;

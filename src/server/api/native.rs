@@ -35,6 +35,7 @@ pub fn parse_native(body: &[u8]) -> Result<NativeRequest, ApiError> {
         presence_penalty: f.f32_in("presence_penalty", -2.0, 2.0)?.unwrap_or(0.0),
         frequency_penalty: f.f32_in("frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0),
         seed: f.seed("seed")?,
+        logit_bias: Vec::new(),
     };
     Ok(NativeRequest {
         generation: ValidGeneration {
@@ -52,7 +53,7 @@ pub fn parse_native(body: &[u8]) -> Result<NativeRequest, ApiError> {
             logprobs: None,
             echo: false,
             response_format: f.response_format("response_format")?,
-            user: None,
+            ignore_eos: false,
         },
         webhook,
     })

@@ -1,10 +1,13 @@
 //! OpenAI's `/v1/chat/completions` and `/v1/completions` requests: parsing and validation into a
-//! `ValidGeneration`. Unknown fields are ignored, as OpenAI does.
+//! `ValidGeneration`. OpenAI's fields kiln does not honour are refused or accepted by
+//! `openai_params`; unknown fields are ignored, as OpenAI does.
 
 use serde_json::Value;
 
 use super::error::ApiError;
 use super::fields::{whole_number, Fields};
+use super::logit_bias::parse_logit_bias;
+use super::openai_params;
 use super::valid::{Message, PromptInput, ValidGeneration};
 use crate::engine::sampler::SamplingParams;
 
@@ -15,6 +18,7 @@ pub const COMPLETIONS_DEFAULT_MAX_TOKENS: usize = 16;
 
 pub fn parse_chat(body: &[u8]) -> Result<ValidGeneration, ApiError> {
     let f = Fields::parse(body)?;
+    openai_params::check(&f, openai_params::CHAT)?;
     let messages = parse_messages(&f)?;
     let mut valid = common(&f)?;
     valid.prompt = PromptInput::Chat(messages);
@@ -31,6 +35,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ValidGeneration, ApiError> {
 
 pub fn parse_completion(body: &[u8]) -> Result<ValidGeneration, ApiError> {
     let f = Fields::parse(body)?;
+    openai_params::check(&f, openai_params::COMPLETIONS)?;
     let mut valid = common(&f)?;
     valid.prompt = parse_prompt(&f)?;
     valid.prompt_field = "prompt";
@@ -82,6 +87,7 @@ fn common(f: &Fields) -> Result<ValidGeneration, ApiError> {
         presence_penalty: f.f32_in("presence_penalty", -2.0, 2.0)?.unwrap_or(0.0),
         frequency_penalty: f.f32_in("frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0),
         seed: f.seed("seed")?,
+        logit_bias: parse_logit_bias(f)?,
     };
     Ok(ValidGeneration {
         model: f.string("model")?,
@@ -98,11 +104,12 @@ fn common(f: &Fields) -> Result<ValidGeneration, ApiError> {
         logprobs: None,
         echo: false,
         response_format: f.response_format("response_format")?,
-        user: f.string("user")?,
+        // vLLM's extension: generate past the end-of-sequence tokens, up to the token limit.
+        ignore_eos: f.bool("ignore_eos")?.unwrap_or(false),
     })
 }
 
-fn parse_messages(f: &Fields) -> Result<Vec<Message>, ApiError> {
+pub(super) fn parse_messages(f: &Fields) -> Result<Vec<Message>, ApiError> {
     let items = match f.get("messages") {
         Some(Value::Array(items)) if items.len() > MAX_MESSAGES => {
             return Err(ApiError::invalid_param(
@@ -206,11 +213,11 @@ fn parse_prompt(f: &Fields) -> Result<PromptInput, ApiError> {
 }
 
 /// A token id: a non-negative integer, also written as a whole float (`5.0`).
-fn is_token_id(value: &Value) -> bool {
+pub(super) fn is_token_id(value: &Value) -> bool {
     value.is_u64() || whole_number(value).is_some_and(|f| f >= 0.0)
 }
 
-fn token_ids(items: &[Value]) -> Option<Vec<u32>> {
+pub(super) fn token_ids(items: &[Value]) -> Option<Vec<u32>> {
     items
         .iter()
         .map(|v| v.as_u64().or_else(|| whole_number(v).filter(|f| *f >= 0.0).map(|f| f as u64)))
@@ -266,6 +273,9 @@ mod tests {
                 "response_format.json_schema",
             ),
             (r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"xml"}}"#, "response_format"),
+            (r#"{"messages":[{"role":"user","content":"x"}],"logit_bias":{"x":1}}"#, "logit_bias"),
+            (r#"{"messages":[{"role":"user","content":"x"}],"ignore_eos":1}"#, "ignore_eos"),
+            (r#"{"messages":[{"role":"user","content":"x"}],"tools":[]}"#, "tools"),
         ];
         for (body, param) in cases {
             let err = chat(body).unwrap_err();
@@ -289,5 +299,16 @@ mod tests {
         assert!(parse_completion(br#"{}"#).is_err());
         let v = parse_chat(br#"{"messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":3,"stream":true,"stream_options":{"include_usage":true}}"#).unwrap();
         assert_eq!((v.logprobs, v.include_usage), (Some(3), true));
+        // kiln's extensions, on both endpoints.
+        for v in [
+            parse_chat(
+                br#"{"messages":[{"role":"user","content":"x"}],"ignore_eos":true,"logit_bias":{"9":-100,"2":5}}"#,
+            ),
+            parse_completion(br#"{"prompt":"x","ignore_eos":true,"logit_bias":{"9":-100,"2":5}}"#),
+        ] {
+            let v = v.unwrap();
+            assert!(v.ignore_eos);
+            assert_eq!(v.sampling.logit_bias, vec![(2, 5.0), (9, -100.0)]);
+        }
     }
 }

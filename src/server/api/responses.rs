@@ -39,12 +39,21 @@ pub struct ResponseMeta<'a> {
     pub prices: Prices,
 }
 
-pub fn usage(meta: &ResponseMeta, prompt_tokens: usize, completion_tokens: usize) -> Value {
+/// A request's prompt tokens, all its prompts together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PromptTokens {
+    pub total: usize,
+    /// Served from the prefix cache instead of computed (OpenAI's `cached_tokens`).
+    pub cached: usize,
+}
+
+pub fn usage(meta: &ResponseMeta, prompt: PromptTokens, completion_tokens: usize) -> Value {
     json!({
-        "prompt_tokens": prompt_tokens,
+        "prompt_tokens": prompt.total,
         "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "estimated_cost": meta.prices.cost_usd(prompt_tokens, completion_tokens),
+        "total_tokens": prompt.total + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": prompt.cached},
+        "estimated_cost": meta.prices.cost_usd(prompt.total, completion_tokens),
     })
 }
 
@@ -95,7 +104,7 @@ pub fn full_response(
     echo_prefix: Option<&[String]>,
     choices_per_prompt: usize,
     want_logprobs: bool,
-    prompt_tokens: usize,
+    prompt: PromptTokens,
     token_text: &dyn Fn(u32) -> String,
 ) -> Value {
     let completion_tokens: usize = choices.iter().map(|c| c.token_ids.len()).sum();
@@ -126,7 +135,7 @@ pub fn full_response(
         "created": meta.created,
         "model": meta.model,
         "choices": choices,
-        "usage": usage(meta, prompt_tokens, completion_tokens),
+        "usage": usage(meta, prompt, completion_tokens),
     })
 }
 
@@ -169,14 +178,14 @@ pub fn stream_chunk(
 }
 
 /// The final usage chunk of a stream (`stream_options.include_usage`): no choices.
-pub fn usage_chunk(flavor: Flavor, meta: &ResponseMeta, prompt_tokens: usize, completion_tokens: usize) -> Value {
+pub fn usage_chunk(flavor: Flavor, meta: &ResponseMeta, prompt: PromptTokens, completion_tokens: usize) -> Value {
     json!({
         "id": meta.id,
         "object": match flavor { Flavor::Chat => "chat.completion.chunk", Flavor::Completion => "text_completion" },
         "created": meta.created,
         "model": meta.model,
         "choices": [],
-        "usage": usage(meta, prompt_tokens, completion_tokens),
+        "usage": usage(meta, prompt, completion_tokens),
     })
 }
 
@@ -207,8 +216,10 @@ mod tests {
             finish_reason: Some(FinishReason::Stop),
             ..Default::default()
         };
-        let v = full_response(Flavor::Chat, &meta(), &[choice], None, 1, false, 10, &|id| id.to_string());
+        let prompt = PromptTokens { total: 10, cached: 4 };
+        let v = full_response(Flavor::Chat, &meta(), &[choice], None, 1, false, prompt, &|id| id.to_string());
         assert_eq!(v["object"], "chat.completion");
+        assert_eq!(v["usage"]["prompt_tokens_details"], json!({"cached_tokens": 4}));
         assert_eq!(v["choices"][0]["message"]["content"], "Paris.");
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
         assert_eq!(v["usage"]["total_tokens"], 12);
@@ -226,7 +237,9 @@ mod tests {
             ..Default::default()
         };
         let names = |id: u32| ["", "a", "b"][id as usize].to_string();
-        let v = full_response(Flavor::Completion, &meta(), &[choice], Some(&["Q: ".to_string()]), 1, true, 3, &names);
+        let prompt = PromptTokens { total: 3, cached: 0 };
+        let v =
+            full_response(Flavor::Completion, &meta(), &[choice], Some(&["Q: ".to_string()]), 1, true, prompt, &names);
         assert_eq!(v["choices"][0]["text"], "Q: ab");
         assert_eq!(v["choices"][0]["logprobs"]["text_offset"], json!([3, 4]));
         assert_eq!(v["choices"][0]["logprobs"]["top_logprobs"][1]["b"], json!(-1.0));
@@ -242,6 +255,8 @@ mod tests {
         assert_eq!(last["choices"][0]["delta"], json!({}));
         assert_eq!(last["choices"][0]["index"], 1);
         assert_eq!(sse_event(&json!({"a": 1})), b"data: {\"a\":1}\n\n");
-        assert_eq!(usage_chunk(Flavor::Chat, &meta(), 1, 2)["choices"], json!([]));
+        let usage = usage_chunk(Flavor::Chat, &meta(), PromptTokens { total: 1, cached: 1 }, 2);
+        assert_eq!(usage["choices"], json!([]));
+        assert_eq!(usage["usage"]["prompt_tokens_details"]["cached_tokens"], 1);
     }
 }

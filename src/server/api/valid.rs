@@ -55,5 +55,7 @@ pub struct ValidGeneration {
     pub logprobs: Option<usize>,
     pub echo: bool,
     pub response_format: ResponseFormat,
-    pub user: Option<String>,
+    /// Generate past the model's end-of-sequence tokens (vLLM's `ignore_eos`): only the token
+    /// limit, stop strings or JSON mode end a choice.
+    pub ignore_eos: bool,
 }

@@ -2,6 +2,7 @@
 //! ([`Responder::stream`], chunk by chunk, each written and flushed at once, for Server-Sent
 //! Events), plus a cheap check for whether the client is still there.
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
@@ -52,6 +53,8 @@ pub struct Responder<'c> {
     /// What the request allows; narrowed when the head is written.
     keep_alive: bool,
     state: State,
+    /// Headers every response to this request carries, whole or streamed (`add_header`).
+    common_headers: Vec<(Cow<'static, str>, Cow<'static, str>)>,
 }
 
 impl<'c> Responder<'c> {
@@ -62,13 +65,20 @@ impl<'c> Responder<'c> {
         head_only: bool,
         keep_alive: bool,
     ) -> Self {
-        Responder { io, shutdown, version, head_only, keep_alive, state: State::Pending }
+        Responder { io, shutdown, version, head_only, keep_alive, state: State::Pending, common_headers: Vec::new() }
+    }
+
+    /// Adds a header to whatever response is sent for this request, the handler's or an error,
+    /// whole or streamed (a request id, say); set before the response starts.
+    pub fn add_header(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<Cow<'static, str>>) {
+        self.common_headers.push((name.into(), value.into()));
     }
 
     /// Answers with a whole response. It is queued, not written: the connection writes queued
     /// responses together when it next waits for the client (pipelining). For HEAD only the
     /// head is sent, with the Content-Length the body would have.
-    pub fn send(&mut self, response: Response) -> Result<(), ResponseError> {
+    pub fn send(&mut self, mut response: Response) -> Result<(), ResponseError> {
+        response.headers.extend(self.common_headers.iter().cloned());
         self.check_can_start(&response)?;
         let has_body = status_allows_body(response.status);
         let connection = self.settle_connection(&response, true);
@@ -87,7 +97,8 @@ impl<'c> Responder<'c> {
     /// Starts a streamed response: writes `head`'s status and headers now (with any earlier
     /// pipelined responses before them), then `head.body` as the first chunk if not empty.
     /// Chunked on HTTP/1.1; on HTTP/1.0 the body runs until the connection closes.
-    pub fn stream(&mut self, head: Response) -> Result<BodyStream<'_, 'c>, ResponseError> {
+    pub fn stream(&mut self, mut head: Response) -> Result<BodyStream<'_, 'c>, ResponseError> {
+        head.headers.extend(self.common_headers.iter().cloned());
         self.check_can_start(&head)?;
         let framing = if self.head_only || !status_allows_body(head.status) {
             StreamFraming::Bodyless
