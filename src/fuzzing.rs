@@ -11,6 +11,8 @@ use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 
+use crate::engine::json_schema::{CompiledSchema, SchemaAutomaton, SchemaConstraint, TokenTrie};
+use crate::engine::request::TokenConstraint;
 use crate::model::gguf::writer::{self, GgufWriter};
 use crate::model::gguf::{GgufFile, MetaValue};
 use crate::model::quant::GgmlType;
@@ -24,13 +26,14 @@ use crate::server::http::head::{parse_head, BodyFraming, ParsedHead};
 use crate::server::http::{HttpConfig, Version};
 use crate::server::webhook::{WebhookError, WebhookPolicy};
 use crate::server::webhook_destination::is_internal;
+use crate::tokenizer::tool_calls::{self, ToolCallFormat, ToolCallStream};
 use crate::tokenizer::{ChatMessage, IncrementalDecoder, Tokenizer, TokenizerError};
 
 /// A target's check of one input; true when the parser accepted it.
 pub type Target = fn(&[u8]) -> bool;
 
 /// Every target, by the name of its file in `fuzz/fuzz_targets/`.
-pub const TARGETS: [(&str, Target); 10] = [
+pub const TARGETS: [(&str, Target); 12] = [
     ("http_head", http_head),
     ("http_chunked", http_chunked),
     ("openai_chat_body", openai_chat_body),
@@ -41,6 +44,8 @@ pub const TARGETS: [(&str, Target); 10] = [
     ("safetensors_reader", safetensors_reader),
     ("tokenizer_decode", tokenizer_decode),
     ("webhook_url", webhook_url),
+    ("json_schema", json_schema),
+    ("tool_call_output", tool_call_output),
 ];
 
 // ---- HTTP ----
@@ -463,6 +468,81 @@ pub fn webhook_url(data: &[u8]) -> bool {
     true
 }
 
+// ---- Structured outputs and tool calls ----
+
+/// A client's JSON Schema (`response_format`, a tool's `parameters`): compiling never panics, and
+/// over a byte-level vocabulary a walk from the input's own bytes as choices never meets a state
+/// that allows nothing (an output with no way on), and every output it completes is JSON.
+pub fn json_schema(data: &[u8]) -> bool {
+    // The schema, then the walk's choices after a NUL.
+    let (schema_bytes, choices) = match data.iter().position(|&b| b == 0) {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &[][..]),
+    };
+    let Ok(schema) = serde_json::from_slice::<Value>(schema_bytes) else { return false };
+    let Ok(compiled) = CompiledSchema::compile(&schema) else { return false };
+    type ByteVocabulary = (Arc<Vec<Vec<u8>>>, Arc<TokenTrie>);
+    static BYTES: OnceLock<ByteVocabulary> = OnceLock::new();
+    let (bytes, trie) = BYTES.get_or_init(|| {
+        let bytes: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        let trie = Arc::new(TokenTrie::new(&bytes));
+        (Arc::new(bytes), trie)
+    });
+    let automaton = Arc::new(SchemaAutomaton::new(Arc::new(compiled), trie.clone()));
+    let mut constraint = SchemaConstraint::new(automaton, bytes.clone());
+    let mut output = Vec::new();
+    for &choice in choices.iter().take(512) {
+        if constraint.is_complete() {
+            break;
+        }
+        let mut mask = [0u32; 8];
+        constraint.allowed_tokens(&mut mask);
+        let allowed: Vec<u8> = (0..=255u8).filter(|&b| mask[b as usize / 32] >> (b % 32) & 1 == 1).collect();
+        assert!(!allowed.is_empty(), "{schema}: nothing may follow {:?}", String::from_utf8_lossy(&output));
+        let byte = allowed[choice as usize % allowed.len()];
+        assert!(constraint.accept(byte as u32));
+        output.push(byte);
+    }
+    if constraint.is_complete() {
+        let parsed = serde_json::from_slice::<Value>(&output);
+        assert!(parsed.is_ok(), "{schema}: {:?} is complete but not JSON", String::from_utf8_lossy(&output));
+    }
+    true
+}
+
+/// A model's reply read for tool calls in each format: the calls and content do not depend on
+/// how the reply streams in (split where the input's first byte says), and every call's arguments
+/// are a JSON object.
+pub fn tool_call_output(data: &[u8]) -> bool {
+    let Some((&split, rest)) = data.split_first() else { return false };
+    let Ok(text) = std::str::from_utf8(rest) else { return false };
+    let mut called = false;
+    for format in ToolCallFormat::ALL {
+        let whole = tool_calls::parse(format, text);
+        let mut stream = ToolCallStream::new(format);
+        let mut events = Vec::new();
+        let mut at = 0;
+        let step = usize::from(split).max(1);
+        while at < text.len() {
+            let mut end = (at + step).min(text.len());
+            while !text.is_char_boundary(end) {
+                end += 1;
+            }
+            events.extend(stream.push(&text[at..end]));
+            at = end;
+        }
+        events.extend(stream.finish());
+        assert_eq!(tool_calls::ParsedOutput::from_events(events), whole, "{format:?} split every {step} bytes");
+        for call in &whole.tool_calls {
+            let arguments = serde_json::from_str::<Value>(&call.arguments);
+            assert!(arguments.is_ok_and(|a| a.is_object()), "{format:?}: arguments {:?}", call.arguments);
+            assert!(!call.name.is_empty());
+        }
+        called |= !whole.tool_calls.is_empty();
+    }
+    called
+}
+
 // ---- Seeds ----
 
 /// Starting inputs the fuzzer mutates, one list per target; binary formats come from kiln's own
@@ -510,6 +590,19 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             "http://169.254.169.254/latest",
             "http://[::ffff:10.0.0.1]:80",
             "http://93.184.215.14:8080?q",
+        ]),
+        "json_schema" => text(&[
+            "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"},\"b\":{\"enum\":[\"x\",null]}},\"required\":[\"a\"]}\0\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10\x11\x12\x13\x14",
+            "{\"type\":\"array\",\"items\":{\"type\":\"string\",\"pattern\":\"^[a-c]{1,3}$\"},\"maxItems\":2}\0abcdefghijklmnopqrstuvwxyz",
+            "{\"$defs\":{\"n\":{\"anyOf\":[{\"type\":\"null\"},{\"type\":\"array\",\"items\":{\"$ref\":\"#/$defs/n\"}}]}},\"$ref\":\"#/$defs/n\"}\0zzzzzzzzzzzz",
+            "{\"type\":\"string\",\"format\":\"date-time\"}\0\u{7f}\u{7f}\u{7f}\u{7f}\u{7f}\u{7f}\u{7f}\u{7f}\u{7f}\u{7f}\u{7f}\u{7f}\u{7f}\u{7f}",
+            "{\"type\":\"number\"}\0\u{7f}\u{7f}\u{7f}",
+        ]),
+        "tool_call_output" => text(&[
+            "\u{3}Let me look.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
+            "\u{5}<tool_call>{\"name\":\"a\",\"arguments\":\"{\\\"x\\\": 1}\"}</tool_call><tool_call>{\"name\":\"b\",\"arguments\":{}}</tool_call>",
+            "\u{2}<|python_tag|>{\"name\": \"f\", \"parameters\": {\"q\": [1, 2]}}; {\"name\": \"g\", \"parameters\": {}}",
+            "\u{1}{\"name\": \"f\", \"parameters\": {\"s\": \"\u{e9}\\\"\"}}",
         ]),
         _ => Vec::new(),
     }

@@ -136,6 +136,10 @@ struct ServeOptions {
     /// Seconds the engine may spend inside one step before /health/live answers 503.
     #[arg(long, default_value_t = 120.0)]
     liveness_timeout: f64,
+    /// How the model writes tool calls: hermes (<tool_call> JSON, SmolLM2 and Qwen2) or
+    /// llama3_json (Llama 3.1). Default: read from the chat template; hermes when it has none.
+    #[arg(long)]
+    tool_call_parser: Option<String>,
     /// USD per million prompt tokens.
     #[arg(long, default_value_t = 0.64)]
     price_input: f64,
@@ -214,6 +218,7 @@ fn run(command: Command, backend: BackendChoice, original_weights: bool) -> anyh
                 write_timeout: seconds("write-timeout", o.write_timeout)?,
                 max_body_bytes: o.max_body_bytes,
                 liveness_timeout: seconds("liveness-timeout", o.liveness_timeout)?,
+                tool_call_parser: o.tool_call_parser,
             })
         }
         Command::Bench(args) => {

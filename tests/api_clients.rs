@@ -224,7 +224,7 @@ fn tokenize_and_detokenize_use_the_served_tokenizer() {
     for (path, body, status, param) in [
         ("/tokenize", json!({}), 400, Some("prompt")),
         ("/tokenize", json!({"prompt": ["a"]}), 400, Some("prompt")),
-        ("/tokenize", json!({"messages": [{"role": "tool", "content": "x"}]}), 400, Some("messages[0].role")),
+        ("/tokenize", json!({"messages": [{"role": "robot", "content": "x"}]}), 400, Some("messages[0].role")),
         ("/tokenize", json!({"prompt": "a", "model": "gpt-4"}), 404, Some("model")),
         ("/detokenize", json!({"tokens": [VOCAB]}), 400, Some("tokens")),
         ("/detokenize", json!({"tokens": [-1]}), 400, Some("tokens")),
@@ -304,10 +304,8 @@ fn request_ids_are_echoed_and_name_the_completion() {
 #[test]
 fn openai_fields_kiln_cannot_honour_are_refused_by_name() {
     for (field, value, needle) in [
-        ("tools", json!([{"type": "function", "function": {"name": "f"}}]), "Tool calling is not supported yet"),
-        ("tool_choice", json!("auto"), "Tool calling is not supported yet"),
-        ("functions", json!([{"name": "f"}]), "Tool calling is not supported yet"),
-        ("function_call", json!({"name": "f"}), "Tool calling is not supported yet"),
+        ("functions", json!([{"name": "f"}]), "use `tools`"),
+        ("function_call", json!({"name": "f"}), "use `tools`"),
         ("audio", json!({"voice": "alloy", "format": "wav"}), "Audio"),
         ("modalities", json!(["text", "audio"]), "modality"),
         ("prediction", json!({"type": "content", "content": "x"}), "Predicted outputs"),

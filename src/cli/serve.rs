@@ -23,6 +23,8 @@ use crate::server::rate_limit::KeyLimits;
 use crate::server::routes::Routes;
 use crate::server::webhook::WebhookPolicy;
 use crate::server::webhook_destination::Allowed;
+use crate::tokenizer::tool_calls::ToolCallFormat;
+use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone)]
 pub struct ServeArgs {
@@ -58,6 +60,8 @@ pub struct ServeArgs {
     pub max_body_bytes: usize,
     /// Longest the engine may stay inside one step before `/health/live` answers 503.
     pub liveness_timeout: Duration,
+    /// `--tool-call-parser`: a `ToolCallFormat` name; None reads the format from the template.
+    pub tool_call_parser: Option<String>,
 }
 
 impl Default for ServeArgs {
@@ -86,6 +90,7 @@ impl Default for ServeArgs {
             write_timeout: HttpConfig::default().write_timeout,
             max_body_bytes: HttpConfig::default().max_body_bytes,
             liveness_timeout: DEFAULT_LIVENESS_TIMEOUT,
+            tool_call_parser: None,
         }
     }
 }
@@ -162,6 +167,7 @@ pub fn start_watched(args: ServeArgs, signals: bool) -> anyhow::Result<(Server, 
     watch_engine(engine_thread, engine_failure.clone(), server.shutdown_handle());
     let model_name = args.served_model_name.clone().unwrap_or(loaded.name);
     let schemas = SchemaCache::for_tokenizer(&tokenizer);
+    let tool_call_format = tool_call_format(args.tool_call_parser.as_deref(), &tokenizer)?;
     let app = App {
         engine,
         stop_token_ids: stop_ids(&config.eos_token_ids, tokenizer.eos_token_id()),
@@ -176,6 +182,7 @@ pub fn start_watched(args: ServeArgs, signals: bool) -> anyhow::Result<(Server, 
             retry_backoff: Duration::from_secs(1),
         },
         schemas,
+        tool_call_format,
         ready: AtomicBool::new(true),
         metrics: ServerMetrics::default(),
         started_unix: unix_now(),
@@ -213,4 +220,18 @@ fn watch_engine(engine_thread: std::thread::JoinHandle<()>, failure: Arc<OnceLoc
     if let Err(error) = watcher {
         tracing::warn!("could not start the engine watcher ({error}); an engine failure will not stop the server");
     }
+}
+
+/// The flag's format, else the one the chat template writes, else Hermes: kiln describes tools to a
+/// template that does not know them in the Hermes format (`tokenizer::tool_prompt`).
+fn tool_call_format(flag: Option<&str>, tokenizer: &Tokenizer) -> anyhow::Result<ToolCallFormat> {
+    if let Some(name) = flag {
+        return Ok(ToolCallFormat::from_name(name)?);
+    }
+    let template = tokenizer.chat_template();
+    let detected = template.and_then(|t| ToolCallFormat::detect(t.source()));
+    if detected.is_none() && template.is_some_and(|t| t.supports_tools()) {
+        tracing::warn!("the chat template renders tools in a format kiln does not recognise; reading tool calls as hermes (set --tool-call-parser)");
+    }
+    Ok(detected.unwrap_or(ToolCallFormat::Hermes))
 }

@@ -10,6 +10,7 @@ use super::metrics::ServerMetrics;
 use super::webhook::WebhookPolicy;
 use crate::engine::json_schema::SchemaCache;
 use crate::engine::serving::EngineHandle;
+use crate::tokenizer::tool_calls::ToolCallFormat;
 use crate::tokenizer::Tokenizer;
 
 pub struct App {
@@ -23,6 +24,8 @@ pub struct App {
     pub webhooks: WebhookPolicy,
     /// Token ids that end a completion (the model's EOS ids).
     pub stop_token_ids: Vec<u32>,
+    /// How the model writes tool calls (`--tool-call-parser`, else from its chat template).
+    pub tool_call_format: ToolCallFormat,
     /// JSON mode's and every JSON schema's token constraints, over this tokenizer.
     pub schemas: SchemaCache,
     /// False until the model is loaded and the engine runs: `/health` answers 503 until then.

@@ -4,16 +4,19 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use serde_json::{json, Value};
+
 use super::api::error::ApiError;
 use super::api::logit_bias;
 use super::api::responses::sse_event;
 use super::api::responses::{ChoiceResult, PromptTokens};
+use super::api::tools::{ToolChoice, ToolUse};
 use super::api::valid::{PromptInput, ResponseFormat, ValidGeneration};
 use super::app::App;
 use super::caller::Caller;
 use super::http::{BodyStream, Responder, WaitError};
+use crate::engine::json_schema::{CompiledSchema, SchemaError};
 use crate::engine::request::{ConstraintFactory, EngineEvent, EngineRequest, EventSink, RequestParams, TokenLogprob};
-use crate::tokenizer::chat::ChatMessage;
 use crate::tokenizer::TokenizerError;
 
 /// Said with every refused schema, so a client learns what it can write instead.
@@ -40,9 +43,11 @@ pub fn prepare(app: &App, valid: &ValidGeneration) -> Result<PreparedPrompts, Ap
     let tokenizer = &app.tokenizer;
     let (prompt_ids, prompt_texts, continues_prompt) = match &valid.prompt {
         PromptInput::Chat(messages) => {
-            let messages: Vec<ChatMessage> =
-                messages.iter().map(|m| ChatMessage::new(m.role.as_str(), m.content.as_str())).collect();
-            let text = tokenizer.apply_chat_template(&messages, true).map_err(chat_error)?;
+            let text = match &valid.tools {
+                Some(tool_use) => tokenizer.apply_chat_template_with_tools(messages, &tool_use.tools, true),
+                None => tokenizer.apply_chat_template(messages, true),
+            }
+            .map_err(chat_error)?;
             let ids = tokenizer.encode(&text, false).map_err(|e| ApiError::internal(e.to_string()))?;
             (vec![ids], vec![text], false)
         }
@@ -145,10 +150,11 @@ pub fn submit(
     prepared: &PreparedPrompts,
 ) -> Result<Submitted, ApiError> {
     let (sender, events) = may::sync::mpsc::channel();
-    let constraint: Option<ConstraintFactory> = match &valid.response_format {
-        ResponseFormat::Text => None,
-        ResponseFormat::JsonObject => Some(app.schemas.json_object()),
-        ResponseFormat::JsonSchema { schema, param } => Some(app.schemas.json_schema(schema).map_err(|e| {
+    let constraint: Option<ConstraintFactory> = match (&valid.response_format, &valid.tools) {
+        (_, Some(tool_use)) if tool_use.choice != ToolChoice::Auto => Some(tool_call_constraint(app, tool_use)?),
+        (ResponseFormat::Text, _) => None,
+        (ResponseFormat::JsonObject, _) => Some(app.schemas.json_object()),
+        (ResponseFormat::JsonSchema { schema, param }, _) => Some(app.schemas.json_schema(schema).map_err(|e| {
             ApiError::invalid_param(param, format!("`{param}` cannot be used: {e}. {SUPPORTED_SCHEMA_FEATURES}"))
         })?),
     };
@@ -181,6 +187,41 @@ pub fn submit(
     }
     caller.count_prompt_tokens(prepared.prompt_tokens() as u64);
     Ok(submitted)
+}
+
+/// The output of a request that must call a tool, as vLLM constrains it whatever the model's
+/// own call format: a named function's arguments object, or for `required` a JSON list of
+/// `{"name", "arguments"}` calls (one when `parallel_tool_calls` is false). Both are read back by
+/// `tool_output`.
+fn tool_call_constraint(app: &App, tool_use: &ToolUse) -> Result<ConstraintFactory, ApiError> {
+    let refused = |index: usize, e: SchemaError| {
+        let param = format!("tools[{index}].function.parameters");
+        ApiError::invalid_param(
+            &param,
+            format!("`{param}` cannot constrain a call (tool_choice asks for one): {e}. {SUPPORTED_SCHEMA_FEATURES}"),
+        )
+    };
+    match tool_use.choice {
+        ToolChoice::Named(index) => app.schemas.json_schema(tool_use.parameters(index)).map_err(|e| refused(index, e)),
+        _ => {
+            // Each function alone first, so an unsupported keyword is named with its function.
+            for index in 0..tool_use.tools.len() {
+                CompiledSchema::compile(tool_use.parameters(index)).map_err(|e| refused(index, e))?;
+            }
+            let calls: Vec<Value> = (0..tool_use.tools.len())
+                .map(|index| {
+                    json!({"type": "object", "properties": {"name": {"const": tool_use.name(index)},
+                           "arguments": tool_use.parameters(index)},
+                           "required": ["name", "arguments"], "additionalProperties": false})
+                })
+                .collect();
+            let mut list = json!({"type": "array", "items": {"anyOf": calls}, "minItems": 1});
+            if !tool_use.parallel {
+                list["maxItems"] = json!(1);
+            }
+            app.schemas.json_schema(&list).map_err(|e| ApiError::invalid_param("tools", e.to_string()))
+        }
+    }
 }
 
 /// How waiting for a whole answer ended.

@@ -14,5 +14,6 @@ pub mod request_id;
 pub mod respond;
 pub mod routes;
 mod tokenize_routes;
+pub mod tool_output;
 pub mod webhook;
 pub mod webhook_destination;

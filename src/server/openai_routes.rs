@@ -3,9 +3,11 @@
 
 use super::api::error::ApiError;
 use super::api::openai::{parse_chat, parse_completion};
+use serde_json::Value;
+
 use super::api::responses::{
-    chat_logprobs, completion_logprobs, full_response, sse_event, stream_chunk, usage_chunk, Flavor, ResponseMeta,
-    SSE_DONE,
+    chat_logprobs, completion_logprobs, full_response, sse_event, stream_chunk, tool_call_chunk,
+    tool_calls_finish_chunk, usage_chunk, Flavor, ResponseMeta, SSE_DONE,
 };
 use super::api::valid::ValidGeneration;
 use super::app::{unix_now, App};
@@ -14,8 +16,9 @@ use super::generation::{
     end_interrupted_stream, end_stream_with_error, prepare, submit, wait_for_all, Collector, PreparedPrompts, Progress,
     Submitted, Waited, CLIENT_CLOSED, DISCONNECT_POLL,
 };
-use super::http::{Request, Responder, Response};
+use super::http::{BodyStream, Request, Responder, Response};
 use super::respond::{json_response, send};
+use super::tool_output::{read_calls, CallReading, CallStream, StreamDelta};
 
 pub fn chat(app: &App, caller: &Caller, request: &Request, responder: &mut Responder<'_>) -> Result<u16, ApiError> {
     let valid = parse_chat(&request.body)?;
@@ -87,6 +90,14 @@ fn whole(running: &Running, responder: &mut Responder<'_>) -> Result<u16, ApiErr
     if let Waited::ClientGone = wait_for_all(responder, submitted, &mut collector)? {
         return Ok(CLIENT_CLOSED);
     }
+    if let Some(tool_use) = &valid.tools {
+        let reading = CallReading::for_request(tool_use, app.tool_call_format);
+        for choice in &mut collector.choices {
+            let (content, calls) = read_calls(&reading, &choice.text);
+            choice.text = content;
+            choice.tool_calls = calls;
+        }
+    }
     let echo = valid.echo.then_some(prepared.prompt_texts.as_slice());
     let body = full_response(
         flavor,
@@ -123,6 +134,10 @@ fn stream(running: &Running, responder: &mut Responder<'_>) -> Result<u16, ApiEr
         }
     }
     let token_text = token_text(app);
+    // Each choice's calls, read as its text streams (chat with tools only).
+    let mut calls: Vec<Option<CallStream>> = (0..collector.choices.len())
+        .map(|_| valid.tools.as_ref().map(|t| CallStream::new(CallReading::for_request(t, app.tool_call_format))))
+        .collect();
     while !collector.is_done() {
         let event = match body.wait_for(&submitted.events, DISCONNECT_POLL) {
             Ok(event) => event,
@@ -137,6 +152,14 @@ fn stream(running: &Running, responder: &mut Responder<'_>) -> Result<u16, ApiEr
                         Flavor::Completion => completion_logprobs(&entry, &token_text, 0),
                     }
                 });
+                if let Some(reader) = calls[index].as_mut() {
+                    let deltas = reader.push(&text);
+                    if send_deltas(&mut body, meta, index, deltas, logprobs).is_err() {
+                        submitted.cancel();
+                        return Ok(CLIENT_CLOSED);
+                    }
+                    continue;
+                }
                 // Held-back text (a partial character or a possible stop string) sends nothing yet.
                 if text.is_empty() && logprobs.is_none() {
                     continue;
@@ -144,18 +167,33 @@ fn stream(running: &Running, responder: &mut Responder<'_>) -> Result<u16, ApiEr
                 stream_chunk(flavor, meta, index, false, Some(&text), logprobs, None)
             }
             Progress::Finished { index, text } => {
-                if !text.is_empty() {
-                    let tail = stream_chunk(flavor, meta, index, false, Some(&text), None, None);
-                    if body.send(&sse_event(&tail)).is_err() {
+                let reason = collector.choices[index].finish_reason;
+                if let Some(reader) = calls[index].as_mut() {
+                    let mut deltas = reader.push(&text);
+                    deltas.extend(reader.finish());
+                    if send_deltas(&mut body, meta, index, deltas, None).is_err() {
                         submitted.cancel();
                         return Ok(CLIENT_CLOSED);
                     }
+                    if reader.made_calls() {
+                        tool_calls_finish_chunk(meta, index, reason)
+                    } else {
+                        stream_chunk(flavor, meta, index, false, None, None, reason)
+                    }
+                } else {
+                    if !text.is_empty() {
+                        let tail = stream_chunk(flavor, meta, index, false, Some(&text), None, None);
+                        if body.send(&sse_event(&tail)).is_err() {
+                            submitted.cancel();
+                            return Ok(CLIENT_CLOSED);
+                        }
+                    }
+                    let empty = match flavor {
+                        Flavor::Chat => None,
+                        Flavor::Completion => Some(""),
+                    };
+                    stream_chunk(flavor, meta, index, false, empty, None, reason)
                 }
-                let empty = match flavor {
-                    Flavor::Chat => None,
-                    Flavor::Completion => Some(""),
-                };
-                stream_chunk(flavor, meta, index, false, empty, None, collector.choices[index].finish_reason)
             }
             Progress::Failed(message) => {
                 submitted.cancel();
@@ -176,4 +214,31 @@ fn stream(running: &Running, responder: &mut Responder<'_>) -> Result<u16, ApiEr
     let _ = body.send(SSE_DONE);
     let _ = body.finish();
     Ok(200)
+}
+
+/// Sends a streamed chat choice's content and call deltas; a token's log-probabilities go with
+/// its first chunk (or alone in an empty content chunk when the text is held back).
+fn send_deltas(
+    body: &mut BodyStream<'_, '_>,
+    meta: &ResponseMeta,
+    index: usize,
+    deltas: Vec<StreamDelta>,
+    mut logprobs: Option<Value>,
+) -> Result<(), ()> {
+    for delta in deltas {
+        let chunk = match delta {
+            StreamDelta::Content(text) => {
+                stream_chunk(Flavor::Chat, meta, index, false, Some(&text), logprobs.take(), None)
+            }
+            StreamDelta::Call { index: call, id, name, arguments } => {
+                tool_call_chunk(meta, index, call, id.as_deref(), name.as_deref(), &arguments)
+            }
+        };
+        body.send(&sse_event(&chunk)).map_err(|_| ())?;
+    }
+    if let Some(logprobs) = logprobs {
+        let chunk = stream_chunk(Flavor::Chat, meta, index, false, Some(""), Some(logprobs), None);
+        body.send(&sse_event(&chunk)).map_err(|_| ())?;
+    }
+    Ok(())
 }

@@ -14,7 +14,7 @@ pub const MAX_REQUEST_ID_BYTES: usize = 128;
 pub fn request_id(headers: &Headers) -> String {
     match headers.get("x-request-id") {
         Some(id) if is_echoable(id) => id.to_string(),
-        _ => generated(),
+        _ => new_id(),
     }
 }
 
@@ -23,7 +23,8 @@ fn is_echoable(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_REQUEST_ID_BYTES && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
-fn generated() -> String {
+/// A fresh id of 24 hex digits (also behind tool call ids, `call_<id>`).
+pub fn new_id() -> String {
     let mut rng = crate::engine::rng::Rng::from_entropy();
     format!("{:016x}{:08x}", rng.next_u64(), rng.next_u64() as u32)
 }

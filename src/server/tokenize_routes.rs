@@ -10,7 +10,6 @@ use super::app::App;
 use super::generation::chat_error;
 use super::http::{Request, Responder};
 use super::respond::{json_response, send};
-use crate::tokenizer::chat::ChatMessage;
 
 /// `{"count", "max_model_len", "tokens"}`: a prompt's ids as a completions request would
 /// tokenize it, or a chat's as a chat request would render and tokenize it.
@@ -21,9 +20,7 @@ pub fn tokenize(app: &App, request: &Request, responder: &mut Responder<'_>) -> 
     let tokens = match &parsed.input {
         TokenizeInput::Prompt { text, add_special_tokens } => tokenizer.encode(text, *add_special_tokens),
         TokenizeInput::Chat { messages, add_generation_prompt, add_special_tokens } => {
-            let messages: Vec<ChatMessage> =
-                messages.iter().map(|m| ChatMessage::new(m.role.as_str(), m.content.as_str())).collect();
-            let text = tokenizer.apply_chat_template(&messages, *add_generation_prompt).map_err(chat_error)?;
+            let text = tokenizer.apply_chat_template(messages, *add_generation_prompt).map_err(chat_error)?;
             tokenizer.encode(&text, *add_special_tokens)
         }
     }

@@ -15,16 +15,25 @@ use super::TokenizerError;
 
 const TEMPLATE_NAME: &str = "chat_template";
 
-/// One message of a conversation, as templates see it (`message['role']`, `message['content']`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One message of a conversation, as templates see it (`message['role']`, `message['content']`,
+/// and for tool use `message['tool_calls']` and `message['tool_call_id']`, present only when set,
+/// as templates test `'tool_calls' in message`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant turn's calls, as transformers passes them: `{"id", "type": "function",
+    /// "function": {"name", "arguments": {...}}}` with the arguments as an object.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<serde_json::Value>,
+    /// A tool result's call id (role `tool`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage { role: role.into(), content: content.into(), tool_calls: Vec::new(), tool_call_id: None }
     }
 }
 
@@ -93,6 +102,23 @@ impl ChatTemplate {
     /// Renders a conversation to the prompt text; `add_generation_prompt` appends the opening of
     /// an assistant turn where the template supports it.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, TokenizerError> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// Whether the template renders `tools` itself (else a caller that has tools must describe
+    /// them in the conversation: `tool_prompt`).
+    pub fn supports_tools(&self) -> bool {
+        self.source.contains("tools")
+    }
+
+    /// `render` with the request's tools (OpenAI's `{"type": "function", "function": {...}}`
+    /// objects), passed as transformers passes them: `tools=` to the template.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
@@ -102,7 +128,7 @@ impl ChatTemplate {
         let mut context: Vec<(&str, Value)> = vec![
             ("messages", Value::from_serialize(messages)),
             // HF passes these two as None when a request has no tools or documents.
-            ("tools", Value::from(())),
+            ("tools", tools.map_or(Value::from(()), Value::from_serialize)),
             ("documents", Value::from(())),
             ("add_generation_prompt", Value::from(add_generation_prompt)),
         ];

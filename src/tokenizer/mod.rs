@@ -12,6 +12,8 @@ mod pyjinja;
 mod special;
 mod tojson;
 mod token_bytes;
+pub mod tool_calls;
+pub mod tool_prompt;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -232,7 +234,28 @@ impl Tokenizer {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
-        self.chat_template.as_ref().ok_or(TokenizerError::NoChatTemplate)?.render(messages, add_generation_prompt)
+        self.apply_chat_template_with_tools(messages, &[], add_generation_prompt)
+    }
+
+    /// `apply_chat_template` with tools: rendered by the template when it knows `tools`, else
+    /// described in the conversation in the Hermes format (`tool_prompt`), earlier calls and
+    /// results included (also when no tools are given).
+    pub fn apply_chat_template_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        let template = self.chat_template.as_ref().ok_or(TokenizerError::NoChatTemplate)?;
+        let tool_turns = messages.iter().any(|m| m.role == "tool" || !m.tool_calls.is_empty());
+        if template.supports_tools() {
+            let tools = (!tools.is_empty()).then_some(tools);
+            return template.render_with_tools(messages, tools, add_generation_prompt);
+        }
+        if tools.is_empty() && !tool_turns {
+            return template.render(messages, add_generation_prompt);
+        }
+        template.render(&tool_prompt::describe_tools(messages, tools), add_generation_prompt)
     }
 
     /// Renders and tokenizes a conversation the way HF's `apply_chat_template(tokenize=True)` does:

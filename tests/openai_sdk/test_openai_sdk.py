@@ -106,10 +106,10 @@ class Chat(unittest.TestCase):
         )
         self.assertEqual(raw.headers["x-request-id"], "sdk-trace-1")
         self.assertEqual(raw.parse().id, "chatcmpl-sdk-trace-1")
-        tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+        functions = [{"name": "f", "parameters": {"type": "object", "properties": {}}}]
         with self.assertRaises(openai.BadRequestError) as e:
-            client().chat.completions.create(model=MODEL, messages=FRANCE, tools=tools)
-        self.assertEqual(e.exception.body["param"], "tools")
+            client().chat.completions.create(model=MODEL, messages=FRANCE, functions=functions)
+        self.assertEqual(e.exception.body["param"], "functions")
         # Accepted fields that change nothing.
         r = client().chat.completions.create(
             model=MODEL, messages=FRANCE, temperature=0, max_tokens=20, user="u", store=False, metadata={"a": "b"}
@@ -141,6 +141,111 @@ class Completions(unittest.TestCase):
         r = client().completions.create(model=MODEL, prompt="1, 2, 3,", max_tokens=4, temperature=0, logprobs=1, echo=True)
         self.assertTrue(r.choices[0].text.startswith("1, 2, 3, 4"))
         self.assertEqual(len(r.choices[0].logprobs.tokens), 4)
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+CLOCK = {"type": "function", "function": {"name": "get_time", "description": "The time now.", "parameters": {"type": "object", "properties": {}}}}
+ASK = [{"role": "user", "content": "What is the weather in Paris? Use the tool."}]
+
+
+def streamed_turn(**kwargs):
+    """One streamed chat turn, assembled as OpenAI's docs show: (content, tool calls, finish reason)."""
+    content, calls, finish = "", {}, None
+    for chunk in client().chat.completions.create(stream=True, **kwargs):
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            for call in choice.delta.tool_calls or []:
+                entry = calls.setdefault(call.index, {"id": None, "name": "", "arguments": ""})
+                entry["id"] = call.id or entry["id"]
+                entry["name"] += (call.function.name or "") if call.function else ""
+                entry["arguments"] += (call.function.arguments or "") if call.function else ""
+            finish = choice.finish_reason or finish
+    return content, [calls[i] for i in sorted(calls)], finish
+
+
+class Tools(unittest.TestCase):
+    """A two-turn tool conversation: the model calls a tool, gets its result, answers."""
+
+    def second_turn(self, call_id, name, arguments, stream):
+        messages = ASK + [
+            {"role": "assistant", "content": None,
+             "tool_calls": [{"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}]},
+            {"role": "tool", "tool_call_id": call_id, "content": json.dumps({"temperature": 18, "sky": "clear"})},
+        ]
+        kwargs = dict(model=MODEL, messages=messages, tools=[WEATHER, CLOCK], temperature=0, max_tokens=40)
+        if stream:
+            content, calls, finish = streamed_turn(**kwargs, tool_choice="none")
+        else:
+            r = client().chat.completions.create(**kwargs, tool_choice="none")
+            content, calls, finish = r.choices[0].message.content, r.choices[0].message.tool_calls, r.choices[0].finish_reason
+        self.assertFalse(calls)
+        self.assertIn(finish, ("stop", "length"))
+        self.assertTrue(content.strip(), "the final answer is text")
+
+    def test_two_turns_with_a_required_call(self):
+        r = client().chat.completions.create(
+            model=MODEL, messages=ASK, tools=[WEATHER, CLOCK], tool_choice="required", temperature=0, max_tokens=100
+        )
+        choice = r.choices[0]
+        self.assertEqual(choice.finish_reason, "tool_calls")
+        self.assertIsNone(choice.message.content)
+        call = choice.message.tool_calls[0]
+        self.assertEqual(call.type, "function")
+        self.assertIn(call.function.name, ("get_weather", "get_time"))
+        arguments = json.loads(call.function.arguments)
+        if call.function.name == "get_weather":
+            self.assertEqual(set(arguments), {"city", "unit"})
+            self.assertIn(arguments["unit"], ("celsius", "fahrenheit"))
+        self.assertTrue(call.id.startswith("call_"))
+        self.second_turn(call.id, call.function.name, call.function.arguments, stream=False)
+
+    def test_two_turns_streamed_with_a_named_call(self):
+        named = {"type": "function", "function": {"name": "get_weather"}}
+        content, calls, finish = streamed_turn(
+            model=MODEL, messages=ASK, tools=[WEATHER, CLOCK], tool_choice=named, temperature=0, max_tokens=100
+        )
+        self.assertEqual((content, finish), ("", "tool_calls"))
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(calls[0]["name"], "get_weather")
+        arguments = json.loads(calls[0]["arguments"])
+        self.assertEqual(set(arguments), {"city", "unit"})
+        # The same request whole gives the same call.
+        r = client().chat.completions.create(
+            model=MODEL, messages=ASK, tools=[WEATHER, CLOCK], tool_choice=named, temperature=0, max_tokens=100
+        )
+        self.assertEqual(r.choices[0].message.tool_calls[0].function.arguments, calls[0]["arguments"])
+        self.second_turn(calls[0]["id"], "get_weather", calls[0]["arguments"], stream=True)
+
+    def test_one_call_when_parallel_calls_are_off(self):
+        for seed in range(4):
+            r = client().chat.completions.create(
+                model=MODEL, messages=ASK, tools=[WEATHER, CLOCK], tool_choice="required", parallel_tool_calls=False,
+                temperature=1, seed=seed, max_tokens=100,
+            )
+            self.assertEqual(len(r.choices[0].message.tool_calls), 1)
+
+    def test_auto_answers_with_text_or_calls(self):
+        # The small model decides; whichever it does, the answer has OpenAI's shape.
+        for stream in (False, True):
+            kwargs = dict(model=MODEL, messages=ASK, tools=[WEATHER], temperature=0, max_tokens=60)
+            if stream:
+                content, calls, finish = streamed_turn(**kwargs)
+            else:
+                r = client().chat.completions.create(**kwargs)
+                content, calls, finish = r.choices[0].message.content, r.choices[0].message.tool_calls or [], r.choices[0].finish_reason
+            self.assertEqual(finish == "tool_calls", bool(calls), (content, calls, finish))
 
 
 class Models(unittest.TestCase):

@@ -99,8 +99,11 @@ case("logit_bias with 301 tokens", "POST", CHAT[0],
      operation=CHAT)
 case("a logit_bias token outside the vocabulary", "POST", CHAT[0],
      body={"messages": USER, "logit_bias": {"49152": 1}}, status=400, param="logit_bias", operation=CHAT)
-case("tool calling", "POST", CHAT[0], body={"messages": USER, "tools": [{"type": "function"}]}, status=400,
-     param="tools", operation=CHAT)
+case("a tool without a function", "POST", CHAT[0], body={"messages": USER, "tools": [{"type": "function"}]}, status=400,
+     param="tools[0]", operation=CHAT)
+case("129 tools", "POST", CHAT[0],
+     body={"messages": USER, "tools": [{"type": "function", "function": {"name": f"f{i}"}} for i in range(129)]},
+     status=400, param="tools", operation=CHAT)
 MAX_MODEL_LEN = requests.get(BASE + "/v1/models", headers={"Authorization": f"Bearer {KEY}"},
                              timeout=30).json()["data"][0]["max_model_len"]
 case("detokenize one id past max_model_len", "POST", DETOKENIZE[0], body={"tokens": [28] * (MAX_MODEL_LEN + 1)},

@@ -46,8 +46,8 @@ SCHEMAS = {
                     "city": {"type": "string", "maxLength": 20},
                     "location": {
                         "type": "object",
-                        "properties": {"lat": {"type": "number"}, "lon": {"type": "number"}},
-                        "required": ["lat", "lon"],
+                        "properties": {"lat": {"type": "number"}},
+                        "required": ["lat"],
                         "additionalProperties": False,
                     },
                 },
@@ -66,9 +66,10 @@ SCHEMAS = {
             "kind": {"const": "pixel"},
             "level": {"enum": [1, 2.5, None, True, "max"]},
             "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "minItems": 1, "maxItems": 3},
+            # Small items: the default model writes every digit as its own token.
             "matrix": {
                 "type": "array",
-                "items": {"type": "array", "items": {"type": "integer"}, "maxItems": 3},
+                "items": {"type": "array", "items": {"enum": [0, 1, 2]}, "maxItems": 3},
                 "minItems": 2,
                 "maxItems": 2,
             },

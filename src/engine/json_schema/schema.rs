@@ -64,6 +64,10 @@ pub struct StringPattern {
     pub source: String,
     pub dfa: dense::DFA<Vec<u32>>,
     pub start: u32,
+    /// The states from which a match can still be reached by characters a JSON string can
+    /// hold: a control character other than \b \f \n \r \t needs a `\u` escape, which patterned
+    /// strings do not use, so a state that needs one is as dead as the DFA's dead state.
+    live: std::collections::HashSet<u32>,
 }
 
 impl StringPattern {
@@ -87,12 +91,57 @@ impl StringPattern {
         let start = dfa
             .start_state_forward(&Input::new("").anchored(Anchored::Yes))
             .map_err(|e| error(path, format!("`pattern` `{source}`: {e}")))?;
-        Ok(StringPattern { source: source.to_string(), dfa, start: start.as_u32() })
+        let mut pattern =
+            StringPattern { source: source.to_string(), dfa, start: start.as_u32(), live: Default::default() };
+        pattern.live = pattern.live_states();
+        if !pattern.live.contains(&pattern.start) {
+            return Err(error(path, format!("`pattern` `{source}` matches no string a JSON output can write")));
+        }
+        Ok(pattern)
+    }
+
+    /// A byte a patterned string can hold: written as itself, or as a one-character escape.
+    fn writable(byte: u8) -> bool {
+        byte >= 0x20 || matches!(byte, 0x08 | 0x0c | b'\n' | b'\r' | b'\t')
+    }
+
+    /// Every state reachable from the start by writable bytes, then those of them from which a
+    /// match is reachable (backwards from the states a string may end in).
+    fn live_states(&self) -> std::collections::HashSet<u32> {
+        let step = |state: u32, byte: u8| {
+            let next = self.dfa.next_state(StateID::new_unchecked(state as usize), byte);
+            (!self.dfa.is_dead_state(next)).then(|| next.as_u32())
+        };
+        let mut seen = std::collections::HashSet::from([self.start]);
+        let mut queue = vec![self.start];
+        let mut predecessors: HashMap<u32, Vec<u32>> = HashMap::new();
+        while let Some(state) = queue.pop() {
+            for byte in (0..=255u8).filter(|&b| Self::writable(b)) {
+                if let Some(next) = step(state, byte) {
+                    predecessors.entry(next).or_default().push(state);
+                    if seen.insert(next) {
+                        queue.push(next);
+                    }
+                }
+            }
+        }
+        let mut live: std::collections::HashSet<u32> =
+            seen.iter().copied().filter(|&state| self.matches_at_end(state)).collect();
+        let mut queue: Vec<u32> = live.iter().copied().collect();
+        while let Some(state) = queue.pop() {
+            for &before in predecessors.get(&state).into_iter().flatten() {
+                if live.insert(before) {
+                    queue.push(before);
+                }
+            }
+        }
+        live
     }
 
     pub fn next(&self, state: u32, byte: u8) -> Option<u32> {
         let next = self.dfa.next_state(StateID::new_unchecked(state as usize), byte);
-        (!self.dfa.is_dead_state(next)).then(|| next.as_u32())
+        let next = next.as_u32();
+        self.live.contains(&next).then_some(next)
     }
 
     /// Whether the string may end in `state`.

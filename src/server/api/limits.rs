@@ -24,3 +24,5 @@ pub const MAX_NATIVE_NEW_TOKENS: u64 = 100_000;
 /// the most one token's bias may be, either way.
 pub const MAX_LOGIT_BIAS: usize = crate::backend::sampling::MAX_LOGIT_BIAS;
 pub const MAX_LOGIT_BIAS_VALUE: f32 = 100.0;
+/// Functions in one request's `tools` (OpenAI's limit).
+pub const MAX_TOOLS: usize = 128;

@@ -11,4 +11,5 @@ pub mod openai_params;
 pub mod pricing;
 pub mod responses;
 pub mod tokenize;
+pub mod tools;
 pub mod valid;

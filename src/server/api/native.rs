@@ -54,6 +54,7 @@ pub fn parse_native(body: &[u8]) -> Result<NativeRequest, ApiError> {
             echo: false,
             response_format: f.response_format("response_format")?,
             ignore_eos: false,
+            tools: None,
         },
         webhook,
     })

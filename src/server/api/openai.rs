@@ -8,6 +8,7 @@ use super::error::ApiError;
 use super::fields::{whole_number, Fields};
 use super::logit_bias::parse_logit_bias;
 use super::openai_params;
+use super::tools::{parse_assistant_calls, parse_tool_use, tool_result};
 use super::valid::{Message, PromptInput, ValidGeneration};
 use crate::engine::sampler::SamplingParams;
 
@@ -22,6 +23,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ValidGeneration, ApiError> {
     let messages = parse_messages(&f)?;
     let mut valid = common(&f)?;
     valid.prompt = PromptInput::Chat(messages);
+    valid.tools = parse_tool_use(&f)?;
     valid.prompt_field = "messages";
     // Chat logprobs: `logprobs: true` plus optional `top_logprobs`.
     let logprobs = f.bool("logprobs")?.unwrap_or(false);
@@ -106,6 +108,7 @@ fn common(f: &Fields) -> Result<ValidGeneration, ApiError> {
         response_format: f.response_format("response_format")?,
         // vLLM's extension: generate past the end-of-sequence tokens, up to the token limit.
         ignore_eos: f.bool("ignore_eos")?.unwrap_or(false),
+        tools: None,
     })
 }
 
@@ -133,16 +136,28 @@ pub(super) fn parse_messages(f: &Fields) -> Result<Vec<Message>, ApiError> {
             let role = object.get("role").and_then(Value::as_str).ok_or_else(|| {
                 ApiError::invalid_param(&format!("{param}.role"), "`role` is required and must be a string.")
             })?;
-            if !matches!(role, "system" | "user" | "assistant" | "developer") {
+            if !matches!(role, "system" | "user" | "assistant" | "developer" | "tool") {
                 return Err(ApiError::invalid_param(
                     &format!("{param}.role"),
-                    format!("Unsupported role `{role}`; use system, user or assistant."),
+                    format!("Unsupported role `{role}`; use system, user, assistant or tool."),
                 ));
             }
             // OpenAI's newer "developer" role is the system role under another name.
             let role = if role == "developer" { "system" } else { role };
-            let content = message_content(object.get("content"), &format!("{param}.content"))?;
-            Ok(Message { role: role.to_string(), content })
+            let calls = object.get("tool_calls").filter(|c| !c.is_null() && role == "assistant");
+            // An assistant turn that only calls tools has no content.
+            let content = match (object.get("content"), calls) {
+                (None | Some(Value::Null), Some(_)) => String::new(),
+                (content, _) => message_content(content, &format!("{param}.content"))?,
+            };
+            if role == "tool" {
+                return tool_result(object, content, &param);
+            }
+            let mut message = Message::new(role, content);
+            if let Some(calls) = calls {
+                message.tool_calls = parse_assistant_calls(calls, &format!("{param}.tool_calls"))?;
+            }
+            Ok(message)
         })
         .collect()
 }
@@ -238,10 +253,7 @@ mod tests {
         let v = chat(r#"{"model":"m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Hi "},{"type":"text","text":"there"}]}],"future_field":1}"#).unwrap();
         assert_eq!(
             v.prompt,
-            PromptInput::Chat(vec![
-                Message { role: "system".into(), content: "Be brief.".into() },
-                Message { role: "user".into(), content: "Hi there".into() },
-            ])
+            PromptInput::Chat(vec![Message::new("system", "Be brief."), Message::new("user", "Hi there"),])
         );
         assert_eq!((v.n, v.stream, v.max_tokens, v.logprobs), (1, false, None, None));
         assert_eq!(v.response_format, super::super::valid::ResponseFormat::Text);
@@ -262,7 +274,8 @@ mod tests {
                 "stop",
             ),
             (r#"{"messages":[{"role":"user","content":"x"}],"top_logprobs":3}"#, "top_logprobs"),
-            (r#"{"messages":[{"role":"tool","content":"x"}]}"#, "messages[0].role"),
+            (r#"{"messages":[{"role":"tool","content":"x"}]}"#, "messages[0].tool_call_id"),
+            (r#"{"messages":[{"role":"robot","content":"x"}]}"#, "messages[0].role"),
             (r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#, "messages[0].content"),
             (
                 r#"{"messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true}}"#,

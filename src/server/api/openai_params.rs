@@ -48,15 +48,16 @@ impl Kind {
 
 use Treatment::{Honoured, NoEffect, Refused};
 
-const TOOLS: &str = "Tool calling is not supported yet";
+const TOOLS: &str =
+    "`functions` and `function_call` are OpenAI's deprecated forms of tool calling; use `tools` and `tool_choice`.";
 
 fn never(_: &Value, _: &Fields) -> bool {
     false
 }
 
-/// `tool_choice: "none"` (or `function_call: "none"`) without tools asks for nothing.
+/// `function_call: "none"` without functions asks for nothing.
 fn no_tools_called(value: &Value, f: &Fields) -> bool {
-    value.as_str() == Some("none") && f.get("tools").is_none() && f.get("functions").is_none()
+    value.as_str() == Some("none") && f.get("functions").is_none()
 }
 
 fn text_only(value: &Value, _: &Fields) -> bool {
@@ -99,7 +100,7 @@ pub const CHAT: &[(&str, Treatment)] = &[
         },
     ),
     ("n", Honoured),
-    ("parallel_tool_calls", NoEffect { kind: Kind::Bool, why: "no tool is ever called (`tools` is refused)" }),
+    ("parallel_tool_calls", Honoured),
     (
         "prediction",
         Refused { harmless: never, message: "Predicted outputs are not supported; send the request without them." },
@@ -128,8 +129,8 @@ pub const CHAT: &[(&str, Treatment)] = &[
     ("stream", Honoured),
     ("stream_options", Honoured),
     ("temperature", Honoured),
-    ("tool_choice", Refused { harmless: no_tools_called, message: TOOLS }),
-    ("tools", Refused { harmless: never, message: TOOLS }),
+    ("tool_choice", Honoured),
+    ("tools", Honoured),
     ("top_logprobs", Honoured),
     ("top_p", Honoured),
     ("user", NoEffect { kind: Kind::String, why: "an end-user id; kiln's access log names the API key instead" }),
@@ -283,6 +284,15 @@ mod tests {
             "top_p" => plain(json!(0.5)),
             "top_logprobs" => Some((json!({"logprobs": true, "top_logprobs": 3}), json!({"logprobs": true}))),
             "echo" => plain(json!(true)),
+            "tools" => plain(json!([{"type": "function", "function": {"name": "f"}}])),
+            "tool_choice" => {
+                let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+                Some((json!({"tools": tools, "tool_choice": "required"}), json!({"tools": tools})))
+            }
+            "parallel_tool_calls" => {
+                let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+                Some((json!({"tools": tools, "parallel_tool_calls": false}), json!({"tools": tools})))
+            }
             _ => None,
         }
     }
@@ -296,8 +306,6 @@ mod tests {
             "functions" => (json!([{"name": "f", "parameters": {}}]), None),
             "modalities" => (json!(["text", "audio"]), Some(json!(["text"]))),
             "prediction" => (json!({"type": "content", "content": "x"}), None),
-            "tool_choice" => (json!("auto"), Some(json!("none"))),
-            "tools" => (json!([{"type": "function", "function": {"name": "f"}}]), None),
             "verbosity" => (json!("low"), Some(json!("medium"))),
             "web_search_options" => (json!({}), None),
             "best_of" => (json!(3), Some(json!(1))),
@@ -371,15 +379,15 @@ mod tests {
     #[test]
     fn tool_fields_name_themselves_and_the_missing_feature() {
         let chat = |extra: Value| parse_chat(&body(&json!({"messages": [{"role": "user", "content": "Hi"}]}), &extra));
-        for field in ["tools", "tool_choice", "functions", "function_call"] {
+        for field in ["functions", "function_call"] {
             let (refused, _) = refused_examples(field);
             let error = chat(json!({ field: refused })).unwrap_err();
             assert_eq!(error.param.as_deref(), Some(field));
-            assert!(error.message.starts_with("Tool calling is not supported yet"), "{}", error.message);
+            assert!(error.message.contains("use `tools` and `tool_choice`"), "{}", error.message);
         }
-        // "none" asks for no tool only while no tools are given.
-        let error = chat(json!({"tool_choice": "none", "tools": [{"type": "function"}]})).unwrap_err();
-        assert_eq!(error.param.as_deref(), Some("tool_choice"));
+        // "none" asks for no function only while no functions are given.
+        let error = chat(json!({"function_call": "none", "functions": [{"name": "f"}]})).unwrap_err();
+        assert!(matches!(error.param.as_deref(), Some("function_call" | "functions")), "{error:?}");
         assert!(chat(json!({"tool_choice": "none", "function_call": "none"})).is_ok());
         assert!(chat(json!({"parallel_tool_calls": false})).is_ok());
         // best_of must equal the n it comes with.

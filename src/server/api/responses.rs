@@ -22,6 +22,30 @@ pub struct ChoiceResult {
     /// The text each token released, for logprob entries and offsets.
     pub token_texts: Vec<String>,
     pub finish_reason: Option<FinishReason>,
+    /// Calls read from the text (which then holds only what was not a call).
+    pub tool_calls: Vec<OutputToolCall>,
+}
+
+/// One function call of an answer, as OpenAI returns it; `arguments` is JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+impl OutputToolCall {
+    pub fn to_json(&self) -> Value {
+        json!({"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}})
+    }
+}
+
+/// A choice that called tools and then stopped finishes with `tool_calls`.
+pub fn chat_finish_reason(reason: Option<FinishReason>, called_tools: bool) -> Value {
+    match reason {
+        Some(FinishReason::Stop) if called_tools => json!("tool_calls"),
+        other => finish_reason_str(other),
+    }
 }
 
 pub fn finish_reason_str(reason: Option<FinishReason>) -> Value {
@@ -112,12 +136,22 @@ pub fn full_response(
         .iter()
         .enumerate()
         .map(|(index, c)| match flavor {
-            Flavor::Chat => json!({
-                "index": index,
-                "message": {"role": "assistant", "content": c.text},
-                "logprobs": if want_logprobs { chat_logprobs(&c.logprobs, token_text) } else { Value::Null },
-                "finish_reason": finish_reason_str(c.finish_reason),
-            }),
+            Flavor::Chat => {
+                let mut message = json!({"role": "assistant", "content": c.text});
+                if !c.tool_calls.is_empty() {
+                    // OpenAI's content is null when an answer only calls tools.
+                    if c.text.trim().is_empty() {
+                        message["content"] = Value::Null;
+                    }
+                    message["tool_calls"] = Value::Array(c.tool_calls.iter().map(OutputToolCall::to_json).collect());
+                }
+                json!({
+                    "index": index,
+                    "message": message,
+                    "logprobs": if want_logprobs { chat_logprobs(&c.logprobs, token_text) } else { Value::Null },
+                    "finish_reason": chat_finish_reason(c.finish_reason, !c.tool_calls.is_empty()),
+                })
+            }
             Flavor::Completion => {
                 let prefix = echo_prefix.map(|p| p[index / choices_per_prompt.max(1)].as_str()).unwrap_or("");
                 json!({
@@ -177,6 +211,42 @@ pub fn stream_chunk(
     })
 }
 
+/// A streamed chat chunk carrying part of a call: the first of a call has its id and name, later
+/// ones argument text only, as OpenAI streams `delta.tool_calls`.
+pub fn tool_call_chunk(
+    meta: &ResponseMeta,
+    index: usize,
+    call_index: usize,
+    id: Option<&str>,
+    name: Option<&str>,
+    arguments: &str,
+) -> Value {
+    let mut call = json!({"index": call_index, "function": {"arguments": arguments}});
+    if let Some(id) = id {
+        call["id"] = json!(id);
+        call["type"] = json!("function");
+    }
+    if let Some(name) = name {
+        call["function"]["name"] = json!(name);
+    }
+    chat_chunk(meta, index, json!({"tool_calls": [call]}), Value::Null)
+}
+
+/// The last chunk of a chat choice that called tools.
+pub fn tool_calls_finish_chunk(meta: &ResponseMeta, index: usize, reason: Option<FinishReason>) -> Value {
+    chat_chunk(meta, index, json!({}), chat_finish_reason(reason, true))
+}
+
+fn chat_chunk(meta: &ResponseMeta, index: usize, delta: Value, finish_reason: Value) -> Value {
+    json!({
+        "id": meta.id,
+        "object": "chat.completion.chunk",
+        "created": meta.created,
+        "model": meta.model,
+        "choices": [{"index": index, "delta": delta, "logprobs": Value::Null, "finish_reason": finish_reason}],
+    })
+}
+
 /// The final usage chunk of a stream (`stream_options.include_usage`): no choices.
 pub fn usage_chunk(flavor: Flavor, meta: &ResponseMeta, prompt: PromptTokens, completion_tokens: usize) -> Value {
     json!({
@@ -224,6 +294,38 @@ mod tests {
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
         assert_eq!(v["usage"]["total_tokens"], 12);
         assert!((v["usage"]["estimated_cost"].as_f64().unwrap() - (10.0 * 0.64 + 2.0 * 0.8) / 1e6).abs() < 1e-15);
+    }
+
+    #[test]
+    fn tool_calls_shape() {
+        let call =
+            OutputToolCall { id: "call_1".into(), name: "weather".into(), arguments: "{\"city\":\"Paris\"}".into() };
+        let choice = ChoiceResult {
+            text: "\n".into(),
+            finish_reason: Some(FinishReason::Stop),
+            tool_calls: vec![call.clone()],
+            ..Default::default()
+        };
+        let v = full_response(Flavor::Chat, &meta(), &[choice], None, 1, false, PromptTokens::default(), &|id| {
+            id.to_string()
+        });
+        let message = &v["choices"][0]["message"];
+        assert_eq!(message["content"], Value::Null);
+        assert_eq!(
+            message["tool_calls"][0],
+            json!({"id": "call_1", "type": "function",
+                   "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}})
+        );
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        let first = tool_call_chunk(&meta(), 0, 1, Some("call_1"), Some("weather"), "");
+        assert_eq!(
+            first["choices"][0]["delta"]["tool_calls"][0],
+            json!({"index": 1, "id": "call_1", "type": "function", "function": {"name": "weather", "arguments": ""}})
+        );
+        let more = tool_call_chunk(&meta(), 0, 1, None, None, "{}");
+        assert_eq!(more["choices"][0]["delta"]["tool_calls"][0], json!({"index": 1, "function": {"arguments": "{}"}}));
+        let last = tool_calls_finish_chunk(&meta(), 0, Some(FinishReason::Length));
+        assert_eq!(last["choices"][0]["finish_reason"], "length", "a cut call says so");
     }
 
     #[test]

@@ -85,7 +85,7 @@ mod tests {
         assert_eq!(
             r.input,
             TokenizeInput::Chat {
-                messages: vec![Message { role: "user".into(), content: "Hi".into() }],
+                messages: vec![Message::new("user", "Hi")],
                 add_generation_prompt: false,
                 add_special_tokens: false,
             }
@@ -99,7 +99,7 @@ mod tests {
             (r#"{"prompt":5}"#, "prompt"),
             (r#"{"prompt":"a","messages":[{"role":"user","content":"b"}]}"#, "messages"),
             (r#"{"messages":[]}"#, "messages"),
-            (r#"{"messages":[{"role":"tool","content":"b"}]}"#, "messages[0].role"),
+            (r#"{"messages":[{"role":"robot","content":"b"}]}"#, "messages[0].role"),
             (r#"{"prompt":"a","add_special_tokens":"yes"}"#, "add_special_tokens"),
             (r#"{"prompt":"a","model":7}"#, "model"),
         ] {

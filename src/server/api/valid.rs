@@ -1,13 +1,10 @@
 //! A generation request after validation, whatever endpoint it came from: what the rest of the
 //! server works with. Built only by the `parse_*` functions of `openai` and `native`.
 
+use super::tools::ToolUse;
 use crate::engine::sampler::SamplingParams;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-}
+/// A chat message as the template receives it (tool calls and results included).
+pub use crate::tokenizer::chat::ChatMessage as Message;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum PromptInput {
@@ -55,6 +52,8 @@ pub struct ValidGeneration {
     pub logprobs: Option<usize>,
     pub echo: bool,
     pub response_format: ResponseFormat,
+    /// Functions the model may call (chat only).
+    pub tools: Option<ToolUse>,
     /// Generate past the model's end-of-sequence tokens (vLLM's `ignore_eos`): only the token
     /// limit, stop strings or JSON mode end a choice.
     pub ignore_eos: bool,
