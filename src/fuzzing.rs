@@ -377,12 +377,20 @@ pub fn gguf_reader(data: &[u8]) -> bool {
     let _ = crate::model::convert::config_from_gguf(&file);
     let _ = crate::model::gguf_tokenizer::tokenizer_files_from_gguf(&file, 2048);
 
+    // The writer pads the data section to the alignment: a valid 1 GiB alignment (found by this
+    // target) would make the copy a gigabyte of padding, which says nothing about the reader.
+    if file.alignment() > MAX_REWRITTEN_ALIGNMENT {
+        return true;
+    }
     let written = rewrite_gguf(&file);
     let again = GgufFile::from_bytes(Path::new("rewritten.gguf"), written.clone())
         .unwrap_or_else(|e| panic!("the writer's copy of a valid file is refused: {e}"));
     assert_eq!(rewrite_gguf(&again), written, "the writer's copy reads back different");
     true
 }
+
+/// Largest alignment whose file `gguf_reader` writes out again.
+const MAX_REWRITTEN_ALIGNMENT: usize = 1 << 16;
 
 /// The file as the writer lays it out: keys sorted, tensors packed in table order.
 fn rewrite_gguf(file: &GgufFile) -> Vec<u8> {

@@ -13,7 +13,7 @@
 use half::{bf16, f16};
 use kiln::backend::cpu::kernels::{attention, matmul, quant_dot, rmsnorm, rope, silu_mul, Isa};
 use kiln::model::packed_quant::PackedQuant;
-use kiln::model::quant::{BlockQ4K, BlockQ6K, QK_K};
+use kiln::model::quant::GgmlType;
 use kiln::model::weights::{WeightFormat, WeightMatrix};
 use kiln::ops;
 use kiln::ops::attention::AttentionShape;
@@ -95,33 +95,32 @@ fn float_matrix(format: WeightFormat, m: usize, k: usize, seed: u64) -> WeightMa
         WeightFormat::F16 => WeightMatrix::from_f16(m, k, values.into_iter().map(f16::from_f32).collect()),
         WeightFormat::Bf16 => WeightMatrix::from_bf16(m, k, values.into_iter().map(bf16::from_f32).collect()),
         WeightFormat::Packed(q) => WeightMatrix::quantized_from_f32(q, m, k, &values),
-        WeightFormat::Q4_K | WeightFormat::Q6_K => k_quant_matrix(format, m, k, seed),
+        WeightFormat::Blocks(_) => block_matrix(format, m, k, seed),
     }
 }
 
-/// Random k-quant blocks: any bit pattern is a valid block once the f16 scales are sane.
-fn k_quant_matrix(format: WeightFormat, m: usize, k: usize, seed: u64) -> WeightMatrix {
+/// Random ggml blocks: any bit pattern is a valid block once its f16 scales are sane.
+fn block_matrix(format: WeightFormat, m: usize, k: usize, seed: u64) -> WeightMatrix {
+    let WeightFormat::Blocks(ggml_type) = format else { panic!("{format:?} is not a block format") };
+    // Where each type keeps its f16 scales (d, and dmin or m).
+    let scale_offsets: &[usize] = match ggml_type {
+        GgmlType::Q5_0 => &[0],
+        GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q6_K => &[208],
+        other => panic!("no random blocks for {other}"),
+    };
     let noise = seeded_values(seed, m * k);
     let byte = |i: usize| ((noise[i % noise.len()] + 1.0) * 127.5) as u8;
-    let blocks = m * k / QK_K;
-    let mut bytes = Vec::new();
+    let block_bytes = ggml_type.block_bytes();
+    let blocks = m * k / ggml_type.block_size();
+    let mut bytes = Vec::with_capacity(blocks * block_bytes);
     for b in 0..blocks {
+        let mut block: Vec<u8> = (0..block_bytes).map(|i| byte(b * 300 + i)).collect();
         let scale = f16::from_f32(0.01 + 0.001 * (b % 7) as f32);
-        match format {
-            WeightFormat::Q4_K => {
-                let mut block = BlockQ4K { d: scale, dmin: scale, scales: [0; 12], qs: [0; 128] };
-                block.scales.iter_mut().enumerate().for_each(|(i, s)| *s = byte(b * 300 + i));
-                block.qs.iter_mut().enumerate().for_each(|(i, q)| *q = byte(b * 300 + 20 + i));
-                bytes.extend_from_slice(bytemuck::bytes_of(&block));
-            }
-            _ => {
-                let mut block = BlockQ6K { ql: [0; 128], qh: [0; 64], scales: [0; 16], d: scale };
-                block.ql.iter_mut().enumerate().for_each(|(i, q)| *q = byte(b * 300 + i));
-                block.qh.iter_mut().enumerate().for_each(|(i, q)| *q = byte(b * 300 + 130 + i));
-                block.scales.iter_mut().enumerate().for_each(|(i, s)| *s = byte(b * 300 + 200 + i) as i8);
-                bytes.extend_from_slice(bytemuck::bytes_of(&block));
-            }
+        for &offset in scale_offsets {
+            block[offset..offset + 2].copy_from_slice(&scale.to_le_bytes());
         }
+        bytes.extend_from_slice(&block);
     }
     let row_bytes = format.row_bytes(k);
     WeightMatrix::from_ggml_rows(format, m, k, |r| &bytes[r * row_bytes..(r + 1) * row_bytes])
@@ -168,9 +167,14 @@ fn matmul_matches_the_reference_for_every_format_and_level() {
         check_matmul(isa, WeightFormat::Packed(PackedQuant::Q4_1), 1, 1536, 576, seed);
         check_matmul(isa, WeightFormat::Packed(PackedQuant::Q8_0), 1, 96, 576, seed);
         check_matmul(isa, WeightFormat::Packed(PackedQuant::Q4_1), 19, 100, 576, seed);
-        for format in [WeightFormat::Q4_K, WeightFormat::Q6_K] {
-            check_matmul(isa, format, 1, 33, 512, seed);
-            check_matmul(isa, format, 11, 40, 256, seed);
+        for ggml_type in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
+            check_matmul(isa, WeightFormat::Blocks(ggml_type), 1, 33, 512, seed);
+            check_matmul(isa, WeightFormat::Blocks(ggml_type), 11, 40, 256, seed);
+        }
+        // The legacy 32-value blocks llama-quantize falls back to for 576-wide rows.
+        for ggml_type in [GgmlType::Q5_0, GgmlType::Q5_1] {
+            check_matmul(isa, WeightFormat::Blocks(ggml_type), 1, 33, 576, seed);
+            check_matmul(isa, WeightFormat::Blocks(ggml_type), 11, 40, 96, seed);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Loads a Llama GGUF's weights directly, keeping them in their stored format: float tensors as
-//! they are, Q8_0/Q4_0/Q4_1 regrouped into kiln's row layout (the same number of bytes), Q4_K/Q6_K
-//! as ggml blocks, all copied into one huge-page arena. What lets `kiln` run the original
+//! they are, Q8_0/Q4_0/Q4_1 regrouped into kiln's row layout (the same number of bytes), Q4_K,
+//! Q5_K, Q6_K, Q5_0 and Q5_1 as ggml blocks, all copied into one huge-page arena. What lets `kiln` run the original
 //! quantized file instead of its f16 conversion.
 //!
 //! Q and K projections are stored by llama.cpp's converter with each head's rows interleaved for
@@ -132,7 +132,7 @@ impl Loader<'_> {
             ModelError::invalid(
                 self.gguf.path(),
                 format!(
-                    "tensor `{name}` is {}; kiln computes on F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K and Q6_K",
+                    "tensor `{name}` is {}; kiln computes on F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K",
                     info.ggml_type
                 ),
             )
@@ -325,12 +325,12 @@ mod tests {
             .kv("llama.block_count", MetaValue::U32(1))
             .kv("llama.attention.head_count", MetaValue::U32(1))
             .kv("llama.vocab_size", MetaValue::U32(4))
-            // Q5_0 (type 6): 22-byte blocks of 32 values.
-            .tensor("token_embd.weight", &[32, 4], 6, vec![0; 4 * 22]);
+            // IQ4_NL (type 20): 18-byte blocks of 32 values.
+            .tensor("token_embd.weight", &[32, 4], 20, vec![0; 4 * 18]);
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("q5.gguf");
+        let path = dir.path().join("iq4_nl.gguf");
         std::fs::write(&path, writer.to_bytes()).unwrap();
-        let err = load_gguf_weights(&path).err().expect("Q5_0 is refused").to_string();
-        assert!(err.contains("tensor `token_embd.weight` is Q5_0"), "{err}");
+        let err = load_gguf_weights(&path).err().expect("IQ4_NL is refused").to_string();
+        assert!(err.contains("tensor `token_embd.weight` is IQ4_NL"), "{err}");
     }
 }

@@ -108,13 +108,13 @@ impl GgmlType {
             I64 | F64 => 8,
             Q4_0 => std::mem::size_of::<BlockQ4_0>(),
             Q4_1 => std::mem::size_of::<BlockQ4_1>(),
-            Q5_0 => 22,
-            Q5_1 => 24,
+            Q5_0 => std::mem::size_of::<BlockQ5_0>(),
+            Q5_1 => std::mem::size_of::<BlockQ5_1>(),
             Q8_0 => std::mem::size_of::<BlockQ8_0>(),
             Q2_K => 84,
             Q3_K => 110,
             Q4_K => std::mem::size_of::<BlockQ4K>(),
-            Q5_K => 176,
+            Q5_K => std::mem::size_of::<BlockQ5K>(),
             Q6_K => std::mem::size_of::<BlockQ6K>(),
             Q8_K => 292,
             IQ2_XXS => 66,
@@ -144,7 +144,7 @@ impl GgmlType {
     /// Whether [`dequantize_row`] handles this type.
     pub fn can_dequantize(self) -> bool {
         use GgmlType::*;
-        matches!(self, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q4_K | Q6_K)
+        matches!(self, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q4_K | Q5_K | Q6_K)
     }
 }
 
@@ -183,6 +183,38 @@ pub struct BlockQ4_1 {
     pub qs: [u8; 16],
 }
 
+/// Q5_0: 32 values, `value = d * (q - 16)`; q's low 4 bits are nibbles laid out as in
+/// [`BlockQ4_0`], its fifth bit is bit `i` of `qh` for value `i`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct BlockQ5_0 {
+    pub d: f16,
+    pub qh: [u8; 4],
+    pub qs: [u8; 16],
+}
+
+/// Q5_1: 32 values, `value = d * q + m`, q as in [`BlockQ5_0`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct BlockQ5_1 {
+    pub d: f16,
+    pub m: f16,
+    pub qh: [u8; 4],
+    pub qs: [u8; 16],
+}
+
+/// Q5_K: Q4_K with a fifth bit per value: bit `2 * pair` (first sub-block of a 64-value pair) or
+/// `2 * pair + 1` (second) of `qh[l]` for the pair's value `l`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct BlockQ5K {
+    pub d: f16,
+    pub dmin: f16,
+    pub scales: [u8; 12],
+    pub qh: [u8; 32],
+    pub qs: [u8; 128],
+}
+
 /// Q4_K: 256 values in 8 sub-blocks of 32, each with a 6-bit scale and a 6-bit min packed into
 /// `scales`; `value = d * scale * q - dmin * min`. Each 32 bytes of `qs` hold two sub-blocks: the
 /// low nibbles the first, the high nibbles the second.
@@ -209,7 +241,7 @@ pub struct BlockQ6K {
 /// Why a row could not be dequantized. Callers add the file and tensor name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuantError {
-    #[error("dequantizing {0} is not supported yet (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)")]
+    #[error("dequantizing {0} is not supported yet (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)")]
     Unsupported(GgmlType),
     #[error("a {ggml_type} row of {values} values needs {expected} bytes, got {got}")]
     Length { ggml_type: GgmlType, values: usize, expected: usize, got: usize },
@@ -230,7 +262,10 @@ pub fn dequantize_row(ggml_type: GgmlType, bytes: &[u8], out: &mut [f32]) -> Res
         GgmlType::Q8_0 => dequantize_row_q8_0(bytes, out),
         GgmlType::Q4_0 => dequantize_row_q4_0(bytes, out),
         GgmlType::Q4_1 => dequantize_row_q4_1(bytes, out),
+        GgmlType::Q5_0 => dequantize_row_q5_0(bytes, out),
+        GgmlType::Q5_1 => dequantize_row_q5_1(bytes, out),
         GgmlType::Q4_K => dequantize_row_q4_k(bytes, out),
+        GgmlType::Q5_K => dequantize_row_q5_k(bytes, out),
         GgmlType::Q6_K => dequantize_row_q6_k(bytes, out),
         other => return Err(QuantError::Unsupported(other)),
     }
@@ -322,6 +357,53 @@ pub fn q4_k_scale_min(scales: &[u8; 12], j: usize) -> (u8, u8) {
     }
 }
 
+/// Q5_0 → f32: `value = d * (q - 16)`.
+pub fn dequantize_row_q5_0(bytes: &[u8], out: &mut [f32]) {
+    for (block, values) in blocks::<BlockQ5_0>(bytes, out, 32) {
+        let d = block.d.to_f32();
+        let qh = u32::from_le_bytes(block.qh);
+        for (i, &byte) in block.qs.iter().enumerate() {
+            let low = (byte & 0x0F) as u32 | ((qh >> i) & 1) << 4;
+            let high = (byte >> 4) as u32 | ((qh >> (i + 16)) & 1) << 4;
+            values[i] = d * (low as i32 - 16) as f32;
+            values[i + 16] = d * (high as i32 - 16) as f32;
+        }
+    }
+}
+
+/// Q5_1 → f32: `value = d * q + m`.
+pub fn dequantize_row_q5_1(bytes: &[u8], out: &mut [f32]) {
+    for (block, values) in blocks::<BlockQ5_1>(bytes, out, 32) {
+        let (d, m) = (block.d.to_f32(), block.m.to_f32());
+        let qh = u32::from_le_bytes(block.qh);
+        for (i, &byte) in block.qs.iter().enumerate() {
+            let low = (byte & 0x0F) as u32 | ((qh >> i) & 1) << 4;
+            let high = (byte >> 4) as u32 | ((qh >> (i + 16)) & 1) << 4;
+            values[i] = d * low as f32 + m;
+            values[i + 16] = d * high as f32 + m;
+        }
+    }
+}
+
+/// Q5_K → f32: `value = d * scale * q - dmin * min` per 32-value sub-block, q of 5 bits.
+pub fn dequantize_row_q5_k(bytes: &[u8], out: &mut [f32]) {
+    for (block, values) in blocks::<BlockQ5K>(bytes, out, QK_K) {
+        let (d, dmin) = (block.d.to_f32(), block.dmin.to_f32());
+        for (pair, (qs, values)) in block.qs.chunks_exact(32).zip(values.chunks_exact_mut(64)).enumerate() {
+            let (scale_lo, min_lo) = q4_k_scale_min(&block.scales, 2 * pair);
+            let (scale_hi, min_hi) = q4_k_scale_min(&block.scales, 2 * pair + 1);
+            let (d_lo, m_lo) = (d * scale_lo as f32, dmin * min_lo as f32);
+            let (d_hi, m_hi) = (d * scale_hi as f32, dmin * min_hi as f32);
+            for (l, &byte) in qs.iter().enumerate() {
+                let q_lo = (byte & 0x0F) | ((block.qh[l] >> (2 * pair)) & 1) << 4;
+                let q_hi = (byte >> 4) | ((block.qh[l] >> (2 * pair + 1)) & 1) << 4;
+                values[l] = d_lo * q_lo as f32 - m_lo;
+                values[l + 32] = d_hi * q_hi as f32 - m_hi;
+            }
+        }
+    }
+}
+
 /// Q4_K → f32: `value = d * scale * q - dmin * min` per 32-value sub-block.
 pub fn dequantize_row_q4_k(bytes: &[u8], out: &mut [f32]) {
     for (block, values) in blocks::<BlockQ4K>(bytes, out, QK_K) {
@@ -389,6 +471,10 @@ mod tests {
         assert_eq!(GgmlType::Q4_0.block_bytes(), 18);
         assert_eq!(GgmlType::Q4_1.block_bytes(), 20);
         assert_eq!(GgmlType::Q4_K.block_bytes(), 144);
+        assert_eq!(
+            (GgmlType::Q5_0.block_bytes(), GgmlType::Q5_1.block_bytes(), GgmlType::Q5_K.block_bytes()),
+            (22, 24, 176)
+        );
         assert_eq!(GgmlType::Q6_K.block_bytes(), 210);
         assert_eq!(GgmlType::from_id(3), Some(GgmlType::Q4_1));
         assert_eq!(GgmlType::from_id(9), None, "Q8_1 never appears in files");
@@ -446,9 +532,9 @@ mod tests {
         assert_eq!(err.to_string(), "a Q8_0 row of 32 values needs 34 bytes, got 33");
         let mut out = [0f32; 31];
         assert!(dequantize_row(GgmlType::Q8_0, &[0u8; 34], &mut out).is_err());
-        let mut out = [0f32; 32];
-        let err = dequantize_row(GgmlType::Q5_0, &[0u8; 22], &mut out).unwrap_err();
-        assert!(err.to_string().starts_with("dequantizing Q5_0 is not supported yet"), "{err}");
+        let mut out = [0f32; QK_K];
+        let err = dequantize_row(GgmlType::Q2_K, &vec![0u8; GgmlType::Q2_K.block_bytes()], &mut out).unwrap_err();
+        assert!(err.to_string().starts_with("dequantizing Q2_K is not supported yet"), "{err}");
     }
 
     #[test]
@@ -463,7 +549,8 @@ mod tests {
         assert_eq!(q4_k_scale_min(&scales, 1), (33, 12));
     }
 
-    /// One block per type with values from the Python `gguf` package 0.19
+    /// One block per type with values from the Python `gguf` package 0.19 (0.19.0 for Q5_0, Q5_1 and
+    /// Q5_K, added 2026-12-05 with numpy's generator seeded 5)
     /// (`gguf.quants.dequantize(np.frombuffer(block, np.uint8), type)`): `expected` holds every
     /// `stride`-th value, and `sum` / `sum_sq` (computed in f64) cover all of them. The blocks are
     /// random bytes with the f16 scales replaced by small normal numbers.
@@ -504,6 +591,32 @@ mod tests {
             let block = "562948b532f6edc66ff238c9bf07d32726ed1a85";
             let expected = [-0.2467041, -0.079956055, 0.21185303, -0.079956055, 0.29522705, -0.2467041, 0.0034179688, 0.04510498, 0.29522705, -0.038269043, -0.20501709, -0.038269043, -0.079956055, 0.21185303, 0.08679199, -0.12164307, -0.20501709, 0.29522705, 0.25354004, 0.17016602, -0.079956055, 0.29522705, -0.20501709, 0.17016602, 0.128479, -0.33007812, 0.21185303, -0.2467041, -0.2467041, 0.25354004, -0.2883911, 0.0034179688];
             check_golden(GgmlType::Q4_1, block, 1, &expected, 0.1927490234375, 1.300823375582695);
+        }
+
+        #[test]
+        fn golden_q5_0() {
+            let block = "6225b8abeeab14cef599cc052535d5cec0ad06783f60";
+            let expected = [-0.25231934, -0.042053223, -0.23129272, 0.1892395, 0.25231934, 0.10513306, -0.23129272, 0.10513306, 0.10513306, 0.29437256, -0.33642578, 0.27334595, -0.21026611, 0.16821289, -0.021026611, 0.0, -0.31539917, 0.25231934, 0.31539917, 0.1892395, -0.084106445, 0.0, 0.042053223, 0.063079834, 0.27334595, 0.25231934, -0.084106445, 0.21026611, -0.33642578, 0.14718628, -0.27334595, 0.12615967];
+            check_golden(GgmlType::Q5_0, block, 1, &expected, 0.946197509765625, 1.3789672395214438);
+        }
+
+        #[test]
+        fn golden_q5_1() {
+            let block = "06a9cb280a67ce0d8f02264785762462c423399232b39168";
+            let expected = [-0.551239, -0.66897583, -0.19802856, -0.86520386, -0.15878296, -0.19802856, -0.11953735, -0.041046143, -0.74746704, -0.70822144, -0.94369507, -0.041046143, -0.041046143, -0.70822144, -0.6297302, -0.27651978, -0.27651978, -0.5904846, -0.66897583, -0.74746704, -0.27651978, -0.23727417, -0.66897583, -0.82595825, -1.0614319, -0.041046143, -0.70822144, -0.94369507, -0.08029175, -0.3942566, -0.31576538, -0.19802856];
+            check_golden(GgmlType::Q5_1, block, 1, &expected, -14.93170166015625, 10.063540272414684);
+        }
+
+        #[test]
+        fn golden_q5_k() {
+            let block = concat!(
+                "3d14c2978101caff5536e4307fa901a76df710c04edc083cbdb5404808b9586fbf8a6343304464f943287f2d2133cee5",
+                "d95535cc78861fd80e7fa01dd0a174645397c6a0adc1367e7e3976aa6b833bad348bb5a93fc4900f8a8987f50f8c3b8e",
+                "fc8c4ce733da7d4597758c5cbdd130e147d9d82f7c5b70102d58b85f48d7dead24924b1fbe1ebedebe4b4f57ff8b313a",
+                "8509618b87183ce5346b49e2c23348df4abd744e5c8bbd04b85d34c7f36d1eb5",
+            );
+            let expected = [0.06564236, 0.048051834, 0.043912888, 0.040808678, 0.06771183, 0.11469269, 0.112623215, 0.12814426, 0.12607479, 0.112623215, 0.0681839, 0.1923523, 0.099226, 0.35791016, 0.80798435, 0.6124191, 2.1117525, 1.39468, 1.3294916, 1.3566427, 0.4326229, 0.77305126, 1.5511732, 0.28900623, 0.1865673, 0.26106834, 0.27038097, 0.24244308, 1.25706, 1.0035496, 1.1049538, 0.7500391, 0.4742241, 0.8156872, 0.24658203, 0.4742241, 0.8725977];
+            check_golden(GgmlType::Q5_K, block, 7, &expected, 137.37610340118408, 144.25050917174758);
         }
 
         #[test]

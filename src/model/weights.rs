@@ -22,9 +22,9 @@ pub enum WeightFormat {
     Bf16,
     /// Block quantizations in kiln's row layout (`packed_quant`).
     Packed(PackedQuant),
-    /// k-quants, as ggml blocks: computed on through per-row dequantization.
-    Q4_K,
-    Q6_K,
+    /// ggml blocks kept as stored (the k-quants Q4_K, Q5_K, Q6_K and the legacy Q5_0, Q5_1):
+    /// computed on through per-row dequantization.
+    Blocks(GgmlType),
 }
 
 impl WeightFormat {
@@ -34,7 +34,7 @@ impl WeightFormat {
             WeightFormat::F32 => Some(WeightDtype::F32),
             WeightFormat::F16 => Some(WeightDtype::F16),
             WeightFormat::Bf16 => Some(WeightDtype::Bf16),
-            WeightFormat::Packed(_) | WeightFormat::Q4_K | WeightFormat::Q6_K => None,
+            WeightFormat::Packed(_) | WeightFormat::Blocks(_) => None,
         }
     }
 
@@ -55,8 +55,9 @@ impl WeightFormat {
             GgmlType::Q8_0 => WeightFormat::Packed(PackedQuant::Q8_0),
             GgmlType::Q4_0 => WeightFormat::Packed(PackedQuant::Q4_0),
             GgmlType::Q4_1 => WeightFormat::Packed(PackedQuant::Q4_1),
-            GgmlType::Q4_K => WeightFormat::Q4_K,
-            GgmlType::Q6_K => WeightFormat::Q6_K,
+            GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+                WeightFormat::Blocks(ggml_type)
+            }
             _ => return None,
         })
     }
@@ -66,7 +67,7 @@ impl WeightFormat {
         match self {
             WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16 => 1,
             WeightFormat::Packed(_) => packed_quant::BLOCK,
-            WeightFormat::Q4_K | WeightFormat::Q6_K => quant::QK_K,
+            WeightFormat::Blocks(ggml_type) => ggml_type.block_size(),
         }
     }
 
@@ -76,8 +77,7 @@ impl WeightFormat {
             WeightFormat::F32 => 4 * cols,
             WeightFormat::F16 | WeightFormat::Bf16 => 2 * cols,
             WeightFormat::Packed(q) => q.row_bytes(cols),
-            WeightFormat::Q4_K => GgmlType::Q4_K.row_bytes(cols).expect("cols is a multiple of 256"),
-            WeightFormat::Q6_K => GgmlType::Q6_K.row_bytes(cols).expect("cols is a multiple of 256"),
+            WeightFormat::Blocks(ggml_type) => ggml_type.row_bytes(cols).expect("cols is a whole number of blocks"),
         }
     }
 
@@ -89,8 +89,12 @@ impl WeightFormat {
             WeightFormat::Packed(PackedQuant::Q8_0) => "q8_0",
             WeightFormat::Packed(PackedQuant::Q4_0) => "q4_0",
             WeightFormat::Packed(PackedQuant::Q4_1) => "q4_1",
-            WeightFormat::Q4_K => "q4_k",
-            WeightFormat::Q6_K => "q6_k",
+            WeightFormat::Blocks(GgmlType::Q5_0) => "q5_0",
+            WeightFormat::Blocks(GgmlType::Q5_1) => "q5_1",
+            WeightFormat::Blocks(GgmlType::Q4_K) => "q4_k",
+            WeightFormat::Blocks(GgmlType::Q5_K) => "q5_k",
+            WeightFormat::Blocks(GgmlType::Q6_K) => "q6_k",
+            WeightFormat::Blocks(_) => "ggml blocks",
         }
     }
 }
@@ -244,7 +248,7 @@ impl WeightMatrix {
             WeightFormat::F32 => MatrixElements::F32(bytemuck::cast_slice(bytes)),
             WeightFormat::F16 => MatrixElements::F16(bytemuck::cast_slice(bytes)),
             WeightFormat::Bf16 => MatrixElements::Bf16(bytemuck::cast_slice(bytes)),
-            WeightFormat::Packed(_) | WeightFormat::Q4_K | WeightFormat::Q6_K => MatrixElements::Quantized(bytes),
+            WeightFormat::Packed(_) | WeightFormat::Blocks(_) => MatrixElements::Quantized(bytes),
         }
     }
 
@@ -267,8 +271,8 @@ impl WeightMatrix {
                 let stored = &bytes[row * row_bytes..(row + 1) * row_bytes];
                 match self.format {
                     WeightFormat::Packed(q) => packed_quant::dequantize_packed_row(q, stored, out),
-                    WeightFormat::Q4_K => quant::dequantize_row_q4_k(stored, out),
-                    WeightFormat::Q6_K => quant::dequantize_row_q6_k(stored, out),
+                    WeightFormat::Blocks(ggml_type) => quant::dequantize_row(ggml_type, stored, out)
+                        .expect("a block format's rows are whole blocks of a type kiln dequantizes"),
                     _ => unreachable!("float formats are matched above"),
                 }
             }

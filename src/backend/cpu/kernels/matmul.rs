@@ -10,7 +10,7 @@
 //!   16 tokens (batched decode) and converting the task's rows to f32 first beyond (prefill);
 //! - Q8_0/Q4_0/Q4_1: the activations are rounded to 8 bits once per call, then integer tiles of
 //!   4 rows × 2 tokens (`quant_dot`), as llama.cpp does for every batch size;
-//! - Q4_K/Q6_K: rows dequantized to f32, then the float tiles.
+//! - ggml blocks (Q4_K, Q5_K, Q6_K, Q5_0, Q5_1): rows dequantized to f32, then the float tiles.
 //!
 //! Batch invariance: a (token, row) result goes through the same instructions in the same order
 //! whichever path, tile shape or task it lands in, so a token's outputs do not depend on how many
@@ -259,8 +259,8 @@ fn row_to_f32(isa: Isa, format: WeightFormat, row: &[u8], out: &mut [f32]) {
         WeightFormat::F16 => super::convert::f16_to_f32_with(isa, bytemuck::cast_slice::<u8, half::f16>(row), out),
         WeightFormat::Bf16 => super::convert::bf16_to_f32(bytemuck::cast_slice::<u8, half::bf16>(row), out),
         WeightFormat::Packed(q) => crate::model::packed_quant::dequantize_packed_row(q, row, out),
-        WeightFormat::Q4_K => quant::dequantize_row_q4_k(row, out),
-        WeightFormat::Q6_K => quant::dequantize_row_q6_k(row, out),
+        WeightFormat::Blocks(ggml_type) => quant::dequantize_row(ggml_type, row, out)
+            .expect("a block format's rows are whole blocks of a type kiln dequantizes"),
     }
 }
 
