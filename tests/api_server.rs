@@ -313,6 +313,24 @@ fn native_json_schema_outputs_validate() {
     assert!(error["error"]["message"].as_str().unwrap().contains("`minimum`"), "{error}");
 }
 
+/// A tool whose parameters use a keyword constrained calls cannot follow is named by its index
+/// when the output must be a call; with `auto` the schema only goes to the model.
+#[test]
+fn required_calls_name_the_tool_whose_schema_is_unsupported() {
+    let tools = json!([
+        {"type": "function", "function": {"name": "ok", "parameters": {"type": "object", "properties": {}}}},
+        {"type": "function", "function": {"name": "odd", "parameters": {"type": "object",
+            "properties": {"n": {"type": "integer", "minimum": 1}}}}}
+    ]);
+    let refused = post("/v1/chat/completions", chat_body(json!({"tools": tools, "tool_choice": "required"})));
+    assert_eq!(refused.status, 400);
+    let error = refused.json();
+    assert_eq!(error["error"]["param"], "tools[1].function.parameters", "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("`minimum`"), "{error}");
+    let auto = post("/v1/chat/completions", chat_body(json!({"tools": tools, "max_tokens": 4})));
+    assert_eq!(auto.status, 200, "{:?}", String::from_utf8_lossy(&auto.body));
+}
+
 #[test]
 fn errors_have_openai_shape_and_status() {
     let cases = [

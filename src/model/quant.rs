@@ -357,16 +357,23 @@ pub fn q4_k_scale_min(scales: &[u8; 12], j: usize) -> (u8, u8) {
     }
 }
 
+/// The 32 five-bit quants of a Q5_0/Q5_1 block: low nibbles as in Q4_0, fifth bits from `qh`.
+fn q5_quants(qs: &[u8; 16], qh: [u8; 4]) -> [u8; 32] {
+    let qh = u32::from_le_bytes(qh);
+    let mut q = [0u8; 32];
+    for (i, &byte) in qs.iter().enumerate() {
+        q[i] = (byte & 0x0F) | (((qh >> i) & 1) << 4) as u8;
+        q[i + 16] = (byte >> 4) | (((qh >> (i + 16)) & 1) << 4) as u8;
+    }
+    q
+}
+
 /// Q5_0 → f32: `value = d * (q - 16)`.
 pub fn dequantize_row_q5_0(bytes: &[u8], out: &mut [f32]) {
     for (block, values) in blocks::<BlockQ5_0>(bytes, out, 32) {
         let d = block.d.to_f32();
-        let qh = u32::from_le_bytes(block.qh);
-        for (i, &byte) in block.qs.iter().enumerate() {
-            let low = (byte & 0x0F) as u32 | ((qh >> i) & 1) << 4;
-            let high = (byte >> 4) as u32 | ((qh >> (i + 16)) & 1) << 4;
-            values[i] = d * (low as i32 - 16) as f32;
-            values[i + 16] = d * (high as i32 - 16) as f32;
+        for (value, q) in values.iter_mut().zip(q5_quants(&block.qs, block.qh)) {
+            *value = d * (q as i32 - 16) as f32;
         }
     }
 }
@@ -375,50 +382,53 @@ pub fn dequantize_row_q5_0(bytes: &[u8], out: &mut [f32]) {
 pub fn dequantize_row_q5_1(bytes: &[u8], out: &mut [f32]) {
     for (block, values) in blocks::<BlockQ5_1>(bytes, out, 32) {
         let (d, m) = (block.d.to_f32(), block.m.to_f32());
-        let qh = u32::from_le_bytes(block.qh);
-        for (i, &byte) in block.qs.iter().enumerate() {
-            let low = (byte & 0x0F) as u32 | ((qh >> i) & 1) << 4;
-            let high = (byte >> 4) as u32 | ((qh >> (i + 16)) & 1) << 4;
-            values[i] = d * low as f32 + m;
-            values[i + 16] = d * high as f32 + m;
+        for (value, q) in values.iter_mut().zip(q5_quants(&block.qs, block.qh)) {
+            *value = d * q as f32 + m;
         }
     }
 }
 
-/// Q5_K → f32: `value = d * scale * q - dmin * min` per 32-value sub-block, q of 5 bits.
+/// Q4_K and Q5_K share everything but the fifth bit: `value = d * scale * q - dmin * min` per
+/// 32-value sub-block. Each 64 values share 32 bytes of qs (low nibbles first, then high
+/// nibbles); for Q5_K, bits `2 * pair` and `2 * pair + 1` of `qh[l]` are the fifth bits.
+fn dequantize_k4_block<const FIVE_BITS: bool>(
+    d: f16,
+    dmin: f16,
+    scales: &[u8; 12],
+    qs: &[u8; 128],
+    qh: &[u8; 32],
+    out: &mut [f32],
+) {
+    let (d, dmin) = (d.to_f32(), dmin.to_f32());
+    for (pair, (qs, values)) in qs.chunks_exact(32).zip(out.chunks_exact_mut(64)).enumerate() {
+        let (scale_lo, min_lo) = q4_k_scale_min(scales, 2 * pair);
+        let (scale_hi, min_hi) = q4_k_scale_min(scales, 2 * pair + 1);
+        let (d_lo, m_lo) = (d * scale_lo as f32, dmin * min_lo as f32);
+        let (d_hi, m_hi) = (d * scale_hi as f32, dmin * min_hi as f32);
+        for (l, &byte) in qs.iter().enumerate() {
+            // A constant: Q4_K's per-row dequantization (the matmul's path) has no fifth bit to read.
+            let (fifth_lo, fifth_hi) = if FIVE_BITS {
+                (((qh[l] >> (2 * pair)) & 1) << 4, ((qh[l] >> (2 * pair + 1)) & 1) << 4)
+            } else {
+                (0, 0)
+            };
+            values[l] = d_lo * ((byte & 0x0F) | fifth_lo) as f32 - m_lo;
+            values[l + 32] = d_hi * ((byte >> 4) | fifth_hi) as f32 - m_hi;
+        }
+    }
+}
+
+/// Q5_K → f32: Q4_K with 5-bit quants.
 pub fn dequantize_row_q5_k(bytes: &[u8], out: &mut [f32]) {
     for (block, values) in blocks::<BlockQ5K>(bytes, out, QK_K) {
-        let (d, dmin) = (block.d.to_f32(), block.dmin.to_f32());
-        for (pair, (qs, values)) in block.qs.chunks_exact(32).zip(values.chunks_exact_mut(64)).enumerate() {
-            let (scale_lo, min_lo) = q4_k_scale_min(&block.scales, 2 * pair);
-            let (scale_hi, min_hi) = q4_k_scale_min(&block.scales, 2 * pair + 1);
-            let (d_lo, m_lo) = (d * scale_lo as f32, dmin * min_lo as f32);
-            let (d_hi, m_hi) = (d * scale_hi as f32, dmin * min_hi as f32);
-            for (l, &byte) in qs.iter().enumerate() {
-                let q_lo = (byte & 0x0F) | ((block.qh[l] >> (2 * pair)) & 1) << 4;
-                let q_hi = (byte >> 4) | ((block.qh[l] >> (2 * pair + 1)) & 1) << 4;
-                values[l] = d_lo * q_lo as f32 - m_lo;
-                values[l + 32] = d_hi * q_hi as f32 - m_hi;
-            }
-        }
+        dequantize_k4_block::<true>(block.d, block.dmin, &block.scales, &block.qs, &block.qh, values);
     }
 }
 
 /// Q4_K → f32: `value = d * scale * q - dmin * min` per 32-value sub-block.
 pub fn dequantize_row_q4_k(bytes: &[u8], out: &mut [f32]) {
     for (block, values) in blocks::<BlockQ4K>(bytes, out, QK_K) {
-        let (d, dmin) = (block.d.to_f32(), block.dmin.to_f32());
-        // Each 64 values share 32 bytes of qs: low nibbles first, then high nibbles.
-        for (pair, (qs, values)) in block.qs.chunks_exact(32).zip(values.chunks_exact_mut(64)).enumerate() {
-            let (scale_lo, min_lo) = q4_k_scale_min(&block.scales, 2 * pair);
-            let (scale_hi, min_hi) = q4_k_scale_min(&block.scales, 2 * pair + 1);
-            let (d_lo, m_lo) = (d * scale_lo as f32, dmin * min_lo as f32);
-            let (d_hi, m_hi) = (d * scale_hi as f32, dmin * min_hi as f32);
-            for (l, &byte) in qs.iter().enumerate() {
-                values[l] = d_lo * (byte & 0x0F) as f32 - m_lo;
-                values[l + 32] = d_hi * (byte >> 4) as f32 - m_hi;
-            }
-        }
+        dequantize_k4_block::<false>(block.d, block.dmin, &block.scales, &block.qs, &[0; 32], values);
     }
 }
 

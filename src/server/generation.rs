@@ -204,10 +204,6 @@ fn tool_call_constraint(app: &App, tool_use: &ToolUse) -> Result<ConstraintFacto
     match tool_use.choice {
         ToolChoice::Named(index) => app.schemas.json_schema(tool_use.parameters(index)).map_err(|e| refused(index, e)),
         _ => {
-            // Each function alone first, so an unsupported keyword is named with its function.
-            for index in 0..tool_use.tools.len() {
-                CompiledSchema::compile(tool_use.parameters(index)).map_err(|e| refused(index, e))?;
-            }
             let calls: Vec<Value> = (0..tool_use.tools.len())
                 .map(|index| {
                     json!({"type": "object", "properties": {"name": {"const": tool_use.name(index)},
@@ -219,7 +215,14 @@ fn tool_call_constraint(app: &App, tool_use: &ToolUse) -> Result<ConstraintFacto
             if !tool_use.parallel {
                 list["maxItems"] = json!(1);
             }
-            app.schemas.json_schema(&list).map_err(|e| ApiError::invalid_param("tools", e.to_string()))
+            app.schemas.json_schema(&list).map_err(|e| {
+                // Only on a refusal is each function compiled alone, to name the one at fault.
+                (0..tool_use.tools.len())
+                    .find_map(|index| {
+                        CompiledSchema::compile(tool_use.parameters(index)).err().map(|e| refused(index, e))
+                    })
+                    .unwrap_or_else(|| ApiError::invalid_param("tools", e.to_string()))
+            })
         }
     }
 }

@@ -115,20 +115,11 @@ fn longest_suffix_starting(text: &str, tag: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokenizer::tool_calls::{
-        parse, ParsedOutput, ParsedToolCall, StreamEvent, ToolCallFormat, ToolCallStream,
-    };
+    use crate::tokenizer::tool_calls::tests::{call, content_only};
+    use crate::tokenizer::tool_calls::{parse, ParsedOutput, StreamEvent, ToolCallFormat, ToolCallStream};
 
     fn hermes(text: &str) -> ParsedOutput {
         parse(ToolCallFormat::Hermes, text)
-    }
-
-    fn call(name: &str, arguments: &str) -> ParsedToolCall {
-        ParsedToolCall { name: name.into(), arguments: arguments.into() }
-    }
-
-    fn content_only(text: &str) -> ParsedOutput {
-        ParsedOutput { content: text.into(), tool_calls: vec![] }
     }
 
     // Outputs in the shape Qwen2.5-Instruct writes them: its chat template asks for

@@ -124,20 +124,11 @@ impl Llama3JsonStream {
 
 #[cfg(test)]
 mod tests {
-    use crate::tokenizer::tool_calls::{
-        parse, ParsedOutput, ParsedToolCall, StreamEvent, ToolCallFormat, ToolCallStream,
-    };
+    use crate::tokenizer::tool_calls::tests::{call, content_only};
+    use crate::tokenizer::tool_calls::{parse, ParsedOutput, StreamEvent, ToolCallFormat, ToolCallStream};
 
     fn llama(text: &str) -> ParsedOutput {
         parse(ToolCallFormat::Llama3Json, text)
-    }
-
-    fn call(name: &str, arguments: &str) -> ParsedToolCall {
-        ParsedToolCall { name: name.into(), arguments: arguments.into() }
-    }
-
-    fn content_only(text: &str) -> ParsedOutput {
-        ParsedOutput { content: text.into(), tool_calls: vec![] }
     }
 
     // Replies in the shape Llama-3.1-8B-Instruct writes for custom tools: its chat template asks

@@ -57,6 +57,16 @@ const SAMPLES: &[&str] = &[
 
 /// Feeds `deltas`, checks that the events are well-formed (calls numbered from 0 in order, each
 /// start followed by its arguments, no empty content) and adds them up.
+/// A call as the per-format tests expect it.
+pub(super) fn call(name: &str, arguments: &str) -> ParsedToolCall {
+    ParsedToolCall { name: name.into(), arguments: arguments.into() }
+}
+
+/// A reply read as content only.
+pub(super) fn content_only(text: &str) -> ParsedOutput {
+    ParsedOutput { content: text.into(), tool_calls: vec![] }
+}
+
 fn streamed(format: ToolCallFormat, deltas: &[&str]) -> ParsedOutput {
     let mut stream = ToolCallStream::new(format);
     let mut events: Vec<StreamEvent> = deltas.iter().flat_map(|delta| stream.push(delta)).collect();
