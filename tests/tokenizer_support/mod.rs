@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+pub mod llama2_gguf;
+
 use kiln::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 

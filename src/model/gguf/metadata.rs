@@ -111,5 +111,19 @@ impl GgufFile {
             .map(Some)
     }
 
+    /// An array of floats (f32, or f64 narrowed to f32): SentencePiece token scores.
+    pub fn get_f32_array(&self, key: &str) -> Result<Option<Vec<f32>>, ModelError> {
+        let Some(items) = self.get_array(key)? else { return Ok(None) };
+        items
+            .iter()
+            .map(|item| match item {
+                MetaValue::F32(v) => Ok(*v),
+                MetaValue::F64(v) => Ok(*v as f32),
+                other => Err(self.wrong_type(key, "an array of floats", other)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
     // ---- tensors ----
 }

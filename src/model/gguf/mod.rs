@@ -17,7 +17,7 @@ mod metadata;
 mod reader;
 #[cfg(test)]
 mod tests;
-pub(crate) mod writer;
+pub mod writer;
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: usize = 32;
