@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """kiln against llama.cpp on the same model files, the same threads, in one run.
 
-For the default model (SmolLM2-135M-Instruct) in two precisions, an f16 GGUF (written once from
-the original file by write_f16_gguf.py, the same values as kiln's converted directory) and the
-original Q4_1 GGUF, it runs `kiln bench` and benches/llama_cpp_bench.py alternately (the order
-flips every round, so drift in machine load hits both), takes the median of each metric over the
-rounds, and prints a markdown table with the ratios kiln / llama.cpp.
+For the default model (SmolLM2-135M-Instruct) as the GGUF files people run: an f16 GGUF (written
+once from the original file by write_f16_gguf.py, the same values as kiln's converted directory),
+the original Q4_1 GGUF, and the f16 file quantized by llama.cpp's own quantizer to Q4_K_M, Q5_K_M,
+Q6_K and Q8_0 (tools/reference/make_kquant_ggufs.py), it runs `kiln bench` and
+benches/llama_cpp_bench.py alternately (the order flips every round, so drift in machine load hits
+both), takes the median of each metric over the rounds, and prints a markdown table with the
+ratios kiln / llama.cpp.
 
 llama.cpp comes from the `llama-cpp-python` package, built by pip from source for this CPU into
-.venv-bench/ on first use (minutes; pip caches the wheel, later venvs take seconds).
+.venv-llama/ by tools/setup-llama-cpp on first use (minutes; pip caches the wheel).
 
-usage: python3 benches/compare_llama_cpp.py [--threads N] [--rounds R] [--json OUT]
+usage: python3 benches/compare_llama_cpp.py [--threads N] [--rounds R] [--models f16,q4_k_m,...] [--json OUT]
 """
 
 import argparse
@@ -25,9 +27,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT / ".venv-bench"
-LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
-REQUIREMENTS = [LLAMA_CPP_PYTHON, "gguf==0.19.0", "numpy"]
+VENV = ROOT / ".venv-llama"
+MODELS = ["f16", "q4_1", "q4_k_m", "q5_k_m", "q6_k", "q8_0"]
 
 
 def log(message: str) -> None:
@@ -35,14 +36,8 @@ def log(message: str) -> None:
 
 
 def venv_python() -> Path:
-    python = VENV / "bin" / "python"
-    marker = VENV / ".complete"
-    if not marker.exists():
-        log(f"setting up {VENV} ({LLAMA_CPP_PYTHON} builds from source: minutes the first time)")
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *REQUIREMENTS], check=True)
-        marker.write_text("\n".join(REQUIREMENTS) + "\n")
-    return python
+    result = subprocess.run([str(ROOT / "tools" / "setup-llama-cpp")], check=True, stdout=subprocess.PIPE, text=True)
+    return Path(result.stdout.strip().splitlines()[-1])
 
 
 def kiln_home() -> Path:
@@ -66,19 +61,25 @@ def build_kiln() -> Path:
     raise SystemExit("cargo did not report the kiln binary")
 
 
-def models(kiln: Path, python: Path) -> list[tuple[str, Path]]:
+def models(kiln: Path, python: Path, wanted: list[str]) -> list[tuple[str, Path]]:
     # `kiln bench --default-gguf` pulls the original file when it is missing; a tiny run does it.
     q4_1 = kiln_home() / "gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not q4_1.exists():
         log("pulling the default model's GGUF")
         subprocess.run([str(kiln), "bench", "--default-gguf", "--prompt-tokens", "1", "--decode-tokens", "1"],
                        check=True, stdout=subprocess.DEVNULL)
-    f16 = kiln_home() / "bench" / "SmolLM2-135M-Instruct.F16.gguf"
-    if not f16.exists():
-        log(f"writing {f16}")
-        f16.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([str(python), str(ROOT / "benches" / "write_f16_gguf.py"), str(q4_1), str(f16)], check=True)
-    return [("f16", f16), ("q4_1", q4_1)]
+    # The f16 copy and llama.cpp's quantizations of it (kept: the tests use the same files).
+    made = subprocess.run(
+        [str(python), str(ROOT / "tools" / "reference" / "make_kquant_ggufs.py"), str(q4_1),
+         str(kiln_home() / "gguf" / "quantized")],
+        check=True, stdout=subprocess.PIPE, text=True,
+    ).stdout
+    files = {"q4_1": q4_1}
+    for line in made.splitlines():
+        name, path = line.split(" ", 1)
+        files[name.lower()] = Path(path)
+    files["f16"] = files["q4_k_m"].with_name("SmolLM2-135M-Instruct.F16.gguf")
+    return [(name, files[name]) for name in wanted]
 
 
 def run_json(command: list[str]) -> dict:
@@ -106,12 +107,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--models", default=",".join(MODELS), help=f"which files, of {','.join(MODELS)}")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args()
 
     python = venv_python()
     kiln = build_kiln()
-    cases = models(kiln, python)
+    wanted = [m.strip().lower() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in wanted if m not in MODELS]
+    if unknown:
+        raise SystemExit(f"unknown model(s) {unknown}; choose from {MODELS}")
+    cases = models(kiln, python, wanted)
     runs = {(precision, engine): [] for precision, _ in cases for engine in ("kiln", "llama.cpp")}
     loads = [load()]
     for round_index in range(args.rounds):
@@ -124,7 +130,7 @@ def main() -> None:
             for engine in order:
                 result = run_json(commands[engine])
                 runs[(precision, engine)].append(result)
-                log(f"round {round_index + 1} {precision:5} {engine:9} prefill {result['prefill_tok_s']:8.1f} tok/s"
+                log(f"round {round_index + 1} {precision:6} {engine:9} prefill {result['prefill_tok_s']:8.1f} tok/s"
                     f"  decode {result['decode_tok_s']:7.1f} tok/s")
         loads.append(load())
 

@@ -21,8 +21,33 @@ def prompt_ids(n: int, vocab: int) -> list[int]:
     return [17 + (i * 7919) % (vocab - 17) for i in range(n)]
 
 
+def cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "amx_tile" in f.read()
+    except OSError:
+        return False
+
+
+def turn_off_extra_buffer_types() -> None:
+    # On some Intel machines with AMX, llama.cpp's AMX buffer type crashes on quantized files; its
+    # server has --no-repack for that. The Python binding does not expose `use_extra_bufts`, so
+    # the default model parameters it starts from are patched.
+    defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+    def without_extra_bufts():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    llama_cpp.llama_cpp.llama_model_default_params = without_extra_bufts
+
+
 def main() -> None:
     model, threads = sys.argv[1], int(sys.argv[2])
+    extra_bufts = not cpu_has_amx()
+    if not extra_bufts:
+        turn_off_extra_buffer_types()
     prefill_tokens = int(sys.argv[3]) if len(sys.argv) > 3 else 512
     decode_tokens = int(sys.argv[4]) if len(sys.argv) > 4 else 128
     llm = llama_cpp.Llama(
@@ -58,6 +83,7 @@ def main() -> None:
         "engine": "llama.cpp",
         "model": model,
         "threads": threads,
+        "extra_buffer_types": extra_bufts,
         "prefill_tokens": prefill_tokens,
         "prefill_tok_s": prefill_tokens / prefill_s,
         "decode_tokens": decode_tokens,

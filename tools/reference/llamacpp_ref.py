@@ -4,9 +4,10 @@ Runs in a python that has llama-cpp-python (no gguf/transformers needed). Reads 
 stdin, writes a JSON answer on stdout; make_greedy.py and make_tokenizer.py drive it.
   {"op": "tokenize", "gguf": PATH, "cases": [{"text": str, "special": bool}, ...]}
   {"op": "detokenize", "gguf": PATH, "token_lists": [[id, ...], ...]}   (special tokens skipped)
-  {"op": "greedy", "gguf": PATH, "max_new_tokens": N, "stop_ids": [...], "logits_dir": DIR,
+  {"op": "greedy", "gguf": PATH, "max_new_tokens": N, "stop_ids": [...], "logits_dir": DIR (optional),
    "f32_kv_cache": bool (default false: llama.cpp's default f16 KV cache), "cases": [{"name": str, "text": str, "special": bool}, ...]}
-"greedy" also saves each case's per-step logits as DIR/<name>.npy ([n_steps, vocab], float32).
+"greedy" answers each step's top-1 minus top-2 logit (`step_margins`) and, with a logits_dir, also
+saves each case's per-step logits as DIR/<name>.npy ([n_steps, vocab], float32).
 """
 
 import json
@@ -53,25 +54,30 @@ def greedy_cases(request):
         logits_all=True, verbose=False, **kv_types,
     )
     stop_ids = set(request["stop_ids"])
-    os.makedirs(request["logits_dir"], exist_ok=True)
+    if request.get("logits_dir"):
+        os.makedirs(request["logits_dir"], exist_ok=True)
     results = []
     for case in request["cases"]:
         prompt_ids = llm.tokenize(case["text"].encode("utf-8"), add_bos=False, special=case["special"])
         llm.reset()
         llm.eval(prompt_ids)
-        generated, step_logits = [], []
+        generated, step_logits, margins = [], [], []
         for _ in range(request["max_new_tokens"]):
             logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
             next_id = int(np.argmax(logits))
             generated.append(next_id)
             step_logits.append(logits)
+            top2 = np.partition(logits, -2)[-2:]
+            margins.append(float(top2[1] - top2[0]))
             if next_id in stop_ids:
                 break
             llm.eval([next_id])
-        np.save(os.path.join(request["logits_dir"], case["name"] + ".npy"), np.stack(step_logits))
+        if request.get("logits_dir"):
+            np.save(os.path.join(request["logits_dir"], case["name"] + ".npy"), np.stack(step_logits))
         results.append({
             "prompt_ids": prompt_ids,
             "generated_ids": generated,
+            "step_margins": margins,
             "generated_text": llm.detokenize(generated, special=False).decode("utf-8", errors="replace"),
         })
     return results

@@ -1,4 +1,5 @@
-//! A minimal GGUF writer so tests and the fuzz seeds (src/fuzzing.rs) can build files byte by byte
+//! A minimal GGUF writer so tests (unit tests, tests/tokenizer_support/llama2_gguf.rs) and the fuzz
+//! seeds (src/fuzzing.rs) can build files byte by byte
 //! (including broken ones).
 
 use super::MetaValue;
@@ -15,6 +16,12 @@ pub struct GgufWriter {
     pub alignment: usize,
     pub metadata: Vec<(String, MetaValue)>,
     pub tensors: Vec<TestTensor>,
+}
+
+impl Default for GgufWriter {
+    fn default() -> GgufWriter {
+        GgufWriter::new()
+    }
 }
 
 impl GgufWriter {

@@ -199,7 +199,7 @@ fn sentencepiece_spaces_bytes_and_special_tokens_follow_llama_cpp() {
     ];
     let tokenizer = load(&tokenizer_files_from_gguf(&tiny_sentencepiece(&pieces, &extra), 64).unwrap());
     assert_eq!(tokens(&tokenizer, "a a"), ["a", "▁a"]);
-    assert_eq!(tokenizer.decode(&tokenizer.encode(" a", true).unwrap().get_ids().to_vec(), true).unwrap(), " a");
+    assert_eq!(tokenizer.decode(tokenizer.encode(" a", true).unwrap().get_ids(), true).unwrap(), " a");
 }
 
 #[test]
