@@ -90,3 +90,30 @@ fn bench_says_it_measures_the_cpu_only() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("measures the CPU backend only") && stderr.contains("gpu_bench"), "{stderr}");
 }
+
+#[test]
+fn bench_concurrency_reports_its_share_of_the_measured_peak() {
+    let out = kiln(&[
+        "bench",
+        "--random-weights",
+        "--model-geometry",
+        "smollm2-135m",
+        "--concurrency",
+        "2",
+        "--decode-tokens",
+        "4",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let concurrency = &report["concurrency"];
+    // SmolLM2-135M: about 2 × 135M multiply-adds per token, plus attention.
+    let flops = concurrency["flops_per_token"].as_f64().unwrap();
+    assert!((0.25e9..0.30e9).contains(&flops), "{flops}");
+    let f32_share = concurrency["share_of_f32_peak"].as_f64().unwrap();
+    let int8_share = concurrency["share_of_int8_peak"].as_f64().unwrap();
+    assert!(f32_share > 0.0 && f32_share < 1.0 && int8_share < f32_share, "{concurrency}");
+    let peak = &concurrency["peak"];
+    assert!(peak["int8_ops"].as_f64().unwrap() > peak["f32_flops"].as_f64().unwrap(), "{peak}");
+}

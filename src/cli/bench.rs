@@ -183,6 +183,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Option<BenchReport>> {
             None => None,
             Some(path) => Some(schema_constraint(path, args.model.as_deref(), args.model_geometry.is_some())?),
         };
+        // Measured before the run, on the pool the run uses.
+        let peak = crate::backend::cpu::kernels::peak::measure(backend.isa());
         let (report, constrained) = super::bench_concurrency::run(
             Box::new(backend),
             concurrency,
@@ -190,6 +192,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Option<BenchReport>> {
             args.decode_tokens,
             plan_limits.max_batch_tokens,
             constraint,
+            Some(peak),
         )?;
         if args.json {
             println!("{}", serde_json::json!({"concurrency": report, "json_schema": constrained}));
@@ -203,6 +206,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Option<BenchReport>> {
             println!(
                 "concurrent   {:>8.1} tokens/s  ({} requests at once, {:.2}x one request)",
                 report.aggregate_tokens_per_s, report.concurrency, report.speedup
+            );
+            println!(
+                "arithmetic   {:>8.1} GFLOP/s  ({:.1}% of the measured f32 FMA peak {:.0} GFLOP/s, {:.1}% of the \
+                 8-bit dot peak {:.0} GOP/s; {:.2} GFLOP per token)",
+                report.aggregate_tokens_per_s * report.flops_per_token / 1e9,
+                100.0 * report.share_of_f32_peak.unwrap_or(0.0),
+                peak.f32_flops / 1e9,
+                100.0 * report.share_of_int8_peak.unwrap_or(0.0),
+                peak.int8_ops / 1e9,
+                report.flops_per_token / 1e9
             );
             if let Some(c) = constrained {
                 println!(

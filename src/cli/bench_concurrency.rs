@@ -6,6 +6,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::backend::cpu::kernels::peak::Peak;
 use crate::backend::Backend;
 use crate::engine::core::EngineConfig;
 use crate::engine::metrics::EngineMetrics;
@@ -24,6 +25,12 @@ pub struct ConcurrencyReport {
     /// All requests at once: generated tokens of all of them per second of wall time.
     pub aggregate_tokens_per_s: f64,
     pub speedup: f64,
+    /// Arithmetic per generated token (matrix products and attention at the average context),
+    /// and what the concurrent run achieved of the machine's measured peaks (CPU runs only).
+    pub flops_per_token: f64,
+    pub peak: Option<Peak>,
+    pub share_of_f32_peak: Option<f64>,
+    pub share_of_int8_peak: Option<f64>,
 }
 
 /// What constrained decoding costs (`--json-schema`): the same N requests again, each constrained
@@ -49,8 +56,10 @@ pub fn run(
     new_tokens: usize,
     max_batch_tokens: usize,
     constraint: Option<ConstraintFactory>,
+    peak: Option<Peak>,
 ) -> anyhow::Result<(ConcurrencyReport, Option<ConstraintReport>)> {
     let vocab = backend.config().vocab_size as u32;
+    let flops_per_token = flops_per_token(backend.config(), prompt_tokens + new_tokens / 2);
     let config = EngineConfig {
         max_batch_tokens,
         max_seqs: concurrency.max(1),
@@ -108,6 +117,10 @@ pub fn run(
         single_tokens_per_s: single,
         aggregate_tokens_per_s: aggregate,
         speedup: aggregate / single,
+        flops_per_token,
+        peak,
+        share_of_f32_peak: peak.map(|p| aggregate * flops_per_token / p.f32_flops),
+        share_of_int8_peak: peak.map(|p| aggregate * flops_per_token / p.int8_ops),
     };
     let Some(constraint) = constraint else { return Ok((report, None)) };
     let params = RequestParams {
@@ -140,4 +153,12 @@ pub fn run(
             generated_tokens: generated,
         }),
     ))
+}
+
+/// Multiply-adds (counted as two operations) of one token's forward pass: every weight matrix
+/// once, and attention's two products over `context` positions.
+fn flops_per_token(config: &crate::model::ModelConfig, context: usize) -> f64 {
+    let (hidden, q, kv, ffn) = (config.hidden_size, config.q_dim(), config.kv_dim(), config.intermediate_size);
+    let per_layer = hidden * (q + 2 * kv) + q * hidden + 3 * hidden * ffn + 2 * q * context;
+    2.0 * (config.num_layers * per_layer + config.vocab_size * hidden) as f64
 }

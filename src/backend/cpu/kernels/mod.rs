@@ -14,6 +14,7 @@ mod dot_tile;
 mod gemm;
 mod isa;
 pub mod matmul;
+pub mod peak;
 pub mod quant_dot;
 pub mod rmsnorm;
 pub mod rope;
