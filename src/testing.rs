@@ -72,6 +72,38 @@ pub fn test_seed() -> u64 {
     seed
 }
 
+/// Random ggml blocks of `ggml_type` holding `values` values: any bit pattern of quants and 6-bit
+/// scales is a valid block, so only the f16 scales (d, and dmin or m) are replaced (random bits
+/// could be NaN or inf), by normal numbers that vary from block to block and keep values within
+/// about ±1, as in the other kernel tests (the largest quant times the largest sub-block scale).
+pub fn random_ggml_blocks(ggml_type: crate::model::quant::GgmlType, values: usize, seed: u64) -> Vec<u8> {
+    use crate::model::quant::GgmlType;
+    // Where each type keeps its f16 scales.
+    let (scale_offsets, largest): (&[usize], f32) = match ggml_type {
+        GgmlType::Q8_0 => (&[0], 127.0),
+        GgmlType::Q4_0 => (&[0], 8.0),
+        GgmlType::Q5_0 => (&[0], 16.0),
+        GgmlType::Q4_1 => (&[0, 2], 15.0),
+        GgmlType::Q5_1 => (&[0, 2], 31.0),
+        GgmlType::Q4_K => (&[0, 2], 63.0 * 15.0),
+        GgmlType::Q5_K => (&[0, 2], 63.0 * 31.0),
+        GgmlType::Q6_K => (&[208], 127.0 * 32.0),
+        other => panic!("no random blocks for {other}"),
+    };
+    let block_bytes = ggml_type.block_bytes();
+    let blocks = values / ggml_type.block_size();
+    let noise = seeded_values(seed, blocks * block_bytes);
+    let mut bytes: Vec<u8> = noise.iter().map(|v| ((v + 1.0) * 127.5) as u8).collect();
+    let scale_noise = seeded_values(seed ^ 0x5ca1e, blocks * scale_offsets.len());
+    for (b, block) in bytes.chunks_exact_mut(block_bytes).enumerate() {
+        for (i, &offset) in scale_offsets.iter().enumerate() {
+            let scale = half::f16::from_f32((0.5 + 0.5 * scale_noise[b * scale_offsets.len() + i].abs()) / largest);
+            block[offset..offset + 2].copy_from_slice(&scale.to_le_bytes());
+        }
+    }
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

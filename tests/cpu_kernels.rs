@@ -5,7 +5,8 @@
 //! Tolerance (kiln::testing): f32 accumulation in a different order, F32_ACCUMULATION
 //! (|got − ref| ≤ 1e-4 + 1e-4·|ref|) for k ≤ 600. Quantized weights are compared with the
 //! reference on the same quantized values; since the integer path also rounds the activations to
-//! 8 bits, the oracle multiplies those rounded activations (`round_activations`).
+//! 8 bits, the oracle multiplies those rounded activations (`round_activations`). Integer dots
+//! take INTEGER_DOTS (2e-4 + 2e-4·|ref|), for k up to 2816 with weights and activations in ±1.
 //!
 //! Batch invariance is exact: a token's matmul and attention outputs are the same bits alone as
 //! in any batch.
@@ -17,7 +18,7 @@ use kiln::model::quant::GgmlType;
 use kiln::model::weights::{WeightFormat, WeightMatrix};
 use kiln::ops;
 use kiln::ops::attention::AttentionShape;
-use kiln::testing::{check_close, seeded_values, test_seed, F32_ACCUMULATION};
+use kiln::testing::{check_close, random_ggml_blocks, seeded_values, test_seed, F32_ACCUMULATION};
 
 /// A sequence's keys and values, `[positions, kv_dim]` with heads side by side (as the reference
 /// reads them), and the same scattered into KV blocks in the cache's layout
@@ -94,37 +95,25 @@ fn float_matrix(format: WeightFormat, m: usize, k: usize, seed: u64) -> WeightMa
         WeightFormat::F32 => WeightMatrix::from_f32(m, k, values),
         WeightFormat::F16 => WeightMatrix::from_f16(m, k, values.into_iter().map(f16::from_f32).collect()),
         WeightFormat::Bf16 => WeightMatrix::from_bf16(m, k, values.into_iter().map(bf16::from_f32).collect()),
-        WeightFormat::Packed(q) => WeightMatrix::quantized_from_f32(q, m, k, &values),
-        WeightFormat::Blocks(_) => block_matrix(format, m, k, seed),
+        // Q8_0/Q4_0/Q4_1 from values, as a model converter makes them; the rest as random blocks.
+        WeightFormat::Packed(q @ (PackedQuant::Q8_0 | PackedQuant::Q4_0 | PackedQuant::Q4_1)) => {
+            WeightMatrix::quantized_from_f32(q, m, k, &values)
+        }
+        WeightFormat::Packed(q) => block_matrix(q.ggml_type(), m, k, seed),
     }
 }
 
-/// Random ggml blocks: any bit pattern is a valid block once its f16 scales are sane.
-fn block_matrix(format: WeightFormat, m: usize, k: usize, seed: u64) -> WeightMatrix {
-    let WeightFormat::Blocks(ggml_type) = format else { panic!("{format:?} is not a block format") };
-    // Where each type keeps its f16 scales (d, and dmin or m).
-    let scale_offsets: &[usize] = match ggml_type {
-        GgmlType::Q5_0 => &[0],
-        GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
-        GgmlType::Q6_K => &[208],
-        other => panic!("no random blocks for {other}"),
-    };
-    let noise = seeded_values(seed, m * k);
-    let byte = |i: usize| ((noise[i % noise.len()] + 1.0) * 127.5) as u8;
-    let block_bytes = ggml_type.block_bytes();
-    let blocks = m * k / ggml_type.block_size();
-    let mut bytes = Vec::with_capacity(blocks * block_bytes);
-    for b in 0..blocks {
-        let mut block: Vec<u8> = (0..block_bytes).map(|i| byte(b * 300 + i)).collect();
-        let scale = f16::from_f32(0.01 + 0.001 * (b % 7) as f32);
-        for &offset in scale_offsets {
-            block[offset..offset + 2].copy_from_slice(&scale.to_le_bytes());
-        }
-        bytes.extend_from_slice(&block);
-    }
-    let row_bytes = format.row_bytes(k);
+/// Random ggml blocks of `ggml_type` (every quant and sub-block scale bit pattern), packed.
+fn block_matrix(ggml_type: GgmlType, m: usize, k: usize, seed: u64) -> WeightMatrix {
+    let format = WeightFormat::from_ggml(ggml_type).expect("kiln computes on the type");
+    let bytes = random_ggml_blocks(ggml_type, m * k, seed);
+    let row_bytes = ggml_type.row_bytes(k).expect("k is whole blocks");
     WeightMatrix::from_ggml_rows(format, m, k, |r| &bytes[r * row_bytes..(r + 1) * row_bytes])
 }
+
+/// Integer dots multiply the scales in another order than the reference: a few f32 roundings of
+/// |ref| more than F32_ACCUMULATION.
+const INTEGER_DOTS: kiln::testing::Tolerance = kiln::testing::Tolerance { atol: 2e-4, rtol: 2e-4 };
 
 fn check_matmul(isa: Isa, format: WeightFormat, n: usize, m: usize, k: usize, seed: u64) {
     let w = float_matrix(format, m, k, seed);
@@ -135,8 +124,7 @@ fn check_matmul(isa: Isa, format: WeightFormat, n: usize, m: usize, k: usize, se
     ops::matmul::matmul(&oracle_x, &w, &mut reference);
     let mut got = vec![f32::NAN; n * m];
     matmul::matmul_with(isa, &x, &w, &mut got);
-    // Integer dots multiply the scales in another order: a few f32 roundings of |ref| more.
-    let tolerance = if integer_path { kiln::testing::Tolerance { atol: 2e-4, rtol: 2e-4 } } else { F32_ACCUMULATION };
+    let tolerance = if integer_path { INTEGER_DOTS } else { F32_ACCUMULATION };
     if let Err(message) = check_close(&got, &reference, tolerance) {
         panic!("matmul {} {} n={n} m={m} k={k}: {message}", isa.name(), format.name());
     }
@@ -147,7 +135,8 @@ fn matmul_matches_the_reference_for_every_format_and_level() {
     let seed = test_seed();
     let mut shapes = Shapes(seed);
     let float_formats = [WeightFormat::F32, WeightFormat::F16, WeightFormat::Bf16];
-    let packed = [PackedQuant::Q8_0, PackedQuant::Q4_0, PackedQuant::Q4_1].map(WeightFormat::Packed);
+    let packed = [PackedQuant::Q8_0, PackedQuant::Q4_0, PackedQuant::Q4_1, PackedQuant::Q5_0, PackedQuant::Q5_1]
+        .map(WeightFormat::Packed);
     for isa in Isa::available() {
         // Decode, the integer path's edge, small tiles and a full prefill block.
         for (case, n) in [1, 2, 3, 4, 5, 8, 9, 13, 40].into_iter().enumerate() {
@@ -167,15 +156,35 @@ fn matmul_matches_the_reference_for_every_format_and_level() {
         check_matmul(isa, WeightFormat::Packed(PackedQuant::Q4_1), 1, 1536, 576, seed);
         check_matmul(isa, WeightFormat::Packed(PackedQuant::Q8_0), 1, 96, 576, seed);
         check_matmul(isa, WeightFormat::Packed(PackedQuant::Q4_1), 19, 100, 576, seed);
-        for ggml_type in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
-            check_matmul(isa, WeightFormat::Blocks(ggml_type), 1, 33, 512, seed);
-            check_matmul(isa, WeightFormat::Blocks(ggml_type), 11, 40, 256, seed);
+    }
+}
+
+/// The formats of a Q4_K_M file: K-quants on k = 256, 512 and 2816 (the last a super-block count
+/// that is not a power of two), and the 32-value Q5 blocks llama-quantize falls back to for
+/// 576-wide rows; ragged token and row counts (rows not a multiple of the 8 × 1 or 4 × 2 tiles).
+#[test]
+fn block_quantized_matmul_matches_the_reference_at_every_level() {
+    let seed = test_seed();
+    let mut shapes = Shapes(seed ^ 5);
+    let k_quants = [PackedQuant::Q4_K, PackedQuant::Q5_K, PackedQuant::Q6_K];
+    for isa in Isa::available() {
+        for (case, n) in [1, 2, 3, 5, 11, 19].into_iter().enumerate() {
+            let seed = seed + 100 * case as u64;
+            for format in k_quants {
+                for k in [256, 512, 2816] {
+                    check_matmul(isa, WeightFormat::Packed(format), n, shapes.between(1, 45), k, seed);
+                }
+            }
+            for format in [PackedQuant::Q5_0, PackedQuant::Q5_1] {
+                for k in [96, 576] {
+                    check_matmul(isa, WeightFormat::Packed(format), n, shapes.between(1, 45), k, seed);
+                }
+            }
         }
-        // The legacy 32-value blocks llama-quantize falls back to for 576-wide rows.
-        for ggml_type in [GgmlType::Q5_0, GgmlType::Q5_1] {
-            check_matmul(isa, WeightFormat::Blocks(ggml_type), 1, 33, 576, seed);
-            check_matmul(isa, WeightFormat::Blocks(ggml_type), 11, 40, 96, seed);
-        }
+        // The model's FFN shapes as a Q4_K_M file stores them.
+        check_matmul(isa, WeightFormat::Packed(PackedQuant::Q5_0), 1, 1536, 576, seed);
+        check_matmul(isa, WeightFormat::Packed(PackedQuant::Q4_K), 3, 576, 1536, seed);
+        check_matmul(isa, WeightFormat::Packed(PackedQuant::Q6_K), 1, 576, 1536, seed);
     }
 }
 
@@ -183,7 +192,17 @@ fn matmul_matches_the_reference_for_every_format_and_level() {
 fn matmul_gives_a_token_the_same_bits_in_any_batch() {
     let seed = test_seed();
     let mut shapes = Shapes(seed ^ 4);
-    let formats = [WeightFormat::F32, WeightFormat::F16, WeightFormat::Bf16, WeightFormat::Packed(PackedQuant::Q4_1)];
+    let formats = [
+        WeightFormat::F32,
+        WeightFormat::F16,
+        WeightFormat::Bf16,
+        WeightFormat::Packed(PackedQuant::Q4_1),
+        WeightFormat::Packed(PackedQuant::Q5_0),
+        WeightFormat::Packed(PackedQuant::Q5_1),
+        WeightFormat::Packed(PackedQuant::Q4_K),
+        WeightFormat::Packed(PackedQuant::Q5_K),
+        WeightFormat::Packed(PackedQuant::Q6_K),
+    ];
     for isa in Isa::available() {
         for format in formats {
             // Batched-decode sizes take the row-major tiles (8 tokens while the activations fit
@@ -191,7 +210,12 @@ fn matmul_gives_a_token_the_same_bits_in_any_batch() {
             let sizes = [(2, 0), (3, 0), (5, 0), (12, 0), (16, 0), (11, 1024), (16, 1536), (20, 0)];
             for (n, fixed_k) in sizes {
                 let m = shapes.between(1, 70);
-                let k = if fixed_k > 0 { fixed_k } else { 32 * shapes.between(1, 10) };
+                let k = match format.block_values() {
+                    // K-quants: whole super-blocks, 1536 standing in for the fixed sizes.
+                    256 => 256 * if fixed_k > 0 { 6 } else { shapes.between(1, 3) },
+                    _ if fixed_k > 0 => fixed_k,
+                    _ => 32 * shapes.between(1, 10),
+                };
                 let w = float_matrix(format, m, k, seed);
                 let x = seeded_values(seed + 1, n * k);
                 let mut batch = vec![f32::NAN; n * m];

@@ -118,8 +118,8 @@ impl Loader<'_> {
         Ok(info)
     }
 
-    /// Plans a matrix kept in its stored format (Q8_0/Q4_0/Q4_1 regrouped into kiln's row
-    /// layout). `unpermute_head_dim` is set for Q and K, whose rows go back to Hugging Face order.
+    /// Plans a matrix kept in its stored format (block quantizations regrouped into kiln's row
+    /// layouts). `unpermute_head_dim` is set for Q and K, whose rows go back to Hugging Face order.
     fn matrix(
         &mut self,
         name: &str,
@@ -248,6 +248,8 @@ mod tests {
         let k = values(3, HEAD_DIM, HIDDEN);
         let v = values(4, HEAD_DIM, HIDDEN);
         let gate = values(5, FFN, HIDDEN);
+        let output = values(6, HIDDEN, HIDDEN);
+        let up = values(7, FFN, HIDDEN);
         let norm = vec![1.5f32; HIDDEN];
         let d = |rows: usize, cols: usize| [cols as u64, rows as u64];
         let writer = GgufWriter::new()
@@ -270,10 +272,15 @@ mod tests {
                 quantized(PackedQuant::Q4_1, &permuted(&k, HIDDEN), HIDDEN),
             )
             .tensor("blk.0.attn_v.weight", &d(HEAD_DIM, HIDDEN), 2, quantized(PackedQuant::Q4_0, &v, HIDDEN))
-            .tensor("blk.0.attn_output.weight", &d(HIDDEN, HEADS * HEAD_DIM), 1, f16_bytes(&values(6, HIDDEN, HIDDEN)))
+            .tensor(
+                "blk.0.attn_output.weight",
+                &d(HIDDEN, HEADS * HEAD_DIM),
+                6,
+                quantized(PackedQuant::Q5_0, &output, HIDDEN),
+            )
             .f32_tensor("blk.0.ffn_norm.weight", &[HIDDEN as u64], &norm)
             .tensor("blk.0.ffn_gate.weight", &d(FFN, HIDDEN), 1, f16_bytes(&gate))
-            .tensor("blk.0.ffn_up.weight", &d(FFN, HIDDEN), 1, f16_bytes(&values(7, FFN, HIDDEN)))
+            .tensor("blk.0.ffn_up.weight", &d(FFN, HIDDEN), 7, quantized(PackedQuant::Q5_1, &up, HIDDEN))
             .tensor("blk.0.ffn_down.weight", &d(HIDDEN, FFN), 1, f16_bytes(&values(8, HIDDEN, FFN)))
             .f32_tensor("output_norm.weight", &[HIDDEN as u64], &norm);
         let dir = tempfile::tempdir().unwrap();
@@ -289,8 +296,9 @@ mod tests {
         assert_eq!(config.eos_token_ids, vec![2]);
         let layer = &weights.layers[0];
         assert_eq!(layer.input_norm, norm);
-        let formats = [&layer.q_proj, &layer.k_proj, &layer.v_proj, &weights.lm_head].map(|m| m.format.name());
-        assert_eq!(formats, ["f16", "q4_1", "q4_0", "q8_0"]);
+        let formats = [&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj, &layer.up_proj, &weights.lm_head]
+            .map(|m| m.format.name());
+        assert_eq!(formats, ["f16", "q4_1", "q4_0", "q5_0", "q5_1", "q8_0"]);
 
         // Each loaded row equals the source row as stored (f16-rounded or quantized, then back).
         let check = |name: &str, matrix: &WeightMatrix, source: &[f32], stored: &dyn Fn(&[f32]) -> Vec<f32>| {
@@ -313,6 +321,8 @@ mod tests {
         check("k_proj", &layer.k_proj, &k, &through(PackedQuant::Q4_1));
         check("v_proj", &layer.v_proj, &v, &through(PackedQuant::Q4_0));
         check("gate_proj", &layer.gate_proj, &gate, &as_f16);
+        check("o_proj", &layer.o_proj, &output, &through(PackedQuant::Q5_0));
+        check("up_proj", &layer.up_proj, &up, &through(PackedQuant::Q5_1));
         check("lm_head", &weights.lm_head, &embed, &through(PackedQuant::Q8_0));
     }
 

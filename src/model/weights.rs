@@ -1,7 +1,7 @@
 //! The Llama weights as typed views over the model files: float matrices stay in their stored
-//! dtype (f32, f16 or bf16, memory-mapped); GGUF block quantizations are kept quantized (Q8_0, Q4_0
-//! and Q4_1 regrouped into kiln's row layout, see `packed_quant`; Q4_K and Q6_K as ggml blocks);
-//! norms are copied to f32 since they are tiny.
+//! dtype (f32, f16 or bf16, memory-mapped); GGUF block quantizations are kept quantized, regrouped
+//! into kiln's row layouts (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 in `packed_quant`; Q4_K, Q5_K, Q6_K in
+//! `packed_kquant`); norms are copied to f32 since they are tiny.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use half::{bf16, f16};
 
 use super::packed_quant::{self, PackedQuant};
-use super::quant::{self, GgmlType};
+use super::quant::GgmlType;
 use super::safetensors_dir::{SafetensorsDir, SharedBytes, WeightBytes, WeightDtype};
 use super::{ModelConfig, ModelError};
 
@@ -20,11 +20,8 @@ pub enum WeightFormat {
     F32,
     F16,
     Bf16,
-    /// Block quantizations in kiln's row layout (`packed_quant`).
+    /// Block quantizations in kiln's row layouts (`packed_quant`, `packed_kquant`).
     Packed(PackedQuant),
-    /// ggml blocks kept as stored (the k-quants Q4_K, Q5_K, Q6_K and the legacy Q5_0, Q5_1):
-    /// computed on through per-row dequantization.
-    Blocks(GgmlType),
 }
 
 impl WeightFormat {
@@ -34,7 +31,7 @@ impl WeightFormat {
             WeightFormat::F32 => Some(WeightDtype::F32),
             WeightFormat::F16 => Some(WeightDtype::F16),
             WeightFormat::Bf16 => Some(WeightDtype::Bf16),
-            WeightFormat::Packed(_) | WeightFormat::Blocks(_) => None,
+            WeightFormat::Packed(_) => None,
         }
     }
 
@@ -52,13 +49,7 @@ impl WeightFormat {
             GgmlType::F32 => WeightFormat::F32,
             GgmlType::F16 => WeightFormat::F16,
             GgmlType::BF16 => WeightFormat::Bf16,
-            GgmlType::Q8_0 => WeightFormat::Packed(PackedQuant::Q8_0),
-            GgmlType::Q4_0 => WeightFormat::Packed(PackedQuant::Q4_0),
-            GgmlType::Q4_1 => WeightFormat::Packed(PackedQuant::Q4_1),
-            GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
-                WeightFormat::Blocks(ggml_type)
-            }
-            _ => return None,
+            other => WeightFormat::Packed(PackedQuant::from_ggml(other)?),
         })
     }
 
@@ -66,8 +57,7 @@ impl WeightFormat {
     pub fn block_values(self) -> usize {
         match self {
             WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16 => 1,
-            WeightFormat::Packed(_) => packed_quant::BLOCK,
-            WeightFormat::Blocks(ggml_type) => ggml_type.block_size(),
+            WeightFormat::Packed(q) => q.block_values(),
         }
     }
 
@@ -77,7 +67,6 @@ impl WeightFormat {
             WeightFormat::F32 => 4 * cols,
             WeightFormat::F16 | WeightFormat::Bf16 => 2 * cols,
             WeightFormat::Packed(q) => q.row_bytes(cols),
-            WeightFormat::Blocks(ggml_type) => ggml_type.row_bytes(cols).expect("cols is a whole number of blocks"),
         }
     }
 
@@ -86,15 +75,7 @@ impl WeightFormat {
             WeightFormat::F32 => "f32",
             WeightFormat::F16 => "f16",
             WeightFormat::Bf16 => "bf16",
-            WeightFormat::Packed(PackedQuant::Q8_0) => "q8_0",
-            WeightFormat::Packed(PackedQuant::Q4_0) => "q4_0",
-            WeightFormat::Packed(PackedQuant::Q4_1) => "q4_1",
-            WeightFormat::Blocks(GgmlType::Q5_0) => "q5_0",
-            WeightFormat::Blocks(GgmlType::Q5_1) => "q5_1",
-            WeightFormat::Blocks(GgmlType::Q4_K) => "q4_k",
-            WeightFormat::Blocks(GgmlType::Q5_K) => "q5_k",
-            WeightFormat::Blocks(GgmlType::Q6_K) => "q6_k",
-            WeightFormat::Blocks(_) => "ggml blocks",
+            WeightFormat::Packed(q) => q.name(),
         }
     }
 }
@@ -138,7 +119,7 @@ impl WeightMatrix {
     }
 
     /// A matrix from ggml-encoded rows (as a GGUF stores them): `ggml_row(r)` returns the bytes
-    /// of row r. Q8_0/Q4_0/Q4_1 are regrouped into kiln's row layout; other formats are copied.
+    /// of row r. Block quantizations are regrouped into kiln's row layouts; floats are copied.
     pub fn from_ggml_rows<'a>(
         format: WeightFormat,
         rows: usize,
@@ -146,10 +127,15 @@ impl WeightMatrix {
         ggml_row: impl Fn(usize) -> &'a [u8],
     ) -> WeightMatrix {
         let row_bytes = format.row_bytes(cols);
+        // The K-quant layout is a few bytes longer than ggml's row (unpacked scales).
+        let source_bytes = match format {
+            WeightFormat::Packed(q) => q.ggml_type().row_bytes(cols).expect("cols is a whole number of blocks"),
+            _ => row_bytes,
+        };
         let (bytes, range) = owned_storage(rows * row_bytes, |bytes| {
             for (r, out) in bytes.chunks_exact_mut(row_bytes.max(1)).enumerate() {
                 let source = ggml_row(r);
-                assert_eq!(source.len(), row_bytes, "row {r} of a {} matrix with {cols} columns", format.name());
+                assert_eq!(source.len(), source_bytes, "row {r} of a {} matrix with {cols} columns", format.name());
                 match format {
                     WeightFormat::Packed(q) => packed_quant::pack_ggml_row(q, source, out),
                     _ => out.copy_from_slice(source),
@@ -248,7 +234,7 @@ impl WeightMatrix {
             WeightFormat::F32 => MatrixElements::F32(bytemuck::cast_slice(bytes)),
             WeightFormat::F16 => MatrixElements::F16(bytemuck::cast_slice(bytes)),
             WeightFormat::Bf16 => MatrixElements::Bf16(bytemuck::cast_slice(bytes)),
-            WeightFormat::Packed(_) | WeightFormat::Blocks(_) => MatrixElements::Quantized(bytes),
+            WeightFormat::Packed(_) => MatrixElements::Quantized(bytes),
         }
     }
 
@@ -271,8 +257,6 @@ impl WeightMatrix {
                 let stored = &bytes[row * row_bytes..(row + 1) * row_bytes];
                 match self.format {
                     WeightFormat::Packed(q) => packed_quant::dequantize_packed_row(q, stored, out),
-                    WeightFormat::Blocks(ggml_type) => quant::dequantize_row(ggml_type, stored, out)
-                        .expect("a block format's rows are whole blocks of a type kiln dequantizes"),
                     _ => unreachable!("float formats are matched above"),
                 }
             }

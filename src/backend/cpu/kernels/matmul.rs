@@ -8,9 +8,10 @@
 //!   converting the weights in registers, bound by memory bandwidth), else 8 tokens × 3 rows on
 //!   AVX-512 and 4 × 4 on AVX2 (bound by FMA throughput), converting f16 rows in registers up to
 //!   16 tokens (batched decode) and converting the task's rows to f32 first beyond (prefill);
-//! - Q8_0/Q4_0/Q4_1: the activations are rounded to 8 bits once per call, then integer tiles of
-//!   4 rows × 2 tokens (`quant_dot`), as llama.cpp does for every batch size;
-//! - ggml blocks (Q4_K, Q5_K, Q6_K, Q5_0, Q5_1): rows dequantized to f32, then the float tiles.
+//! - block quantizations (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, and the K-quants Q4_K, Q5_K, Q6_K): the
+//!   activations are rounded to 8 bits once per call, then integer tiles of 8 rows × 1 token
+//!   (decode) or 4 rows × 2 tokens (`quant_dot`, `kquant_dot`), as llama.cpp does for every batch
+//!   size.
 //!
 //! Batch invariance: a (token, row) result goes through the same instructions in the same order
 //! whichever path, tile shape or task it lands in, so a token's outputs do not depend on how many
@@ -25,7 +26,6 @@ use rayon::prelude::*;
 use super::dot_tile::{self, BF16, F16, F32};
 use super::quant_dot::{self, QuantizedActivations};
 use super::Isa;
-use crate::model::quant;
 use crate::model::weights::{WeightFormat, WeightMatrix};
 
 /// From this many tokens on, float weights run as 4×4 tiles over f32 rows rather than one token at
@@ -259,8 +259,6 @@ fn row_to_f32(isa: Isa, format: WeightFormat, row: &[u8], out: &mut [f32]) {
         WeightFormat::F16 => super::convert::f16_to_f32_with(isa, bytemuck::cast_slice::<u8, half::f16>(row), out),
         WeightFormat::Bf16 => super::convert::bf16_to_f32(bytemuck::cast_slice::<u8, half::bf16>(row), out),
         WeightFormat::Packed(q) => crate::model::packed_quant::dequantize_packed_row(q, row, out),
-        WeightFormat::Blocks(ggml_type) => quant::dequantize_row(ggml_type, row, out)
-            .expect("a block format's rows are whole blocks of a type kiln dequantizes"),
     }
 }
 

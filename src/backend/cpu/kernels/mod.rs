@@ -13,6 +13,7 @@ pub mod convert;
 mod dot_tile;
 mod gemm;
 mod isa;
+mod kquant_dot;
 pub mod matmul;
 pub mod peak;
 pub mod quant_dot;

@@ -1,6 +1,8 @@
 //! Dot products of block-quantized weight rows (kiln's row layout, `model::packed_quant`) with
 //! activations quantized to 8 bits per 32-value block, in integer arithmetic: how decode computes
-//! on Q8_0/Q4_0/Q4_1 without ever widening the weights to floats.
+//! on Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 without ever widening the weights to floats (and, through
+//! `kquant_dot`, on the K-quants). Q5's fifth bits join the nibbles as a byte mask: on AVX-512 a
+//! 64-bit mask loaded from the row drives a masked `vpaddb` of 16.
 //!
 //! Every format is "affine unsigned", w = d·u + m, and the activations are x ≈ dx·q, so one block
 //! contributes d·dx·Σ u·q + m·(dx·Σ q) = d·dx·dot + m·s, with s = dx·Σq computed once per
@@ -56,7 +58,8 @@ impl QuantizedActivations {
         }
     }
 
-    fn row(&self, t: usize) -> (&[i8], &[f32], &[f32]) {
+    /// Activation row t: (quants in interleaved order, dx per block, s per block).
+    pub(super) fn row(&self, t: usize) -> (&[i8], &[f32], &[f32]) {
         let pb = self.padded_blocks;
         (&self.qs[t * pb * BLOCK..(t + 1) * pb * BLOCK], &self.d[t * pb..(t + 1) * pb], &self.s[t * pb..(t + 1) * pb])
     }
@@ -110,6 +113,9 @@ pub fn dot_packed_tile<const R: usize, const T: usize>(
     xq: &QuantizedActivations,
     tokens: [usize; T],
 ) -> [[f32; R]; T] {
+    if let PackedQuant::K(k) = format {
+        return super::kquant_dot::dot_tile(isa, k, rows, xq, tokens);
+    }
     let nb = xq.blocks_per_row;
     for row in rows {
         assert_eq!(row.len(), format.row_bytes(nb * BLOCK), "weight row and activations disagree on k");
@@ -130,7 +136,13 @@ pub fn dot_packed_tile<const R: usize, const T: usize>(
             }
             // SAFETY: the row lengths were checked above; each activation row holds whole padded
             // groups of 8 blocks; weight reads past the last block are masked.
-            unsafe { x86::dot_tile_avx512::<R, T>(format, weights, nb, qs, d, s) }
+            unsafe {
+                if format.qh_bytes() > 0 {
+                    x86::dot_tile_avx512::<R, T, true>(format, weights, nb, qs, d, s)
+                } else {
+                    x86::dot_tile_avx512::<R, T, false>(format, weights, nb, qs, d, s)
+                }
+            }
         }
         _ => tokens.map(|t| rows.map(|row| dot_packed(isa, format, row, xq, t))),
     }
@@ -138,6 +150,10 @@ pub fn dot_packed_tile<const R: usize, const T: usize>(
 
 /// `Σ_i w[i] · x_t[i]` for one packed weight row (`format.row_bytes(k)` bytes) and activation row t.
 pub fn dot_packed(isa: super::Isa, format: PackedQuant, row: &[u8], xq: &QuantizedActivations, t: usize) -> f32 {
+    if let PackedQuant::K(k) = format {
+        let [[sum]] = super::kquant_dot::dot_tile::<1, 1>(isa, k, [row], xq, [t]);
+        return sum;
+    }
     let nb = xq.blocks_per_row;
     assert_eq!(row.len(), format.row_bytes(nb * BLOCK), "weight row and activations disagree on k");
     let (qs, d, s) = xq.row(t);
@@ -146,7 +162,26 @@ pub fn dot_packed(isa: super::Isa, format: PackedQuant, row: &[u8], xq: &Quantiz
         // groups of 8 blocks, and weight reads past the last block are masked.
         #[cfg(target_arch = "x86_64")]
         super::Isa::Avx512 => unsafe {
-            x86::dot_tile_avx512::<1, 1>(format, [row.as_ptr()], nb, [qs.as_ptr()], [d.as_ptr()], [s.as_ptr()])[0][0]
+            let [[sum]] = if format.qh_bytes() > 0 {
+                x86::dot_tile_avx512::<1, 1, true>(
+                    format,
+                    [row.as_ptr()],
+                    nb,
+                    [qs.as_ptr()],
+                    [d.as_ptr()],
+                    [s.as_ptr()],
+                )
+            } else {
+                x86::dot_tile_avx512::<1, 1, false>(
+                    format,
+                    [row.as_ptr()],
+                    nb,
+                    [qs.as_ptr()],
+                    [d.as_ptr()],
+                    [s.as_ptr()],
+                )
+            };
+            sum
         },
         #[cfg(target_arch = "x86_64")]
         super::Isa::Avx2 => unsafe { x86::dot_avx2(format, row.as_ptr(), nb, qs.as_ptr(), d.as_ptr(), s.as_ptr()) },
@@ -164,19 +199,8 @@ fn dot_portable(format: PackedQuant, row: &[u8], nb: usize, qs: &[i8], d: &[f32]
     for b in 0..nb {
         let mut dot = 0i32;
         for i in 0..BLOCK {
-            let at = interleaved_index(nb, b, i);
-            let u = match format {
-                PackedQuant::Q8_0 => sections.qs[at],
-                PackedQuant::Q4_0 | PackedQuant::Q4_1 => {
-                    let byte = sections.qs[16 * b + i % 16];
-                    if i < 16 {
-                        byte & 0x0F
-                    } else {
-                        byte >> 4
-                    }
-                }
-            };
-            dot += u as i32 * qs[at] as i32;
+            let u = packed_quant::quant_at(format, &sections, nb, b, i);
+            dot += u as i32 * qs[interleaved_index(nb, b, i)] as i32;
         }
         let dw = f16_at(sections.d, b);
         let m = match format.offset_factor() {
@@ -189,16 +213,35 @@ fn dot_portable(format: PackedQuant, row: &[u8], nb: usize, qs: &[i8], d: &[f32]
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use super::{interleaved_index, PackedQuant, BLOCK};
     use std::arch::x86_64::*;
 
-    /// Where a row's sections start: (d, m, qs).
-    unsafe fn sections(format: PackedQuant, row: *const u8, nb: usize) -> (*const u16, *const u16, *const u8) {
+    /// Where a row's sections start: (d, m, qh, qs).
+    unsafe fn sections(
+        format: PackedQuant,
+        row: *const u8,
+        nb: usize,
+    ) -> (*const u16, *const u16, *const u8, *const u8) {
         let d = row as *const u16;
         let m = row.add(2 * nb) as *const u16;
-        let qs = row.add(format.scale_bytes() * nb);
-        (d, m, qs)
+        let qh = row.add(format.scale_bytes() * nb);
+        let qs = qh.add(format.qh_bytes() * nb);
+        (d, m, qh, qs)
+    }
+
+    /// 32 bits as 32 bytes, 16 where the bit is set: fifth bits joined to nibbles by an OR.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn fifth_bits_avx2(bits: u32) -> __m256i {
+        // Byte t takes byte t / 8 of the bits, then tests its bit t % 8.
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(bits as i32),
+            _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
+        );
+        let bit_of_byte = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit_of_byte), bit_of_byte);
+        _mm256_and_si256(set, _mm256_set1_epi8(16))
     }
 
     /// [`super::quantize_row_body`] with the same rounding (the default MXCSR mode is round to
@@ -229,7 +272,12 @@ mod x86 {
     /// its high nibbles. `both` is false when only the first block exists.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn load_pair(format: PackedQuant, qs: *const u8, both: bool) -> __m512i {
+    unsafe fn load_pair<const FIVE_BITS: bool>(
+        format: PackedQuant,
+        qs: *const u8,
+        qh: *const u8,
+        both: bool,
+    ) -> __m512i {
         match format {
             PackedQuant::Q8_0 => {
                 let mask: __mmask64 = if both { u64::MAX } else { u32::MAX as u64 };
@@ -241,7 +289,17 @@ mod x86 {
                 let spread =
                     _mm512_permutexvar_epi64(_mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0), _mm512_castsi256_si512(raw));
                 let shifted = _mm512_srlv_epi64(spread, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0));
-                _mm512_and_si512(shifted, _mm512_set1_epi8(0x0F))
+                let nibbles = _mm512_and_si512(shifted, _mm512_set1_epi8(0x0F));
+                if !FIVE_BITS {
+                    return nibbles;
+                }
+                // Tail blocks' fifth bits are in plain order: bit 32·j + i for value i of block j.
+                let bits = if both {
+                    std::ptr::read_unaligned(qh as *const u64)
+                } else {
+                    std::ptr::read_unaligned(qh as *const u32) as u64
+                };
+                _mm512_mask_add_epi8(nibbles, bits, nibbles, _mm512_set1_epi8(16))
             }
         }
     }
@@ -267,14 +325,14 @@ mod x86 {
 
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn spread_index(which: usize) -> __m512i {
+    pub(crate) unsafe fn spread_index(which: usize) -> __m512i {
         _mm512_loadu_si512(SPREAD[which].as_ptr() as *const _)
     }
 
     /// `[Σa, Σb, Σc, Σd]` of four 8-lane vectors, each by the same tree whatever the others are.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum4(v: [__m256; 4]) -> [f32; 4] {
+    pub(crate) unsafe fn hsum4(v: [__m256; 4]) -> [f32; 4] {
         let ab = _mm256_hadd_ps(v[0], v[1]);
         let cd = _mm256_hadd_ps(v[2], v[3]);
         let abcd = _mm256_hadd_ps(ab, cd);
@@ -292,7 +350,8 @@ mod x86 {
     /// The offset terms Σ m·s run as a second pass over the blocks, in the same order for every
     /// pair.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
-    pub unsafe fn dot_tile_avx512<const R: usize, const T: usize>(
+    /// `FIVE_BITS` (Q5_0, Q5_1) is a constant so the other formats' loops stay as they were.
+    pub unsafe fn dot_tile_avx512<const R: usize, const T: usize, const FIVE_BITS: bool>(
         format: PackedQuant,
         rows: [*const u8; R],
         nb: usize,
@@ -304,7 +363,8 @@ mod x86 {
         // inlined would run its intrinsics as calls, outside this function's target features.
         let quant_bytes = format.quant_bytes();
         let whole = nb / 4 * 4;
-        let mut sections_of = [(std::ptr::null::<u16>(), std::ptr::null::<u16>(), std::ptr::null::<u8>()); R];
+        let mut sections_of =
+            [(std::ptr::null::<u16>(), std::ptr::null::<u16>(), std::ptr::null::<u8>(), std::ptr::null::<u8>()); R];
         for r in 0..R {
             sections_of[r] = sections(format, rows[r], nb);
         }
@@ -312,6 +372,7 @@ mod x86 {
         let group_index = [spread_index(0), spread_index(1)];
         let pair_index = [spread_index(2), spread_index(3), spread_index(4), spread_index(5)];
         let low_nibbles = _mm512_set1_epi8(0x0F);
+        let sixteen = _mm512_set1_epi8(16);
         let mut acc = [[_mm512_setzero_ps(); R]; T];
         let mut b = 0;
         while b < nb {
@@ -337,8 +398,8 @@ mod x86 {
                     x[t] = (lo, hi, _mm512_permutexvar_ps(index, dx[t]));
                 }
                 for r in 0..R {
-                    let qs = sections[r].2.add(c * quant_bytes);
-                    let (w_lo, w_hi) = match format {
+                    let qs = sections[r].3.add(c * quant_bytes);
+                    let (mut w_lo, mut w_hi) = match format {
                         PackedQuant::Q8_0 => {
                             (_mm512_loadu_si512(qs as *const _), _mm512_loadu_si512(qs.add(64) as *const _))
                         }
@@ -350,6 +411,14 @@ mod x86 {
                             )
                         }
                     };
+                    if FIVE_BITS {
+                        // The group's fifth bits: 64 for its values 0..16, then 64 for 16..32.
+                        let bits = sections[r].2.add(4 * c);
+                        let lo_mask = std::ptr::read_unaligned(bits as *const u64);
+                        let hi_mask = std::ptr::read_unaligned(bits.add(8) as *const u64);
+                        w_lo = _mm512_mask_add_epi8(w_lo, lo_mask, w_lo, sixteen);
+                        w_hi = _mm512_mask_add_epi8(w_hi, hi_mask, w_hi, sixteen);
+                    }
                     let w_scale = _mm512_permutexvar_ps(index, dw[r]);
                     for t in 0..T {
                         let (x_lo, x_hi, x_scale) = x[t];
@@ -369,7 +438,12 @@ mod x86 {
                     x[t] = (_mm512_loadu_si512(xqs[t].add(c * BLOCK) as *const _), _mm512_permutexvar_ps(index, dx[t]));
                 }
                 for r in 0..R {
-                    let wq = load_pair(format, sections[r].2.add(c * quant_bytes), both);
+                    let wq = load_pair::<FIVE_BITS>(
+                        format,
+                        sections[r].3.add(c * quant_bytes),
+                        sections[r].2.add(4 * c),
+                        both,
+                    );
                     let w_scale = _mm512_permutexvar_ps(index, dw[r]);
                     for t in 0..T {
                         let (xq, x_scale) = x[t];
@@ -382,14 +456,14 @@ mod x86 {
             }
             b += 8;
         }
-        // Σ m·s (Q4_1) or Σ d·s (the others, scaled by −c below), eight blocks at a time.
+        // Σ m·s (Q4_1, Q5_1) or Σ d·s (the others, scaled by −c below), eight blocks at a time.
         let mut offset_acc = [[_mm256_setzero_ps(); R]; T];
         let mut b = 0;
         while b < nb {
             let mask8: __mmask8 = ((1u32 << (nb - b).min(8)) - 1) as u8;
             for r in 0..R {
-                let (d_ptr, m_ptr, _) = sections[r];
-                let source = if format == PackedQuant::Q4_1 { m_ptr } else { d_ptr };
+                let (d_ptr, m_ptr, _, _) = sections[r];
+                let source = if format.has_min() { m_ptr } else { d_ptr };
                 let w = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(mask8, source.add(b) as *const i16));
                 for t in 0..T {
                     offset_acc[t][r] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xs[t].add(b)), offset_acc[t][r]);
@@ -422,7 +496,7 @@ mod x86 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum256(v: __m256) -> f32 {
+    pub(crate) unsafe fn hsum256(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
@@ -450,7 +524,7 @@ mod x86 {
         xd: *const f32,
         xs: *const f32,
     ) -> f32 {
-        let (d_ptr, m_ptr, qs) = sections(format, row, nb);
+        let (d_ptr, m_ptr, qh, qs) = sections(format, row, nb);
         let ones = _mm256_set1_epi16(1);
         let low_nibbles = _mm256_set1_epi8(0x0F);
         let sign_bits = _mm256_set1_epi8(-128);
@@ -462,9 +536,10 @@ mod x86 {
             let dw = load_scales8(d_ptr.add(b), valid);
             let sx = _mm256_loadu_ps(xs.add(b));
             let scales = _mm256_mul_ps(dw, _mm256_loadu_ps(xd.add(b)));
-            offset_acc = match format {
-                PackedQuant::Q4_1 => _mm256_fmadd_ps(load_scales8(m_ptr.add(b), valid), sx, offset_acc),
-                _ => _mm256_fmadd_ps(dw, sx, offset_acc),
+            offset_acc = if format.has_min() {
+                _mm256_fmadd_ps(load_scales8(m_ptr.add(b), valid), sx, offset_acc)
+            } else {
+                _mm256_fmadd_ps(dw, sx, offset_acc)
             };
             for j in 0..valid {
                 let block = b + j;
@@ -481,7 +556,14 @@ mod x86 {
                     _ => {
                         let raw = _mm_loadu_si128(qs.add(block * 16) as *const __m128i);
                         let both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
-                        _mm256_maddubs_epi16(_mm256_and_si256(both, low_nibbles), xq)
+                        let mut w = _mm256_and_si256(both, low_nibbles);
+                        if format.qh_bytes() > 0 {
+                            // u ≤ 31, so pair sums stay within i16: 31·127·2.
+                            let bits = std::ptr::read_unaligned(qh.add(lo / 8) as *const u16) as u32
+                                | (std::ptr::read_unaligned(qh.add(hi / 8) as *const u16) as u32) << 16;
+                            w = _mm256_or_si256(w, fifth_bits_avx2(bits));
+                        }
+                        _mm256_maddubs_epi16(w, xq)
                     }
                 };
                 let dot = _mm256_madd_epi16(pairs, ones);
@@ -492,11 +574,11 @@ mod x86 {
             b += 8;
         }
         let offset_sum = hsum256(offset_acc);
-        let offsets = match format {
+        let offsets = match format.offset_factor() {
             // The dot above used w = u − 128 directly, so no offset is owed.
-            PackedQuant::Q8_0 => 0.0,
-            PackedQuant::Q4_0 => -8.0 * offset_sum,
-            PackedQuant::Q4_1 => offset_sum,
+            _ if format == PackedQuant::Q8_0 => 0.0,
+            Some(c) => -c * offset_sum,
+            None => offset_sum,
         };
         hsum256(acc) + offsets
     }
