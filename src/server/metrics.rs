@@ -20,7 +20,9 @@ impl ServerMetrics {
     }
 }
 
-pub fn render(engine: &EngineMetrics, server: &ServerMetrics) -> String {
+/// Everything, `kiln_*` first, then the vLLM-named aliases (`metrics_aliases`) labelled with the
+/// served model's name.
+pub fn render(engine: &EngineMetrics, server: &ServerMetrics, model_name: &str) -> String {
     let mut out = String::new();
     let counter = |out: &mut String, name: &str, help: &str, value: u64| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
@@ -77,7 +79,8 @@ pub fn render(engine: &EngineMetrics, server: &ServerMetrics) -> String {
         get(&engine.last_step_tokens),
     );
     gauge(&mut out, "kiln_kv_blocks_used", "KV cache blocks in use.", get(&engine.kv_blocks_used));
-    gauge(&mut out, "kiln_kv_blocks_total", "KV cache blocks in all.", get(&engine.kv_blocks_total));
+    // Not `_total`: that suffix is for counters (promtool's lint), and this is a capacity.
+    gauge(&mut out, "kiln_kv_blocks_capacity", "KV cache blocks in all.", get(&engine.kv_blocks_total));
     histogram(
         &mut out,
         "kiln_queue_time_seconds",
@@ -108,16 +111,31 @@ pub fn render(engine: &EngineMetrics, server: &ServerMetrics) -> String {
     for ((route, status), count) in responses.iter() {
         let _ = writeln!(out, "kiln_http_responses_total{{route=\"{route}\",status=\"{status}\"}} {count}");
     }
+    drop(responses);
+    super::metrics_aliases::render_vllm_aliases(&mut out, engine, model_name);
     out
 }
 
 fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
+    labelled_histogram(out, name, help, h, "");
+}
+
+/// A histogram whose samples carry `labels` (`key="value",` pairs, each followed by a comma, or
+/// empty) before `le`.
+pub(super) fn labelled_histogram(out: &mut String, name: &str, help: &str, h: &Histogram, labels: &str) {
     let (buckets, count, sum) = h.snapshot();
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
     for (bound, value) in LATENCY_BUCKETS_S.iter().zip(buckets) {
-        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {value}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {value}");
     }
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}");
+    let plain = match labels.trim_end_matches(',') {
+        "" => String::new(),
+        pairs => format!("{{{pairs}}}"),
+    };
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{{labels}le=\"+Inf\"}} {count}\n{name}_sum{plain} {sum}\n{name}_count{plain} {count}"
+    );
 }
 
 #[cfg(test)]
@@ -131,7 +149,7 @@ mod tests {
         engine.time_to_first_token.observe(0.02);
         let server = ServerMetrics::default();
         server.count_response("/v1/chat/completions", 200);
-        let text = render(&engine, &server);
+        let text = render(&engine, &server, "m");
         assert!(text.contains("kiln_generated_tokens_total 42\n"));
         assert!(text.contains("kiln_time_to_first_token_seconds_bucket{le=\"0.025\"} 1\n"));
         assert!(text.contains("kiln_time_to_first_token_seconds_bucket{le=\"0.01\"} 0\n"));

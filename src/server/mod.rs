@@ -7,6 +7,7 @@ pub mod generation;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+mod metrics_aliases;
 mod native_routes;
 mod openai_routes;
 pub mod rate_limit;

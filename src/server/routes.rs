@@ -91,7 +91,7 @@ fn dispatch(app: &App, caller: &mut Caller, request: &Request, responder: &mut R
             send(responder, Response::json(200, br#"{"status":"ok"}"#.to_vec()))
         }
         ("GET", "/metrics") => {
-            let text = super::metrics::render(&app.engine.metrics, &app.metrics);
+            let text = super::metrics::render(&app.engine.metrics, &app.metrics, &app.model_name);
             send(
                 responder,
                 Response::text(200, text).header("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
