@@ -179,7 +179,8 @@ fn n_completions_share_the_prompt_and_match_single_runs() {
 
 #[test]
 fn the_concurrency_benchmark_runs_every_request_to_the_end() {
-    let (report, constrained) = kiln::cli::bench_concurrency::run(Box::new(backend(256)), 4, 6, 5, 64, None).unwrap();
+    let (report, constrained) =
+        kiln::cli::bench_concurrency::run(Box::new(backend(256)), 4, 6, 5, 64, None, None).unwrap();
     assert_eq!((report.concurrency, report.prompt_tokens, report.new_tokens), (4, 6, 5));
     assert!(report.single_tokens_per_s > 0.0 && report.aggregate_tokens_per_s > 0.0);
     assert!((report.speedup - report.aggregate_tokens_per_s / report.single_tokens_per_s).abs() < 1e-9);
@@ -196,7 +197,7 @@ fn the_concurrency_benchmark_times_constrained_decoding() {
         serde_json::json!({"type": "object", "properties": {"a": {"type": "array", "items": {"type": "integer"}}}});
     let constraint = kiln::engine::json_schema::SchemaCache::new(bytes).json_schema(&schema).unwrap();
     let (_, constrained) =
-        kiln::cli::bench_concurrency::run(Box::new(backend(256)), 4, 6, 12, 64, Some(constraint)).unwrap();
+        kiln::cli::bench_concurrency::run(Box::new(backend(256)), 4, 6, 12, 64, Some(constraint), None).unwrap();
     let c = constrained.unwrap();
     assert!(c.steps > 0 && c.generated_tokens > 0 && c.step_ms > 0.0, "{c:?}");
     assert!(c.mask_ms_per_step > 0.0 && c.first_run_mask_ms_per_step > 0.0, "{c:?}");

@@ -1,6 +1,8 @@
 //! The golden greedy cases of the default model (tests/data/smollm2_greedy.json; tests/data/README.md
 //! says how they were made), shared by the tests that run them on different weight formats.
 
+#![allow(dead_code)] // each test binary uses a different part
+
 use std::sync::Arc;
 
 use kiln::backend::plan::PlanLimits;
