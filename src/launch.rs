@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::backend::cpu::tensor_parallel::{self, TensorParallelError};
 use crate::backend::cpu::{CpuBackend, CpuKvCache};
 use crate::backend::plan::PlanLimits;
 use crate::backend::{KvLayout, KV_BLOCK_SIZE};
@@ -26,6 +27,17 @@ impl Default for CpuLimits {
     }
 }
 
+/// [`load_cpu_backend`] split over `ranks` tensor-parallel ranks.
+pub fn load_cpu_backend_tensor_parallel(
+    dir: &Path,
+    limits: CpuLimits,
+    ranks: usize,
+) -> anyhow::Result<(CpuBackend, PlanLimits)> {
+    let config = ModelConfig::from_dir(dir)?;
+    let weights = LlamaWeights::load(dir, &config)?;
+    Ok(cpu_backend_tensor_parallel(config, weights, limits, ranks)?)
+}
+
 /// Loads config and weights from a Hugging Face directory and sizes a CPU backend for `limits`.
 pub fn load_cpu_backend(dir: &Path, limits: CpuLimits) -> Result<(CpuBackend, PlanLimits), ModelError> {
     let config = ModelConfig::from_dir(dir)?;
@@ -41,6 +53,18 @@ pub fn load_cpu_backend_from_gguf(path: &Path, limits: CpuLimits) -> Result<(Cpu
 }
 
 pub fn cpu_backend(config: ModelConfig, weights: LlamaWeights, limits: CpuLimits) -> (CpuBackend, PlanLimits) {
+    cpu_backend_tensor_parallel(config, weights, limits, 1).expect("one rank always fits")
+}
+
+/// [`cpu_backend`] with the model split over `ranks` tensor-parallel ranks (threads); the KV
+/// memory in `limits` is the total over all ranks.
+pub fn cpu_backend_tensor_parallel(
+    config: ModelConfig,
+    weights: LlamaWeights,
+    limits: CpuLimits,
+    ranks: usize,
+) -> Result<(CpuBackend, PlanLimits), TensorParallelError> {
+    tensor_parallel::rank_config(&config, ranks)?;
     let kv_tokens =
         (limits.kv_memory_bytes / CpuKvCache::bytes_per_token(&config)).min(limits.kv_max_tokens.unwrap_or(usize::MAX));
     let num_blocks = (kv_tokens / KV_BLOCK_SIZE).max(1);
@@ -61,5 +85,5 @@ pub fn cpu_backend(config: ModelConfig, weights: LlamaWeights, limits: CpuLimits
         config.max_position_embeddings
     );
     let weights = crate::model::weight_arena::into_huge_page_arena(weights);
-    (CpuBackend::new(config, weights, layout, plan_limits), plan_limits)
+    Ok((CpuBackend::tensor_parallel(config, weights, layout, plan_limits, ranks)?, plan_limits))
 }

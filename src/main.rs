@@ -22,6 +22,10 @@ struct Cli {
     /// (a `--model FILE.gguf` always runs from the file's own weights on the CPU).
     #[arg(long, global = true)]
     original_weights: bool,
+    /// Split the model over N tensor-parallel ranks (attention heads, KV heads and the MLP divided
+    /// N ways; N must divide them). On the CPU the ranks are threads; on GPUs one rank per GPU.
+    #[arg(long, global = true, default_value_t = 1, value_name = "N")]
+    tensor_parallel: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -151,7 +155,8 @@ struct ServeOptions {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     kiln::cli::init_logging();
-    let result = kiln::cli::init_threads(cli.threads).and_then(|_| run(cli.command, cli.backend, cli.original_weights));
+    let result = kiln::cli::init_threads(cli.threads)
+        .and_then(|_| run(cli.command, cli.backend, cli.original_weights, cli.tensor_parallel));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -161,7 +166,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command, backend: BackendChoice, original_weights: bool) -> anyhow::Result<()> {
+fn run(command: Command, backend: BackendChoice, original_weights: bool, tensor_parallel: usize) -> anyhow::Result<()> {
+    if tensor_parallel == 0 {
+        anyhow::bail!("--tensor-parallel must be at least 1");
+    }
     match command {
         Command::Pull => {
             let dir = kiln::model::pull::pull_default_model()?;
@@ -198,6 +206,7 @@ fn run(command: Command, backend: BackendChoice, original_weights: bool) -> anyh
                 kv_memory_bytes: o.kv_memory.map(|gib| (gib * (1u64 << 30) as f64) as usize),
                 backend,
                 original_weights,
+                tensor_parallel,
                 max_batch_tokens: o.max_batch_tokens,
                 max_seqs: o.max_seqs,
                 max_prefill_chunk: o.max_prefill_chunk,
@@ -224,6 +233,9 @@ fn run(command: Command, backend: BackendChoice, original_weights: bool) -> anyh
         Command::Bench(args) => {
             // The GPU has its own harness (examples/gpu_bench, run by tools/gpu-check): say so
             // rather than measure the CPU under a name that says CUDA.
+            if tensor_parallel > 1 {
+                anyhow::bail!("`kiln bench` measures one rank; --tensor-parallel applies to serve and generate");
+            }
             if matches!(backend, BackendChoice::Cuda) {
                 anyhow::bail!(
                     "`kiln bench` measures the CPU backend only; GPU kernels and decode are measured by \
@@ -265,6 +277,7 @@ fn run(command: Command, backend: BackendChoice, original_weights: bool) -> anyh
                 stop,
                 backend,
                 original_weights,
+                tensor_parallel,
             })
         }
     }

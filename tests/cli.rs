@@ -117,3 +117,17 @@ fn bench_concurrency_reports_its_share_of_the_measured_peak() {
     let peak = &concurrency["peak"];
     assert!(peak["int8_ops"].as_f64().unwrap() > peak["f32_flops"].as_f64().unwrap(), "{peak}");
 }
+
+#[test]
+fn tensor_parallel_ranks_give_the_same_answer_or_a_clear_refusal() {
+    let question = "What is the capital of France? Answer in one sentence.";
+    let out = kiln(&["--backend", "cpu", "--tensor-parallel", "3", "generate", "--chat", "--prompt", question]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "The capital of France is Paris.\n");
+    let out = kiln(&["--backend", "cpu", "--tensor-parallel", "2", "generate", "--prompt", "Hi"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--tensor-parallel 2 does not divide the model's attention heads (9)"), "{stderr}");
+    let out = kiln(&["--tensor-parallel", "2", "bench"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`kiln bench` measures one rank"));
+}

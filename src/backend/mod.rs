@@ -1,6 +1,7 @@
 //! Backends run the forward pass over a step plan. They know nothing about requests: only plans,
 //! weights and buffers. `cpu` is the reference and the default.
 
+pub mod collective;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;

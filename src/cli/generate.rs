@@ -26,14 +26,19 @@ pub struct GenerateArgs {
     pub stop: Vec<String>,
     pub backend: BackendChoice,
     pub original_weights: bool,
+    pub tensor_parallel: usize,
 }
 
 /// Runs the serving engine on this thread with one request: the same limits, KV policy, chunked
 /// prefill, stop handling and detokenizer as `kiln serve`, printing text as the engine releases it.
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let serve = ServeArgs::default();
-    let limits =
-        LoadLimits { kv_memory_bytes: serve.kv_memory_bytes, max_batch_tokens: serve.max_batch_tokens, max_seqs: 1 };
+    let limits = LoadLimits {
+        kv_memory_bytes: serve.kv_memory_bytes,
+        max_batch_tokens: serve.max_batch_tokens,
+        max_seqs: 1,
+        tensor_parallel: args.tensor_parallel,
+    };
     let loaded = load_model(args.model.as_deref(), limits, args.backend, args.original_weights)?;
     let tokenizer = Arc::new(loaded.tokenizer);
     let prompt_ids = if args.chat {

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::backend::plan::PlanLimits;
 use crate::backend::Backend;
-use crate::launch::{cpu_backend, CpuLimits};
+use crate::launch::{cpu_backend_tensor_parallel, CpuLimits};
 use crate::model::weights::LlamaWeights;
 use crate::model::ModelConfig;
 use crate::tokenizer::Tokenizer;
@@ -30,6 +30,8 @@ pub struct LoadLimits {
     pub kv_memory_bytes: Option<usize>,
     pub max_batch_tokens: usize,
     pub max_seqs: usize,
+    /// Tensor-parallel ranks (1: none).
+    pub tensor_parallel: usize,
 }
 
 pub struct LoadedModel {
@@ -82,9 +84,18 @@ pub fn load_model(
         max_batch_tokens: limits.max_batch_tokens,
         max_seqs: limits.max_seqs,
     };
+    if use_cuda && limits.tensor_parallel > 1 {
+        anyhow::bail!(
+            "--tensor-parallel {} with the CUDA backend needs the NCCL path, which is not built yet; the CPU \
+             backend runs tensor-parallel ranks (--backend cpu)",
+            limits.tensor_parallel
+        );
+    }
+    let ranks = limits.tensor_parallel;
     let (config, backend, plan_limits) = match &gguf {
         Some(path) if !use_cuda => {
-            let (backend, plan_limits) = crate::launch::load_cpu_backend_from_gguf(path, cpu_limits)?;
+            let (config, weights) = crate::model::gguf_weights::load_gguf_weights(path)?;
+            let (backend, plan_limits) = cpu_backend_tensor_parallel(config, weights, cpu_limits, ranks)?;
             tracing::info!("running {} with its stored (quantized) weights", path.display());
             let config = backend.config().clone();
             (config, Box::new(backend) as Box<dyn Backend>, plan_limits)
@@ -97,7 +108,7 @@ pub fn load_model(
             let (backend, plan_limits) = if use_cuda {
                 cuda_backend(config.clone(), &weights, limits)?
             } else {
-                let (backend, plan_limits) = cpu_backend(config.clone(), weights, cpu_limits);
+                let (backend, plan_limits) = cpu_backend_tensor_parallel(config.clone(), weights, cpu_limits, ranks)?;
                 (Box::new(backend) as Box<dyn Backend>, plan_limits)
             };
             (config, backend, plan_limits)

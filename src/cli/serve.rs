@@ -40,6 +40,8 @@ pub struct ServeArgs {
     pub backend: BackendChoice,
     /// Run the default model from its original quantized GGUF instead of the f16 directory.
     pub original_weights: bool,
+    /// Tensor-parallel ranks (1: none).
+    pub tensor_parallel: usize,
     pub max_batch_tokens: usize,
     pub max_seqs: usize,
     pub max_prefill_chunk: usize,
@@ -77,6 +79,7 @@ impl Default for ServeArgs {
             kv_memory_bytes: None,
             backend: BackendChoice::Auto,
             original_weights: false,
+            tensor_parallel: 1,
             max_batch_tokens: 512,
             max_seqs: 16,
             max_prefill_chunk: 256,
@@ -157,6 +160,7 @@ pub fn start_watched(args: ServeArgs, signals: bool) -> anyhow::Result<(Server, 
         kv_memory_bytes: args.kv_memory_bytes,
         max_batch_tokens: args.max_batch_tokens,
         max_seqs: args.max_seqs,
+        tensor_parallel: args.tensor_parallel,
     };
     let loaded = load_model(args.model.as_deref(), limits, args.backend, args.original_weights)?;
     let config = loaded.config.clone();

@@ -206,6 +206,16 @@ impl WeightMatrix {
         WeightMatrix { format: self.format, rows: self.rows, cols: self.cols, bytes, range }
     }
 
+    /// Rows `rows` of this matrix, a view of the same bytes (a tensor-parallel rank's share of
+    /// the output features).
+    pub fn row_slice(&self, rows: std::ops::Range<usize>) -> WeightMatrix {
+        assert!(rows.start <= rows.end && rows.end <= self.rows, "rows {rows:?} of a {}-row matrix", self.rows);
+        let row_bytes = self.row_bytes();
+        let start = self.range.start + rows.start * row_bytes;
+        let range = start..start + rows.len() * row_bytes;
+        WeightMatrix { format: self.format, rows: rows.len(), cols: self.cols, bytes: self.bytes.clone(), range }
+    }
+
     /// Tells the owner of this view's bytes that they have been copied elsewhere (see
     /// [`WeightBytes::release`]); the view stays valid.
     pub fn release_source(&self) {

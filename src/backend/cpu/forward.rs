@@ -11,6 +11,10 @@ use crate::model::ModelConfig;
 use crate::ops::attention::AttentionShape;
 use crate::ops::embedding::embedding;
 
+/// One step on one rank. With tensor parallelism (`config` and `weights` a rank's share, see
+/// `tensor_parallel`) the outputs of o_proj and down_proj are partial sums, which `all_reduce`
+/// completes; with one rank it does nothing. Only the rank that gets `logits_out` computes the
+/// logits.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     isa: Isa,
@@ -20,7 +24,8 @@ pub fn forward(
     kv: &mut CpuKvCache,
     ws: &mut Workspace,
     plan: &StepPlan,
-    logits_out: &mut [f32],
+    all_reduce: &dyn Fn(&mut [f32]),
+    logits_out: Option<&mut [f32]>,
 ) {
     let n = plan.num_tokens();
     let (h, q_dim, kv_dim, ffn) = (config.hidden_size, config.q_dim(), config.kv_dim(), config.intermediate_size);
@@ -78,12 +83,15 @@ pub fn forward(
             attn,
         );
         matmul::matmul_with(isa, attn, &layer.o_proj, proj);
+        all_reduce(proj);
         // MLP block: x += down(silu(gate(x')) * up(x')) with x' = rmsnorm(x).
         rmsnorm::rmsnorm_residual(isa, hidden, proj, &layer.post_attention_norm, eps, normed);
         matmul::matmul_group_with(isa, normed, &[&layer.gate_proj, &layer.up_proj], &mut [&mut *gate, &mut *up]);
         silu_mul::silu_mul(isa, gate, up, act);
         matmul::matmul_with(isa, act, &layer.down_proj, proj);
+        all_reduce(proj);
     }
+    let Some(logits_out) = logits_out else { return };
 
     // Logits only for the rows the plan asks for (the last token of each sequence that samples);
     // the last MLP output is added to just those rows.

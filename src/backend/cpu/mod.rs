@@ -5,34 +5,74 @@
 mod forward;
 pub mod kernels;
 mod kv_cache;
+pub mod tensor_parallel;
 mod workspace;
 
 pub use kv_cache::CpuKvCache;
 
+use crate::backend::collective::cpu::ThreadCollective;
+use crate::backend::collective::Collective;
 use crate::backend::plan::{PlanLimits, StepPlan};
 use crate::model::weights::LlamaWeights;
 use crate::model::ModelConfig;
 
 use super::{Backend, BackendError, KvLayout};
+use tensor_parallel::TensorParallelError;
 use workspace::Workspace;
 
 pub struct CpuBackend {
+    /// The whole model's geometry (what the engine sees).
+    config: ModelConfig,
+    /// One rank without tensor parallelism; else each rank's share of the heads, features and KV
+    /// cache, run on threads of their own that meet in `collective`.
+    ranks: Vec<Rank>,
+    collective: ThreadCollective,
+    limits: PlanLimits,
+    inv_freq: Vec<f32>,
+    isa: kernels::Isa,
+}
+
+struct Rank {
     config: ModelConfig,
     weights: LlamaWeights,
     kv: CpuKvCache,
-    limits: PlanLimits,
     workspace: Workspace,
-    inv_freq: Vec<f32>,
-    isa: kernels::Isa,
+}
+
+impl Rank {
+    fn new(config: ModelConfig, weights: LlamaWeights, layout: KvLayout, limits: PlanLimits) -> Rank {
+        let kv = CpuKvCache::new(&config, layout);
+        let workspace = Workspace::new(&config, limits.max_batch_tokens);
+        Rank { config, weights, kv, workspace }
+    }
 }
 
 impl CpuBackend {
     /// Allocates the KV cache (`layout`) and the activations for the largest step (`limits`).
     pub fn new(config: ModelConfig, weights: LlamaWeights, layout: KvLayout, limits: PlanLimits) -> CpuBackend {
-        let kv = CpuKvCache::new(&config, layout);
-        let workspace = Workspace::new(&config, limits.max_batch_tokens);
         let inv_freq = crate::ops::rope::rope_inv_freq(&config);
-        CpuBackend { config, weights, kv, limits, workspace, inv_freq, isa: kernels::Isa::best() }
+        let ranks = vec![Rank::new(config.clone(), weights, layout, limits)];
+        CpuBackend { config, ranks, collective: ThreadCollective::new(1), limits, inv_freq, isa: kernels::Isa::best() }
+    }
+
+    /// The model split over `ranks` tensor-parallel ranks (`tensor_parallel`), each a thread
+    /// with its share of the weights and of every KV block (`layout` counts blocks, which every
+    /// rank has, each holding its own KV heads). One rank is [`CpuBackend::new`].
+    pub fn tensor_parallel(
+        config: ModelConfig,
+        weights: LlamaWeights,
+        layout: KvLayout,
+        limits: PlanLimits,
+        ranks: usize,
+    ) -> Result<CpuBackend, TensorParallelError> {
+        if ranks == 1 {
+            return Ok(CpuBackend::new(config, weights, layout, limits));
+        }
+        let shards = tensor_parallel::shard(&config, &weights, ranks)?;
+        let inv_freq = crate::ops::rope::rope_inv_freq(&config);
+        let ranks: Vec<Rank> = shards.into_iter().map(|s| Rank::new(s.config, s.weights, layout, limits)).collect();
+        let collective = ThreadCollective::new(ranks.len());
+        Ok(CpuBackend { config, ranks, collective, limits, inv_freq, isa: kernels::Isa::best() })
     }
 
     /// The instruction set level the kernels run with.
@@ -40,8 +80,13 @@ impl CpuBackend {
         self.isa
     }
 
+    /// The weights (rank 0's share under tensor parallelism: the formats are the same on all).
     pub fn weights(&self) -> &LlamaWeights {
-        &self.weights
+        &self.ranks[0].weights
+    }
+
+    pub fn tensor_parallel_ranks(&self) -> usize {
+        self.ranks.len()
     }
 }
 
@@ -55,26 +100,24 @@ impl Backend for CpuBackend {
     }
 
     fn kv_layout(&self) -> KvLayout {
-        self.kv.layout()
+        self.ranks[0].kv.layout()
     }
 
     fn execute(&mut self, plan: &StepPlan, logits: &mut [f32]) -> Result<(), BackendError> {
+        let layout = self.kv_layout();
         if plan.limits.max_batch_tokens > self.limits.max_batch_tokens {
             return Err(BackendError::PlanMismatch(format!(
                 "plan allows {} tokens per step, the backend was sized for {}",
                 plan.limits.max_batch_tokens, self.limits.max_batch_tokens
             )));
         }
-        if plan.block_size != self.kv.layout().block_size {
+        if plan.block_size != layout.block_size {
             return Err(BackendError::PlanMismatch(format!(
                 "plan uses KV blocks of {} tokens, the cache has {}",
-                plan.block_size,
-                self.kv.layout().block_size
+                plan.block_size, layout.block_size
             )));
         }
-        if let Some(&bad) =
-            plan.block_tables.iter().find(|&&b| b != u32::MAX && b as usize >= self.kv.layout().num_blocks)
-        {
+        if let Some(&bad) = plan.block_tables.iter().find(|&&b| b != u32::MAX && b as usize >= layout.num_blocks) {
             return Err(BackendError::PlanMismatch(format!("KV block {bad} does not exist")));
         }
         if let Some(&bad) = plan.token_ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
@@ -84,21 +127,42 @@ impl Backend for CpuBackend {
         if logits.len() < needed {
             return Err(BackendError::LogitsBuffer { got: logits.len(), needed });
         }
-        if let Some(&(source, destination)) = plan
-            .block_copies
-            .iter()
-            .find(|&&(s, d)| s as usize >= self.kv.layout().num_blocks || d as usize >= self.kv.layout().num_blocks)
+        if let Some(&(source, destination)) =
+            plan.block_copies.iter().find(|&&(s, d)| s as usize >= layout.num_blocks || d as usize >= layout.num_blocks)
         {
             return Err(BackendError::PlanMismatch(format!("KV block copy {source} → {destination} is out of range")));
         }
-        for &(source, destination) in &plan.block_copies {
-            self.kv.copy_block(source as usize, destination as usize);
+        for rank in &mut self.ranks {
+            for &(source, destination) in &plan.block_copies {
+                rank.kv.copy_block(source as usize, destination as usize);
+            }
         }
-        let CpuBackend { config, weights, kv, workspace, inv_freq, isa, .. } = self;
+        let CpuBackend { ranks, collective, inv_freq, isa, .. } = self;
+        let (isa, inv_freq, collective) = (*isa, &*inv_freq, &*collective);
         let logits = &mut logits[..needed];
-        // The whole step runs on a pool thread: the ops' parallel loops then fork and join among
-        // threads that are already awake, instead of each waking the pool from outside.
-        rayon::scope(|_| forward::forward(*isa, config, weights, inv_freq, kv, workspace, plan, logits));
+        if let [rank] = ranks.as_mut_slice() {
+            // The whole step runs on a pool thread: the ops' parallel loops then fork and join
+            // among threads that are already awake, instead of each waking the pool from outside.
+            let Rank { config, weights, kv, workspace } = rank;
+            rayon::scope(|_| {
+                forward::forward(isa, config, weights, inv_freq, kv, workspace, plan, &|_| {}, Some(logits))
+            });
+            return Ok(());
+        }
+        // Each rank on a thread of its own, outside the pool: a rank waiting for the others in an
+        // all-reduce then never holds a pool thread the others' matmuls need. Rank 0 computes the
+        // logits.
+        let mut logits = Some(logits);
+        std::thread::scope(|scope| {
+            for (index, rank) in ranks.iter_mut().enumerate() {
+                let logits_out = if index == 0 { logits.take() } else { None };
+                scope.spawn(move || {
+                    let Rank { config, weights, kv, workspace } = rank;
+                    let all_reduce = |values: &mut [f32]| collective.all_reduce_sum(index, values);
+                    forward::forward(isa, config, weights, inv_freq, kv, workspace, plan, &all_reduce, logits_out);
+                });
+            }
+        });
         Ok(())
     }
 }
