@@ -39,6 +39,11 @@ fn main() {
              (installs the pinned nvcc wheels into .venv). Build without `--features cuda` for a CPU-only binary."
         )
     });
+    // NCCL (tensor parallelism) is opened at run time by name; the pinned wheel's folder goes on
+    // the library search path of every binary, test and example this build links.
+    if let Some(nccl_lib) = venv_nccl_lib(&manifest_dir) {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", nccl_lib.display());
+    }
     let cuda_dir = manifest_dir.join("cuda");
     let mut sources: Vec<PathBuf> = std::fs::read_dir(&cuda_dir)
         .expect("cuda/ exists")
@@ -137,12 +142,22 @@ fn find_nvcc(manifest_dir: &Path) -> Option<PathBuf> {
             return Some(nvcc);
         }
     }
+    venv_file(manifest_dir, "site-packages/nvidia/cu13/bin/nvcc")
+}
+
+/// The folder of NCCL's library in the `.venv` tools/setup-cuda made, with its `libnccl.so` link.
+fn venv_nccl_lib(manifest_dir: &Path) -> Option<PathBuf> {
+    venv_file(manifest_dir, "site-packages/nvidia/nccl/lib/libnccl.so").and_then(|f| f.parent().map(Path::to_path_buf))
+}
+
+/// `relative` under `.venv/lib/python3.*/`, the newest python's if several.
+fn venv_file(manifest_dir: &Path, relative: &str) -> Option<PathBuf> {
     let lib = manifest_dir.join(".venv/lib");
     let mut venv: Vec<PathBuf> = std::fs::read_dir(lib)
         .ok()?
         .filter_map(|entry| entry.ok())
-        .map(|entry| entry.path().join("site-packages/nvidia/cu13/bin/nvcc"))
-        .filter(|nvcc| nvcc.is_file())
+        .map(|entry| entry.path().join(relative))
+        .filter(|file| file.exists())
         .collect();
     venv.sort();
     venv.pop()

@@ -18,6 +18,7 @@ pub mod embedding;
 pub mod executor;
 mod forward;
 pub mod gemm;
+pub mod nccl;
 pub mod params;
 pub mod random;
 pub mod rmsnorm;
