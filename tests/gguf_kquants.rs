@@ -16,13 +16,11 @@ mod golden_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use golden_support::{golden, ids};
+use golden_support::{golden, ids, serving_engine};
 use kiln::engine::batch::run_batch;
-use kiln::engine::core::{Engine, EngineConfig};
 use kiln::engine::request::{FinishReason, RequestParams};
-use kiln::engine::text::NoText;
 use kiln::launch::{load_cpu_backend_from_gguf, CpuLimits};
 use serde_json::{json, Value};
 
@@ -144,15 +142,7 @@ fn greedy_tokens_equal_llama_cpp(type_name: &str, expected_formats: &[&str]) {
     let compared: usize = expected.iter().map(Vec::len).sum();
     assert!(compared >= MIN_COMPARED_TOKENS, "{type_name}: only {compared} tokens are clear enough to compare");
 
-    let config = EngineConfig {
-        max_batch_tokens: plan_limits.max_batch_tokens,
-        max_seqs: plan_limits.max_seqs,
-        max_prefill_chunk: plan_limits.max_batch_tokens,
-        max_waiting: requests.len(),
-        prefix_caching: true,
-        host_sampling: false,
-    };
-    let mut engine = Engine::new(Box::new(backend), Arc::new(NoText), config);
+    let mut engine = serving_engine(Box::new(backend), plan_limits, requests.len());
     let outputs = run_batch(&mut engine, &requests).expect("generation runs");
     for ((case, mut expected), mut output) in cases.iter().zip(expected).zip(outputs) {
         let output = output.remove(0);

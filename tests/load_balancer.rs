@@ -18,19 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use serve_support::{exchange, serve, sse_events, wait_until, OpenStream, Served, MODEL};
+use serve_support::{exchange, serve, setup_system_packages, sse_events, wait_until, OpenStream, Served, MODEL};
 
 const REPLICAS: usize = 3;
 const CLIENTS: usize = 6;
 const REQUESTS_PER_CLIENT: usize = 8;
 /// Each replica's `--shutdown-timeout`.
 const DRAIN_S: u64 = 20;
-
-fn setup_system_packages() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/setup-system-packages");
-    let status = Command::new(script).status().unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-    assert!(status.success(), "{script} failed ({status})");
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -7,13 +7,7 @@ mod serve_support;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use serve_support::{request, serve, MODEL};
-
-fn setup_system_packages() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/setup-system-packages");
-    let status = Command::new(script).status().unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-    assert!(status.success(), "{script} failed ({status})");
-}
+use serve_support::{request, serve, setup_system_packages, MODEL};
 
 /// promtool's exit status and its remarks, one per line.
 fn promtool_check(text: &str) -> (std::process::ExitStatus, Vec<String>) {

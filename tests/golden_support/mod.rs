@@ -21,6 +21,20 @@ pub fn ids(v: &Value) -> Vec<u32> {
     v.as_array().expect("an id list").iter().map(|x| x.as_u64().expect("an id") as u32).collect()
 }
 
+/// The serving engine with prefix caching, sized by the backend's plan limits, to be stepped on
+/// this thread: the path every request of the server takes.
+pub fn serving_engine(backend: Box<dyn Backend>, plan_limits: PlanLimits, max_waiting: usize) -> Engine {
+    let config = EngineConfig {
+        max_batch_tokens: plan_limits.max_batch_tokens,
+        max_seqs: plan_limits.max_seqs,
+        max_prefill_chunk: plan_limits.max_batch_tokens,
+        max_waiting,
+        prefix_caching: true,
+        host_sampling: false,
+    };
+    Engine::new(backend, Arc::new(NoText), config)
+}
+
 /// Runs every case together in one batch (batching must not change anyone's tokens) and checks
 /// each generates the recorded greedy ids, stopping at the end-of-sequence token where the
 /// reference did and at the length limit otherwise.
@@ -35,16 +49,7 @@ pub fn assert_greedy_cases_match(backend: Box<dyn Backend>, plan_limits: PlanLim
             (ids(&case["prompt_ids"]), params)
         })
         .collect();
-    // The serving engine, stepped on this thread: the path every request of the server takes.
-    let config = EngineConfig {
-        max_batch_tokens: plan_limits.max_batch_tokens,
-        max_seqs: plan_limits.max_seqs,
-        max_prefill_chunk: plan_limits.max_batch_tokens,
-        max_waiting: requests.len(),
-        prefix_caching: true,
-        host_sampling: false,
-    };
-    let mut engine = Engine::new(backend, Arc::new(NoText), config);
+    let mut engine = serving_engine(backend, plan_limits, requests.len());
     let outputs: Vec<_> =
         run_batch(&mut engine, &requests).expect("generation runs").into_iter().map(|mut c| c.remove(0)).collect();
     for (case, output) in cases.iter().zip(&outputs) {

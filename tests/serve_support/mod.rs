@@ -230,3 +230,10 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
     check()
 }
+
+/// Installs the Debian packages tests drive as real peers (haproxy, promtool) when missing.
+pub fn setup_system_packages() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/setup-system-packages");
+    let status = Command::new(script).status().unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    assert!(status.success(), "{script} failed ({status})");
+}

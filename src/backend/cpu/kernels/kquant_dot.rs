@@ -42,15 +42,8 @@ pub fn dot_tile<const R: usize, const T: usize>(
     match isa {
         #[cfg(target_arch = "x86_64")]
         super::Isa::Avx512 => {
-            let (mut qs, mut d, mut s) = ([std::ptr::null(); T], [std::ptr::null(); T], [std::ptr::null(); T]);
-            for (i, &t) in tokens.iter().enumerate() {
-                let (row_qs, row_d, row_s) = xq.row(t);
-                (qs[i], d[i], s[i]) = (row_qs.as_ptr(), row_d.as_ptr(), row_s.as_ptr());
-            }
-            let mut weights = [std::ptr::null(); R];
-            for (pointer, row) in weights.iter_mut().zip(rows) {
-                *pointer = row.as_ptr();
-            }
+            let (qs, d, s) = xq.tile_pointers(tokens);
+            let weights = super::quant_dot::row_pointers(rows);
             // SAFETY: the level is supported (callers check); the row lengths were checked above,
             // and K-quant rows are whole super-blocks, so every load stays inside its row.
             unsafe {

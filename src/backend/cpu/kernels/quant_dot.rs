@@ -59,6 +59,21 @@ impl QuantizedActivations {
     }
 
     /// Activation row t: (quants in interleaved order, dx per block, s per block).
+    /// Where the quants, scales and sums of each of `tokens` start: a tile kernel's activation
+    /// operands. Plain loops rather than array maps: those are not always inlined, and this runs
+    /// once per tile.
+    pub(super) fn tile_pointers<const T: usize>(
+        &self,
+        tokens: [usize; T],
+    ) -> ([*const i8; T], [*const f32; T], [*const f32; T]) {
+        let (mut qs, mut d, mut s) = ([std::ptr::null(); T], [std::ptr::null(); T], [std::ptr::null(); T]);
+        for (i, &t) in tokens.iter().enumerate() {
+            let (row_qs, row_d, row_s) = self.row(t);
+            (qs[i], d[i], s[i]) = (row_qs.as_ptr(), row_d.as_ptr(), row_s.as_ptr());
+        }
+        (qs, d, s)
+    }
+
     pub(super) fn row(&self, t: usize) -> (&[i8], &[f32], &[f32]) {
         let pb = self.padded_blocks;
         (&self.qs[t * pb * BLOCK..(t + 1) * pb * BLOCK], &self.d[t * pb..(t + 1) * pb], &self.s[t * pb..(t + 1) * pb])
@@ -123,17 +138,8 @@ pub fn dot_packed_tile<const R: usize, const T: usize>(
     match isa {
         #[cfg(target_arch = "x86_64")]
         super::Isa::Avx512 => {
-            // Plain loops rather than array maps: those are not always inlined, and this runs
-            // once per tile.
-            let (mut qs, mut d, mut s) = ([std::ptr::null(); T], [std::ptr::null(); T], [std::ptr::null(); T]);
-            for (i, &t) in tokens.iter().enumerate() {
-                let (row_qs, row_d, row_s) = xq.row(t);
-                (qs[i], d[i], s[i]) = (row_qs.as_ptr(), row_d.as_ptr(), row_s.as_ptr());
-            }
-            let mut weights = [std::ptr::null(); R];
-            for (pointer, row) in weights.iter_mut().zip(rows) {
-                *pointer = row.as_ptr();
-            }
+            let (qs, d, s) = xq.tile_pointers(tokens);
+            let weights = row_pointers(rows);
             // SAFETY: the row lengths were checked above; each activation row holds whole padded
             // groups of 8 blocks; weight reads past the last block are masked.
             unsafe {
@@ -148,6 +154,15 @@ pub fn dot_packed_tile<const R: usize, const T: usize>(
     }
 }
 
+/// Where each weight row of a tile starts.
+pub(super) fn row_pointers<const R: usize>(rows: [&[u8]; R]) -> [*const u8; R] {
+    let mut pointers = [std::ptr::null(); R];
+    for (pointer, row) in pointers.iter_mut().zip(rows) {
+        *pointer = row.as_ptr();
+    }
+    pointers
+}
+
 /// `Σ_i w[i] · x_t[i]` for one packed weight row (`format.row_bytes(k)` bytes) and activation row t.
 pub fn dot_packed(isa: super::Isa, format: PackedQuant, row: &[u8], xq: &QuantizedActivations, t: usize) -> f32 {
     if let PackedQuant::K(k) = format {
@@ -158,31 +173,9 @@ pub fn dot_packed(isa: super::Isa, format: PackedQuant, row: &[u8], xq: &Quantiz
     assert_eq!(row.len(), format.row_bytes(nb * BLOCK), "weight row and activations disagree on k");
     let (qs, d, s) = xq.row(t);
     match isa {
-        // SAFETY: the row length was checked above; the activation buffers hold whole padded
-        // groups of 8 blocks, and weight reads past the last block are masked.
+        // AVX-512 has only the tile kernel: a single row is its 1 × 1 tile.
         #[cfg(target_arch = "x86_64")]
-        super::Isa::Avx512 => unsafe {
-            let [[sum]] = if format.qh_bytes() > 0 {
-                x86::dot_tile_avx512::<1, 1, true>(
-                    format,
-                    [row.as_ptr()],
-                    nb,
-                    [qs.as_ptr()],
-                    [d.as_ptr()],
-                    [s.as_ptr()],
-                )
-            } else {
-                x86::dot_tile_avx512::<1, 1, false>(
-                    format,
-                    [row.as_ptr()],
-                    nb,
-                    [qs.as_ptr()],
-                    [d.as_ptr()],
-                    [s.as_ptr()],
-                )
-            };
-            sum
-        },
+        super::Isa::Avx512 => dot_packed_tile::<1, 1>(isa, format, [row], xq, [t])[0][0],
         #[cfg(target_arch = "x86_64")]
         super::Isa::Avx2 => unsafe { x86::dot_avx2(format, row.as_ptr(), nb, qs.as_ptr(), d.as_ptr(), s.as_ptr()) },
         _ => dot_portable(format, row, nb, qs, d, s),
