@@ -142,7 +142,7 @@ impl Loader<'_> {
         }
         let (source, row_bytes) = (self.gguf.tensor_file_range(info), info.row_bytes());
         let start = self.arena_bytes.next_multiple_of(64);
-        let arena = start..start + rows * format.row_bytes(cols);
+        let arena = start..start + format.matrix_bytes(rows, cols);
         self.arena_bytes = arena.end;
         self.planned.push(Planned { format, rows, cols, source, row_bytes, unpermute_head_dim, arena });
         Ok(WeightMatrix::from_f32(0, cols, Vec::new()))
@@ -170,12 +170,7 @@ impl Loader<'_> {
                 &data[stored * plan.row_bytes..(stored + 1) * plan.row_bytes]
             };
             let out = &mut arena[base + plan.arena.start..base + plan.arena.end];
-            for (r, row) in out.chunks_exact_mut(plan.format.row_bytes(plan.cols).max(1)).enumerate() {
-                match plan.format {
-                    WeightFormat::Packed(q) => crate::model::packed_quant::pack_ggml_row(q, source_row(r), row),
-                    _ => row.copy_from_slice(source_row(r)),
-                }
-            }
+            plan.format.pack_ggml_matrix(plan.rows, plan.cols, source_row, out);
             // SAFETY: the file map is read-only and shared, so MADV_DONTNEED loses nothing: a
             // later read of these pages faults them back in from the file.
             let _ = unsafe {

@@ -7,6 +7,7 @@ pub mod error;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod gguf_weights;
+pub mod packed_groups;
 pub mod packed_kquant;
 pub mod packed_quant;
 pub mod pull;

@@ -1,30 +1,18 @@
-//! kiln's in-memory row layout for the 32-value block quantizations Q8_0, Q4_0, Q4_1, Q5_0 and
-//! Q5_1: the same bytes as ggml's blocks, regrouped per row so a SIMD kernel reads eight scales with
-//! one load and two blocks of quants with one 512-bit load (ggml interleaves a 2-byte scale with
-//! every block). The K-quants (256-value super-blocks) have their own layout, `packed_kquant`, and
-//! share [`PackedQuant`] and the 4-bit and fifth-bit orders defined here.
+//! The block quantizations kiln computes on ([`PackedQuant`]): the 32-value formats Q8_0, Q4_0,
+//! Q4_1, Q5_0, Q5_1 (kept as groups of 16 rows, `packed_groups`) and the K-quants Q4_K, Q5_K,
+//! Q6_K (kept as rows, `packed_kquant`), with what both layouts share: the order of 8-bit quants
+//! ([`interleaved_index`]) and of 4-bit and fifth bits in K-quant rows, and ggml's reference
+//! quantizer for tests.
 //!
-//! A row of `cols` values has `nb = cols / 32` blocks and is laid out as
-//!   Q4_1: `d: [f16; nb]`, `m: [f16; nb]`, `qs: [[u8; 16]; nb]`  (value = d·q + m, q in 0..16)
-//!   Q4_0: `d: [f16; nb]`, `qs: [[u8; 16]; nb]`                  (value = d·(q − 8))
-//!   Q5_1: `d: [f16; nb]`, `m: [f16; nb]`, `qh: [u8; 4·nb]`, `qs: [[u8; 16]; nb]` (d·q + m, q in 0..32)
-//!   Q5_0: `d: [f16; nb]`, `qh: [u8; 4·nb]`, `qs: [[u8; 16]; nb]`  (value = d·(q − 16))
-//!   Q8_0: `d: [f16; nb]`, `qs: [[u8; 32]; nb]`                  (value = d·(u − 128), u = q + 128)
-//! so a row takes exactly as many bytes as in the GGUF file. Q4/Q5 nibbles keep ggml's order (byte i
-//! holds value i low and value i + 16 high, [`nibble_at`]); Q5's fifth bits are one bit array in
-//! the activations' interleaved order ([`fifth_bit_at`]), so the bits of a 64-byte vector of
-//! values are one 64-bit mask. Q8_0 quants are stored offset by 128 as unsigned bytes, which is the
-//! operand an unsigned×signed byte dot product (VNNI `vpdpbusd`) wants.
-//!
-//! Byte order of 8-bit quants (Q8_0 weights, and the activations the kernels quantize): in each
-//! whole group of four blocks, the first 16 values of the four blocks come first (64 bytes), then
-//! their last 16 values, see [`interleaved_index`]. That is the order in which four Q4 blocks'
-//! 64 bytes of nibbles unpack (low nibbles = values 0..16 of each block, high = 16..32), so one
-//! 64-byte load of weights meets one 64-byte load of activations whatever the format. Blocks past
-//! the last whole group keep their plain order.
+//! Byte order of 8-bit quants (the activations the kernels quantize): in each whole group of four
+//! blocks, the first 16 values of the four blocks come first (64 bytes), then their last 16
+//! values, see [`interleaved_index`]. That is the order in which four Q4 blocks' 64 bytes of
+//! nibbles unpack (low nibbles = values 0..16 of each block, high = 16..32), so one 64-byte load
+//! of K-quant weights meets one 64-byte load of activations. Blocks past the last whole group
+//! keep their plain order.
 //!
 //! Every 32-value format is "affine unsigned": value = d·u + m with m = −8d (Q4_0), −16d (Q5_0)
-//! and −128d (Q8_0).
+//! and −128d (Q8_0, whose quants are kept as u = q + 128, the unsigned operand of `vpdpbusd`).
 
 use half::f16;
 
@@ -170,110 +158,6 @@ pub fn interleaved_index(nb: usize, b: usize, i: usize) -> usize {
     group * 4 * BLOCK + (i / 16) * 64 + j * 16 + i % 16
 }
 
-/// One row of a 32-value format's layout, split into its sections.
-pub struct PackedRow<'a> {
-    pub d: &'a [u8],
-    /// Empty unless Q4_1 or Q5_1.
-    pub m: &'a [u8],
-    /// Empty unless Q5_0 or Q5_1.
-    pub qh: &'a [u8],
-    pub qs: &'a [u8],
-}
-
-/// Splits `row` (`format.row_bytes(cols)` bytes of a 32-value format) into its sections.
-pub fn split_row(format: PackedQuant, row: &[u8], cols: usize) -> PackedRow<'_> {
-    let nb = cols / BLOCK;
-    debug_assert_eq!(row.len(), format.row_bytes(cols));
-    let (d, rest) = row.split_at(2 * nb);
-    let (m, rest) = rest.split_at(if format.has_min() { 2 * nb } else { 0 });
-    let (qh, qs) = rest.split_at(format.qh_bytes() * nb);
-    PackedRow { d, m, qh, qs }
-}
-
-/// Quant u of value i of block b of a split row (the Q8_0 byte is u = q + 128).
-pub fn quant_at(format: PackedQuant, row: &PackedRow, nb: usize, b: usize, i: usize) -> u8 {
-    if format == PackedQuant::Q8_0 {
-        return row.qs[interleaved_index(nb, b, i)];
-    }
-    let (byte, shift) = nibble_at(b, i);
-    let low = (row.qs[byte] >> shift) & 0x0F;
-    if format.qh_bytes() == 0 {
-        return low;
-    }
-    let (byte, shift) = fifth_bit_at(nb, b, i);
-    low | (((row.qh[byte] >> shift) & 1) << 4)
-}
-
-fn f16_at(bytes: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32()
-}
-
-/// Rearranges one row of ggml blocks (`ggml_row`, as stored in a GGUF) into kiln's layout in `out`.
-pub fn pack_ggml_row(format: PackedQuant, ggml_row: &[u8], out: &mut [u8]) {
-    if let PackedQuant::K(k) = format {
-        return packed_kquant::pack_ggml_row(k, ggml_row, out);
-    }
-    let block_bytes = format.ggml_type().block_bytes();
-    let nb = ggml_row.len() / block_bytes;
-    assert_eq!(nb * block_bytes, ggml_row.len(), "a ggml row is a whole number of blocks");
-    assert_eq!(out.len(), format.row_bytes(nb * BLOCK), "packed row length");
-    let (scales, rest) = out.split_at_mut(nb * format.scale_bytes());
-    let (qh, qs) = rest.split_at_mut(nb * format.qh_bytes());
-    qh.fill(0);
-    for (b, block) in ggml_row.chunks_exact(block_bytes).enumerate() {
-        // Every ggml block here starts with d (f16); Q4_1 and Q5_1 follow it with m, Q5 then
-        // with the fifth bits (bit i of a little-endian u32 for value i).
-        scales[2 * b..2 * b + 2].copy_from_slice(&block[0..2]);
-        let mut rest = &block[2..];
-        if format.has_min() {
-            scales[2 * nb + 2 * b..2 * nb + 2 * b + 2].copy_from_slice(&rest[..2]);
-            rest = &rest[2..];
-        }
-        if format.qh_bytes() > 0 {
-            let fifth_bits = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-            for i in 0..BLOCK {
-                let (byte, shift) = fifth_bit_at(nb, b, i);
-                qh[byte] |= (((fifth_bits >> i) & 1) as u8) << shift;
-            }
-            rest = &rest[4..];
-        }
-        match format {
-            PackedQuant::Q8_0 => {
-                for (i, &q) in rest.iter().enumerate() {
-                    qs[interleaved_index(nb, b, i)] = q ^ 0x80; // i8 q → u8 q + 128
-                }
-            }
-            _ => qs[b * 16..(b + 1) * 16].copy_from_slice(rest),
-        }
-    }
-}
-
-/// Dequantizes one packed row to f32: the plain reference for the layout.
-pub fn dequantize_packed_row(format: PackedQuant, row: &[u8], out: &mut [f32]) {
-    if let PackedQuant::K(k) = format {
-        return packed_kquant::dequantize_packed_row(k, row, out);
-    }
-    let sections = split_row(format, row, out.len());
-    let nb = out.len() / BLOCK;
-    for (b, values) in out.chunks_exact_mut(BLOCK).enumerate() {
-        let scale = f16_at(sections.d, b);
-        // As quant.rs computes each format: d·(q − c) for the symmetric ones, d·q + m otherwise.
-        match format.offset_factor() {
-            Some(c) => {
-                for (i, v) in values.iter_mut().enumerate() {
-                    *v = scale * (quant_at(format, &sections, nb, b, i) as i32 - c as i32) as f32;
-                }
-            }
-            None => {
-                let m = f16_at(sections.m, b);
-                for (i, v) in values.iter_mut().enumerate() {
-                    *v = scale * quant_at(format, &sections, nb, b, i) as f32 + m;
-                }
-            }
-        }
-    }
-}
-
 /// Quantizes f32 values to ggml blocks of `format` with ggml's reference rounding (for tests and
 /// random-weight benchmarks; models arrive quantized). The K-quants' search for scales is not
 /// reproduced: tests draw random K-quant blocks instead (`testing::random_ggml_blocks`).
@@ -365,7 +249,7 @@ mod tests {
     }
 
     #[test]
-    fn packing_keeps_every_value_of_every_format() {
+    fn quantizing_errs_by_at_most_a_step() {
         let seed = test_seed();
         for format in [PackedQuant::Q8_0, PackedQuant::Q4_0, PackedQuant::Q4_1, PackedQuant::Q5_0, PackedQuant::Q5_1] {
             for (case, blocks) in [1usize, 3, 4, 9, 18].into_iter().enumerate() {
@@ -375,36 +259,11 @@ mod tests {
                 assert_eq!(ggml.len(), blocks * format.ggml_type().block_bytes());
                 let mut reference = vec![f32::NAN; values.len()];
                 dequantize_ggml_row(format, &ggml, &mut reference);
-                let mut packed = vec![0u8; format.row_bytes(values.len())];
-                pack_ggml_row(format, &ggml, &mut packed);
-                let mut got = vec![f32::NAN; values.len()];
-                dequantize_packed_row(format, &packed, &mut got);
-                assert_eq!(got, reference, "{format:?} with {blocks} blocks");
                 // Quantization error is at most one step (half a step for rounding, plus f16 scales).
                 let step = values.iter().fold(0f32, |a, v| a.max(v.abs())) * 2.0 / 15.0;
                 for (v, r) in values.iter().zip(&reference) {
                     assert!((v - r).abs() <= step, "{format:?}: {v} quantized to {r}");
                 }
-            }
-        }
-    }
-
-    /// Random blocks (every quant and fifth-bit pattern) come back bit for bit, tails included.
-    #[test]
-    fn packing_keeps_random_blocks_bit_for_bit() {
-        let seed = test_seed();
-        for format in [PackedQuant::Q8_0, PackedQuant::Q4_0, PackedQuant::Q4_1, PackedQuant::Q5_0, PackedQuant::Q5_1] {
-            for (case, blocks) in [1usize, 3, 4, 9, 18].into_iter().enumerate() {
-                let cols = blocks * BLOCK;
-                let ggml = crate::testing::random_ggml_blocks(format.ggml_type(), cols, seed + case as u64);
-                let mut reference = vec![f32::NAN; cols];
-                dequantize_ggml_row(format, &ggml, &mut reference);
-                let mut packed = vec![0xAAu8; format.row_bytes(cols)];
-                pack_ggml_row(format, &ggml, &mut packed);
-                let mut got = vec![f32::NAN; cols];
-                dequantize_packed_row(format, &packed, &mut got);
-                let same = got.iter().zip(&reference).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{format:?} with {blocks} blocks: {got:?}\nvs {reference:?}");
             }
         }
     }

@@ -1,13 +1,15 @@
 //! The Llama weights as typed views over the model files: float matrices stay in their stored
 //! dtype (f32, f16 or bf16, memory-mapped); GGUF block quantizations are kept quantized, regrouped
-//! into kiln's row layouts (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 in `packed_quant`; Q4_K, Q5_K, Q6_K in
-//! `packed_kquant`); norms are copied to f32 since they are tiny.
+//! into kiln's layouts (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 as groups of 16 rows in `packed_groups`;
+//! Q4_K, Q5_K, Q6_K as rows in `packed_kquant`); norms are copied to f32 since they are tiny.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use half::{bf16, f16};
 
+use super::packed_groups::{self, GROUP_ROWS};
+use super::packed_kquant;
 use super::packed_quant::{self, PackedQuant};
 use super::quant::GgmlType;
 use super::safetensors_dir::{SafetensorsDir, SharedBytes, WeightBytes, WeightDtype};
@@ -20,7 +22,7 @@ pub enum WeightFormat {
     F32,
     F16,
     Bf16,
-    /// Block quantizations in kiln's row layouts (`packed_quant`, `packed_kquant`).
+    /// Block quantizations in kiln's layouts (`packed_groups`, `packed_kquant`).
     Packed(PackedQuant),
 }
 
@@ -70,6 +72,60 @@ impl WeightFormat {
         }
     }
 
+    /// Rows stored together: 16 for the formats kept in `packed_groups`, else 1. A matrix's bytes
+    /// can be cut only at multiples of it.
+    pub fn row_group(self) -> usize {
+        match self {
+            WeightFormat::Packed(q) if packed_groups::is_grouped(q) => GROUP_ROWS,
+            _ => 1,
+        }
+    }
+
+    /// Bytes of a `rows × cols` matrix (for grouped formats, whole groups).
+    pub fn matrix_bytes(self, rows: usize, cols: usize) -> usize {
+        match self {
+            WeightFormat::Packed(q) if packed_groups::is_grouped(q) => packed_groups::matrix_bytes(q, rows, cols),
+            _ => rows * self.row_bytes(cols),
+        }
+    }
+
+    /// Writes a `rows × cols` matrix from its ggml rows (`ggml_row(r)`, as a GGUF stores them)
+    /// into `out` (`matrix_bytes` long) in this format's layout: floats copied, block
+    /// quantizations regrouped.
+    pub fn pack_ggml_matrix<'a>(self, rows: usize, cols: usize, ggml_row: impl Fn(usize) -> &'a [u8], out: &mut [u8]) {
+        assert_eq!(out.len(), self.matrix_bytes(rows, cols), "packed {} matrix length", self.name());
+        match self {
+            WeightFormat::Packed(q) if packed_groups::is_grouped(q) => {
+                let group_bytes = packed_groups::group_bytes(q, cols).max(1);
+                for (g, group) in out.chunks_exact_mut(group_bytes).enumerate() {
+                    let first = g * GROUP_ROWS;
+                    let count = GROUP_ROWS.min(rows - first);
+                    packed_groups::pack_group(q, cols, count, |r| ggml_row(first + r), group);
+                }
+            }
+            _ => {
+                let (row_bytes, source_bytes) = (self.row_bytes(cols), self.ggml_row_bytes(cols));
+                for (r, out) in out.chunks_exact_mut(row_bytes.max(1)).enumerate() {
+                    let source = ggml_row(r);
+                    assert_eq!(source.len(), source_bytes, "row {r} of a {} matrix with {cols} columns", self.name());
+                    match self {
+                        WeightFormat::Packed(PackedQuant::K(k)) => packed_kquant::pack_ggml_row(k, source, out),
+                        WeightFormat::Packed(q) => unreachable!("{} is a grouped format", q.name()),
+                        _ => out.copy_from_slice(source),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bytes of one row as a GGUF stores it.
+    fn ggml_row_bytes(self, cols: usize) -> usize {
+        match self {
+            WeightFormat::Packed(q) => q.ggml_type().row_bytes(cols).expect("cols is a whole number of blocks"),
+            _ => self.row_bytes(cols),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             WeightFormat::F32 => "f32",
@@ -95,7 +151,8 @@ pub enum MatrixElements<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
     Bf16(&'a [bf16]),
-    /// `rows * format.row_bytes(cols)` bytes of a quantized format, rows back to back, unaligned.
+    /// `format.matrix_bytes(rows, cols)` bytes of a quantized format (rows or groups of rows back
+    /// to back), unaligned.
     Quantized(&'a [u8]),
 }
 
@@ -126,28 +183,15 @@ impl WeightMatrix {
         cols: usize,
         ggml_row: impl Fn(usize) -> &'a [u8],
     ) -> WeightMatrix {
-        let row_bytes = format.row_bytes(cols);
-        // The K-quant layout is a few bytes longer than ggml's row (unpacked scales).
-        let source_bytes = match format {
-            WeightFormat::Packed(q) => q.ggml_type().row_bytes(cols).expect("cols is a whole number of blocks"),
-            _ => row_bytes,
-        };
-        let (bytes, range) = owned_storage(rows * row_bytes, |bytes| {
-            for (r, out) in bytes.chunks_exact_mut(row_bytes.max(1)).enumerate() {
-                let source = ggml_row(r);
-                assert_eq!(source.len(), source_bytes, "row {r} of a {} matrix with {cols} columns", format.name());
-                match format {
-                    WeightFormat::Packed(q) => packed_quant::pack_ggml_row(q, source, out),
-                    _ => out.copy_from_slice(source),
-                }
-            }
+        let (bytes, range) = owned_storage(format.matrix_bytes(rows, cols), |bytes| {
+            format.pack_ggml_matrix(rows, cols, ggml_row, bytes)
         });
         WeightMatrix { format, rows, cols, bytes, range }
     }
 
     /// A copy of `bytes` (the matrix in `format`) in memory of its own: see [`owned_storage`].
     pub fn copied(format: WeightFormat, rows: usize, cols: usize, bytes: &[u8]) -> WeightMatrix {
-        assert_eq!(bytes.len(), rows * format.row_bytes(cols), "the bytes must hold [rows, cols]");
+        assert_eq!(bytes.len(), format.matrix_bytes(rows, cols), "the bytes must hold [rows, cols]");
         let (bytes, range) = owned_storage(bytes.len(), |out| out.copy_from_slice(bytes));
         WeightMatrix { format, rows, cols, bytes, range }
     }
@@ -168,7 +212,7 @@ impl WeightMatrix {
         bytes: SharedBytes,
         range: std::ops::Range<usize>,
     ) -> WeightMatrix {
-        assert_eq!(range.len(), rows * format.row_bytes(cols), "the byte range must hold [rows, cols]");
+        assert_eq!(range.len(), format.matrix_bytes(rows, cols), "the byte range must hold [rows, cols]");
         let element_align = match format {
             WeightFormat::F32 => 4,
             WeightFormat::F16 | WeightFormat::Bf16 => 2,
@@ -210,9 +254,14 @@ impl WeightMatrix {
     /// the output features).
     pub fn row_slice(&self, rows: std::ops::Range<usize>) -> WeightMatrix {
         assert!(rows.start <= rows.end && rows.end <= self.rows, "rows {rows:?} of a {}-row matrix", self.rows);
-        let row_bytes = self.row_bytes();
-        let start = self.range.start + rows.start * row_bytes;
-        let range = start..start + rows.len() * row_bytes;
+        let group = self.format.row_group();
+        assert!(
+            rows.start.is_multiple_of(group) && (rows.end.is_multiple_of(group) || rows.end == self.rows),
+            "a {} matrix is cut only at multiples of {group} rows",
+            self.format.name()
+        );
+        let start = self.range.start + self.format.matrix_bytes(rows.start, self.cols);
+        let range = start..start + self.format.matrix_bytes(rows.len(), self.cols);
         WeightMatrix { format: self.format, rows: rows.len(), cols: self.cols, bytes: self.bytes.clone(), range }
     }
 
@@ -263,13 +312,17 @@ impl WeightMatrix {
                 use half::slice::HalfFloatSliceExt;
                 v[span].convert_to_f32_slice(out)
             }
-            MatrixElements::Quantized(bytes) => {
-                let stored = &bytes[row * row_bytes..(row + 1) * row_bytes];
-                match self.format {
-                    WeightFormat::Packed(q) => packed_quant::dequantize_packed_row(q, stored, out),
-                    _ => unreachable!("float formats are matched above"),
+            MatrixElements::Quantized(bytes) => match self.format {
+                WeightFormat::Packed(q) if packed_groups::is_grouped(q) => {
+                    let group_bytes = packed_groups::group_bytes(q, self.cols);
+                    let group = &bytes[row / GROUP_ROWS * group_bytes..][..group_bytes];
+                    packed_groups::dequantize_group_row(q, group, row % GROUP_ROWS, out)
                 }
-            }
+                WeightFormat::Packed(PackedQuant::K(k)) => {
+                    packed_kquant::dequantize_packed_row(k, &bytes[row * row_bytes..(row + 1) * row_bytes], out)
+                }
+                _ => unreachable!("float formats are matched above, the others are grouped"),
+            },
         }
     }
 

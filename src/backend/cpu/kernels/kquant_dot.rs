@@ -26,7 +26,8 @@ use super::quant_dot::QuantizedActivations;
 use crate::model::packed_kquant::{self, KQuant};
 use crate::model::packed_quant::{interleaved_index, BLOCK};
 
-/// R rows × T activation rows, as `quant_dot::dot_packed_tile` (which calls this for K-quants).
+/// `out[t][r] = Σ_i w_r[i] · x_{tokens[t]}[i]` for R K-quant rows × T activation rows. Every
+/// (row, token) pair goes through the same instructions in the same order whatever R and T are.
 pub fn dot_tile<const R: usize, const T: usize>(
     isa: super::Isa,
     format: KQuant,
@@ -144,7 +145,7 @@ mod x86 {
     /// Q4_K (`FIVE_BITS` false) or Q5_K, R rows × T tokens. Per super-block and row: the 16
     /// factors (d·sc, dmin·m) in one vector; per group of four blocks and row: one 64-byte load,
     /// two nibble masks (plus two masked adds for Q5_K) and a scale spread; per pair: two dots
-    /// into one accumulator, a scale product, a convert and an FMA, as `quant_dot`'s Q4_1.
+    /// into one accumulator, a scale product, a convert and an FMA.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
     pub unsafe fn dot_tile_k4_avx512<const R: usize, const T: usize, const FIVE_BITS: bool>(
         rows: [*const u8; R],

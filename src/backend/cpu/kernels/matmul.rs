@@ -8,10 +8,11 @@
 //!   converting the weights in registers, bound by memory bandwidth), else 8 tokens × 3 rows on
 //!   AVX-512 and 4 × 4 on AVX2 (bound by FMA throughput), converting f16 rows in registers up to
 //!   16 tokens (batched decode) and converting the task's rows to f32 first beyond (prefill);
-//! - block quantizations (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, and the K-quants Q4_K, Q5_K, Q6_K): the
-//!   activations are rounded to 8 bits once per call, then integer tiles of 8 rows × 1 token
-//!   (decode) or 4 rows × 2 tokens (`quant_dot`, `kquant_dot`), as llama.cpp does for every batch
-//!   size.
+//! - block quantizations: the activations are rounded to 8 bits once per call (`quant_dot`), then
+//!   integer kernels. Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 are stored as groups of 16 rows (`group_dot`:
+//!   16 rows per vector lane set, up to 8 tokens per call, used at every batch size); the
+//!   K-quants Q4_K, Q5_K, Q6_K as rows (`kquant_dot`: tiles of 8 rows × 1 token in decode, else
+//!   4 rows × 2 tokens).
 //!
 //! Batch invariance: a (token, row) result goes through the same instructions in the same order
 //! whichever path, tile shape or task it lands in, so a token's outputs do not depend on how many
@@ -24,8 +25,12 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::dot_tile::{self, BF16, F16, F32};
-use super::quant_dot::{self, QuantizedActivations};
+use super::group_dot;
+use super::kquant_dot;
+use super::quant_dot::QuantizedActivations;
 use super::Isa;
+use crate::model::packed_groups;
+use crate::model::packed_quant::PackedQuant;
 use crate::model::weights::{WeightFormat, WeightMatrix};
 
 /// From this many tokens on, float weights run as 4×4 tiles over f32 rows rather than one token at
@@ -117,7 +122,11 @@ fn rows_per_task(w: &WeightMatrix, n: usize, threads: usize) -> usize {
     // In prefill a task's rows are re-read for every token block: keep them in L2.
     // With many tokens a task's rows are converted to f32 first.
     let bytes_per_row = 4 * w.cols;
-    if n < TILE_MIN_TOKENS || matches!(w.format, WeightFormat::Packed(_)) {
+    if matches!(w.format, WeightFormat::Packed(_)) {
+        // Whole groups of the grouped layouts (16 rows; a multiple of 8 for the others too).
+        return balanced.next_multiple_of(packed_groups::GROUP_ROWS);
+    }
+    if n < TILE_MIN_TOKENS {
         return balanced.next_multiple_of(8);
     }
     let resident = (TASK_WEIGHT_BYTES / bytes_per_row).max(8);
@@ -143,6 +152,14 @@ struct OutColumns {
 }
 
 impl OutColumns {
+    /// Columns `j..j + values.len()` of output row t.
+    fn store_run(&self, t: usize, j: usize, values: &[f32]) {
+        assert!(t < self.n && j + values.len() <= self.m, "output run inside [n, m]");
+        // SAFETY: the run lies inside the output (checked); see matmul_with for why tasks never
+        // write the same element.
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.out.add(t * self.m + j), values.len()) }
+    }
+
     fn store(&self, t: usize, j: usize, value: f32) {
         debug_assert!(t < self.n && j < self.m);
         // SAFETY: t < n and j < m (the callers iterate within the output's shape); see matmul_with
@@ -164,7 +181,8 @@ fn compute_rows(
     let k = w.cols;
     let row_bytes = w.row_bytes();
     let bytes = w.bytes();
-    let task_bytes = &bytes[rows.start * row_bytes..rows.end * row_bytes];
+    // Tasks start at multiples of the format's row group (`rows_per_task`).
+    let task_bytes = &bytes[w.format.matrix_bytes(rows.start, k)..][..w.format.matrix_bytes(rows.len(), k)];
     let few_tokens = n < TILE_MIN_TOKENS;
     match w.format {
         WeightFormat::F32 => float_rows::<F32>(isa, x, n, k, task_bytes, row_bytes, rows.start, out),
@@ -179,7 +197,10 @@ fn compute_rows(
         WeightFormat::Bf16 if few_tokens && isa != Isa::Portable => {
             float_rows::<BF16>(isa, x, n, k, task_bytes, row_bytes, rows.start, out)
         }
-        WeightFormat::Packed(format) => {
+        WeightFormat::Packed(format) if packed_groups::is_grouped(format) => {
+            grouped_rows(isa, xq, n, format, task_bytes, k, rows, out)
+        }
+        WeightFormat::Packed(PackedQuant::K(format)) => {
             let task_rows = rows.len();
             // Ragged edges repeat the last row or token and drop the repeated results.
             let row = |r: usize| &task_bytes[r.min(task_rows - 1) * row_bytes..][..row_bytes];
@@ -191,7 +212,7 @@ fn compute_rows(
                         ((r0 + 8) * row_bytes).min(task_bytes.len())..((r0 + 16) * row_bytes).min(task_bytes.len());
                     super::prefetch(&task_bytes[ahead]);
                     let weights = std::array::from_fn(|i| row(r0 + i));
-                    let [sums] = quant_dot::dot_packed_tile::<8, 1>(isa, format, weights, xq, [0]);
+                    let [sums] = kquant_dot::dot_tile::<8, 1>(isa, format, weights, xq, [0]);
                     for (i, &sum) in sums.iter().enumerate().take(task_rows - r0) {
                         out.store(0, rows.start + r0 + i, sum);
                     }
@@ -202,7 +223,7 @@ fn compute_rows(
                 for r0 in (0..task_rows).step_by(4) {
                     let weights = std::array::from_fn(|i| row(r0 + i));
                     let tokens = [t0, (t0 + 1).min(n - 1)];
-                    let sums = quant_dot::dot_packed_tile::<4, 2>(isa, format, weights, xq, tokens);
+                    let sums = kquant_dot::dot_tile::<4, 2>(isa, format, weights, xq, tokens);
                     for (t, row_sums) in sums.iter().enumerate().take(n - t0) {
                         for (i, &sum) in row_sums.iter().enumerate().take(task_rows - r0) {
                             out.store(t0 + t, rows.start + r0 + i, sum);
@@ -249,6 +270,57 @@ fn compute_rows(
     }
 }
 
+/// A task's groups of 16 rows (`packed_groups`), each against every token, 8 tokens per call
+/// while there are 8 (then 4, 2, 1): the group's weights (k = 576: 6 KiB of Q4_1) stay in L1
+/// while the tokens pass, so each weight byte comes from memory once per step.
+#[allow(clippy::too_many_arguments)]
+fn grouped_rows(
+    isa: Isa,
+    xq: &QuantizedActivations,
+    n: usize,
+    format: PackedQuant,
+    task_bytes: &[u8],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    out: &OutColumns,
+) {
+    use packed_groups::GROUP_ROWS;
+    let group_bytes = packed_groups::group_bytes(format, k);
+    for (g, group) in task_bytes.chunks_exact(group_bytes).enumerate() {
+        let next = ((g + 1) * group_bytes).min(task_bytes.len())..((g + 2) * group_bytes).min(task_bytes.len());
+        super::prefetch(&task_bytes[next]);
+        let first_row = rows.start + g * GROUP_ROWS;
+        let count = GROUP_ROWS.min(rows.end - first_row);
+        let store = |t0: usize, sums: &[[f32; GROUP_ROWS]]| {
+            for (t, row_sums) in sums.iter().enumerate() {
+                out.store_run(t0 + t, first_row, &row_sums[..count]);
+            }
+        };
+        let mut t0 = 0;
+        while t0 < n {
+            let tokens = |i: usize| t0 + i;
+            match n - t0 {
+                8.. => {
+                    store(t0, &group_dot::group_tile(isa, format, group, xq, std::array::from_fn::<_, 8, _>(tokens)))
+                }
+                4..=7 => {
+                    store(t0, &group_dot::group_tile(isa, format, group, xq, std::array::from_fn::<_, 4, _>(tokens)))
+                }
+                2 | 3 => {
+                    store(t0, &group_dot::group_tile(isa, format, group, xq, std::array::from_fn::<_, 2, _>(tokens)))
+                }
+                _ => store(t0, &group_dot::group_tile(isa, format, group, xq, [t0])),
+            }
+            t0 += match n - t0 {
+                8.. => 8,
+                4..=7 => 4,
+                2 | 3 => 2,
+                _ => 1,
+            };
+        }
+    }
+}
+
 /// Up to this many tokens, float rows are converted in small chunks interleaved with the multiply.
 const CHUNKED_CONVERSION_MAX_TOKENS: usize = 64;
 
@@ -258,7 +330,7 @@ fn row_to_f32(isa: Isa, format: WeightFormat, row: &[u8], out: &mut [f32]) {
         WeightFormat::F32 => out.copy_from_slice(bytemuck::cast_slice(row)),
         WeightFormat::F16 => super::convert::f16_to_f32_with(isa, bytemuck::cast_slice::<u8, half::f16>(row), out),
         WeightFormat::Bf16 => super::convert::bf16_to_f32(bytemuck::cast_slice::<u8, half::bf16>(row), out),
-        WeightFormat::Packed(q) => crate::model::packed_quant::dequantize_packed_row(q, row, out),
+        WeightFormat::Packed(q) => unreachable!("{} runs on the integer path", q.name()),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod attention;
 pub mod convert;
 mod dot_tile;
 mod gemm;
+pub mod group_dot;
 mod isa;
 mod kquant_dot;
 pub mod matmul;
