@@ -66,7 +66,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     match args.command {
         Command::Kernels { geometry, dtype: d } => {
             let (config, dtype) = (config(&geometry), dtype(&d));
-            let gpu = Gpu::new()?;
+            let gpu = Gpu::new(0)?;
             println!(
                 r#"{{"kind":"device","name":"{}","sms":{},"total_gib":{:.1}}}"#,
                 gpu.info.name,
@@ -105,7 +105,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Command::Decode { geometry, dtype: d, batches, context, steps } => {
             let (config, dtype) = (config(&geometry), dtype(&d));
             let copy_gbs = {
-                let gpu = Gpu::new()?;
+                let gpu = Gpu::new(0)?;
                 harness::copy_bandwidth_gbs(&gpu)?
             };
             println!(r#"{{"kind":"copy","gbs":{copy_gbs:.1}}}"#);

@@ -55,7 +55,7 @@ pub fn load_model(
     choice: BackendChoice,
     original_weights: bool,
 ) -> anyhow::Result<LoadedModel> {
-    let use_cuda = pick_cuda(choice)?;
+    let use_cuda = pick_cuda(choice, limits.tensor_parallel)?;
     let gguf = match model {
         Some(path) if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) => {
             Some(path.to_path_buf())
@@ -84,13 +84,6 @@ pub fn load_model(
         max_batch_tokens: limits.max_batch_tokens,
         max_seqs: limits.max_seqs,
     };
-    if use_cuda && limits.tensor_parallel > 1 {
-        anyhow::bail!(
-            "--tensor-parallel {} with the CUDA backend needs the NCCL path, which is not built yet; the CPU \
-             backend runs tensor-parallel ranks (--backend cpu)",
-            limits.tensor_parallel
-        );
-    }
     let ranks = limits.tensor_parallel;
     let (config, backend, plan_limits) = match &gguf {
         Some(path) if !use_cuda => {
@@ -128,26 +121,39 @@ pub fn load_model(
     Ok(LoadedModel { dir, name, config, tokenizer, backend, plan_limits })
 }
 
-/// Decides whether to run on CUDA; `auto` falls back to the CPU with one log line.
-fn pick_cuda(choice: BackendChoice) -> anyhow::Result<bool> {
-    match (choice, gpu_status()) {
-        (BackendChoice::Cpu, _) => Ok(false),
-        (BackendChoice::Cuda, Ok(())) | (BackendChoice::Auto, Ok(())) => Ok(true),
-        (BackendChoice::Cuda, Err(why)) => anyhow::bail!("--backend cuda: {why}"),
-        (BackendChoice::Auto, Err(why)) => {
-            tracing::info!("using the CPU backend: {why}");
-            Ok(false)
-        }
+/// Decides whether to run on CUDA; `auto` falls back to the CPU with one log line, also when
+/// there are fewer GPUs than tensor-parallel ranks (`--backend cuda` then reports that itself).
+fn pick_cuda(choice: BackendChoice, ranks: usize) -> anyhow::Result<bool> {
+    match choice {
+        BackendChoice::Cpu => Ok(false),
+        BackendChoice::Cuda => match gpu_status(1) {
+            Ok(()) => Ok(true),
+            Err(why) => anyhow::bail!("--backend cuda: {why}"),
+        },
+        BackendChoice::Auto => match gpu_status(ranks) {
+            Ok(()) => Ok(true),
+            Err(why) => {
+                tracing::info!("using the CPU backend: {why}");
+                Ok(false)
+            }
+        },
     }
 }
 
+/// Whether `ranks` tensor-parallel ranks can run on GPUs here (one GPU each).
 #[cfg(feature = "cuda")]
-fn gpu_status() -> Result<(), String> {
-    crate::backend::cuda::cuda_available()
+fn gpu_status(ranks: usize) -> Result<(), String> {
+    use crate::backend::cuda::{device::gpu_count, tensor_parallel::check_gpu_count, Transport};
+    crate::backend::cuda::cuda_available()?;
+    if ranks > 1 {
+        let gpus = gpu_count().map_err(|e| e.to_string())?;
+        check_gpu_count(Transport::Nccl, ranks, gpus).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 #[cfg(not(feature = "cuda"))]
-fn gpu_status() -> Result<(), String> {
+fn gpu_status(_ranks: usize) -> Result<(), String> {
     Err("this kiln was built without CUDA (rebuild with `--features cuda`)".into())
 }
 
@@ -157,18 +163,28 @@ fn cuda_backend(
     weights: &LlamaWeights,
     limits: LoadLimits,
 ) -> anyhow::Result<(Box<dyn Backend>, PlanLimits)> {
-    use crate::backend::cuda::{cuda_backend, CudaLimits, CudaOptions, WeightSource};
+    use crate::backend::cuda::{cuda_backend_tensor_parallel, CudaLimits, CudaOptions, Transport, WeightSource};
     // Quantized weights are widened on the host as they are uploaded (f16 on the GPU).
     let options = CudaOptions::for_weights(
         weights.embed_tokens.format.float_dtype().unwrap_or(crate::model::safetensors_dir::WeightDtype::F16),
     );
+    // The byte budget is the total over the ranks, as on the CPU: every rank holds every token,
+    // each its own KV heads of it.
     let kv_token_bytes = 2 * config.num_layers * config.kv_dim() * options.dtype.size_bytes();
     let cuda_limits = CudaLimits {
         kv_tokens: limits.kv_memory_bytes.map(|bytes| bytes / kv_token_bytes),
         max_batch_tokens: limits.max_batch_tokens,
         max_seqs: limits.max_seqs,
     };
-    let (backend, plan_limits) = cuda_backend(config, WeightSource::Host(weights), cuda_limits, options)?;
+    let ranks = limits.tensor_parallel;
+    let (backend, plan_limits) = cuda_backend_tensor_parallel(
+        config,
+        WeightSource::Host(weights),
+        cuda_limits,
+        options,
+        ranks,
+        Transport::Nccl,
+    )?;
     Ok((Box::new(backend), plan_limits))
 }
 

@@ -1,16 +1,19 @@
-//! `CudaBackend`: the `Backend` the engine drives, over the executor. Besides `execute` (logits
-//! back to the host, like the CPU backend), `execute_and_sample` keeps the logits on the GPU and
-//! returns only the sampled ids (and asked-for log-probabilities).
+//! `CudaBackend`: the `Backend` the engine drives, over the executor (one per tensor-parallel
+//! rank). Besides `execute` (logits back to the host, like the CPU backend), `execute_and_sample`
+//! keeps the logits on the GPU and returns only the sampled ids (and asked-for log-probabilities).
 
 use super::device::{Dtype, Gpu};
 use super::executor::{Executor, ExecutorOptions};
 use super::params::{self, PenaltyEntry, SampleRow};
 use super::sampling::SampleOutput;
+use super::tensor_parallel::{self, Transport};
 use super::weights::DeviceWeights;
 use super::CudaError;
+use crate::backend::cpu::tensor_parallel::rank_config;
 use crate::backend::plan::{PlanLimits, StepPlan};
 use crate::backend::sampling::{self as backend_sampling, HistoryEntry, RowSampling, SampledRows};
 use crate::backend::{Backend, BackendError, KvLayout};
+use crate::model::random::random_llama_weights;
 use crate::model::safetensors_dir::WeightDtype;
 use crate::model::weights::LlamaWeights;
 use crate::model::ModelConfig;
@@ -44,7 +47,11 @@ pub enum WeightSource<'a> {
 const _: () = assert!(params::MAX_TOP_LOGPROBS >= backend_sampling::MAX_TOP_LOGPROBS);
 
 pub struct CudaBackend {
-    executor: Executor,
+    /// The whole model's geometry (what the engine sees; a rank's executor has its share).
+    config: ModelConfig,
+    /// Rank 0 first, the one that computes logits and samples; one rank without tensor
+    /// parallelism.
+    ranks: Vec<Executor>,
     /// `execute_and_sample`'s rows and history entries as the kernel reads them, kept between
     /// steps.
     kernel_rows: Vec<SampleRow>,
@@ -61,10 +68,10 @@ impl CudaBackend {
         limits: PlanLimits,
         options: CudaOptions,
     ) -> Result<CudaBackend, CudaError> {
-        let gpu = Gpu::new()?;
+        let gpu = Gpu::new(0)?;
         let kv_bytes = 2 * config.num_layers * layout.capacity_tokens() * config.kv_dim() * options.dtype.size_bytes();
-        let needed = DeviceWeights::total_bytes(&config, options.dtype) + kv_bytes;
-        let (free, _) = cudarc::driver::result::mem_get_info()?;
+        let needed = tensor_parallel::rank_bytes(&config, layout, options.dtype);
+        let (free, _) = gpu.memory_info()?;
         if needed > free {
             let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
             return Err(CudaError::ModelTooLarge { needed_gib: gib(needed), free_gib: gib(free) });
@@ -84,18 +91,105 @@ impl CudaBackend {
         );
         let executor = Executor::new(
             gpu,
-            config,
+            config.clone(),
             device_weights,
             layout,
             limits,
             ExecutorOptions { dtype: options.dtype, graphs: options.graphs },
         )?;
-        let max_seqs = limits.max_seqs;
-        Ok(CudaBackend { executor, kernel_rows: Vec::with_capacity(max_seqs), kernel_entries: Vec::new() })
+        Ok(CudaBackend::over_ranks(config, vec![executor], limits))
     }
 
+    /// The model split over `ranks` tensor-parallel ranks that meet through `transport` (see
+    /// `tensor_parallel`): each rank an executor with its shard of the weights and of every KV
+    /// block, rank 0 computing the logits. One rank is exactly [`CudaBackend::new`].
+    ///
+    /// `WeightSource::RandomSeed` is generated on the host (`random_llama_weights`, the values
+    /// the device generator makes) and sharded like loaded weights: one path for every source,
+    /// at the cost of the whole model in host memory once at start-up.
+    pub fn tensor_parallel(
+        config: ModelConfig,
+        weights: WeightSource<'_>,
+        layout: KvLayout,
+        limits: PlanLimits,
+        options: CudaOptions,
+        ranks: usize,
+        transport: Transport,
+    ) -> Result<CudaBackend, CudaError> {
+        if ranks == 1 {
+            return CudaBackend::new(config, weights, layout, limits, options);
+        }
+        let rank_geometry = rank_config(&config, ranks)?;
+        let generated;
+        let host = match weights {
+            WeightSource::Host(host) => host,
+            WeightSource::RandomSeed(seed) => {
+                let dtype = if options.dtype == Dtype::Bf16 { WeightDtype::Bf16 } else { WeightDtype::F16 };
+                generated = random_llama_weights(&config, seed, dtype);
+                &generated
+            }
+        };
+        let executor_options = ExecutorOptions { dtype: options.dtype, graphs: options.graphs };
+        let executors =
+            tensor_parallel::rank_executors(&config, host, layout, limits, executor_options, ranks, transport)?;
+        tracing::info!(
+            "CUDA backend over {ranks} tensor-parallel ranks ({transport:?}) on {}: {:.2} GiB of {:?} weights and KV \
+             cache per rank, KV cache of {} tokens",
+            executors.iter().map(|e| e.gpu().info.name.as_str()).collect::<Vec<_>>().join(", "),
+            tensor_parallel::rank_bytes(&rank_geometry, layout, options.dtype) as f64 / (1u64 << 30) as f64,
+            options.dtype,
+            layout.capacity_tokens(),
+        );
+        Ok(CudaBackend::over_ranks(config, executors, limits))
+    }
+
+    fn over_ranks(config: ModelConfig, ranks: Vec<Executor>, limits: PlanLimits) -> CudaBackend {
+        let max_seqs = limits.max_seqs;
+        CudaBackend { config, ranks, kernel_rows: Vec::with_capacity(max_seqs), kernel_entries: Vec::new() }
+    }
+
+    /// Rank 0's executor (the only one without tensor parallelism).
     pub fn executor(&self) -> &Executor {
-        &self.executor
+        &self.ranks[0]
+    }
+
+    pub fn tensor_parallel_ranks(&self) -> usize {
+        self.ranks.len()
+    }
+
+    /// Every rank's executor, rank 0 first.
+    pub fn rank_executors(&self) -> &[Executor] {
+        &self.ranks
+    }
+
+    /// One step's forward pass on every rank. Ranks 1.. run on threads of their own, rank 0 on
+    /// the caller's, which then reads or samples its logits: each rank's launches (hundreds a
+    /// step) and all-reduces are issued by its own thread, as NCCL without groups needs (see
+    /// `nccl`). The threads are spawned per step, tens of microseconds against a step of
+    /// milliseconds.
+    fn forward(&mut self, plan: &StepPlan) -> Result<(), CudaError> {
+        let (first, rest) = self.ranks.split_first_mut().expect("a backend has at least one rank");
+        if rest.is_empty() {
+            return first.forward(plan);
+        }
+        std::thread::scope(|scope| {
+            let others: Vec<_> = rest
+                .iter_mut()
+                .map(|rank| {
+                    scope.spawn(move || {
+                        rank.forward(plan)?;
+                        // The rank's pinned plan buffer is rewritten next step: its copy must be done.
+                        rank.gpu().synchronize()
+                    })
+                })
+                .collect();
+            let mut result = first.forward(plan);
+            for other in others {
+                let other = other.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                result = result.and(other);
+            }
+            result
+        })
     }
 
     /// Runs a step and samples its logits rows on the GPU with the kernel's own row structs (see
@@ -114,8 +208,8 @@ impl CudaBackend {
                 plan.num_logits()
             )));
         }
-        self.executor.forward(plan)?;
-        self.executor.sample(rows, penalties, mask)
+        self.forward(plan)?;
+        self.ranks[0].sample(rows, penalties, mask)
     }
 }
 
@@ -125,21 +219,21 @@ impl Backend for CudaBackend {
     }
 
     fn config(&self) -> &ModelConfig {
-        self.executor.config()
+        &self.config
     }
 
     fn kv_layout(&self) -> KvLayout {
-        self.executor.kv_layout()
+        self.ranks[0].kv_layout()
     }
 
     fn execute(&mut self, plan: &StepPlan, logits: &mut [f32]) -> Result<(), BackendError> {
-        self.executor.check_plan(plan).map_err(BackendError::PlanMismatch)?;
+        self.ranks[0].check_plan(plan).map_err(BackendError::PlanMismatch)?;
         let needed = plan.num_logits() * self.config().vocab_size;
         if logits.len() < needed {
             return Err(BackendError::LogitsBuffer { got: logits.len(), needed });
         }
-        self.executor.forward(plan)?;
-        Ok(self.executor.read_logits(plan.num_logits(), logits)?)
+        self.forward(plan)?;
+        Ok(self.ranks[0].read_logits(plan.num_logits(), logits)?)
     }
 
     fn samples_on_device(&self) -> bool {
@@ -154,15 +248,15 @@ impl Backend for CudaBackend {
         masks: &[u32],
         out: &mut SampledRows,
     ) -> Result<(), BackendError> {
-        self.executor.check_plan(plan).map_err(BackendError::PlanMismatch)?;
+        self.ranks[0].check_plan(plan).map_err(BackendError::PlanMismatch)?;
         let vocab = self.config().vocab_size;
         check_sampling(rows, history, masks, plan.num_logits(), vocab).map_err(BackendError::PlanMismatch)?;
         self.kernel_rows.clear();
         self.kernel_rows.extend(rows.iter().map(SampleRow::from));
         self.kernel_entries.clear();
         self.kernel_entries.extend(history.iter().map(PenaltyEntry::from));
-        self.executor.forward(plan)?;
-        let sampled = self.executor.sample(&self.kernel_rows, &self.kernel_entries, masks)?;
+        self.forward(plan)?;
+        let sampled = self.ranks[0].sample(&self.kernel_rows, &self.kernel_entries, masks)?;
         out.clear();
         for (r, row) in rows.iter().enumerate() {
             let top = if row.top_logprobs > 0 {
@@ -253,18 +347,32 @@ pub fn cuda_backend(
     limits: CudaLimits,
     options: CudaOptions,
 ) -> Result<(CudaBackend, PlanLimits), CudaError> {
+    cuda_backend_tensor_parallel(config, weights, limits, options, 1, Transport::Nccl)
+}
+
+/// [`cuda_backend`] over `ranks` tensor-parallel ranks; `limits.kv_tokens` is the tokens every
+/// rank holds (each its own KV heads of them). Sized automatically, the KV cache takes 90% of
+/// what the fullest rank's GPU has left after its weights and activations.
+pub fn cuda_backend_tensor_parallel(
+    config: ModelConfig,
+    weights: WeightSource<'_>,
+    limits: CudaLimits,
+    options: CudaOptions,
+    ranks: usize,
+    transport: Transport,
+) -> Result<(CudaBackend, PlanLimits), CudaError> {
     let block_size = crate::backend::KV_BLOCK_SIZE;
-    let kv_token_bytes = 2 * config.num_layers * config.kv_dim() * options.dtype.size_bytes();
+    let rank = rank_config(&config, ranks)?;
+    let kv_token_bytes = 2 * rank.num_layers * rank.kv_dim() * options.dtype.size_bytes();
     let kv_tokens = match limits.kv_tokens {
         Some(tokens) => tokens,
         None => {
             super::cuda_available().map_err(CudaError::Unavailable)?;
-            let ctx = cudarc::driver::CudaContext::new(0)?;
-            let (free, _) = ctx.mem_get_info()?;
-            let h = config.hidden_size;
-            let activations = limits.max_batch_tokens * (h * 12 + config.intermediate_size * 6 + config.q_dim() * 6)
-                + limits.max_seqs * config.vocab_size * 12;
-            let left = free.saturating_sub(DeviceWeights::total_bytes(&config, options.dtype) + activations);
+            let free = tensor_parallel::free_bytes_per_rank(transport, ranks)?;
+            let h = rank.hidden_size;
+            let activations = limits.max_batch_tokens * (h * 12 + rank.intermediate_size * 6 + rank.q_dim() * 6)
+                + limits.max_seqs * rank.vocab_size * 12;
+            let left = free.saturating_sub(DeviceWeights::total_bytes(&rank, options.dtype) + activations);
             (left / 10 * 9 / kv_token_bytes.max(1)).min(1 << 20)
         }
     };
@@ -276,7 +384,8 @@ pub fn cuda_backend(
         max_seqs: limits.max_seqs,
         max_blocks_per_seq: max_tokens_per_seq.div_ceil(block_size),
     };
-    Ok((CudaBackend::new(config, weights, layout, plan_limits, options)?, plan_limits))
+    let backend = CudaBackend::tensor_parallel(config, weights, layout, plan_limits, options, ranks, transport)?;
+    Ok((backend, plan_limits))
 }
 
 #[cfg(test)]

@@ -182,6 +182,8 @@ unsafe impl Send for Kernel {}
 unsafe impl Sync for Kernel {}
 
 pub struct GpuInfo {
+    /// The device ordinal (cuDeviceGet's index).
+    pub ordinal: usize,
     pub name: String,
     pub compute_capability: (i32, i32),
     pub multiprocessors: u32,
@@ -189,6 +191,12 @@ pub struct GpuInfo {
     /// The sm_90a kernels (wgmma) are loaded: a compute capability 9.0 GPU, and
     /// `KILN_NO_WGMMA` unset.
     pub wgmma: bool,
+}
+
+/// How many GPUs the driver (or the emulator) reports.
+pub fn gpu_count() -> Result<usize, CudaError> {
+    super::cuda_available().map_err(CudaError::Unavailable)?;
+    Ok(CudaContext::device_count()?.max(0) as usize)
 }
 
 /// The device: context, the one stream every kernel and copy runs on, and the loaded modules.
@@ -205,16 +213,23 @@ pub struct Gpu {
 unsafe impl Send for Gpu {}
 
 impl Gpu {
-    /// Opens device 0 and loads every kernel module. Fails cleanly without a driver or GPU.
-    pub fn new() -> Result<Gpu, CudaError> {
+    /// Opens device `ordinal` (its primary context: every `Gpu` of one device shares it, each
+    /// with a stream of its own) and loads every kernel module. Fails cleanly without a driver
+    /// or GPU.
+    pub fn new(ordinal: usize) -> Result<Gpu, CudaError> {
         super::cuda_available().map_err(CudaError::Unavailable)?;
-        let ctx = CudaContext::new(0)?;
+        let gpus = gpu_count()?;
+        if ordinal >= gpus {
+            return Err(CudaError::Unavailable(format!("there is no GPU {ordinal}: the driver counts {gpus}")));
+        }
+        let ctx = CudaContext::new(ordinal)?;
         // One stream orders everything; cudarc's per-buffer events would only add work (and
         // would break graph capture).
         // SAFETY: no cudarc-tracked buffers exist yet, and this backend never uses them.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream()?;
         let info = GpuInfo {
+            ordinal,
             name: ctx.name()?,
             compute_capability: ctx.compute_capability()?,
             multiprocessors: ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
@@ -271,6 +286,16 @@ impl Gpu {
 
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// (free, total) bytes of this device's memory.
+    pub fn memory_info(&self) -> Result<(usize, usize), CudaError> {
+        self.ctx.bind_to_thread()?;
+        Ok(result::mem_get_info()?)
     }
 
     pub fn alloc(&self, dtype: Dtype, len: usize) -> Result<DeviceBuffer, CudaError> {
@@ -361,8 +386,16 @@ impl Gpu {
 
     /// Records `launches` into a CUDA graph instead of running them.
     pub fn capture(&self, launches: &[Launch]) -> Result<CudaGraph, CudaError> {
+        self.capture_with(|| launches.iter().try_for_each(|l| self.launch(l)))
+    }
+
+    /// Records what `record` enqueues on this stream (kernel launches, NCCL collectives) into a
+    /// CUDA graph instead of running it. Thread-local capture mode: several ranks' threads may
+    /// capture their own streams at once.
+    pub fn capture_with(&self, record: impl FnOnce() -> Result<(), CudaError>) -> Result<CudaGraph, CudaError> {
+        self.ctx.bind_to_thread()?;
         self.stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-        let launched: Result<(), CudaError> = launches.iter().try_for_each(|l| self.launch(l));
+        let launched = record();
         let graph = self.stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
         launched?;
         graph?.ok_or_else(|| CudaError::Module("graph capture recorded nothing".into()))

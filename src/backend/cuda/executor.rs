@@ -6,13 +6,20 @@
 //! graph replay). Decode steps are padded to their bucket with tokens whose sequence is KILN_NONE,
 //! which the KV write and attention skip. Nothing here allocates device memory or synchronises
 //! the host; the caller's read of logits or sampled ids is the step's one synchronisation.
+//!
+//! A tensor-parallel rank (`join_group`) runs the same launches over its shard, with the
+//! all-reduces of its group between them (captured into its graphs when the collective allows);
+//! only rank 0 computes logits.
+
+use std::sync::Arc;
 
 use cudarc::driver::CudaGraph;
 
 use super::attention;
-use super::device::{DeviceBuffer, Dtype, Gpu, Launch, PinnedBuffer};
+use super::collective::DeviceCollective;
+use super::device::{DeviceBuffer, Dtype, Gpu, PinnedBuffer};
 use super::embedding;
-use super::forward::{self, Activations, AttentionMode, KernelSet, Model};
+use super::forward::{self, Activations, AttentionMode, KernelSet, Model, StepOp};
 use super::gemm;
 use super::params::{PenaltyEntry, SampleRow, KILN_NONE};
 use super::rmsnorm;
@@ -100,9 +107,16 @@ pub struct Executor {
     plan_device: DeviceBuffer,
     buckets: Vec<usize>,
     graphs: Vec<Option<BucketGraph>>,
-    launches: Vec<Launch>,
+    launches: Vec<StepOp>,
     options: ExecutorOptions,
     sampler: GpuSampler,
+    /// This executor's rank and collective under tensor parallelism; None alone.
+    group: Option<RankGroup>,
+}
+
+struct RankGroup {
+    rank: usize,
+    collective: Arc<dyn DeviceCollective>,
 }
 
 /// The decode batch sizes that get their own graph: powers of two, then the largest batch.
@@ -223,7 +237,25 @@ impl Executor {
             launches: Vec::with_capacity(32 * 12),
             options,
             sampler,
+            group: None,
         })
+    }
+
+    /// Makes this executor rank `rank` of a tensor-parallel group: its weights and KV cache are
+    /// the rank's shard, its steps all-reduce the partial sums with `collective`, and only rank 0
+    /// computes logits (the others' logits and samples are meaningless).
+    pub fn join_group(&mut self, rank: usize, collective: Arc<dyn DeviceCollective>) -> Result<(), CudaError> {
+        if rank >= collective.world_size() {
+            return Err(CudaError::Shape(format!("rank {rank} of a group of {}", collective.world_size())));
+        }
+        if self.options.graphs && !collective.capturable() {
+            return Err(CudaError::Unsupported(
+                "CUDA graphs with a collective that synchronises the host (the host-staged one): turn graphs off"
+                    .into(),
+            ));
+        }
+        self.group = Some(RankGroup { rank, collective });
+        Ok(())
     }
 
     pub fn gpu(&self) -> &Gpu {
@@ -343,14 +375,14 @@ impl Executor {
                 if !self.options.graphs {
                     let mut launches = std::mem::take(&mut self.launches);
                     let result = self.build_launches(bucket, bucket, AttentionMode::Decode { splits }, &mut launches);
-                    let result = result.and_then(|_| launches.iter().try_for_each(|l| self.gpu.launch(l)));
+                    let result = result.and_then(|_| self.run(&launches));
                     self.launches = launches;
                     return result;
                 }
                 if self.graphs[bucket_index].is_none() {
                     let mut launches = Vec::new();
                     self.build_launches(bucket, bucket, AttentionMode::Decode { splits }, &mut launches)?;
-                    self.graphs[bucket_index] = Some(BucketGraph(self.gpu.capture(&launches)?));
+                    self.graphs[bucket_index] = Some(BucketGraph(self.gpu.capture_with(|| self.run(&launches))?));
                 }
                 self.graphs[bucket_index].as_ref().expect("captured above").0.launch()?;
                 Ok(())
@@ -363,7 +395,7 @@ impl Executor {
                 let mode = AttentionMode::Prefill { n_seqs, max_seq_tokens };
                 let mut launches = std::mem::take(&mut self.launches);
                 let result = self.build_launches(plan.num_tokens(), plan.num_logits(), mode, &mut launches);
-                let result = result.and_then(|_| launches.iter().try_for_each(|l| self.gpu.launch(l)));
+                let result = result.and_then(|_| self.run(&launches));
                 self.launches = launches;
                 result
             }
@@ -398,14 +430,32 @@ impl Executor {
         self.gpu.synchronize()
     }
 
-    /// The launches of one forward pass over `n` tokens with `n_logits` logit rows.
+    /// Enqueues a forward pass's ops on the stream. Every rank builds its whole list before
+    /// running any of it, so a shape error stops all ranks before their first all-reduce, where
+    /// one rank's early return would leave the others waiting for it.
+    fn run(&self, ops: &[StepOp]) -> Result<(), CudaError> {
+        for op in ops {
+            match op {
+                StepOp::Kernel(launch) => self.gpu.launch(launch)?,
+                StepOp::AllReduce(values) => {
+                    let group = self.group.as_ref().expect("forward emits all-reduces only for a rank of a group");
+                    group.collective.all_reduce_sum(group.rank, &self.gpu, *values)?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The launches of one forward pass over `n` tokens with `n_logits` logit rows (none on
+    /// ranks other than 0: rank 0 alone computes logits).
     fn build_launches(
         &self,
         n: usize,
         n_logits: usize,
         mode: AttentionMode,
-        out: &mut Vec<Launch>,
+        out: &mut Vec<StepOp>,
     ) -> Result<(), CudaError> {
+        let n_logits = if self.group.as_ref().is_some_and(|g| g.rank != 0) { 0 } else { n_logits };
         let model = Model {
             config: &self.config,
             weights: &self.weights,
@@ -415,6 +465,7 @@ impl Executor {
             k_cache: self.k_cache.array(),
             v_cache: self.v_cache.array(),
             inv_freq: self.inv_freq.array(),
+            all_reduce: self.group.is_some(),
         };
         forward::launches(&model, &self.device_plan(), n, n_logits, mode, out)
     }

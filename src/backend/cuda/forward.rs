@@ -3,6 +3,10 @@
 //! QKV projection, RoPE with the KV-cache write, attention, o_proj, the post-attention rmsnorm,
 //! gate_up, silu_mul, down; then the final rmsnorm and the head over the logit rows only). The
 //! executor owns the buffers and decides when these launches run or are captured.
+//!
+//! A tensor-parallel rank's o_proj and down_proj outputs are partial sums over its share of the
+//! heads or features: an all-reduce follows each, before the next rmsnorm adds it to the
+//! residual stream (the residual add lives in `rmsnorm_residual`).
 
 use super::attention::{self, AttentionKernels};
 use super::device::{DeviceArray, DeviceBuffer, Kernel, Launch};
@@ -41,6 +45,27 @@ pub(super) struct Activations {
     pub(super) partial: DeviceBuffer,     // decode attention splits, f32
 }
 
+/// One thing a forward pass enqueues on the rank's stream.
+#[derive(Clone, Copy)]
+pub(super) enum StepOp {
+    Kernel(Launch),
+    /// Sum this f32 array over the tensor-parallel ranks, in place.
+    AllReduce(DeviceArray),
+}
+
+/// Where `launches` writes its ops.
+struct Ops<'a>(&'a mut Vec<StepOp>);
+
+impl Ops<'_> {
+    fn push(&mut self, launch: Launch) {
+        self.0.push(StepOp::Kernel(launch));
+    }
+
+    fn extend(&mut self, launches: Vec<Launch>) {
+        self.0.extend(launches.into_iter().map(StepOp::Kernel));
+    }
+}
+
 /// How a step's attention runs.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum AttentionMode {
@@ -59,6 +84,8 @@ pub(super) struct Model<'a> {
     pub k_cache: DeviceArray,
     pub v_cache: DeviceArray,
     pub inv_freq: DeviceArray,
+    /// A tensor-parallel rank: o_proj's and down_proj's outputs are partial sums to all-reduce.
+    pub all_reduce: bool,
 }
 
 /// The launches of one forward pass over `n` tokens with `n_logits` logit rows, into `out`.
@@ -68,9 +95,10 @@ pub(super) fn launches(
     n: usize,
     n_logits: usize,
     mode: AttentionMode,
-    out: &mut Vec<Launch>,
+    out: &mut Vec<StepOp>,
 ) -> Result<(), CudaError> {
     out.clear();
+    let mut out = Ops(out);
     let c = model.config;
     let k = model.kernels;
     let a = model.acts;
@@ -130,6 +158,9 @@ pub(super) fn launches(
             )?),
         }
         out.push(gemm::gemm(&k.gemm, auto, a.attn.array(), layer.o_proj.array(), proj, n, h, q_dim, true)?);
+        if model.all_reduce {
+            out.0.push(StepOp::AllReduce(proj));
+        }
         out.push(rmsnorm::rmsnorm_residual(
             &k.rmsnorm,
             hidden,
@@ -143,6 +174,9 @@ pub(super) fn launches(
         out.push(gemm::gemm(&k.gemm, auto, normed, layer.gate_up.array(), a.gate_up.array(), n, 2 * ffn, h, false)?);
         out.push(silu_mul::silu_mul(&k.silu_mul, a.gate_up.array(), a.act.array(), n, ffn)?);
         out.push(gemm::gemm(&k.gemm, auto, a.act.array(), layer.down_proj.array(), proj, n, h, ffn, true)?);
+        if model.all_reduce {
+            out.0.push(StepOp::AllReduce(proj));
+        }
     }
     // A step that finishes no sequence (a chunk of a long prompt) needs no head at all.
     if n_logits == 0 {

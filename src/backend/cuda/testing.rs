@@ -18,7 +18,7 @@ pub fn cuda_for_test(test: &str) -> &'static Driver {
 /// Opens the device for `test` on the driver `cuda_for_test` chose; panics when it does not open.
 pub fn gpu_for_test(test: &str) -> Gpu {
     let driver = cuda_for_test(test);
-    Gpu::new().unwrap_or_else(|e| panic!("{test}: {driver} did not open: {e}"))
+    Gpu::new(0).unwrap_or_else(|e| panic!("{test}: {driver} did not open: {e}"))
 }
 
 /// Tolerance for outputs rounded to `dtype` after f32 accumulation: a few units of the last place
