@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use crate::backend::cpu::tensor_parallel::{self, TensorParallelError};
 use crate::backend::cpu::{CpuBackend, CpuKvCache};
 use crate::backend::plan::PlanLimits;
+use crate::backend::sharding::{self, TensorParallelError};
 use crate::backend::{KvLayout, KV_BLOCK_SIZE};
 use crate::model::weights::LlamaWeights;
 use crate::model::{ModelConfig, ModelError};
@@ -64,7 +64,7 @@ pub fn cpu_backend_tensor_parallel(
     limits: CpuLimits,
     ranks: usize,
 ) -> Result<(CpuBackend, PlanLimits), TensorParallelError> {
-    tensor_parallel::rank_config(&config, ranks)?;
+    sharding::rank_config(&config, ranks)?;
     let kv_tokens =
         (limits.kv_memory_bytes / CpuKvCache::bytes_per_token(&config)).min(limits.kv_max_tokens.unwrap_or(usize::MAX));
     let num_blocks = (kv_tokens / KV_BLOCK_SIZE).max(1);

@@ -130,4 +130,19 @@ fn tensor_parallel_ranks_give_the_same_answer_or_a_clear_refusal() {
     assert!(stderr.contains("--tensor-parallel 2 does not divide the model's attention heads (9)"), "{stderr}");
     let out = kiln(&["--tensor-parallel", "2", "bench"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("`kiln bench` measures one rank"));
+    // `--backend cuda` takes the NCCL path, whose start-up checks count GPUs: the emulator has one.
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["--backend", "cuda", "--tensor-parallel", "3", "generate", "--prompt", "Hi", "--max-tokens", "1"])
+        .env("KILN_LOG", "warn")
+        .env("KILN_CUDA_DRIVER", "emulator")
+        .output()
+        .expect("running kiln");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = if cfg!(feature = "cuda") {
+        "--tensor-parallel 3 puts each rank on a GPU of its own, and the CUDA driver counts 1"
+    } else {
+        "built without CUDA"
+    };
+    assert!(stderr.contains(expected) && !stderr.contains("panicked"), "{stderr}");
 }

@@ -7,6 +7,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod plan;
 pub mod sampling;
+pub mod sharding;
 
 use crate::backend::plan::StepPlan;
 use crate::model::ModelConfig;

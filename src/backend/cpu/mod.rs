@@ -5,7 +5,6 @@
 mod forward;
 pub mod kernels;
 mod kv_cache;
-pub mod tensor_parallel;
 mod workspace;
 
 pub use kv_cache::CpuKvCache;
@@ -17,7 +16,7 @@ use crate::model::weights::LlamaWeights;
 use crate::model::ModelConfig;
 
 use super::{Backend, BackendError, KvLayout};
-use tensor_parallel::TensorParallelError;
+use crate::backend::sharding::{self, TensorParallelError};
 use workspace::Workspace;
 
 pub struct CpuBackend {
@@ -55,7 +54,7 @@ impl CpuBackend {
         CpuBackend { config, ranks, collective: ThreadCollective::new(1), limits, inv_freq, isa: kernels::Isa::best() }
     }
 
-    /// The model split over `ranks` tensor-parallel ranks (`tensor_parallel`), each a thread
+    /// The model split over `ranks` tensor-parallel ranks (`backend::sharding`), each a thread
     /// with its share of the weights and of every KV block (`layout` counts blocks, which every
     /// rank has, each holding its own KV heads). One rank is [`CpuBackend::new`].
     pub fn tensor_parallel(
@@ -68,7 +67,7 @@ impl CpuBackend {
         if ranks == 1 {
             return Ok(CpuBackend::new(config, weights, layout, limits));
         }
-        let shards = tensor_parallel::shard(&config, &weights, ranks)?;
+        let shards = sharding::shard(&config, &weights, ranks)?;
         let inv_freq = crate::ops::rope::rope_inv_freq(&config);
         let ranks: Vec<Rank> = shards.into_iter().map(|s| Rank::new(s.config, s.weights, layout, limits)).collect();
         let collective = ThreadCollective::new(ranks.len());

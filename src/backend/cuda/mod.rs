@@ -66,7 +66,7 @@ pub enum CudaError {
     )]
     TooFewGpus { ranks: usize, gpus: usize },
     #[error(transparent)]
-    TensorParallel(#[from] crate::backend::cpu::tensor_parallel::TensorParallelError),
+    TensorParallel(#[from] crate::backend::sharding::TensorParallelError),
     #[error("NCCL: {0}")]
     Nccl(String),
     #[error("not supported by the CUDA backend: {0}")]

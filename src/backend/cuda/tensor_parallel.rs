@@ -1,5 +1,5 @@
 //! Tensor parallelism on GPUs: the start-up checks, and one executor per rank over its shard of
-//! the weights (`cpu::tensor_parallel::shard`, the same Megatron split as the CPU backend's) and
+//! the weights (`sharding::shard`, the same Megatron split as the CPU backend's) and
 //! of the KV cache (its KV heads). With NCCL rank r runs on GPU r; the host-staged collective puts
 //! every rank on device 0, which is how the sharding is tested on the emulator (one device).
 
@@ -11,8 +11,8 @@ use super::executor::{Executor, ExecutorOptions};
 use super::nccl::{self, NcclCollective};
 use super::weights::DeviceWeights;
 use super::CudaError;
-use crate::backend::cpu::tensor_parallel::{rank_config, shard};
 use crate::backend::plan::PlanLimits;
+use crate::backend::sharding::{rank_config, shard};
 use crate::backend::KvLayout;
 use crate::model::weights::LlamaWeights;
 use crate::model::ModelConfig;

@@ -17,8 +17,8 @@ pub enum TensorParallelError {
     #[error("--tensor-parallel {ranks} does not divide the model's {what} ({count}); choose a divisor of {count}")]
     Indivisible { ranks: usize, what: &'static str, count: usize },
     #[error(
-        "tensor parallelism on the CPU splits float weights (f32, f16, bf16); `{tensor}` is {format}: run the model's \
-         Hugging Face directory, or one rank"
+        "tensor parallelism splits float weights (f32, f16, bf16); `{tensor}` is {format}: run the model's Hugging \
+         Face directory, or one rank"
     )]
     QuantizedWeights { tensor: String, format: &'static str },
 }
