@@ -22,7 +22,8 @@ use kiln::testing::{check_close, random_ggml_blocks, seeded_values, test_seed, F
 
 /// A sequence's keys and values, `[positions, kv_dim]` with heads side by side (as the reference
 /// reads them), and the same scattered into KV blocks in the cache's layout
-/// (`attention::block_row`), the blocks in shuffled (reversed) order, as a paged cache holds them.
+/// (keys k-major, `attention::key_column`; values as rows, `attention::block_row`), the blocks in
+/// shuffled (reversed) order, as a paged cache holds them.
 struct PagedKv {
     keys: Vec<f32>,
     values: Vec<f32>,
@@ -42,12 +43,15 @@ impl PagedKv {
         let mut paged =
             [vec![f32::NAN; num_blocks * block_size * kv_dim], vec![f32::NAN; num_blocks * block_size * kv_dim]];
         for p in 0..len {
-            for (paged, flat) in paged.iter_mut().zip([&keys, &values]) {
-                for (kv_head, row) in flat[p * kv_dim..(p + 1) * kv_dim].chunks_exact(d).enumerate() {
-                    let slot = table[p / block_size] * block_size * kv_dim
-                        + attention::block_row(block_size, d, kv_head, p % block_size);
-                    paged[slot..slot + d].copy_from_slice(row);
+            let block = table[p / block_size] * block_size * kv_dim;
+            for kv_head in 0..shape.num_kv_heads {
+                let at = p * kv_dim + kv_head * d;
+                let column = block + attention::key_column(block_size, d, kv_head) + p % block_size;
+                for i in 0..d {
+                    paged[0][column + i * block_size] = keys[at + i];
                 }
+                let row = block + attention::block_row(block_size, d, kv_head, p % block_size);
+                paged[1][row..row + d].copy_from_slice(&values[at..at + d]);
             }
         }
         let [paged_keys, paged_values] = paged;

@@ -1,9 +1,11 @@
 //! The CPU KV cache: f32 keys and values in fixed-size blocks, allocated once and made resident
 //! at start-up.
-//! Layout per layer: `[num_blocks, num_kv_heads, block_size, head_dim]`, so one block is
-//! contiguous and within it each KV head's positions are (see `kernels::attention::block_row`).
+//! Layout per layer: one block contiguous, `[num_blocks, block]`; within a block, keys
+//! `[num_kv_heads, head_dim, block_size]` (k-major, the panel attention's Q·Kᵀ reads in place,
+//! `kernels::attention::key_column`) and values `[num_kv_heads, block_size, head_dim]`
+//! (`kernels::attention::block_row`).
 
-use super::kernels::attention::block_row;
+use super::kernels::attention::{block_row, key_column};
 use crate::backend::KvLayout;
 use crate::model::ModelConfig;
 
@@ -42,35 +44,21 @@ impl CpuKvCache {
         block * self.layout.block_size * self.kv_dim
     }
 
-    /// Where KV head `kv_head`'s row at `offset` of `block` starts.
-    fn slot(&self, block: usize, offset: usize, kv_head: usize) -> usize {
-        self.block_start(block) + block_row(self.layout.block_size, self.head_dim, kv_head, offset)
-    }
-
     /// Stores one token's `[kv_dim]` key and value (heads side by side, as the projections make
-    /// them).
+    /// them) at row `offset` of `block`.
     pub fn write(&mut self, layer: usize, block: usize, offset: usize, key: &[f32], value: &[f32]) {
-        let d = self.head_dim;
+        let (d, block_size, start) = (self.head_dim, self.layout.block_size, self.block_start(block));
         for (kv_head, (key, value)) in key.chunks_exact(d).zip(value.chunks_exact(d)).enumerate() {
-            let start = self.slot(block, offset, kv_head);
-            self.keys[layer][start..start + d].copy_from_slice(key);
-            self.values[layer][start..start + d].copy_from_slice(value);
+            let column = start + key_column(block_size, d, kv_head) + offset;
+            for (i, &k) in key.iter().enumerate() {
+                self.keys[layer][column + i * block_size] = k;
+            }
+            let row = start + block_row(block_size, d, kv_head, offset);
+            self.values[layer][row..row + d].copy_from_slice(value);
         }
     }
 
-    /// The `[head_dim]` key of one KV head at one slot.
-    pub fn key(&self, layer: usize, block: usize, offset: usize, kv_head: usize) -> &[f32] {
-        let start = self.slot(block, offset, kv_head);
-        &self.keys[layer][start..start + self.head_dim]
-    }
-
-    pub fn value(&self, layer: usize, block: usize, offset: usize, kv_head: usize) -> &[f32] {
-        let start = self.slot(block, offset, kv_head);
-        &self.values[layer][start..start + self.head_dim]
-    }
-
-    /// The `[num_kv_heads, block_size, head_dim]` keys and values of one block, for kernels that
-    /// walk a block's positions in place.
+    /// The keys and values of one block (layouts above), for the kernels, which read them in place.
     pub fn block(&self, layer: usize, block: usize) -> (&[f32], &[f32]) {
         let (start, len) = (self.block_start(block), self.layout.block_size * self.kv_dim);
         (&self.keys[layer][start..start + len], &self.values[layer][start..start + len])

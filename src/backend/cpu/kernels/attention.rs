@@ -19,8 +19,9 @@ thread_local! {
 /// [`attention_runs`]' matrix products instead.
 ///
 /// q and out are `[num_heads, head_dim]`. `block(i)` returns the keys and values of the
-/// sequence's i-th KV block, each `[num_kv_heads, block_size, head_dim]` (see [`block_row`]), so
-/// position p is row `p % block_size` of block `p / block_size`.
+/// sequence's i-th KV block (keys `[num_kv_heads, head_dim, block_size]`, see [`key_column`];
+/// values `[num_kv_heads, block_size, head_dim]`, see [`block_row`]), so position p is row
+/// `p % block_size` of block `p / block_size`.
 pub fn attention<'a>(
     q: &[f32],
     shape: AttentionShape,
@@ -39,22 +40,34 @@ pub fn attention<'a>(
     })
 }
 
-/// Where KV head `kv_head`'s row `row` starts in a KV block: blocks are head-major,
-/// `[num_kv_heads, block_size, head_dim]`, so one head's positions are consecutive memory (a
-/// task streams its head's keys and values instead of picking d floats out of every kv_dim).
+/// Where KV head `kv_head`'s value row `row` starts in a KV block's values: they are head-major,
+/// `[num_kv_heads, block_size, head_dim]`, so one head's positions are consecutive memory, rows
+/// that P·V multiplies in place.
 #[inline(always)]
 pub fn block_row(block_size: usize, head_dim: usize, kv_head: usize, row: usize) -> usize {
     (kv_head * block_size + row) * head_dim
 }
 
+/// Where KV head `kv_head`'s keys start in a KV block's keys: they are head-major and then k-major,
+/// `[num_kv_heads, head_dim, block_size]`, element i of the key at row `row` at
+/// `key_column(..) + i * block_size + row`. That is the panel Q·Kᵀ multiplies (`gemm`), so
+/// attention reads the cache in place instead of gathering and transposing a sequence's keys
+/// at every step.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn key_column(block_size: usize, head_dim: usize, kv_head: usize) -> usize {
+    kv_head * head_dim * block_size
+}
+
+/// `Σ_i a[i] · b[i · stride]`.
+#[inline(always)]
+fn strided_dot(a: &[f32], b: &[f32], stride: usize) -> f32 {
     let mut partial = [0f32; 16];
-    let (a_chunks, b_chunks) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
-    for (a, b) in a_chunks.zip(b_chunks) {
+    let a_chunks = a.chunks_exact(16);
+    let whole = a.len() - a_chunks.remainder().len();
+    let tail: f32 = a_chunks.remainder().iter().enumerate().map(|(i, x)| x * b[(whole + i) * stride]).sum();
+    for (c, a) in a_chunks.enumerate() {
         for l in 0..16 {
-            partial[l] = fma::<false>(a[l], b[l], partial[l]);
+            partial[l] = fma::<false>(a[l], b[(16 * c + l) * stride], partial[l]);
         }
     }
     partial.iter().sum::<f32>() + tail
@@ -82,9 +95,9 @@ fn attention_body<'a, B: Fn(usize) -> (&'a [f32], &'a [f32])>(
         for row in first_row..first_row + rows {
             let i = p + row - first_row - visible.start;
             for g in 0..num_kv_heads {
-                let key = &keys[block_row(block_size, head_dim, g, row)..][..head_dim];
+                let key = &keys[key_column(block_size, head_dim, g) + row..];
                 for h in g * group..(g + 1) * group {
-                    scores[h * len + i] = dot(&q[h * head_dim..(h + 1) * head_dim], key) * scale;
+                    scores[h * len + i] = strided_dot(&q[h * head_dim..(h + 1) * head_dim], key, block_size) * scale;
                 }
             }
         }
@@ -126,17 +139,8 @@ fn attention_body<'a, B: Fn(usize) -> (&'a [f32], &'a [f32])>(
 }
 
 thread_local! {
-    /// Per task of `attention_run`: keys and values gathered `[positions, head_dim]`, keys
-    /// and value columns packed as panels, and the scores `[rows, positions]`.
-    static PREFILL: RefCell<PrefillScratch> = RefCell::new(PrefillScratch::default());
-}
-
-#[derive(Default)]
-struct PrefillScratch {
-    keys: Vec<f32>,
-    values: Vec<f32>,
-    key_panels: Vec<f32>,
-    scores: Vec<f32>,
+    /// Per task of `attention_run`: the scores `[rows, positions]`.
+    static PREFILL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Query tokens per task of `attention_run`.
@@ -144,9 +148,11 @@ const PREFILL_QUERY_BLOCK: usize = 32;
 
 /// Causal attention for a run of consecutive tokens of one sequence (a prefill chunk, or the one
 /// token of a decode step), as two matrix products per (block of up to 32 queries, KV head) on
-/// the `gemm` microkernel: scores = Q·Kᵀ with the keys packed as panels, a masked softmax per row,
-/// then out = P·V with the values' columns as panels. No horizontal sums, which is what a
-/// per-token dot-product kernel spends most of its time on.
+/// the `gemm` microkernel, reading the KV blocks in place: scores = Q·Kᵀ with each block's keys
+/// (stored k-major) as a panel, a masked softmax per row, then out = P·V over each block's value
+/// rows, the sums continued block after block. No horizontal sums, which is what a per-token
+/// dot-product kernel spends most of its time on, and no copy of a sequence's keys and values
+/// per step (which cost a batched decode step more than the products themselves).
 ///
 /// Every query row goes through the same instructions in the same order whether its block holds
 /// one query or 32: the microkernel's sums run in order of k, the softmax adds position p into
@@ -237,7 +243,7 @@ pub fn attention_runs<'a>(
             let t0 = query_block * PREFILL_QUERY_BLOCK;
             let rows = PREFILL_QUERY_BLOCK.min(tokens - t0);
             let visible = first_visible(first_position + t0)..first_position + t0 + rows;
-            PREFILL.with_borrow_mut(|scratch| {
+            PREFILL.with_borrow_mut(|scores| {
                 // SAFETY: this task writes only the columns of heads of `kv_head` for tokens
                 // t0..t0 + rows of its sequence's part of `out`; tasks differ in sequence, query
                 // block or KV head, so never overlap, and the runs' tokens lie inside `out`
@@ -254,7 +260,7 @@ pub fn attention_runs<'a>(
                         visible,
                         block_size,
                         &|i| block(s, i),
-                        scratch,
+                        scores,
                         out,
                     )
                 }
@@ -341,7 +347,7 @@ unsafe fn prefill_task<'a>(
     visible: Range<usize>,
     block_size: usize,
     block: &impl Fn(usize) -> (&'a [f32], &'a [f32]),
-    scratch: &mut PrefillScratch,
+    scores: &mut Vec<f32>,
     out: *mut f32,
 ) {
     use super::gemm;
@@ -349,32 +355,31 @@ unsafe fn prefill_task<'a>(
     let (group, q_dim) = (num_heads / num_kv_heads, num_heads * d);
     let (nr, mt) = (gemm::panel_rows(isa), gemm::block_tokens(isa));
     let len = visible.len();
-    let PrefillScratch { keys, values, key_panels, scores } = scratch;
 
-    // This KV head's keys and values of the visible positions, `[len, d]`; the values' rows are
-    // read nr at a time as panels of P·V, so the buffer has nr floats of slack at its end.
-    keys.resize(len * d, 0.0);
-    values.resize(len * d + nr, 0.0);
-    // This KV head's rows of each block are consecutive: one copy per block.
-    let mut p = visible.start;
-    while p < visible.end {
-        let (block_keys, block_values) = block(p / block_size);
-        let first_row = p % block_size;
-        let count = (block_size - first_row).min(visible.end - p);
-        let (from, to) = (block_row(block_size, d, kv_head, first_row), (p - visible.start) * d);
-        keys[to..to + count * d].copy_from_slice(&block_keys[from..from + count * d]);
-        values[to..to + count * d].copy_from_slice(&block_values[from..from + count * d]);
-        p += count;
-    }
-    // Keys as the "weight rows" of Q·Kᵀ, packed; the values' rows are P·V's panels as they are
-    // (columns j·nr.. of row p at p·d + j·nr, stride d).
-    key_panels.resize(len.div_ceil(nr) * d * nr, 0.0);
-    gemm::pack_panels(isa, keys, d, key_panels);
+    // The visible positions as runs inside KV blocks, at most a panel (nr) wide, walked once
+    // per pass rather than collected (no allocation per task).
+    let runs = || {
+        let mut p = visible.start;
+        std::iter::from_fn(move || {
+            (p < visible.end).then(|| {
+                let (keys, values) = block(p / block_size);
+                let first_row = p % block_size;
+                let count = (block_size - first_row).min(visible.end - p).min(nr);
+                assert!(
+                    keys.len() >= num_kv_heads * d * block_size && values.len() >= keys.len(),
+                    "KV blocks hold [kv heads, head_dim, block_size] keys and values"
+                );
+                let run = (keys, values, first_row, count, p - visible.start);
+                p += count;
+                run
+            })
+        })
+    };
 
     // The task's query rows are its (query head, token) pairs, head-major: row i is head
     // kv_head·group + i / rows at token t0 + i % rows. Blocks of mt rows go through the
-    // microkernel together, so a decode step's query heads share each pass over the panels
-    // (one call, several independent FMA chains) instead of taking one latency-bound pass each.
+    // microkernel together, so a decode step's query heads share each pass over the keys (one
+    // call, several independent FMA chains) instead of taking one latency-bound pass each.
     let pairs = group * rows;
     let head_token = |i: usize| (kv_head * group + i / rows, t0 + i % rows);
     scores.resize(pairs * len, 0.0);
@@ -386,12 +391,14 @@ unsafe fn prefill_task<'a>(
             let (h, t) = head_token((c0 + i).min(pairs - 1));
             q[t * q_dim + h * d..].as_ptr()
         });
-        for panel in 0..len.div_ceil(nr) {
-            let cols = nr.min(len - panel * nr);
-            let outs = std::array::from_fn(|i| scores[((c0 + i).min(pairs - 1)) * len + panel * nr..].as_mut_ptr());
-            // SAFETY: each query row holds d values; the panel d·nr; the score rows of this block
-            // (columns panel·nr.. of rows c0..c0 + count) lie inside `scores` (`[pairs, len]`).
-            gemm::microkernel(isa, &xs, d, key_panels[panel * d * nr..].as_ptr(), nr, &outs, count, cols);
+        for (keys, _, first_row, positions, offset) in runs() {
+            let panel = keys[key_column(block_size, d, kv_head) + first_row..].as_ptr();
+            let outs = std::array::from_fn(|i| scores[((c0 + i).min(pairs - 1)) * len + offset..].as_mut_ptr());
+            // SAFETY: each query row holds d values; the panel is this KV head's keys from
+            // `first_row`, d rows of block_size floats of which `positions` are read (checked
+            // above); the score rows of this block (columns offset.. of rows c0..c0 + count) lie
+            // inside `scores` (`[pairs, len]`).
+            gemm::microkernel(isa, &xs, d, panel, block_size, &outs, count, positions, false);
         }
     }
     for (i, row) in scores.chunks_exact_mut(len).enumerate() {
@@ -407,17 +414,22 @@ unsafe fn prefill_task<'a>(
     }
     for c0 in (0..pairs).step_by(mt) {
         let count = mt.min(pairs - c0);
-        let xs = std::array::from_fn(|i| scores[(c0 + i).min(pairs - 1) * len..].as_ptr());
         for j in 0..d.div_ceil(nr) {
             let cols = nr.min(d - j * nr);
             let outs = std::array::from_fn(|i| {
                 let (h, t) = head_token((c0 + i).min(pairs - 1));
                 out.add(t * q_dim + h * d + j * nr)
             });
-            // SAFETY: each score row holds len values; the value rows span (len − 1)·d + nr
-            // floats from column j·nr (the slack); each output row is this task's (token t, columns
-            // of head h), inside `out` (caller).
-            gemm::microkernel(isa, &xs, len, values[j * nr..].as_ptr(), d, &outs, count, cols);
+            for (r, (_, values, first_row, positions, offset)) in runs().enumerate() {
+                let xs = std::array::from_fn(|i| scores[(c0 + i).min(pairs - 1) * len + offset..].as_ptr());
+                let panel = values[block_row(block_size, d, kv_head, first_row) + j * nr..].as_ptr();
+                // SAFETY: each score row holds `positions` values from `offset`; the panel is
+                // `positions` value rows of d floats from `first_row`, of which columns
+                // j·nr..j·nr + cols are read; each output row is this task's (token t, columns of
+                // head h), inside `out` (caller), written by the first run and continued by the
+                // others.
+                gemm::microkernel(isa, &xs, positions, panel, d, &outs, count, cols, r > 0);
+            }
         }
     }
 }
