@@ -1,7 +1,7 @@
 //! Loads a Llama GGUF's weights directly, keeping them in their stored format: float tensors as
-//! they are, Q8_0/Q4_0/Q4_1 regrouped into kiln's row layout (the same number of bytes), Q4_K,
-//! Q5_K, Q6_K, Q5_0 and Q5_1 as ggml blocks, all copied into one huge-page arena. What lets `kiln` run the original
-//! quantized file instead of its f16 conversion.
+//! they are, block quantizations regrouped into kiln's groups of 16 rows (`packed_groups`), all
+//! copied into one huge-page arena. What lets `kiln` run the original quantized file instead of
+//! its f16 conversion.
 //!
 //! Q and K projections are stored by llama.cpp's converter with each head's rows interleaved for
 //! its RoPE; they are put back in Hugging Face order here (a row copy), as the conversion does.

@@ -8,7 +8,6 @@ pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod gguf_weights;
 pub mod packed_groups;
-pub mod packed_kquant;
 pub mod packed_quant;
 pub mod pull;
 pub mod quant;

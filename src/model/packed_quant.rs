@@ -1,28 +1,21 @@
 //! The block quantizations kiln computes on ([`PackedQuant`]): the 32-value formats Q8_0, Q4_0,
-//! Q4_1, Q5_0, Q5_1 (kept as groups of 16 rows, `packed_groups`) and the K-quants Q4_K, Q5_K,
-//! Q6_K (kept as rows, `packed_kquant`), with what both layouts share: the order of 8-bit quants
-//! ([`interleaved_index`]) and of 4-bit and fifth bits in K-quant rows, and ggml's reference
-//! quantizer for tests.
+//! Q4_1, Q5_0, Q5_1 and the K-quants Q4_K, Q5_K, Q6_K, all kept as groups of 16 rows
+//! (`packed_groups`), what each format's values need there, and ggml's reference quantizer for
+//! tests.
 //!
-//! Byte order of 8-bit quants (the activations the kernels quantize): in each whole group of four
-//! blocks, the first 16 values of the four blocks come first (64 bytes), then their last 16
-//! values, see [`interleaved_index`]. That is the order in which four Q4 blocks' 64 bytes of
-//! nibbles unpack (low nibbles = values 0..16 of each block, high = 16..32), so one 64-byte load
-//! of K-quant weights meets one 64-byte load of activations. Blocks past the last whole group
-//! keep their plain order.
-//!
-//! Every 32-value format is "affine unsigned": value = d·u + m with m = −8d (Q4_0), −16d (Q5_0)
-//! and −128d (Q8_0, whose quants are kept as u = q + 128, the unsigned operand of `vpdpbusd`).
+//! Every format is "affine unsigned" per 32-value block: value = d·u + m with m = −8d (Q4_0),
+//! −16d (Q5_0) and −128d (Q8_0, whose quants are kept as u = q + 128, the unsigned operand of
+//! `vpdpbusd`), a stored m (Q4_1, Q5_1; Q4_K and Q5_K store −dmin·m_j), or, for Q6_K, d·(u − 32)
+//! with a d of its own for each 16-value half.
 
 use half::f16;
 
-use super::packed_kquant::{self, KQuant};
 use super::quant::GgmlType;
 
 /// Values per block.
 pub const BLOCK: usize = 32;
 
-/// The block-quantized formats kept in kiln's row layouts.
+/// The block-quantized formats kept in kiln's group layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[allow(non_camel_case_types)]
 pub enum PackedQuant {
@@ -31,15 +24,12 @@ pub enum PackedQuant {
     Q4_1,
     Q5_0,
     Q5_1,
-    /// A K-quant, in `packed_kquant`'s layout.
-    K(KQuant),
+    Q4_K,
+    Q5_K,
+    Q6_K,
 }
 
 impl PackedQuant {
-    pub const Q4_K: PackedQuant = PackedQuant::K(KQuant::Q4_K);
-    pub const Q5_K: PackedQuant = PackedQuant::K(KQuant::Q5_K);
-    pub const Q6_K: PackedQuant = PackedQuant::K(KQuant::Q6_K);
-
     /// The format kiln keeps a GGUF tensor of `ggml_type` in, if it is a block quantization.
     pub fn from_ggml(ggml_type: GgmlType) -> Option<PackedQuant> {
         Some(match ggml_type {
@@ -62,9 +52,9 @@ impl PackedQuant {
             PackedQuant::Q4_1 => GgmlType::Q4_1,
             PackedQuant::Q5_0 => GgmlType::Q5_0,
             PackedQuant::Q5_1 => GgmlType::Q5_1,
-            PackedQuant::K(KQuant::Q4_K) => GgmlType::Q4_K,
-            PackedQuant::K(KQuant::Q5_K) => GgmlType::Q5_K,
-            PackedQuant::K(KQuant::Q6_K) => GgmlType::Q6_K,
+            PackedQuant::Q4_K => GgmlType::Q4_K,
+            PackedQuant::Q5_K => GgmlType::Q5_K,
+            PackedQuant::Q6_K => GgmlType::Q6_K,
         }
     }
 
@@ -80,89 +70,68 @@ impl PackedQuant {
             PackedQuant::Q4_1 => "q4_1",
             PackedQuant::Q5_0 => "q5_0",
             PackedQuant::Q5_1 => "q5_1",
-            PackedQuant::K(KQuant::Q4_K) => "q4_k",
-            PackedQuant::K(KQuant::Q5_K) => "q5_k",
-            PackedQuant::K(KQuant::Q6_K) => "q6_k",
+            PackedQuant::Q4_K => "q4_k",
+            PackedQuant::Q5_K => "q5_k",
+            PackedQuant::Q6_K => "q6_k",
         }
     }
 
-    /// Bytes of quants per 32-value block (for Q5, their low 4 bits).
-    pub fn quant_bytes(self) -> usize {
+    /// Whether the quants are whole bytes (Q8_0) rather than nibbles plus high bits.
+    pub fn byte_quants(self) -> bool {
+        self == PackedQuant::Q8_0
+    }
+
+    /// Bits of each quant above its low nibble: 1 for the Q5 formats, 2 for Q6_K.
+    pub fn high_bits(self) -> usize {
         match self {
-            PackedQuant::Q8_0 => 32,
-            PackedQuant::Q4_0 | PackedQuant::Q4_1 | PackedQuant::Q5_0 | PackedQuant::Q5_1 => 16,
-            PackedQuant::K(_) => unreachable!("K-quant rows are laid out by packed_kquant"),
+            PackedQuant::Q5_0 | PackedQuant::Q5_1 | PackedQuant::Q5_K => 1,
+            PackedQuant::Q6_K => 2,
+            PackedQuant::Q8_0 | PackedQuant::Q4_0 | PackedQuant::Q4_1 | PackedQuant::Q4_K => 0,
         }
     }
 
-    /// Bytes of f16 scale data per 32-value block (d, plus m for Q4_1 and Q5_1).
+    /// Whether the scales are f32: the K-quants' d·sc and dmin·m (an f16 times a 6- or 8-bit
+    /// integer) are exact in f32 but not in f16. The 32-value formats keep their f16 d and m.
+    pub fn f32_scales(self) -> bool {
+        matches!(self, PackedQuant::Q4_K | PackedQuant::Q5_K | PackedQuant::Q6_K)
+    }
+
+    /// Bytes of one scale (d or m).
     pub fn scale_bytes(self) -> usize {
-        match self {
-            PackedQuant::Q4_1 | PackedQuant::Q5_1 => 4,
-            PackedQuant::Q8_0 | PackedQuant::Q4_0 | PackedQuant::Q5_0 => 2,
-            PackedQuant::K(_) => unreachable!("K-quant rows are laid out by packed_kquant"),
+        if self.f32_scales() {
+            4
+        } else {
+            2
         }
     }
 
-    /// Bytes of fifth bits per 32-value block.
-    pub fn qh_bytes(self) -> usize {
-        match self {
-            PackedQuant::Q5_0 | PackedQuant::Q5_1 => 4,
-            PackedQuant::Q8_0 | PackedQuant::Q4_0 | PackedQuant::Q4_1 => 0,
-            PackedQuant::K(_) => unreachable!("K-quant rows are laid out by packed_kquant"),
-        }
-    }
-
-    pub fn row_bytes(self, cols: usize) -> usize {
-        match self {
-            PackedQuant::K(k) => packed_kquant::row_bytes(k, cols),
-            _ => cols / BLOCK * (self.quant_bytes() + self.scale_bytes() + self.qh_bytes()),
-        }
-    }
-
-    /// Whether the 32-value format stores its offset m (Q4_1, Q5_1) rather than deriving it from d.
+    /// Whether the format stores its offset m (Q4_1, Q5_1, Q4_K, Q5_K) rather than deriving it from d.
     pub fn has_min(self) -> bool {
-        matches!(self, PackedQuant::Q4_1 | PackedQuant::Q5_1)
+        matches!(self, PackedQuant::Q4_1 | PackedQuant::Q5_1 | PackedQuant::Q4_K | PackedQuant::Q5_K)
     }
 
-    /// The constant c of 32-value formats whose offset is m = −c·d; `None` for those that store m.
+    /// Whether a 32-value block has two scales, one per 16 values (Q6_K's sub-blocks).
+    pub fn split_scales(self) -> bool {
+        self == PackedQuant::Q6_K
+    }
+
+    /// The constant c of the formats whose offset is m = −c·d; `None` for those that store m.
     pub fn offset_factor(self) -> Option<f32> {
         match self {
             PackedQuant::Q8_0 => Some(128.0),
             PackedQuant::Q4_0 => Some(8.0),
             PackedQuant::Q5_0 => Some(16.0),
-            PackedQuant::Q4_1 | PackedQuant::Q5_1 => None,
-            PackedQuant::K(_) => unreachable!("K-quant rows are laid out by packed_kquant"),
+            PackedQuant::Q6_K => Some(32.0),
+            PackedQuant::Q4_1 | PackedQuant::Q5_1 | PackedQuant::Q4_K | PackedQuant::Q5_K => None,
         }
     }
-}
-
-/// Where the 4-bit part of value i (0..32) of block b sits in a row's 4-bit quants: (byte, shift).
-pub fn nibble_at(b: usize, i: usize) -> (usize, u32) {
-    (16 * b + i % 16, if i < 16 { 0 } else { 4 })
-}
-
-/// Where the fifth bit of value i of block b sits among a row's fifth bits (a row of `nb`
-/// blocks): bit [`interleaved_index`], as (byte, shift).
-pub fn fifth_bit_at(nb: usize, b: usize, i: usize) -> (usize, u32) {
-    let at = interleaved_index(nb, b, i);
-    (at / 8, (at % 8) as u32)
-}
-
-/// Where value `i` (0..32) of block `b` sits among the 8-bit quants of a row of `nb` blocks.
-pub fn interleaved_index(nb: usize, b: usize, i: usize) -> usize {
-    if b >= nb / 4 * 4 {
-        return b * BLOCK + i;
-    }
-    let (group, j) = (b / 4, b % 4);
-    group * 4 * BLOCK + (i / 16) * 64 + j * 16 + i % 16
 }
 
 /// Quantizes f32 values to ggml blocks of `format` with ggml's reference rounding (for tests and
 /// random-weight benchmarks; models arrive quantized). The K-quants' search for scales is not
 /// reproduced: tests draw random K-quant blocks instead (`testing::random_ggml_blocks`).
 pub fn quantize_to_ggml_row(format: PackedQuant, values: &[f32]) -> Vec<u8> {
-    assert!(!matches!(format, PackedQuant::K(_)), "kiln does not quantize to {}", format.name());
+    assert!(format.block_values() == BLOCK, "kiln does not quantize to {}", format.name());
     assert_eq!(values.len() % BLOCK, 0, "a quantized row is a whole number of 32-value blocks");
     let mut out = Vec::with_capacity(values.len() / BLOCK * format.ggml_type().block_bytes());
     for block in values.chunks_exact(BLOCK) {
@@ -215,13 +184,13 @@ pub fn quantize_to_ggml_row(format: PackedQuant, values: &[f32]) -> Vec<u8> {
                 out.extend(fifth_bits.to_le_bytes());
                 out.extend((0..16).map(|i| (quants[i] & 0x0F) | ((quants[i + 16] & 0x0F) << 4)));
             }
-            PackedQuant::K(_) => unreachable!("refused above"),
+            PackedQuant::Q4_K | PackedQuant::Q5_K | PackedQuant::Q6_K => unreachable!("refused above"),
         }
     }
     out
 }
 
-/// Dequantizes a ggml row through quant.rs (the reference for [`pack_ggml_row`]).
+/// Dequantizes a ggml row through quant.rs: the tests' reference.
 #[cfg(test)]
 pub fn dequantize_ggml_row(format: PackedQuant, ggml_row: &[u8], out: &mut [f32]) {
     super::quant::dequantize_row(format.ggml_type(), ggml_row, out).expect("row length matches its block count");
@@ -231,22 +200,6 @@ pub fn dequantize_ggml_row(format: PackedQuant, ggml_row: &[u8], out: &mut [f32]
 mod tests {
     use super::*;
     use crate::testing::{seeded_values, test_seed};
-
-    #[test]
-    fn interleaved_index_is_a_permutation() {
-        for nb in [1, 4, 6, 18] {
-            let mut seen = vec![false; nb * BLOCK];
-            for b in 0..nb {
-                for i in 0..BLOCK {
-                    let at = interleaved_index(nb, b, i);
-                    assert!(!seen[at], "nb {nb}: block {b} value {i} collides");
-                    seen[at] = true;
-                }
-            }
-        }
-        assert_eq!(interleaved_index(6, 1, 17), 64 + 16 + 1);
-        assert_eq!(interleaved_index(6, 5, 3), 5 * 32 + 3);
-    }
 
     #[test]
     fn quantizing_errs_by_at_most_a_step() {

@@ -1,7 +1,7 @@
 //! The Llama weights as typed views over the model files: float matrices stay in their stored
 //! dtype (f32, f16 or bf16, memory-mapped); GGUF block quantizations are kept quantized, regrouped
-//! into kiln's layouts (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 as groups of 16 rows in `packed_groups`;
-//! Q4_K, Q5_K, Q6_K as rows in `packed_kquant`); norms are copied to f32 since they are tiny.
+//! into kiln's layout of groups of 16 rows (`packed_groups`); norms are copied to f32 since they
+//! are tiny.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,7 +9,6 @@ use std::sync::Arc;
 use half::{bf16, f16};
 
 use super::packed_groups::{self, GROUP_ROWS};
-use super::packed_kquant;
 use super::packed_quant::{self, PackedQuant};
 use super::quant::GgmlType;
 use super::safetensors_dir::{SafetensorsDir, SharedBytes, WeightBytes, WeightDtype};
@@ -22,7 +21,7 @@ pub enum WeightFormat {
     F32,
     F16,
     Bf16,
-    /// Block quantizations in kiln's layouts (`packed_groups`, `packed_kquant`).
+    /// Block quantizations in kiln's group layout (`packed_groups`).
     Packed(PackedQuant),
 }
 
@@ -63,28 +62,29 @@ impl WeightFormat {
         }
     }
 
-    /// Bytes of one row of `cols` values (`cols` a multiple of [`Self::block_values`]).
+    /// Bytes of one row of `cols` values (`cols` a multiple of [`Self::block_values`]); for the
+    /// block quantizations, a sixteenth of a group.
     pub fn row_bytes(self, cols: usize) -> usize {
         match self {
             WeightFormat::F32 => 4 * cols,
             WeightFormat::F16 | WeightFormat::Bf16 => 2 * cols,
-            WeightFormat::Packed(q) => q.row_bytes(cols),
+            WeightFormat::Packed(q) => packed_groups::group_bytes(q, cols) / GROUP_ROWS,
         }
     }
 
-    /// Rows stored together: 16 for the formats kept in `packed_groups`, else 1. A matrix's bytes
-    /// can be cut only at multiples of it.
+    /// Rows stored together: 16 for the block quantizations (`packed_groups`), else 1. A matrix's
+    /// bytes can be cut only at multiples of it.
     pub fn row_group(self) -> usize {
         match self {
-            WeightFormat::Packed(q) if packed_groups::is_grouped(q) => GROUP_ROWS,
+            WeightFormat::Packed(_) => GROUP_ROWS,
             _ => 1,
         }
     }
 
-    /// Bytes of a `rows × cols` matrix (for grouped formats, whole groups).
+    /// Bytes of a `rows × cols` matrix (for block quantizations, whole groups).
     pub fn matrix_bytes(self, rows: usize, cols: usize) -> usize {
         match self {
-            WeightFormat::Packed(q) if packed_groups::is_grouped(q) => packed_groups::matrix_bytes(q, rows, cols),
+            WeightFormat::Packed(q) => packed_groups::matrix_bytes(q, rows, cols),
             _ => rows * self.row_bytes(cols),
         }
     }
@@ -95,7 +95,7 @@ impl WeightFormat {
     pub fn pack_ggml_matrix<'a>(self, rows: usize, cols: usize, ggml_row: impl Fn(usize) -> &'a [u8], out: &mut [u8]) {
         assert_eq!(out.len(), self.matrix_bytes(rows, cols), "packed {} matrix length", self.name());
         match self {
-            WeightFormat::Packed(q) if packed_groups::is_grouped(q) => {
+            WeightFormat::Packed(q) => {
                 let group_bytes = packed_groups::group_bytes(q, cols).max(1);
                 for (g, group) in out.chunks_exact_mut(group_bytes).enumerate() {
                     let first = g * GROUP_ROWS;
@@ -104,25 +104,13 @@ impl WeightFormat {
                 }
             }
             _ => {
-                let (row_bytes, source_bytes) = (self.row_bytes(cols), self.ggml_row_bytes(cols));
+                let row_bytes = self.row_bytes(cols);
                 for (r, out) in out.chunks_exact_mut(row_bytes.max(1)).enumerate() {
                     let source = ggml_row(r);
-                    assert_eq!(source.len(), source_bytes, "row {r} of a {} matrix with {cols} columns", self.name());
-                    match self {
-                        WeightFormat::Packed(PackedQuant::K(k)) => packed_kquant::pack_ggml_row(k, source, out),
-                        WeightFormat::Packed(q) => unreachable!("{} is a grouped format", q.name()),
-                        _ => out.copy_from_slice(source),
-                    }
+                    assert_eq!(source.len(), row_bytes, "row {r} of a {} matrix with {cols} columns", self.name());
+                    out.copy_from_slice(source);
                 }
             }
-        }
-    }
-
-    /// Bytes of one row as a GGUF stores it.
-    fn ggml_row_bytes(self, cols: usize) -> usize {
-        match self {
-            WeightFormat::Packed(q) => q.ggml_type().row_bytes(cols).expect("cols is a whole number of blocks"),
-            _ => self.row_bytes(cols),
         }
     }
 
@@ -301,7 +289,6 @@ impl WeightMatrix {
     pub fn row_to_f32(&self, row: usize, out: &mut [f32]) {
         debug_assert_eq!(out.len(), self.cols);
         let span = row * self.cols..(row + 1) * self.cols;
-        let row_bytes = self.row_bytes();
         match self.elements() {
             MatrixElements::F32(v) => out.copy_from_slice(&v[span]),
             MatrixElements::F16(v) => {
@@ -312,17 +299,12 @@ impl WeightMatrix {
                 use half::slice::HalfFloatSliceExt;
                 v[span].convert_to_f32_slice(out)
             }
-            MatrixElements::Quantized(bytes) => match self.format {
-                WeightFormat::Packed(q) if packed_groups::is_grouped(q) => {
-                    let group_bytes = packed_groups::group_bytes(q, self.cols);
-                    let group = &bytes[row / GROUP_ROWS * group_bytes..][..group_bytes];
-                    packed_groups::dequantize_group_row(q, group, row % GROUP_ROWS, out)
-                }
-                WeightFormat::Packed(PackedQuant::K(k)) => {
-                    packed_kquant::dequantize_packed_row(k, &bytes[row * row_bytes..(row + 1) * row_bytes], out)
-                }
-                _ => unreachable!("float formats are matched above, the others are grouped"),
-            },
+            MatrixElements::Quantized(bytes) => {
+                let WeightFormat::Packed(q) = self.format else { unreachable!("only block formats are quantized") };
+                let group_bytes = packed_groups::group_bytes(q, self.cols);
+                let group = &bytes[row / GROUP_ROWS * group_bytes..][..group_bytes];
+                packed_groups::dequantize_group_row(q, group, row % GROUP_ROWS, out)
+            }
         }
     }
 

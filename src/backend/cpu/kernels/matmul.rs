@@ -8,11 +8,9 @@
 //!   converting the weights in registers, bound by memory bandwidth), else 8 tokens × 3 rows on
 //!   AVX-512 and 4 × 4 on AVX2 (bound by FMA throughput), converting f16 rows in registers up to
 //!   16 tokens (batched decode) and converting the task's rows to f32 first beyond (prefill);
-//! - block quantizations: the activations are rounded to 8 bits once per call (`quant_dot`), then
-//!   integer kernels. Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 are stored as groups of 16 rows (`group_dot`:
-//!   16 rows per vector lane set, up to 8 tokens per call, used at every batch size); the
-//!   K-quants Q4_K, Q5_K, Q6_K as rows (`kquant_dot`: tiles of 8 rows × 1 token in decode, else
-//!   4 rows × 2 tokens).
+//! - block quantizations (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K): the activations are
+//!   rounded to 8 bits once per call (`quant_dot`), then integer kernels on groups of 16 rows
+//!   (`group_dot`: 16 rows per vector lane set, up to 8 tokens per call, at every batch size).
 //!
 //! Batch invariance: a (token, row) result goes through the same instructions in the same order
 //! whichever path, tile shape or task it lands in, so a token's outputs do not depend on how many
@@ -26,7 +24,6 @@ use rayon::prelude::*;
 
 use super::dot_tile::{self, BF16, F16, F32};
 use super::group_dot;
-use super::kquant_dot;
 use super::quant_dot::QuantizedActivations;
 use super::Isa;
 use crate::model::packed_groups;
@@ -123,7 +120,7 @@ fn rows_per_task(w: &WeightMatrix, n: usize, threads: usize) -> usize {
     // With many tokens a task's rows are converted to f32 first.
     let bytes_per_row = 4 * w.cols;
     if matches!(w.format, WeightFormat::Packed(_)) {
-        // Whole groups of the grouped layouts (16 rows; a multiple of 8 for the others too).
+        // Whole groups of 16 rows.
         return balanced.next_multiple_of(packed_groups::GROUP_ROWS);
     }
     if n < TILE_MIN_TOKENS {
@@ -197,41 +194,7 @@ fn compute_rows(
         WeightFormat::Bf16 if few_tokens && isa != Isa::Portable => {
             float_rows::<BF16>(isa, x, n, k, task_bytes, row_bytes, rows.start, out)
         }
-        WeightFormat::Packed(format) if packed_groups::is_grouped(format) => {
-            grouped_rows(isa, xq, n, format, task_bytes, k, rows, out)
-        }
-        WeightFormat::Packed(PackedQuant::K(format)) => {
-            let task_rows = rows.len();
-            // Ragged edges repeat the last row or token and drop the repeated results.
-            let row = |r: usize| &task_bytes[r.min(task_rows - 1) * row_bytes..][..row_bytes];
-            if n == 1 {
-                // Decode: 8 rows per call, to spread the per-call setup of a short row (k = 576
-                // is 18 blocks) over more work.
-                for r0 in (0..task_rows).step_by(8) {
-                    let ahead =
-                        ((r0 + 8) * row_bytes).min(task_bytes.len())..((r0 + 16) * row_bytes).min(task_bytes.len());
-                    super::prefetch(&task_bytes[ahead]);
-                    let weights = std::array::from_fn(|i| row(r0 + i));
-                    let [sums] = kquant_dot::dot_tile::<8, 1>(isa, format, weights, xq, [0]);
-                    for (i, &sum) in sums.iter().enumerate().take(task_rows - r0) {
-                        out.store(0, rows.start + r0 + i, sum);
-                    }
-                }
-                return;
-            }
-            for t0 in (0..n).step_by(2) {
-                for r0 in (0..task_rows).step_by(4) {
-                    let weights = std::array::from_fn(|i| row(r0 + i));
-                    let tokens = [t0, (t0 + 1).min(n - 1)];
-                    let sums = kquant_dot::dot_tile::<4, 2>(isa, format, weights, xq, tokens);
-                    for (t, row_sums) in sums.iter().enumerate().take(n - t0) {
-                        for (i, &sum) in row_sums.iter().enumerate().take(task_rows - r0) {
-                            out.store(t0 + t, rows.start + r0 + i, sum);
-                        }
-                    }
-                }
-            }
-        }
+        WeightFormat::Packed(format) => grouped_rows(isa, xq, n, format, task_bytes, k, rows, out),
         // Batched decode (a few tokens): convert and multiply a few rows at a time, asking for the
         // next rows' bytes before the multiply, so the stream from memory overlaps the FMAs and
         // the converted rows stay in L1/L2. (Prefill re-reads each task's rows for every token

@@ -14,7 +14,6 @@ mod dot_tile;
 mod gemm;
 pub mod group_dot;
 mod isa;
-mod kquant_dot;
 pub mod matmul;
 pub mod peak;
 pub mod quant_dot;
