@@ -47,10 +47,13 @@ pub fn group_tile<const T: usize>(
         #[cfg(target_arch = "x86_64")]
         super::Isa::Avx512 => unsafe {
             let x = xq.tile(tokens);
-            match format.high_bits() {
-                0 => x86::group_tile_avx512::<T, 0>(format, group.as_ptr(), nb, &x),
-                1 => x86::group_tile_avx512::<T, 1>(format, group.as_ptr(), nb, &x),
-                _ => x86::group_tile_avx512::<T, 2>(format, group.as_ptr(), nb, &x),
+            // Constants, so each format's loop carries no other format's code (registers are tight:
+            // T accumulators and eight weight vectors).
+            match (format.high_bits(), format.split_scales()) {
+                (0, false) => x86::group_tile_avx512::<T, 0, false>(format, group.as_ptr(), nb, &x),
+                (1, false) => x86::group_tile_avx512::<T, 1, false>(format, group.as_ptr(), nb, &x),
+                (2, true) => x86::group_tile_avx512::<T, 2, true>(format, group.as_ptr(), nb, &x),
+                other => unreachable!("no format has high bits and split scales {other:?}"),
             }
         },
         #[cfg(target_arch = "x86_64")]
@@ -122,14 +125,17 @@ mod x86 {
     /// token a scale product, a convert and an FMA (Q6_K: two of each, one per half). The offsets
     /// run as a second pass over the blocks' d (or m) and the tokens' s.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
-    pub unsafe fn group_tile_avx512<const T: usize, const HIGH_BITS: usize>(
+    pub unsafe fn group_tile_avx512<const T: usize, const HIGH_BITS: usize, const SPLIT: bool>(
         format: PackedQuant,
         group: *const u8,
         nb: usize,
         x: &ActivationTile<T>,
     ) -> [[f32; GROUP_ROWS]; T] {
         let sections = block_sections(format);
-        let (byte_quants, f32_scales, split) = (format.byte_quants(), format.f32_scales(), format.split_scales());
+        let (byte_quants, f32_scales, split) = (format.byte_quants(), format.f32_scales(), SPLIT);
+        // The activation pointers as locals: read from `x` inside the loop they would be reloaded
+        // at every dot.
+        let (xqs, xd, xhalf) = (x.qs, x.d, x.half_sums);
         // Split formats (Q6_K) start each half's dot at −c·Σq.
         let c = format.offset_factor().unwrap_or(0.0) as i32;
         let low_nibbles = _mm512_set1_epi8(0x0F);
@@ -160,13 +166,13 @@ mod x86 {
             if split {
                 let dw_hi = scales16(f32_scales, block.add(sections.second));
                 for t in 0..T {
-                    let sums = x.half_sums[t].add(2 * b);
+                    let sums = xhalf[t].add(2 * b);
                     let (mut lo, mut hi) = (_mm512_set1_epi32(-c * *sums), _mm512_set1_epi32(-c * *sums.add(1)));
                     for g in 0..4 {
-                        lo = _mm512_dpbusd_epi32(lo, w[g], broadcast4(x.qs[t].add(at + 4 * g)));
-                        hi = _mm512_dpbusd_epi32(hi, w[g + 4], broadcast4(x.qs[t].add(at + 16 + 4 * g)));
+                        lo = _mm512_dpbusd_epi32(lo, w[g], broadcast4(xqs[t].add(at + 4 * g)));
+                        hi = _mm512_dpbusd_epi32(hi, w[g + 4], broadcast4(xqs[t].add(at + 16 + 4 * g)));
                     }
-                    let dx = _mm512_set1_ps(*x.d[t].add(b));
+                    let dx = _mm512_set1_ps(*xd[t].add(b));
                     acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_mul_ps(dw, dx), acc[t]);
                     acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_mul_ps(dw_hi, dx), acc[t]);
                 }
@@ -178,18 +184,18 @@ mod x86 {
                 let dot = if T == 1 {
                     let (mut even, mut odd) = (_mm512_setzero_si512(), _mm512_setzero_si512());
                     for g in (0..8).step_by(2) {
-                        even = _mm512_dpbusd_epi32(even, w[g], broadcast4(x.qs[t].add(at + 4 * g)));
-                        odd = _mm512_dpbusd_epi32(odd, w[g + 1], broadcast4(x.qs[t].add(at + 4 * g + 4)));
+                        even = _mm512_dpbusd_epi32(even, w[g], broadcast4(xqs[t].add(at + 4 * g)));
+                        odd = _mm512_dpbusd_epi32(odd, w[g + 1], broadcast4(xqs[t].add(at + 4 * g + 4)));
                     }
                     _mm512_add_epi32(even, odd)
                 } else {
                     let mut dot = _mm512_setzero_si512();
                     for g in 0..8 {
-                        dot = _mm512_dpbusd_epi32(dot, w[g], broadcast4(x.qs[t].add(at + 4 * g)));
+                        dot = _mm512_dpbusd_epi32(dot, w[g], broadcast4(xqs[t].add(at + 4 * g)));
                     }
                     dot
                 };
-                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*x.d[t].add(b)));
+                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*xd[t].add(b)));
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[t]);
             }
         }
@@ -253,6 +259,8 @@ mod x86 {
         let sections = block_sections(format);
         let (byte_quants, f32_scales, split) = (format.byte_quants(), format.f32_scales(), format.split_scales());
         let c = format.offset_factor().unwrap_or(0.0) as i32;
+        // As in the AVX-512 kernel: the activation pointers as locals, not reloaded per dot.
+        let (xqs, xd, xs, xhalf) = (x.qs, x.d, x.s, x.half_sums);
         let low_nibbles = _mm256_set1_epi8(0x0F);
         let sign_bits = _mm256_set1_epi8(-128);
         let ones = _mm256_set1_epi16(1);
@@ -267,7 +275,7 @@ mod x86 {
                 let mut dots = [[_mm256_setzero_si256(); 2]; T];
                 if split {
                     for t in 0..T {
-                        let sums = x.half_sums[t].add(2 * b);
+                        let sums = xhalf[t].add(2 * b);
                         dots[t] = [_mm256_set1_epi32(-c * *sums), _mm256_set1_epi32(-c * *sums.add(1))];
                     }
                 }
@@ -284,7 +292,7 @@ mod x86 {
                         w = _mm256_or_si256(w, bit_bytes_avx2(std::ptr::read_unaligned(bits as *const u32), 16 << p));
                     }
                     for t in 0..T {
-                        let xq = _mm256_set1_epi32(std::ptr::read_unaligned(x.qs[t].add(at + 4 * g) as *const i32));
+                        let xq = _mm256_set1_epi32(std::ptr::read_unaligned(xqs[t].add(at + 4 * g) as *const i32));
                         let pairs = if byte_quants {
                             let signed = _mm256_xor_si256(w, sign_bits);
                             _mm256_maddubs_epi16(_mm256_sign_epi8(signed, signed), _mm256_sign_epi8(xq, signed))
@@ -297,7 +305,7 @@ mod x86 {
                 let dw = scales8(f32_scales, block, half);
                 let dw_hi = if split { scales8(f32_scales, block.add(sections.second), half) } else { dw };
                 for t in 0..T {
-                    let dx = _mm256_set1_ps(*x.d[t].add(b));
+                    let dx = _mm256_set1_ps(*xd[t].add(b));
                     if split {
                         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[t][0]), _mm256_mul_ps(dw, dx), acc[t]);
                         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[t][1]), _mm256_mul_ps(dw_hi, dx), acc[t]);
@@ -316,7 +324,7 @@ mod x86 {
                 for b in 0..nb {
                     let w = scales8(f32_scales, group.add(b * sections.bytes + source), half);
                     for t in 0..T {
-                        offsets[t] = _mm256_fmadd_ps(w, _mm256_set1_ps(*x.s[t].add(b)), offsets[t]);
+                        offsets[t] = _mm256_fmadd_ps(w, _mm256_set1_ps(*xs[t].add(b)), offsets[t]);
                     }
                 }
                 for t in 0..T {
