@@ -64,6 +64,7 @@ impl QuantizedActivations {
         }
     }
 
+    #[inline]
     pub(super) fn row(&self, t: usize) -> ActivationRow<'_> {
         let nb = self.blocks_per_row;
         ActivationRow {
@@ -76,6 +77,7 @@ impl QuantizedActivations {
 
     /// The operands of `tokens`. Plain loops rather than array maps: those are not always
     /// inlined, and this runs once per tile.
+    #[inline]
     pub(super) fn tile<const T: usize>(&self, tokens: [usize; T]) -> ActivationTile<T> {
         let mut tile = ActivationTile {
             qs: [std::ptr::null(); T],
