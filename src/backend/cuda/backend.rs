@@ -69,7 +69,7 @@ impl CudaBackend {
         options: CudaOptions,
     ) -> Result<CudaBackend, CudaError> {
         let gpu = Gpu::new(0)?;
-        let kv_bytes = 2 * config.num_layers * layout.capacity_tokens() * config.kv_dim() * options.dtype.size_bytes();
+        let kv_bytes = tensor_parallel::kv_cache_bytes(&config, layout, options.dtype);
         let needed = tensor_parallel::rank_bytes(&config, layout, options.dtype);
         let (free, _) = gpu.memory_info()?;
         if needed > free {

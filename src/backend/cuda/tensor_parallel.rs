@@ -47,8 +47,12 @@ pub fn check_gpu_count(transport: Transport, ranks: usize, gpus: usize) -> Resul
 /// Bytes of one rank's weights and KV cache, `rank` being its geometry (`rank_config`'s): the
 /// KV heads, query heads and MLP features divided, the embedding, norms and head whole.
 pub fn rank_bytes(rank: &ModelConfig, layout: KvLayout, dtype: Dtype) -> usize {
-    let kv_bytes = 2 * rank.num_layers * layout.capacity_tokens() * rank.kv_dim() * dtype.size_bytes();
-    DeviceWeights::total_bytes(rank, dtype) + kv_bytes
+    DeviceWeights::total_bytes(rank, dtype) + kv_cache_bytes(rank, layout, dtype)
+}
+
+/// Bytes of the KV cache of `config`'s KV heads (keys and values, every layer).
+pub fn kv_cache_bytes(config: &ModelConfig, layout: KvLayout, dtype: Dtype) -> usize {
+    2 * config.num_layers * layout.capacity_tokens() * config.kv_dim() * dtype.size_bytes()
 }
 
 /// A rank's share fits the free memory of its GPU.

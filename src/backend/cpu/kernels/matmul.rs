@@ -261,25 +261,23 @@ fn grouped_rows(
         };
         let mut t0 = 0;
         while t0 < n {
-            let tokens = |i: usize| t0 + i;
-            match n - t0 {
-                8.. => {
-                    store(t0, &group_dot::group_tile(isa, format, group, xq, std::array::from_fn::<_, 8, _>(tokens)))
-                }
-                4..=7 => {
-                    store(t0, &group_dot::group_tile(isa, format, group, xq, std::array::from_fn::<_, 4, _>(tokens)))
-                }
-                2 | 3 => {
-                    store(t0, &group_dot::group_tile(isa, format, group, xq, std::array::from_fn::<_, 2, _>(tokens)))
-                }
-                _ => store(t0, &group_dot::group_tile(isa, format, group, xq, [t0])),
+            // The widest tile that fits the tokens left: 8, 4, 2 or 1.
+            let width = [8, 4, 2, 1].into_iter().find(|&w| w <= n - t0).expect("a token is left");
+            macro_rules! tile {
+                ($w:literal) => {
+                    store(
+                        t0,
+                        &group_dot::group_tile(isa, format, group, xq, std::array::from_fn::<_, $w, _>(|i| t0 + i)),
+                    )
+                };
             }
-            t0 += match n - t0 {
-                8.. => 8,
-                4..=7 => 4,
-                2 | 3 => 2,
-                _ => 1,
-            };
+            match width {
+                8 => tile!(8),
+                4 => tile!(4),
+                2 => tile!(2),
+                _ => tile!(1),
+            }
+            t0 += width;
         }
     }
 }
