@@ -27,13 +27,16 @@ use crate::model::packed_groups::{self, GROUP_ROWS};
 use crate::model::packed_quant::{PackedQuant, BLOCK};
 
 /// `out[t][r] = Σ_i w[r][i] · x_{tokens[t]}[i]` for the 16 rows of `group` (`group_bytes(format,
-/// k)` bytes; padding rows give 0).
+/// k)` bytes; padding rows give 0). `ahead` (the next group, or nothing) is prefetched while the
+/// tile computes: at AVX-512 a block's worth per block, so the stream overlaps the dots rather
+/// than queueing a whole group's misses at once, which stalled the core on its fill buffers.
 pub fn group_tile<const T: usize>(
     isa: super::Isa,
     format: PackedQuant,
     group: &[u8],
     xq: &QuantizedActivations,
     tokens: [usize; T],
+    ahead: &[u8],
 ) -> [[f32; GROUP_ROWS]; T] {
     let nb = xq.blocks_per_row;
     assert_eq!(
@@ -50,14 +53,17 @@ pub fn group_tile<const T: usize>(
             // Constants, so each format's loop carries no other format's code (registers are tight:
             // T accumulators and eight weight vectors).
             match (format.high_bits(), format.split_scales()) {
-                (0, false) => x86::group_tile_avx512::<T, 0, false>(format, group.as_ptr(), nb, &x),
-                (1, false) => x86::group_tile_avx512::<T, 1, false>(format, group.as_ptr(), nb, &x),
-                (2, true) => x86::group_tile_avx512::<T, 2, true>(format, group.as_ptr(), nb, &x),
+                (0, false) => x86::group_tile_avx512::<T, 0, false>(format, group.as_ptr(), nb, &x, ahead),
+                (1, false) => x86::group_tile_avx512::<T, 1, false>(format, group.as_ptr(), nb, &x, ahead),
+                (2, true) => x86::group_tile_avx512::<T, 2, true>(format, group.as_ptr(), nb, &x, ahead),
                 other => unreachable!("no format has high bits and split scales {other:?}"),
             }
         },
         #[cfg(target_arch = "x86_64")]
-        super::Isa::Avx2 => unsafe { x86::group_tile_avx2::<T>(format, group.as_ptr(), nb, &xq.tile(tokens)) },
+        super::Isa::Avx2 => {
+            super::prefetch(ahead);
+            unsafe { x86::group_tile_avx2::<T>(format, group.as_ptr(), nb, &xq.tile(tokens)) }
+        }
         _ => tokens.map(|t| portable(format, group, nb, &xq.row(t))),
     }
 }
@@ -130,6 +136,7 @@ mod x86 {
         group: *const u8,
         nb: usize,
         x: &ActivationTile<T>,
+        ahead: &[u8],
     ) -> [[f32; GROUP_ROWS]; T] {
         let sections = block_sections(format);
         let (byte_quants, f32_scales, split) = (format.byte_quants(), format.f32_scales(), SPLIT);
@@ -143,6 +150,14 @@ mod x86 {
         for b in 0..nb {
             let block = group.add(b * sections.bytes);
             let qs = block.add(sections.qs);
+            // The cache lines of `ahead` at this block's offsets (a line shared by two blocks is
+            // asked for twice, which is harmless).
+            let ahead_end = ahead.len().min((b + 1) * sections.bytes);
+            let mut line = (b * sections.bytes) & !63;
+            while line < ahead_end {
+                _mm_prefetch(ahead.as_ptr().add(line) as *const i8, _MM_HINT_T0);
+                line += 64;
+            }
             let mut w = [_mm512_setzero_si512(); 8];
             for j in 0..4 {
                 if byte_quants {

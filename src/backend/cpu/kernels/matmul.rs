@@ -251,7 +251,7 @@ fn grouped_rows(
     let group_bytes = packed_groups::group_bytes(format, k);
     for (g, group) in task_bytes.chunks_exact(group_bytes).enumerate() {
         let next = ((g + 1) * group_bytes).min(task_bytes.len())..((g + 2) * group_bytes).min(task_bytes.len());
-        super::prefetch(&task_bytes[next]);
+        let next = &task_bytes[next];
         let first_row = rows.start + g * GROUP_ROWS;
         let count = GROUP_ROWS.min(rows.end - first_row);
         let store = |t0: usize, sums: &[[f32; GROUP_ROWS]]| {
@@ -267,7 +267,15 @@ fn grouped_rows(
                 ($w:literal) => {
                     store(
                         t0,
-                        &group_dot::group_tile(isa, format, group, xq, std::array::from_fn::<_, $w, _>(|i| t0 + i)),
+                        &group_dot::group_tile(
+                            isa,
+                            format,
+                            group,
+                            xq,
+                            std::array::from_fn::<_, $w, _>(|i| t0 + i),
+                            // The first tile streams in the next group.
+                            if t0 == 0 { next } else { &[] },
+                        ),
                     )
                 };
             }
