@@ -12,7 +12,7 @@ use crate::model::{ModelConfig, ModelError};
 
 #[derive(Debug, Clone, Copy)]
 pub struct CpuLimits {
-    /// Bytes of KV cache across all sequences (f32 keys and values on the CPU).
+    /// Bytes of KV cache across all sequences (f16 keys and values on the CPU).
     pub kv_memory_bytes: usize,
     /// At most this many tokens of KV cache, whatever the bytes allow (benchmarks size the cache
     /// for their sequences without knowing the model's bytes per token).

@@ -27,8 +27,8 @@ use kiln::testing::{check_close, random_ggml_blocks, seeded_values, test_seed, F
 struct PagedKv {
     keys: Vec<f32>,
     values: Vec<f32>,
-    paged_keys: Vec<f32>,
-    paged_values: Vec<f32>,
+    paged_keys: Vec<f16>,
+    paged_values: Vec<f16>,
     table: Vec<usize>,
     /// (kv_dim, head_dim, block_size)
     dims: (usize, usize, usize),
@@ -37,21 +37,25 @@ struct PagedKv {
 impl PagedKv {
     fn new(seed: u64, len: usize, shape: AttentionShape, block_size: usize) -> PagedKv {
         let (d, kv_dim) = (shape.head_dim, shape.num_kv_heads * shape.head_dim);
-        let (keys, values) = (seeded_values(seed, len * kv_dim), seeded_values(seed + 1, len * kv_dim));
+        // The cache holds f16: the reference reads the same rounded values.
+        let rounded = |values: Vec<f32>| values.iter().map(|&v| f16::from_f32(v).to_f32()).collect::<Vec<f32>>();
+        let (keys, values) = (rounded(seeded_values(seed, len * kv_dim)), rounded(seeded_values(seed + 1, len * kv_dim)));
         let num_blocks = len.div_ceil(block_size);
         let table: Vec<usize> = (0..num_blocks).rev().collect();
         let mut paged =
-            [vec![f32::NAN; num_blocks * block_size * kv_dim], vec![f32::NAN; num_blocks * block_size * kv_dim]];
+            [vec![f16::NAN; num_blocks * block_size * kv_dim], vec![f16::NAN; num_blocks * block_size * kv_dim]];
         for p in 0..len {
             let block = table[p / block_size] * block_size * kv_dim;
             for kv_head in 0..shape.num_kv_heads {
                 let at = p * kv_dim + kv_head * d;
                 let column = block + attention::key_column(block_size, d, kv_head) + p % block_size;
                 for i in 0..d {
-                    paged[0][column + i * block_size] = keys[at + i];
+                    paged[0][column + i * block_size] = f16::from_f32(keys[at + i]);
                 }
                 let row = block + attention::block_row(block_size, d, kv_head, p % block_size);
-                paged[1][row..row + d].copy_from_slice(&values[at..at + d]);
+                for i in 0..d {
+                    paged[1][row + i] = f16::from_f32(values[at + i]);
+                }
             }
         }
         let [paged_keys, paged_values] = paged;
@@ -59,7 +63,7 @@ impl PagedKv {
     }
 
     /// The sequence's i-th KV block, as the kernels read it.
-    fn block(&self, i: usize) -> (&[f32], &[f32]) {
+    fn block(&self, i: usize) -> (&[f16], &[f16]) {
         let (kv_dim, _, block_size) = self.dims;
         let span = self.table[i] * block_size * kv_dim..(self.table[i] + 1) * block_size * kv_dim;
         (&self.paged_keys[span.clone()], &self.paged_values[span])
@@ -330,12 +334,13 @@ fn attention_over_many_sequences_gives_each_the_bits_it_gets_alone() {
         // (tokens this step, cached positions before them) per sequence.
         let runs: Vec<(usize, usize)> =
             (0..7).map(|i| (if i == 3 { shapes.between(2, 40) } else { 1 }, shapes.between(0, 50))).collect();
-        let blocks: Vec<(Vec<f32>, Vec<f32>)> = runs
+        let halves = |values: Vec<f32>| values.into_iter().map(f16::from_f32).collect::<Vec<f16>>();
+        let blocks: Vec<(Vec<f16>, Vec<f16>)> = runs
             .iter()
             .enumerate()
             .map(|(s, &(tokens, earlier))| {
                 let len = (earlier + tokens).next_multiple_of(block_size) * kv_dim;
-                (seeded_values(seed + 100 + s as u64, len), seeded_values(seed + 200 + s as u64, len))
+                (halves(seeded_values(seed + 100 + s as u64, len)), halves(seeded_values(seed + 200 + s as u64, len)))
             })
             .collect();
         let block = |s: usize, i: usize| {

@@ -27,13 +27,17 @@ fn first_step_logits_match_the_reference() {
         plan.push_sequence(&prompt, 0, &blocks, true).unwrap();
         let mut logits = vec![f32::NAN; vocab];
         backend.execute(&plan, &mut logits).unwrap();
-        // The reference ran the same f16-rounded weights in f32/f64 arithmetic: only summation
-        // order differs, so logits of magnitude ~20 agree to about 1e-3.
-        for pair in case["first_step_top_logits_f16_weights"].as_array().unwrap() {
+        // The reference ran the same f16-rounded weights and f16-rounded KV cache in f32/f64
+        // arithmetic: only summation order differs. With an f32 cache that kept logits of
+        // magnitude ~20 within 5e-3; rounding to f16 turns those last-bit differences in a key or
+        // value into a whole f16 step (2⁻¹¹ relative) now and then, measured up to 0.012 over
+        // these cases (2026-12-05), so 1.5e-2 here. Still far tighter than the 0.1 between f16
+        // and f32 weights, so a wrong kernel cannot pass.
+        for pair in case["first_step_top_logits_f16_weights_f16_kv"].as_array().unwrap() {
             let (id, expected) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
             let got = logits[id];
             assert!(
-                (got - expected).abs() <= 5e-3 + 1e-4 * expected.abs(),
+                (got - expected).abs() <= 1.5e-2 + 1e-4 * expected.abs(),
                 "{}: logit of token {id}: got {got}, reference {expected}",
                 case["name"]
             );

@@ -96,9 +96,12 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, mode: str) -> np
 
 
 class LlamaModel:
-    def __init__(self, gguf_path: str, weight_dtype: str = "f32", rope: str = "interleaved"):
+    def __init__(self, gguf_path: str, weight_dtype: str = "f32", rope: str = "interleaved", kv_dtype: str = "f32"):
         self.config, self.w = load_weights(gguf_path, weight_dtype, rope)
         self.rope = rope
+        # "f16": keys and values are rounded to f16 as they enter the cache (kiln's CPU cache and
+        # llama.cpp's default), everything else stays f32.
+        self.kv_dtype = kv_dtype
         self.reset()
 
     def reset(self):
@@ -126,6 +129,9 @@ class LlamaModel:
             v = (x @ w[p + "attn_v.weight"].T).reshape(n_new, cfg.n_kv_heads, cfg.head_dim)
             q = apply_rope(q, cos, sin, self.rope)
             k = apply_rope(k, cos, sin, self.rope)
+            if self.kv_dtype == "f16":
+                k = k.astype(np.float16).astype(np.float32)
+                v = v.astype(np.float16).astype(np.float32)
             keys = np.concatenate([self.k_cache[layer], k])  # [n_total, n_kv_heads, head_dim]
             values = np.concatenate([self.v_cache[layer], v])
             self.k_cache[layer], self.v_cache[layer] = keys, values
@@ -162,6 +168,14 @@ def top2_margin(logits: np.ndarray) -> float:
     return float(top[1] - top[0])
 
 
+def first_step_logits(model: LlamaModel, prompt_ids, ids):
+    """The logits of `ids` at the first generated position after `prompt_ids`, rounded as the
+    golden file stores them."""
+    model.reset()
+    logits = model.forward(list(prompt_ids))[-1]
+    return [[int(i), round(float(logits[i]), 5)] for i in ids]
+
+
 def greedy_generate(model: LlamaModel, prompt_ids, max_new_tokens: int, stop_ids=(0, 2)):
     """Returns (generated ids, per-step margins, per-step logits). The stop token is included."""
     model.reset()
@@ -184,9 +198,10 @@ def main(argv=None):
     parser.add_argument("prompt_ids", help="comma-separated token ids")
     parser.add_argument("--weights", choices=["f32", "f16"], default="f32")
     parser.add_argument("--rope", choices=["interleaved", "rotate-half"], default="interleaved")
+    parser.add_argument("--kv", choices=["f32", "f16"], default="f32", help="KV cache precision")
     parser.add_argument("--max-new-tokens", type=int, default=40)
     args = parser.parse_args(argv)
-    model = LlamaModel(args.gguf_path, args.weights, args.rope)
+    model = LlamaModel(args.gguf_path, args.weights, args.rope, args.kv)
     prompt_ids = [int(t) for t in args.prompt_ids.split(",")]
     generated, margins, _ = greedy_generate(model, prompt_ids, args.max_new_tokens)
     for token_id, margin in zip(generated, margins):

@@ -18,7 +18,7 @@ import numpy as np
 from gguf import GGUFReader
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from llama_numpy import LlamaModel, greedy_generate, top2_margin  # noqa: E402
+from llama_numpy import LlamaModel, first_step_logits, greedy_generate, top2_margin  # noqa: E402
 
 MAX_NEW_TOKENS = 40
 STOP_IDS = [2, 0]  # <|im_end|> (eos) and <|endoftext|>
@@ -133,6 +133,8 @@ def main(argv=None):
         # Same weights with Q/K un-permuted and rotate-half RoPE: must match "f32" to rounding.
         "f32_rotate_half": LlamaModel(args.gguf_path, "f32", "rotate-half"),
     }
+    # kiln's CPU backend: f16-rounded weights and an f16 KV cache (first step only).
+    f16_kv = LlamaModel(args.gguf_path, "f16", "interleaved", kv_dtype="f16")
 
     out_cases = []
     for case in cases:
@@ -184,6 +186,7 @@ def main(argv=None):
             "step_margins": [round(m, 4) for m in margins_f32[:keep]],
             "first_step_top_logits": [[int(i), round(float(first[i]), 5)] for i in top],
             "first_step_top_logits_f16_weights": [[int(i), round(float(runs["f16"][2][0][i]), 5)] for i in top],
+            "first_step_top_logits_f16_weights_f16_kv": first_step_logits(f16_kv, prompt_ids, top),
             "max_abs_logit_diff_vs_f32": {
                 "f16_weights": round(diff_f16, 5),
                 "llama_cpp_q4_1": round(diff_cpp, 5),
@@ -214,6 +217,7 @@ def main(argv=None):
             "min_margin/step_margins: that f32 margin per kept step. first_step_top_logits: the "
             f"{TOP_LOGITS} highest [token id, logit] of the f32 numpy reference at the first generated position; "
             "first_step_top_logits_f16_weights: the f16-weights reference's logits for the same ids. "
+            "first_step_top_logits_f16_weights_f16_kv: the same with an f16 KV cache (kiln's CPU backend). "
             "max_abs_logit_diff_vs_f32: largest |logit - f32 reference logit| over all vocab entries and kept steps "
             "(llama_cpp_f32_file: llama.cpp on the F32-dequantized file with an F32 KV cache, over its whole "
             "generation, which follows the f32 reference token for token). "

@@ -6,6 +6,8 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
+use half::f16;
+
 use super::{exp, fma, Isa};
 use crate::ops::attention::AttentionShape;
 
@@ -18,7 +20,7 @@ thread_local! {
 /// query token at a time, in plain Rust. The portable level's attention; the SIMD levels run
 /// [`attention_runs`]' matrix products instead.
 ///
-/// q and out are `[num_heads, head_dim]`. `block(i)` returns the keys and values of the
+/// q and out are `[num_heads, head_dim]`. `block(i)` returns the f16 keys and values of the
 /// sequence's i-th KV block (keys `[num_kv_heads, head_dim, block_size]`, see [`key_column`];
 /// values `[num_kv_heads, block_size, head_dim]`, see [`block_row`]), so position p is row
 /// `p % block_size` of block `p / block_size`.
@@ -27,7 +29,7 @@ pub fn attention<'a>(
     shape: AttentionShape,
     visible: Range<usize>,
     block_size: usize,
-    block: impl Fn(usize) -> (&'a [f32], &'a [f32]),
+    block: impl Fn(usize) -> (&'a [f16], &'a [f16]),
     out: &mut [f32],
 ) {
     assert_eq!(q.len(), shape.num_heads * shape.head_dim, "query must be [heads, head_dim]");
@@ -60,21 +62,21 @@ pub fn key_column(block_size: usize, head_dim: usize, kv_head: usize) -> usize {
 
 /// `Σ_i a[i] · b[i · stride]`.
 #[inline(always)]
-fn strided_dot(a: &[f32], b: &[f32], stride: usize) -> f32 {
+fn strided_dot(a: &[f32], b: &[f16], stride: usize) -> f32 {
     let mut partial = [0f32; 16];
     let a_chunks = a.chunks_exact(16);
     let whole = a.len() - a_chunks.remainder().len();
-    let tail: f32 = a_chunks.remainder().iter().enumerate().map(|(i, x)| x * b[(whole + i) * stride]).sum();
+    let tail: f32 = a_chunks.remainder().iter().enumerate().map(|(i, x)| x * b[(whole + i) * stride].to_f32()).sum();
     for (c, a) in a_chunks.enumerate() {
         for l in 0..16 {
-            partial[l] = fma::<false>(a[l], b[(16 * c + l) * stride], partial[l]);
+            partial[l] = fma::<false>(a[l], b[(16 * c + l) * stride].to_f32(), partial[l]);
         }
     }
     partial.iter().sum::<f32>() + tail
 }
 
 #[inline(always)]
-fn attention_body<'a, B: Fn(usize) -> (&'a [f32], &'a [f32])>(
+fn attention_body<'a, B: Fn(usize) -> (&'a [f16], &'a [f16])>(
     q: &[f32],
     shape: AttentionShape,
     visible: Range<usize>,
@@ -129,7 +131,7 @@ fn attention_body<'a, B: Fn(usize) -> (&'a [f32], &'a [f32])>(
                 for h in g * group..(g + 1) * group {
                     let weight = scores[h * len + i];
                     for (o, &v) in out[h * head_dim..(h + 1) * head_dim].iter_mut().zip(value) {
-                        *o = fma::<false>(weight, v, *o);
+                        *o = fma::<false>(weight, v.to_f32(), *o);
                     }
                 }
             }
@@ -171,7 +173,7 @@ pub fn attention_run<'a>(
     first_position: usize,
     window: Option<usize>,
     block_size: usize,
-    block: impl Fn(usize) -> (&'a [f32], &'a [f32]) + Sync,
+    block: impl Fn(usize) -> (&'a [f16], &'a [f16]) + Sync,
     out: &mut [f32],
 ) {
     let q_dim = shape.num_heads * shape.head_dim;
@@ -204,7 +206,7 @@ pub fn attention_runs<'a>(
     block_size: usize,
     runs: usize,
     run: impl Fn(usize) -> AttentionRun + Sync,
-    block: impl Fn(usize, usize) -> (&'a [f32], &'a [f32]) + Sync,
+    block: impl Fn(usize, usize) -> (&'a [f16], &'a [f16]) + Sync,
     out: &mut [f32],
 ) {
     use rayon::prelude::*;
@@ -346,7 +348,7 @@ unsafe fn prefill_task<'a>(
     (t0, rows, kv_head): (usize, usize, usize),
     visible: Range<usize>,
     block_size: usize,
-    block: &impl Fn(usize) -> (&'a [f32], &'a [f32]),
+    block: &impl Fn(usize) -> (&'a [f16], &'a [f16]),
     scores: &mut Vec<f32>,
     out: *mut f32,
 ) {
