@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+pub mod byte_level_gguf;
 pub mod llama2_gguf;
 
 use kiln::tokenizer::Tokenizer;

@@ -2,7 +2,7 @@
 
 Runs in a python that has llama-cpp-python (no gguf/transformers needed). Reads a JSON request on
 stdin, writes a JSON answer on stdout; make_greedy.py and make_tokenizer.py drive it.
-  {"op": "tokenize", "gguf": PATH, "cases": [{"text": str, "special": bool}, ...]}
+  {"op": "tokenize", "gguf": PATH, "cases": [{"text": str, "special": bool, "add_bos": bool (default false)}, ...]}
   {"op": "detokenize", "gguf": PATH, "token_lists": [[id, ...], ...]}   (special tokens skipped)
   {"op": "greedy", "gguf": PATH, "max_new_tokens": N, "stop_ids": [...], "logits_dir": DIR (optional),
    "f32_kv_cache": bool (default false: llama.cpp's default f16 KV cache), "cases": [{"name": str, "text": str, "special": bool}, ...]}
@@ -22,7 +22,7 @@ def tokenize_cases(request):
     llm = llama_cpp.Llama(request["gguf"], vocab_only=True, verbose=False)
     results = []
     for case in request["cases"]:
-        ids = llm.tokenize(case["text"].encode("utf-8"), add_bos=False, special=case["special"])
+        ids = llm.tokenize(case["text"].encode("utf-8"), add_bos=case.get("add_bos", False), special=case["special"])
         # special=True renders control tokens as their text, so the round trip is exact.
         decoded = llm.detokenize(ids, special=case["special"])
         results.append({
@@ -30,8 +30,17 @@ def tokenize_cases(request):
             "decoded": decoded.decode("utf-8", errors="replace"),
             "decoded_is_utf8": _is_utf8(decoded),
             "pieces": [llm.detokenize([i], special=True).decode("utf-8", errors="replace") for i in ids],
+            # Each token's piece (llama_token_to_piece) joined as bytes, with special=False and
+            # special=True: what llama.cpp streams. Llama.detokenize of a whole list also drops a
+            # leading space after BOS, a llama-cpp-python rule that llama.cpp does not have.
+            "joined_pieces": _joined_pieces(llm, ids, special=False),
+            "joined_pieces_special": _joined_pieces(llm, ids, special=True),
         })
     return results
+
+
+def _joined_pieces(llm, ids, special):
+    return b"".join(llm.detokenize([i], special=special) for i in ids).decode("utf-8", errors="replace")
 
 
 def _is_utf8(raw: bytes) -> bool:

@@ -142,9 +142,11 @@ pub fn tokenizer_files_from_gguf(gguf: &GgufFile, model_max_length: usize) -> Re
     let model = gguf.require_str("tokenizer.ggml.model")?;
     let (vocab, tokenizer_json) = match model {
         "gpt2" => {
-            let defaults = KindDefaults { bos: None, eos: None, unk: None, add_bos: false, add_eos: false };
+            let pre = byte_level::PreType::read(gguf)?;
+            let defaults =
+                KindDefaults { bos: None, eos: None, unk: None, add_bos: pre.add_bos_default, add_eos: false };
             let vocab = GgufVocab::read(gguf, &defaults)?;
-            let json = byte_level::tokenizer_json(gguf, &vocab)?;
+            let json = byte_level::tokenizer_json(gguf, &vocab, &pre)?;
             (vocab, json)
         }
         "llama" => {

@@ -26,14 +26,15 @@ fn byte_alphabet() -> Vec<char> {
 }
 
 /// A tiny byte-level vocabulary: three control tokens, the 256 bytes, then merged tokens.
-fn tiny_gguf(pre: &str, add_bos: bool) -> GgufFile {
+/// `add_bos: None` leaves `tokenizer.ggml.add_bos_token` out.
+fn tiny_gguf(pre: &str, add_bos: Option<bool>) -> GgufFile {
     let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"].map(String::from).to_vec();
     tokens.extend(byte_alphabet().iter().map(|c| c.to_string()));
     tokens.extend(["Hi", "\u{120}w", "12"].map(String::from));
     let types: Vec<MetaValue> =
         (0..tokens.len()).map(|i| MetaValue::I32(if i < 3 { TOKEN_TYPE_CONTROL } else { 1 })).collect();
     let token_refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
-    let bytes = GgufWriter::new()
+    let mut writer = GgufWriter::new()
         .kv("tokenizer.ggml.model", string("gpt2"))
         .kv("tokenizer.ggml.pre", string(pre))
         .kv("tokenizer.ggml.tokens", strings(&token_refs))
@@ -42,9 +43,11 @@ fn tiny_gguf(pre: &str, add_bos: bool) -> GgufFile {
         .kv("tokenizer.ggml.bos_token_id", MetaValue::U32(1))
         .kv("tokenizer.ggml.eos_token_id", MetaValue::U32(2))
         .kv("tokenizer.ggml.unknown_token_id", MetaValue::U32(0))
-        .kv("tokenizer.ggml.add_bos_token", MetaValue::Bool(add_bos))
-        .kv("tokenizer.chat_template", string("{{ messages }}"))
-        .to_bytes();
+        .kv("tokenizer.chat_template", string("{{ messages }}"));
+    if let Some(add_bos) = add_bos {
+        writer = writer.kv("tokenizer.ggml.add_bos_token", MetaValue::Bool(add_bos));
+    }
+    let bytes = writer.to_bytes();
     GgufFile::from_bytes(Path::new("tiny.gguf"), bytes).unwrap()
 }
 
@@ -58,7 +61,7 @@ fn tokens(tokenizer: &tokenizers::Tokenizer, text: &str) -> Vec<String> {
 
 #[test]
 fn smollm_splits_every_digit_and_keeps_control_tokens_whole() {
-    let files = tokenizer_files_from_gguf(&tiny_gguf("smollm", false), 8192).unwrap();
+    let files = tokenizer_files_from_gguf(&tiny_gguf("smollm", Some(false)), 8192).unwrap();
     let tokenizer = load(&files);
     assert_eq!(tokens(&tokenizer, "<|im_start|>Hi w12"), ["<|im_start|>", "Hi", "\u{120}w", "1", "2"]);
     let ids = tokenizer.encode("<|im_start|>Hi w12", true).unwrap().get_ids().to_vec();
@@ -82,11 +85,11 @@ fn smollm_splits_every_digit_and_keeps_control_tokens_whole() {
 
 #[test]
 fn gpt2_merges_digits_and_llama_bpe_adds_bos() {
-    // Without the Digits step the "1 2" merge applies: the SmolLM test above is not vacuous.
-    let tokenizer = load(&tokenizer_files_from_gguf(&tiny_gguf("gpt-2", false), 16).unwrap());
+    // Without the digit split the "1 2" merge applies: the SmolLM test above is not vacuous.
+    let tokenizer = load(&tokenizer_files_from_gguf(&tiny_gguf("gpt-2", Some(false)), 16).unwrap());
     assert_eq!(tokens(&tokenizer, "Hi w12"), ["Hi", "\u{120}w", "12"]);
 
-    let files = tokenizer_files_from_gguf(&tiny_gguf("llama-bpe", true), 16).unwrap();
+    let files = tokenizer_files_from_gguf(&tiny_gguf("llama-bpe", Some(true)), 16).unwrap();
     assert_eq!(files.tokenizer_json["model"]["ignore_merges"], true);
     let tokenizer = load(&files);
     assert_eq!(tokens(&tokenizer, "Hi w12"), ["<|im_start|>", "Hi", "\u{120}w", "12"]);
@@ -100,7 +103,7 @@ fn rejects_what_it_cannot_rebuild() {
     let bert = GgufFile::from_bytes(Path::new("wp.gguf"), bert).unwrap();
     assert!(message(&bert).starts_with("wp.gguf: tokenizer.ggml.model is `bert`"), "{}", message(&bert));
     assert!(message(&bert).contains("SentencePiece (`llama`)"));
-    let qwen35 = message(&tiny_gguf("qwen35", false));
+    let qwen35 = message(&tiny_gguf("qwen35", Some(false)));
     assert!(qwen35.contains("tokenizer.ggml.pre is `qwen35`, which kiln cannot rebuild yet (supported: "), "{qwen35}");
 
     let bad_bos = GgufWriter::new()
@@ -226,14 +229,61 @@ fn sentencepiece_rejects_what_it_cannot_rebuild() {
 
 #[test]
 fn qwen2_and_tekken_split_digits_one_by_one() {
-    let tokenizer = load(&tokenizer_files_from_gguf(&tiny_gguf("qwen2", false), 16).unwrap());
+    let tokenizer = load(&tokenizer_files_from_gguf(&tiny_gguf("qwen2", Some(false)), 16).unwrap());
     assert_eq!(tokens(&tokenizer, "Hi w12"), ["Hi", "\u{120}w", "1", "2"]);
-    let files = tokenizer_files_from_gguf(&tiny_gguf("tekken", false), 16).unwrap();
+    let files = tokenizer_files_from_gguf(&tiny_gguf("tekken", Some(false)), 16).unwrap();
     assert_eq!(files.tokenizer_json["model"]["ignore_merges"], true);
     assert_eq!(tokens(&load(&files), "Hi w12"), ["Hi", "\u{120}w", "1", "2"]);
     // Llama 3 keeps runs of up to three digits: the "1 2" merge applies.
     assert_eq!(
-        tokens(&load(&tokenizer_files_from_gguf(&tiny_gguf("llama3", false), 16).unwrap()), "Hi w12"),
+        tokens(&load(&tokenizer_files_from_gguf(&tiny_gguf("llama3", Some(false)), 16).unwrap()), "Hi w12"),
         ["Hi", "\u{120}w", "12"]
     );
+}
+
+#[test]
+fn llama3_and_tekken_add_bos_unless_the_file_says_otherwise() {
+    // llama.cpp's defaults when tokenizer.ggml.add_bos_token is missing (llama-vocab.cpp).
+    for (pre, default) in [
+        ("llama-bpe", true),
+        ("llama3", true),
+        ("tekken", true),
+        ("qwen2", false),
+        ("smaug-bpe", false),
+        ("gpt-2", false),
+    ] {
+        let files = tokenizer_files_from_gguf(&tiny_gguf(pre, None), 16).unwrap();
+        assert_eq!(files.tokenizer_config["add_bos_token"], default, "{pre}");
+        let tokenizer = load(&files);
+        let with_bos = tokens(&tokenizer, "Hi").first().map(String::as_str) == Some("<|im_start|>");
+        assert_eq!(with_bos, default, "{pre}: the post-processor adds BOS as the config says");
+        for add_bos in [false, true] {
+            let files = tokenizer_files_from_gguf(&tiny_gguf(pre, Some(add_bos)), 16).unwrap();
+            assert_eq!(files.tokenizer_config["add_bos_token"], add_bos, "{pre}: the file's key wins");
+        }
+    }
+    // Smaug shares Llama 3's split but not its `ignore_merges`.
+    let smaug = tokenizer_files_from_gguf(&tiny_gguf("smaug-bpe", None), 16).unwrap();
+    assert_eq!(smaug.tokenizer_json["model"]["ignore_merges"], false);
+}
+
+#[test]
+fn split_classes_are_pinned_to_unicode_15_1() {
+    assert_eq!(
+        byte_level::pinned_to_unicode_15_1(r"\p{L}+| ?[^\s\p{L}\p{N}]+"),
+        r"[\p{L}&&\p{Age=15.1}]+| ?[^\s[\p{L}&&\p{Age=15.1}][\p{N}&&\p{Age=15.1}]]+"
+    );
+    // U+1C89 CYRILLIC CAPITAL LETTER TJE is new in Unicode 16.0: to llama.cpp it is an unassigned
+    // character, which takes the apostrophe with it, so `'ve` is no contraction.
+    for pre in ["gpt-2", "smollm", "llama-bpe", "qwen2", "tekken"] {
+        let tokenizer = load(&tokenizer_files_from_gguf(&tiny_gguf(pre, Some(false)), 16).unwrap());
+        let mut pieces = tokenizers::PreTokenizedString::from("\u{1c89}'ve");
+        tokenizers::PreTokenizer::pre_tokenize(tokenizer.get_pre_tokenizer().unwrap(), &mut pieces).unwrap();
+        let pieces: Vec<&str> = pieces
+            .get_splits(tokenizers::OffsetReferential::Original, tokenizers::OffsetType::Char)
+            .into_iter()
+            .map(|(piece, _, _)| piece)
+            .collect();
+        assert_eq!(pieces, ["\u{e1}\u{b2}\u{12b}'", "ve"], "{pre}: the bytes of U+1C89 and the apostrophe, then `ve`");
+    }
 }
