@@ -334,6 +334,13 @@ super::multiversion!(
     fn masked_softmax(row: &mut [f32], start: usize, end: usize, scale: f32, first_position: usize) => masked_softmax_body
 );
 
+/// Asks for the first `len` values of `panel` (clamped to it) ahead of use. A sequence's KV blocks
+/// lie anywhere in the cache, so the hardware prefetcher restarts at each; asking for the next
+/// block's panel while the current one multiplies hides that latency.
+fn prefetch_panel(panel: &[f16], len: usize) {
+    super::prefetch(bytemuck::cast_slice(&panel[..len.min(panel.len())]));
+}
+
 /// One (query block, KV head) task of [`attention_run`]; `out` is the whole output.
 ///
 /// # Safety
@@ -393,7 +400,11 @@ unsafe fn prefill_task<'a>(
             let (h, t) = head_token((c0 + i).min(pairs - 1));
             q[t * q_dim + h * d..].as_ptr()
         });
-        for (keys, _, first_row, positions, offset) in runs() {
+        let mut ahead = runs().peekable();
+        while let Some((keys, _, first_row, positions, offset)) = ahead.next() {
+            if let Some(&(next_keys, _, next_row, _, _)) = ahead.peek() {
+                prefetch_panel(&next_keys[key_column(block_size, d, kv_head) + next_row..], d * block_size);
+            }
             let panel = keys[key_column(block_size, d, kv_head) + first_row..].as_ptr();
             let outs = std::array::from_fn(|i| scores[((c0 + i).min(pairs - 1)) * len + offset..].as_mut_ptr());
             // SAFETY: each query row holds d values; the panel is this KV head's keys from
@@ -422,7 +433,12 @@ unsafe fn prefill_task<'a>(
                 let (h, t) = head_token((c0 + i).min(pairs - 1));
                 out.add(t * q_dim + h * d + j * nr)
             });
-            for (r, (_, values, first_row, positions, offset)) in runs().enumerate() {
+            let mut ahead = runs().enumerate().peekable();
+            while let Some((r, (_, values, first_row, positions, offset))) = ahead.next() {
+                if let Some(&(_, (_, next_values, next_row, next_positions, _))) = ahead.peek() {
+                    let at = block_row(block_size, d, kv_head, next_row) + j * nr;
+                    prefetch_panel(&next_values[at..], (next_positions - 1) * d + cols);
+                }
                 let xs = std::array::from_fn(|i| scores[(c0 + i).min(pairs - 1) * len + offset..].as_ptr());
                 let panel = values[block_row(block_size, d, kv_head, first_row) + j * nr..].as_ptr();
                 // SAFETY: each score row holds `positions` values from `offset`; the panel is
