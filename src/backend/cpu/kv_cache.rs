@@ -97,7 +97,9 @@ impl CpuKvCache {
 /// than the machine's free memory would fail mid-request instead of at start-up.
 fn resident_zeros(len: usize) -> Vec<f16> {
     use rayon::prelude::*;
-    let mut values = vec![f16::ZERO; len];
+    // Allocated as u16 zeros so the allocator hands out zeroed pages (f16 has no such fast path
+    // in `vec!`, which would write every element on one thread); f16's zero is all-zero bits.
+    let mut values: Vec<f16> = bytemuck::allocation::cast_vec(vec![0u16; len]);
     const PAGE_FLOATS: usize = 4096 / std::mem::size_of::<f16>();
     values.par_chunks_mut(PAGE_FLOATS << 8).for_each(|chunk| {
         for page in chunk.chunks_mut(PAGE_FLOATS) {

@@ -8,7 +8,6 @@
 //! instruction latency on current x86 cores) for a fixed number of iterations; the time of the
 //! slowest thread counts. The results are consumed, so the compiler cannot drop the loop.
 
-use rayon::prelude::*;
 use std::time::Instant;
 
 use super::Isa;
@@ -27,13 +26,15 @@ pub struct Peak {
 /// Measures both peaks on every thread of the current rayon pool, at `isa` (~0.2 s in all).
 pub fn measure(isa: Isa) -> Peak {
     let threads = rayon::current_num_threads();
+    // `broadcast` runs the loop once on every pool thread. A parallel iterator over `threads`
+    // items does not promise that: a thread still waking up lets another take both halves one
+    // after the other, and the peak came out halved whenever the pool had been idle before (as
+    // after a single-threaded step of loading).
     let run = |kernel: fn(Isa, usize) -> f32, ops_per_iteration: f64, iterations: usize| {
         // A short warm-up lets the cores reach their vector clock first.
-        (0..threads).into_par_iter().for_each(|_| {
-            std::hint::black_box(kernel(isa, iterations / 8));
-        });
+        rayon::broadcast(|_| std::hint::black_box(kernel(isa, iterations / 8)));
         let started = Instant::now();
-        let sink: f32 = (0..threads).into_par_iter().map(|_| kernel(isa, iterations)).sum();
+        let sink: f32 = rayon::broadcast(|_| kernel(isa, iterations)).into_iter().sum();
         std::hint::black_box(sink);
         ops_per_iteration * iterations as f64 * threads as f64 / started.elapsed().as_secs_f64()
     };
