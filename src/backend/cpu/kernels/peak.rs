@@ -25,18 +25,21 @@ pub struct Peak {
 
 /// Measures both peaks on every thread of the current rayon pool, at `isa` (~0.2 s in all).
 pub fn measure(isa: Isa) -> Peak {
-    let threads = rayon::current_num_threads();
     // `broadcast` runs the loop once on every pool thread. A parallel iterator over `threads`
     // items does not promise that: a thread still waking up lets another take both halves one
     // after the other, and the peak came out halved whenever the pool had been idle before (as
     // after a single-threaded step of loading).
+    // Each thread times its own loop, and the rates add up: a thread that picks the loop up late
+    // (busy with other work on the pool) then does not count as a slow core.
     let run = |kernel: fn(Isa, usize) -> f32, ops_per_iteration: f64, iterations: usize| {
         // A short warm-up lets the cores reach their vector clock first.
         rayon::broadcast(|_| std::hint::black_box(kernel(isa, iterations / 8)));
-        let started = Instant::now();
-        let sink: f32 = rayon::broadcast(|_| kernel(isa, iterations)).into_iter().sum();
-        std::hint::black_box(sink);
-        ops_per_iteration * iterations as f64 * threads as f64 / started.elapsed().as_secs_f64()
+        let seconds = rayon::broadcast(|_| {
+            let started = Instant::now();
+            std::hint::black_box(kernel(isa, iterations));
+            started.elapsed().as_secs_f64()
+        });
+        seconds.iter().map(|s| ops_per_iteration * iterations as f64 / s).sum()
     };
     Peak {
         f32_flops: run(fma_loop, (CHAINS * lanes(isa) * 2) as f64, 4_000_000),
@@ -182,7 +185,11 @@ mod tests {
     #[test]
     fn peaks_are_positive_and_int8_outruns_f32_on_simd_levels() {
         for isa in Isa::available() {
-            let peak = measure(isa);
+            // The other tests share the two cores: the best of three measurements of each peak.
+            let peak = (0..3).map(|_| measure(isa)).fold(Peak { f32_flops: 0.0, int8_ops: 0.0 }, |best, p| Peak {
+                f32_flops: best.f32_flops.max(p.f32_flops),
+                int8_ops: best.int8_ops.max(p.int8_ops),
+            });
             assert!(peak.f32_flops > 1e8 && peak.int8_ops > 1e8, "{isa:?}: {peak:?}");
             if isa != Isa::Portable {
                 // Four byte products per 32-bit lane: at least twice the f32 rate even on AVX2.
