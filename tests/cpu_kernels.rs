@@ -39,7 +39,8 @@ impl PagedKv {
         let (d, kv_dim) = (shape.head_dim, shape.num_kv_heads * shape.head_dim);
         // The cache holds f16: the reference reads the same rounded values.
         let rounded = |values: Vec<f32>| values.iter().map(|&v| f16::from_f32(v).to_f32()).collect::<Vec<f32>>();
-        let (keys, values) = (rounded(seeded_values(seed, len * kv_dim)), rounded(seeded_values(seed + 1, len * kv_dim)));
+        let (keys, values) =
+            (rounded(seeded_values(seed, len * kv_dim)), rounded(seeded_values(seed + 1, len * kv_dim)));
         let num_blocks = len.div_ceil(block_size);
         let table: Vec<usize> = (0..num_blocks).rev().collect();
         let mut paged =

@@ -110,12 +110,7 @@ def random_mixes(count, seed):
 def texts():
     every = HAND_PICKED + WHITESPACE + CONTRACTIONS + DIGITS + PUNCTUATION + CODE + UNICODE + SPECIAL
     every += random_mixes(80, seed=20261205)
-    seen, unique = set(), []
-    for text in every:
-        if text not in seen:
-            seen.add(text)
-            unique.append(text)
-    return unique
+    return list(dict.fromkeys(every))  # first occurrences, in order
 
 
 def llama_cpp(llama_python, request):

@@ -63,12 +63,7 @@ def cases():
     with open(os.path.join(ROOT, "tests/data/llama2_tokenizer.json"), encoding="utf-8") as f:
         texts += [case["text"] for case in json.load(f)["texts"]]
     texts += random_mixes(90, seed=20261205)
-    seen, unique = set(), []
-    for text in texts:
-        if text not in seen:
-            seen.add(text)
-            unique.append(text)
-    return unique
+    return list(dict.fromkeys(texts))  # first occurrences, in order
 
 
 def main():

@@ -52,31 +52,22 @@ impl QuantizedActivations {
         self.d.resize(n * nb, 0.0);
         self.s.resize(n * nb, 0.0);
         self.half_sums.resize(2 * n * nb, 0);
-        let quantize = |(((row, qs), (d, s)), half_sums): (((&[f32], &mut [i8]), (&mut [f32], &mut [f32])), &mut [i32])| {
-            match isa {
+        // The step's other threads would wait for this pass: from a batched decode step's MLP
+        // input (16 × 1536 values, ~10 µs on one thread) it is shared out; below, one task runs
+        // it on the calling thread. Rows are independent, so the result is the same either way.
+        let threads = rayon::current_num_threads();
+        let rows_per_task = if x.len() >= QUANTIZE_PARALLEL_MIN { n.div_ceil(threads).max(1) } else { n.max(1) };
+        x.par_chunks_exact(k)
+            .zip(self.qs.par_chunks_exact_mut(k))
+            .zip(self.d.par_chunks_exact_mut(nb).zip(self.s.par_chunks_exact_mut(nb)))
+            .zip(self.half_sums.par_chunks_exact_mut(2 * nb))
+            .with_min_len(rows_per_task)
+            .for_each(|(((row, qs), (d, s)), half_sums)| match isa {
                 // SAFETY: the level is supported (callers check); the slices hold the row's blocks.
                 #[cfg(target_arch = "x86_64")]
                 super::Isa::Avx512 => unsafe { x86::quantize_row_avx512(row, qs, d, s, half_sums) },
                 _ => quantize_row(isa, row, qs, d, s, half_sums),
-            }
-        };
-        // The step's other threads would wait for this pass: above a batched decode step's MLP
-        // input (16 × 1536 values, ~10 µs on one thread) it is shared out. Rows are independent,
-        // so the result is the same either way.
-        if x.len() >= QUANTIZE_PARALLEL_MIN && rayon::current_num_threads() > 1 {
-            x.par_chunks_exact(k)
-                .zip(self.qs.par_chunks_exact_mut(k))
-                .zip(self.d.par_chunks_exact_mut(nb).zip(self.s.par_chunks_exact_mut(nb)))
-                .zip(self.half_sums.par_chunks_exact_mut(2 * nb))
-                .with_min_len(n.div_ceil(rayon::current_num_threads()))
-                .for_each(quantize);
-        } else {
-            x.chunks_exact(k)
-                .zip(self.qs.chunks_exact_mut(k))
-                .zip(self.d.chunks_exact_mut(nb).zip(self.s.chunks_exact_mut(nb)))
-                .zip(self.half_sums.chunks_exact_mut(2 * nb))
-                .for_each(quantize);
-        }
+            });
     }
 
     #[inline]
@@ -96,8 +87,7 @@ impl QuantizedActivations {
     #[inline(always)]
     pub(super) fn tile<const T: usize>(&self, tokens: [usize; T]) -> ActivationTile<T> {
         let nb = self.blocks_per_row;
-        let rows = self.d.len() / nb.max(1);
-        assert!(tokens.iter().all(|&t| t < rows), "tile tokens must be quantized rows");
+        assert!(tokens.iter().all(|&t| (t + 1) * nb <= self.d.len()), "tile tokens must be quantized rows");
         let mut tile = ActivationTile {
             qs: [std::ptr::null(); T],
             d: [std::ptr::null(); T],
@@ -105,7 +95,7 @@ impl QuantizedActivations {
             half_sums: [std::ptr::null(); T],
         };
         for (i, &t) in tokens.iter().enumerate() {
-            // In bounds: t < rows, and each array holds `rows` rows of its per-row length.
+            // In bounds: row t is quantized, and each array holds whole rows of its per-row length.
             tile.qs[i] = self.qs.as_ptr().wrapping_add(t * nb * BLOCK);
             tile.d[i] = self.d.as_ptr().wrapping_add(t * nb);
             tile.s[i] = self.s.as_ptr().wrapping_add(t * nb);
@@ -203,7 +193,11 @@ mod tests {
                 let mut alone = QuantizedActivations::default();
                 alone.quantize(isa, &x[t * k..(t + 1) * k], k);
                 let (a, b) = (together.row(t), alone.row(0));
-                assert!(a.qs == b.qs && a.d == b.d && a.s == b.s && a.half_sums == b.half_sums, "{} row {t}", isa.name());
+                assert!(
+                    a.qs == b.qs && a.d == b.d && a.s == b.s && a.half_sums == b.half_sums,
+                    "{} row {t}",
+                    isa.name()
+                );
             }
             pool.install(|| together.quantize(isa, &x[..2 * k], k));
             assert_eq!((together.qs.len(), together.d.len()), (2 * k, 2 * k / BLOCK), "{}", isa.name());
