@@ -12,6 +12,7 @@
 //! in any batch.
 
 use half::{bf16, f16};
+use kiln::backend::cpu::kernels::amx::{self, TileSource};
 use kiln::backend::cpu::kernels::{attention, matmul, quant_dot, rmsnorm, rope, silu_mul, Isa};
 use kiln::model::packed_quant::PackedQuant;
 use kiln::model::quant::GgmlType;
@@ -243,6 +244,67 @@ fn matmul_gives_a_token_the_same_bits_in_any_batch() {
             }
         }
     }
+}
+
+/// Every packed format on `tiles` against the VNNI kernels at AVX-512, for equality: the AMX
+/// kernel promises the same bits (`amx::group_tiles`), so the tile path keeps batch invariance
+/// and inherits the VNNI kernels' agreement with the reference. Token counts from the tile
+/// threshold up, ragged (padding rows in the last tile) and over two tiles; rows ragged against
+/// the 16-row groups.
+fn check_tiles_against_vnni(tiles: TileSource, seed: u64) {
+    let mut shapes = Shapes(seed ^ 9);
+    let formats = [
+        PackedQuant::Q8_0,
+        PackedQuant::Q4_0,
+        PackedQuant::Q4_1,
+        PackedQuant::Q5_0,
+        PackedQuant::Q5_1,
+        PackedQuant::Q4_K,
+        PackedQuant::Q5_K,
+        PackedQuant::Q6_K,
+    ];
+    for (case, n) in [amx::MIN_TOKENS, 5, 16, 17, 35].into_iter().enumerate() {
+        for format in formats {
+            let m = shapes.between(1, 70);
+            let k = match format.block_values() {
+                256 => 256 * [1, 2, 11][case % 3],
+                _ => 32 * shapes.between(1, 19),
+            };
+            let w = float_matrix(WeightFormat::Packed(format), m, k, seed + case as u64);
+            let x = seeded_values(seed + 1 + case as u64, n * k);
+            let (mut vnni, mut tiled) = (vec![f32::NAN; n * m], vec![f32::NAN; n * m]);
+            matmul::matmul_with_tiles(Isa::Avx512, None, &x, &w, &mut vnni);
+            matmul::matmul_with_tiles(Isa::Avx512, Some(tiles), &x, &w, &mut tiled);
+            if let Some(i) = (0..n * m).find(|&i| vnni[i].to_bits() != tiled[i].to_bits()) {
+                panic!(
+                    "{tiles:?} {}: n={n} m={m} k={k}: token {} row {}: tiles {} vs VNNI {}",
+                    format.name(),
+                    i / m,
+                    i % m,
+                    tiled[i],
+                    vnni[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn amx_kernel_on_emulated_tiles_gives_the_vnni_bits() {
+    if !Isa::Avx512.supported() {
+        eprintln!("skipped: the AMX kernel's vector half needs AVX-512, which this CPU lacks");
+        return;
+    }
+    check_tiles_against_vnni(TileSource::Emulated, test_seed());
+}
+
+/// The same on the CPU's own tiles: run where the CPU has AMX (`cargo test -- --ignored amx`;
+/// tools/gpu-check runs it on GPU hosts whose CPU has AMX). Without AMX it fails rather than pass.
+#[test]
+#[ignore = "needs a CPU with AMX (Sapphire Rapids or later)"]
+fn amx_kernel_on_hardware_tiles_gives_the_vnni_bits() {
+    let tiles = amx::hardware().unwrap_or_else(|why| panic!("no AMX tiles here: {why}"));
+    check_tiles_against_vnni(TileSource::Hardware(tiles), test_seed());
 }
 
 /// The per-token kernel (the portable level's attention) over any visible range.

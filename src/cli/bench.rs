@@ -198,7 +198,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Option<BenchReport>> {
             println!("{}", serde_json::json!({"concurrency": report, "json_schema": constrained}));
         } else {
             println!("model        {model}");
-            println!("weights      {weights_format} ({isa} kernels, {} threads)", rayon::current_num_threads());
+            println!(
+                "weights      {weights_format} ({isa} kernels, AMX tiles {}, {} threads)",
+                crate::backend::cpu::kernels::amx::describe(),
+                rayon::current_num_threads()
+            );
             println!(
                 "single       {:>8.1} tokens/s  (one request of {} tokens)",
                 report.single_tokens_per_s, report.new_tokens
@@ -209,12 +213,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Option<BenchReport>> {
             );
             println!(
                 "arithmetic   {:>8.1} GFLOP/s  ({:.1}% of the measured f32 FMA peak {:.0} GFLOP/s, {:.1}% of the \
-                 8-bit dot peak {:.0} GOP/s; {:.2} GFLOP per token)",
+                 8-bit {} peak {:.0} GOP/s; {:.2} GFLOP per token)",
                 report.aggregate_tokens_per_s * report.flops_per_token / 1e9,
                 100.0 * report.share_of_f32_peak.unwrap_or(0.0),
                 peak.f32_flops / 1e9,
                 100.0 * report.share_of_int8_peak.unwrap_or(0.0),
-                peak.int8_ops / 1e9,
+                if peak.amx_int8_ops.is_some() { "AMX tile" } else { "vector dot" },
+                peak.batched_int8_ops() / 1e9,
                 report.flops_per_token / 1e9
             );
             if let Some(c) = constrained {

@@ -120,7 +120,7 @@ pub fn run(
         flops_per_token,
         peak,
         share_of_f32_peak: peak.map(|p| aggregate * flops_per_token / p.f32_flops),
-        share_of_int8_peak: peak.map(|p| aggregate * flops_per_token / p.int8_ops),
+        share_of_int8_peak: peak.map(|p| aggregate * flops_per_token / p.batched_int8_ops()),
     };
     let Some(constraint) = constraint else { return Ok((report, None)) };
     let params = RequestParams {

@@ -46,12 +46,20 @@ impl Rank {
     }
 }
 
+/// The kernels' level, said once in the log with whether AMX tiles take the batched matmuls (an
+/// operator comparing machines wants to know which kernels ran).
+fn kernel_level() -> kernels::Isa {
+    let isa = kernels::Isa::best();
+    tracing::info!("CPU kernels: {}, AMX tiles {}", isa.name(), kernels::amx::describe());
+    isa
+}
+
 impl CpuBackend {
     /// Allocates the KV cache (`layout`) and the activations for the largest step (`limits`).
     pub fn new(config: ModelConfig, weights: LlamaWeights, layout: KvLayout, limits: PlanLimits) -> CpuBackend {
         let inv_freq = crate::ops::rope::rope_inv_freq(&config);
         let ranks = vec![Rank::new(config.clone(), weights, layout, limits)];
-        CpuBackend { config, ranks, collective: ThreadCollective::new(1), limits, inv_freq, isa: kernels::Isa::best() }
+        CpuBackend { config, ranks, collective: ThreadCollective::new(1), limits, inv_freq, isa: kernel_level() }
     }
 
     /// The model split over `ranks` tensor-parallel ranks (`backend::sharding`), each a thread
@@ -71,7 +79,7 @@ impl CpuBackend {
         let inv_freq = crate::ops::rope::rope_inv_freq(&config);
         let ranks: Vec<Rank> = shards.into_iter().map(|s| Rank::new(s.config, s.weights, layout, limits)).collect();
         let collective = ThreadCollective::new(ranks.len());
-        Ok(CpuBackend { config, ranks, collective, limits, inv_freq, isa: kernels::Isa::best() })
+        Ok(CpuBackend { config, ranks, collective, limits, inv_freq, isa: kernel_level() })
     }
 
     /// The instruction set level the kernels run with.

@@ -102,10 +102,10 @@ fn portable(format: PackedQuant, group: &[u8], nb: usize, x: &ActivationRow) -> 
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use super::super::quant_dot::ActivationTile;
     use super::{BLOCK, GROUP_ROWS};
-    use crate::model::packed_groups::block_sections;
+    use crate::model::packed_groups::{block_sections, BlockSections};
     use crate::model::packed_quant::PackedQuant;
     use std::arch::x86_64::*;
 
@@ -115,9 +115,54 @@ mod x86 {
         _mm512_set1_epi32(std::ptr::read_unaligned(at as *const i32))
     }
 
+    /// The cache lines of `ahead` (the next group) at block b's offsets: spread over the blocks,
+    /// the stream overlaps the dots rather than queueing a whole group's misses at once. (A line
+    /// shared by two blocks is asked for twice, which is harmless.)
+    #[inline(always)]
+    pub(in crate::backend::cpu::kernels) unsafe fn prefetch_share(ahead: &[u8], b: usize, block_bytes: usize) {
+        let ahead_end = ahead.len().min((b + 1) * block_bytes);
+        let mut line = (b * block_bytes) & !63;
+        while line < ahead_end {
+            _mm_prefetch(ahead.as_ptr().add(line) as *const i8, _MM_HINT_T0);
+            line += 64;
+        }
+    }
+
+    /// A block's quants (`packed_groups`) as eight vectors of four values per row: byte quants as
+    /// stored, nibbles unpacked by a mask and a shift, each bit above the nibble added under its
+    /// 64-bit mask.
+    #[inline(always)]
+    pub(in crate::backend::cpu::kernels) unsafe fn block_quants<const HIGH_BITS: usize>(
+        byte_quants: bool,
+        block: *const u8,
+        sections: &BlockSections,
+    ) -> [__m512i; 8] {
+        let qs = block.add(sections.qs);
+        let low_nibbles = _mm512_set1_epi8(0x0F);
+        let mut w = [_mm512_setzero_si512(); 8];
+        for j in 0..4 {
+            if byte_quants {
+                w[j] = _mm512_loadu_si512(qs.add(64 * j) as *const _);
+                w[j + 4] = _mm512_loadu_si512(qs.add(64 * (j + 4)) as *const _);
+            } else {
+                let raw = _mm512_loadu_si512(qs.add(64 * j) as *const _);
+                w[j] = _mm512_and_si512(raw, low_nibbles);
+                w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low_nibbles);
+            }
+        }
+        for p in 0..HIGH_BITS {
+            let bits = block.add(sections.high + 64 * p) as *const u64;
+            let bit = _mm512_set1_epi8(16 << p);
+            for g in 0..8 {
+                w[g] = _mm512_mask_add_epi8(w[g], std::ptr::read_unaligned(bits.add(g)), w[g], bit);
+            }
+        }
+        w
+    }
+
     /// The 16 rows' scales (d or m) at `at`, f32 or f16 as the format stores them.
     #[inline(always)]
-    unsafe fn scales16(f32_scales: bool, at: *const u8) -> __m512 {
+    pub(in crate::backend::cpu::kernels) unsafe fn scales16(f32_scales: bool, at: *const u8) -> __m512 {
         if f32_scales {
             _mm512_loadu_ps(at as *const f32)
         } else {
@@ -145,37 +190,11 @@ mod x86 {
         let (xqs, xd, xhalf) = (x.qs, x.d, x.half_sums);
         // Split formats (Q6_K) start each half's dot at −c·Σq.
         let c = format.offset_factor().unwrap_or(0.0) as i32;
-        let low_nibbles = _mm512_set1_epi8(0x0F);
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..nb {
             let block = group.add(b * sections.bytes);
-            let qs = block.add(sections.qs);
-            // The cache lines of `ahead` at this block's offsets (a line shared by two blocks is
-            // asked for twice, which is harmless).
-            let ahead_end = ahead.len().min((b + 1) * sections.bytes);
-            let mut line = (b * sections.bytes) & !63;
-            while line < ahead_end {
-                _mm_prefetch(ahead.as_ptr().add(line) as *const i8, _MM_HINT_T0);
-                line += 64;
-            }
-            let mut w = [_mm512_setzero_si512(); 8];
-            for j in 0..4 {
-                if byte_quants {
-                    w[j] = _mm512_loadu_si512(qs.add(64 * j) as *const _);
-                    w[j + 4] = _mm512_loadu_si512(qs.add(64 * (j + 4)) as *const _);
-                } else {
-                    let raw = _mm512_loadu_si512(qs.add(64 * j) as *const _);
-                    w[j] = _mm512_and_si512(raw, low_nibbles);
-                    w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low_nibbles);
-                }
-            }
-            for p in 0..HIGH_BITS {
-                let bits = block.add(sections.high + 64 * p) as *const u64;
-                let bit = _mm512_set1_epi8(16 << p);
-                for g in 0..8 {
-                    w[g] = _mm512_mask_add_epi8(w[g], std::ptr::read_unaligned(bits.add(g)), w[g], bit);
-                }
-            }
+            prefetch_share(ahead, b, sections.bytes);
+            let w = block_quants::<HIGH_BITS>(byte_quants, block, &sections);
             let at = b * BLOCK;
             let dw = scales16(f32_scales, block);
             if split {

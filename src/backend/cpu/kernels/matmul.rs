@@ -22,6 +22,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use super::amx::{self, TileSource};
 use super::dot_tile::{self, BF16, F16, F32};
 use super::group_dot;
 use super::quant_dot::QuantizedActivations;
@@ -51,16 +52,27 @@ pub fn matmul(x: &[f32], w: &WeightMatrix, out: &mut [f32]) {
     matmul_with(Isa::best(), x, w, out)
 }
 
-/// [`matmul`] on a chosen instruction set level (tests compare every level with the reference).
+/// [`matmul`] on a chosen instruction set level (tests compare every level with the reference),
+/// with AMX tiles where the machine has them.
 pub fn matmul_with(isa: Isa, x: &[f32], w: &WeightMatrix, out: &mut [f32]) {
     matmul_group_with(isa, x, &[w], &mut [out]);
+}
+
+/// [`matmul_with`] with the tiles chosen: none (VNNI), the hardware's, or the emulator's (tests).
+pub fn matmul_with_tiles(isa: Isa, tiles: Option<TileSource>, x: &[f32], w: &WeightMatrix, out: &mut [f32]) {
+    matmul_group_on(isa, tiles, x, &[w], &mut [out]);
 }
 
 /// Several matmuls of the same input, `outs[i] = x · ws[i]ᵀ`, as one parallel loop over all
 /// their rows: q/k/v and gate/up share one fork-join instead of three or two, which matters in
 /// decode, where a step is hundreds of short matmuls.
 pub fn matmul_group_with(isa: Isa, x: &[f32], ws: &[&WeightMatrix], outs: &mut [&mut [f32]]) {
+    matmul_group_on(isa, amx::detected(isa), x, ws, outs)
+}
+
+fn matmul_group_on(isa: Isa, tiles: Option<TileSource>, x: &[f32], ws: &[&WeightMatrix], outs: &mut [&mut [f32]]) {
     assert_eq!(ws.len(), outs.len(), "one output per weight matrix");
+    assert!(tiles.is_none() || isa == Isa::Avx512, "AMX tiles run beside AVX-512 only");
     assert!(isa.supported(), "{} kernels do not run on this CPU", isa.name());
     let Some(first) = ws.first() else { return };
     let k = first.cols;
@@ -102,7 +114,7 @@ pub fn matmul_group_with(isa: Isa, x: &[f32], ws: &[&WeightMatrix], outs: &mut [
         // and the tasks of one matrix have disjoint row ranges, so no two tasks write the same
         // element.
         let sink = OutColumns { out: out_ptrs[i].get(), m: w.rows, n };
-        compute_rows(isa, x, &xq, n, w, rows, &sink);
+        compute_rows(isa, tiles, x, &xq, n, w, rows, &sink);
     };
     if tasks == 1 {
         run(0);
@@ -168,6 +180,7 @@ impl OutColumns {
 #[allow(clippy::too_many_arguments)]
 fn compute_rows(
     isa: Isa,
+    tiles: Option<TileSource>,
     x: &[f32],
     xq: &QuantizedActivations,
     n: usize,
@@ -194,7 +207,10 @@ fn compute_rows(
         WeightFormat::Bf16 if few_tokens && isa != Isa::Portable => {
             float_rows::<BF16>(isa, x, n, k, task_bytes, row_bytes, rows.start, out)
         }
-        WeightFormat::Packed(format) => grouped_rows(isa, xq, n, format, task_bytes, k, rows, out),
+        WeightFormat::Packed(format) => match tiles {
+            Some(tiles) if n >= amx::MIN_TOKENS => tiled_rows(tiles, xq, n, format, task_bytes, k, rows, out),
+            _ => grouped_rows(isa, xq, n, format, task_bytes, k, rows, out),
+        },
         // Batched decode (a few tokens): convert and multiply a few rows at a time, asking for the
         // next rows' bytes before the multiply, so the stream from memory overlaps the FMAs and
         // the converted rows stay in L1/L2. (Prefill re-reads each task's rows for every token
@@ -287,6 +303,33 @@ fn grouped_rows(
             }
             t0 += width;
         }
+    }
+}
+
+/// [`grouped_rows`] on AMX tiles, 16 tokens per tile (the same bits; `amx::group_tiles`).
+#[allow(clippy::too_many_arguments)]
+fn tiled_rows(
+    tiles: TileSource,
+    xq: &QuantizedActivations,
+    n: usize,
+    format: PackedQuant,
+    task_bytes: &[u8],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    out: &OutColumns,
+) {
+    use packed_groups::GROUP_ROWS;
+    let store = |g: usize, t0: usize, sums: &[[f32; GROUP_ROWS]; amx::TILE_TOKENS]| {
+        let first_row = rows.start + g * GROUP_ROWS;
+        let count = GROUP_ROWS.min(rows.end - first_row);
+        // Tokens past n are the tile's padding.
+        for (t, row_sums) in sums.iter().enumerate().take(n - t0) {
+            out.store_run(t0 + t, first_row, &row_sums[..count]);
+        }
+    };
+    match tiles {
+        TileSource::Hardware(mut unit) => amx::amx_rows(&mut unit, format, xq, n, task_bytes, k, store),
+        TileSource::Emulated => amx::amx_rows(&mut amx::EmulatedTiles::default(), format, xq, n, task_bytes, k, store),
     }
 }
 

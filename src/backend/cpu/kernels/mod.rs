@@ -8,6 +8,7 @@
 //! same source for each instruction set. Work is split over rayon's global pool, whose threads
 //! live as long as the process: a step creates no threads.
 
+pub mod amx;
 pub mod attention;
 pub mod convert;
 mod dot_tile;

@@ -21,6 +21,15 @@ pub struct Peak {
     pub f32_flops: f64,
     /// 8-bit multiply-adds counted as two operations each.
     pub int8_ops: f64,
+    /// The same on AMX tiles (`tdpbsud`), where the machine has them: the batched steps' unit.
+    pub amx_int8_ops: Option<f64>,
+}
+
+impl Peak {
+    /// The 8-bit peak of the unit batched steps multiply on: AMX tiles where present.
+    pub fn batched_int8_ops(&self) -> f64 {
+        self.amx_int8_ops.unwrap_or(self.int8_ops)
+    }
 }
 
 /// Measures both peaks on every thread of the current rayon pool, at `isa` (~0.2 s in all).
@@ -41,10 +50,54 @@ pub fn measure(isa: Isa) -> Peak {
         });
         seconds.iter().map(|s| ops_per_iteration * iterations as f64 / s).sum()
     };
+    let amx_int8_ops = match super::amx::detected(isa) {
+        Some(super::amx::TileSource::Hardware(_)) => {
+            Some(run(amx_loop_on_hardware, (AMX_CHAINS * TILE_MACS * 2) as f64, 200_000))
+        }
+        _ => None,
+    };
     Peak {
         f32_flops: run(fma_loop, (CHAINS * lanes(isa) * 2) as f64, 4_000_000),
         int8_ops: run(int8_loop, (CHAINS * lanes(isa) * 4 * 2) as f64, 2_000_000),
+        amx_int8_ops,
     }
+}
+
+/// Independent tile accumulators of the AMX loop (tdpbsud's latency is a few times its issue
+/// interval).
+const AMX_CHAINS: usize = 4;
+/// Multiply-adds of one `tdpbsud` on full tiles: 16 × 16 i32 sums of 64 byte products.
+const TILE_MACS: usize = 16 * 16 * 64;
+
+fn amx_loop_on_hardware(isa: Isa, iterations: usize) -> f32 {
+    match super::amx::detected(isa) {
+        Some(super::amx::TileSource::Hardware(mut unit)) => amx_loop(&mut unit, iterations),
+        _ => unreachable!("measured only where the hardware has tiles"),
+    }
+}
+
+/// `iterations` rounds of AMX_CHAINS tile dot products on full 16 × 64-byte tiles (C: tiles 0-3,
+/// A: 4, B: 5); returns a value that depends on all of them.
+fn amx_loop<U: super::amx::TileUnit>(unit: &mut U, iterations: usize) -> f32 {
+    let full = (16, 64);
+    let operand = [1u8; 16 * 64];
+    let mut sums = [0i32; 16 * 16];
+    // SAFETY: configured for the shapes used, released at the end; the operands are 16 rows of
+    // 64 bytes.
+    unsafe {
+        unit.configure(&super::amx::TileConfig::new(&[full; 6]));
+        unit.load::<4>(std::hint::black_box(operand.as_ptr()), 64);
+        unit.load::<5>(operand.as_ptr(), 64);
+        for _ in 0..iterations {
+            unit.dot_signed_unsigned::<0, 4, 5>();
+            unit.dot_signed_unsigned::<1, 4, 5>();
+            unit.dot_signed_unsigned::<2, 4, 5>();
+            unit.dot_signed_unsigned::<3, 4, 5>();
+        }
+        unit.store::<0>(sums.as_mut_ptr() as *mut u8, 64);
+        unit.release();
+    }
+    sums.iter().map(|&v| v as f32).sum()
 }
 
 /// f32 lanes per vector at `isa` (the portable loop is written to be vectorized 4 wide).
@@ -186,15 +239,29 @@ mod tests {
     fn peaks_are_positive_and_int8_outruns_f32_on_simd_levels() {
         for isa in Isa::available() {
             // The other tests share the two cores: the best of three measurements of each peak.
-            let peak = (0..3).map(|_| measure(isa)).fold(Peak { f32_flops: 0.0, int8_ops: 0.0 }, |best, p| Peak {
+            let start = Peak { f32_flops: 0.0, int8_ops: 0.0, amx_int8_ops: None };
+            let peak = (0..3).map(|_| measure(isa)).fold(start, |best, p| Peak {
                 f32_flops: best.f32_flops.max(p.f32_flops),
                 int8_ops: best.int8_ops.max(p.int8_ops),
+                amx_int8_ops: p.amx_int8_ops.into_iter().chain(best.amx_int8_ops).reduce(f64::max),
             });
             assert!(peak.f32_flops > 1e8 && peak.int8_ops > 1e8, "{isa:?}: {peak:?}");
             if isa != Isa::Portable {
                 // Four byte products per 32-bit lane: at least twice the f32 rate even on AVX2.
                 assert!(peak.int8_ops > 1.5 * peak.f32_flops, "{isa:?}: {peak:?}");
             }
+            if let Some(amx) = peak.amx_int8_ops {
+                // A tile product is 256 vector dot products' worth.
+                assert!(amx > 2.0 * peak.int8_ops, "{isa:?}: {peak:?}");
+            }
         }
+    }
+
+    /// The AMX loop's tiles fit each other and its count is right: on the emulator, two rounds
+    /// on all-ones operands give each sum 2 × 64.
+    #[test]
+    fn amx_peak_loop_runs_on_emulated_tiles() {
+        let mut unit = super::super::amx::EmulatedTiles::default();
+        assert_eq!(amx_loop(&mut unit, 2), (16 * 16 * 2 * 64) as f32);
     }
 }

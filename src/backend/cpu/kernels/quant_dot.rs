@@ -10,10 +10,13 @@
 
 use crate::model::packed_quant::BLOCK;
 
-/// Activations of n rows quantized to 8-bit blocks, each row's quants in value order.
+/// Activations of n rows quantized to 8-bit blocks, each row's quants in value order. The arrays
+/// hold rows up to a multiple of [`PADDED_ROWS`]: a tile load of 16 consecutive rows (AMX) stays
+/// inside them, and the rows past n (stale values) give results the kernel drops.
 #[derive(Default)]
 pub struct QuantizedActivations {
     pub blocks_per_row: usize,
+    rows: usize,
     qs: Vec<i8>,         // [n, blocks_per_row * 32]
     d: Vec<f32>,         // [n, blocks_per_row]
     s: Vec<f32>,         // [n, blocks_per_row] dx·Σq
@@ -36,6 +39,17 @@ pub(super) struct ActivationTile<const T: usize> {
     pub half_sums: [*const i32; T],
 }
 
+/// Consecutive activation rows from one token on, `blocks_per_row` blocks apart: a tile operand.
+pub(super) struct ConsecutiveRows {
+    pub qs: *const i8,
+    pub d: *const f32,
+    pub s: *const f32,
+    pub half_sums: *const i32,
+}
+
+/// The quantized arrays hold whole multiples of this many rows.
+pub const PADDED_ROWS: usize = 16;
+
 /// Values from which [`QuantizedActivations::quantize`] runs on the pool.
 const QUANTIZE_PARALLEL_MIN: usize = 1 << 14;
 
@@ -47,20 +61,22 @@ impl QuantizedActivations {
         let n = x.len() / k;
         let nb = k / BLOCK;
         self.blocks_per_row = nb;
-        // Every element is written below: no need to clear first.
-        self.qs.resize(n * k, 0);
-        self.d.resize(n * nb, 0.0);
-        self.s.resize(n * nb, 0.0);
-        self.half_sums.resize(2 * n * nb, 0);
+        self.rows = n;
+        // Every element of the n rows is written below: no need to clear first.
+        let padded = n.next_multiple_of(PADDED_ROWS);
+        self.qs.resize(padded * k, 0);
+        self.d.resize(padded * nb, 0.0);
+        self.s.resize(padded * nb, 0.0);
+        self.half_sums.resize(2 * padded * nb, 0);
         // The step's other threads would wait for this pass: from a batched decode step's MLP
         // input (16 × 1536 values, ~10 µs on one thread) it is shared out; below, one task runs
         // it on the calling thread. Rows are independent, so the result is the same either way.
         let threads = rayon::current_num_threads();
         let rows_per_task = if x.len() >= QUANTIZE_PARALLEL_MIN { n.div_ceil(threads).max(1) } else { n.max(1) };
         x.par_chunks_exact(k)
-            .zip(self.qs.par_chunks_exact_mut(k))
-            .zip(self.d.par_chunks_exact_mut(nb).zip(self.s.par_chunks_exact_mut(nb)))
-            .zip(self.half_sums.par_chunks_exact_mut(2 * nb))
+            .zip(self.qs[..n * k].par_chunks_exact_mut(k))
+            .zip(self.d[..n * nb].par_chunks_exact_mut(nb).zip(self.s[..n * nb].par_chunks_exact_mut(nb)))
+            .zip(self.half_sums[..2 * n * nb].par_chunks_exact_mut(2 * nb))
             .with_min_len(rows_per_task)
             .for_each(|(((row, qs), (d, s)), half_sums)| match isa {
                 // SAFETY: the level is supported (callers check); the slices hold the row's blocks.
@@ -73,6 +89,7 @@ impl QuantizedActivations {
     #[inline]
     pub(super) fn row(&self, t: usize) -> ActivationRow<'_> {
         let nb = self.blocks_per_row;
+        assert!(t < self.rows, "row {t} of {} quantized rows", self.rows);
         ActivationRow {
             qs: &self.qs[t * nb * BLOCK..(t + 1) * nb * BLOCK],
             d: &self.d[t * nb..(t + 1) * nb],
@@ -87,7 +104,7 @@ impl QuantizedActivations {
     #[inline(always)]
     pub(super) fn tile<const T: usize>(&self, tokens: [usize; T]) -> ActivationTile<T> {
         let nb = self.blocks_per_row;
-        assert!(tokens.iter().all(|&t| (t + 1) * nb <= self.d.len()), "tile tokens must be quantized rows");
+        assert!(tokens.iter().all(|&t| t < self.rows), "tile tokens must be quantized rows");
         let mut tile = ActivationTile {
             qs: [std::ptr::null(); T],
             d: [std::ptr::null(); T],
@@ -102,6 +119,22 @@ impl QuantizedActivations {
             tile.half_sums[i] = self.half_sums.as_ptr().wrapping_add(2 * t * nb);
         }
         tile
+    }
+
+    /// Rows `t0..t0 + PADDED_ROWS` as one operand (t0 a multiple of PADDED_ROWS; rows past the
+    /// quantized ones are padding).
+    #[inline]
+    pub(super) fn consecutive_rows(&self, t0: usize) -> ConsecutiveRows {
+        let nb = self.blocks_per_row;
+        assert!(t0 < self.rows && t0.is_multiple_of(PADDED_ROWS), "a tile starts at a quantized row, 16-aligned");
+        debug_assert!((t0 + PADDED_ROWS) * nb <= self.d.len());
+        // In bounds: the arrays hold the rows up to the next multiple of PADDED_ROWS (`quantize`).
+        ConsecutiveRows {
+            qs: self.qs.as_ptr().wrapping_add(t0 * nb * BLOCK),
+            d: self.d.as_ptr().wrapping_add(t0 * nb),
+            s: self.s.as_ptr().wrapping_add(t0 * nb),
+            half_sums: self.half_sums.as_ptr().wrapping_add(2 * t0 * nb),
+        }
     }
 }
 
@@ -200,7 +233,9 @@ mod tests {
                 );
             }
             pool.install(|| together.quantize(isa, &x[..2 * k], k));
-            assert_eq!((together.qs.len(), together.d.len()), (2 * k, 2 * k / BLOCK), "{}", isa.name());
+            assert_eq!(together.rows, 2, "{}", isa.name());
+            let padded = PADDED_ROWS * k;
+            assert_eq!((together.qs.len(), together.d.len()), (padded, padded / BLOCK), "{}", isa.name());
         }
     }
 }
