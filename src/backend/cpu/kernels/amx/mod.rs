@@ -72,10 +72,15 @@ pub fn request_permission() -> Result<(), String> {
         // pointer given.
         let requested = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) };
         if requested != 0 {
-            return Err(format!(
-                "Linux refused the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM: {}); it needs Linux 5.16 or later",
-                std::io::Error::last_os_error()
-            ));
+            let error = std::io::Error::last_os_error();
+            // The kernel's reasons, as its permission code gives them.
+            let hint = match error.raw_os_error() {
+                Some(libc::EINVAL) => "Linux 5.16 or later is needed",
+                Some(libc::EOPNOTSUPP) => "the CPU has no AMX, or the kernel has the tile state switched off",
+                Some(libc::ENOSPC) => "a thread's signal stack is too small for the tile state",
+                _ => "unexpected answer",
+            };
+            return Err(format!("Linux refused the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM: {error}; {hint})"));
         }
         let mut permitted: u64 = 0;
         let read = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_GET_XCOMP_PERM, &mut permitted as *mut u64) };
@@ -117,6 +122,7 @@ mod tests {
         } else if cfg!(all(target_os = "linux", target_arch = "x86_64")) {
             let why = granted.expect_err("Linux granted tile state on a CPU without AMX");
             assert!(why.contains("arch_prctl"), "{why}");
+            eprintln!("refused, as it should be here: {why}");
             assert!(super::hardware().is_err());
         }
     }
