@@ -2,7 +2,7 @@
 //! SentencePiece GGUF (tests/tokenizer_support/llama2_gguf.rs) must tokenize 200+ strings exactly
 //! as llama.cpp does (ids recorded in tests/data/llama2_gguf_tokenizer.json, see
 //! tests/data/README_tokenizer.md), and the file must load and generate through the CLI. SmolLM2's
-//! byte-level vocabulary written once per `tokenizer.ggml.pre` name
+//! byte-level vocabulary written once per `tokenizer.ggml.pre` name, and once without the key
 //! (tests/tokenizer_support/byte_level_gguf.rs) must tokenize and decode 400+ strings as llama.cpp
 //! does for each name (tests/data/byte_level_gguf_tokenizer.json), except where kiln follows the
 //! model's own tokenizer on purpose ([`KNOWN_DIFFERENCES`]).
@@ -151,6 +151,8 @@ fn known_difference(pre: &str, text: &str) -> Option<&'static KnownDifference> {
 
 #[test]
 fn byte_level_gguf_tokenizes_like_llama_cpp() {
+    // Written first, so that a stale reference can be regenerated from them (the script's docstring).
+    let ggufs = PRE_TYPES.map(byte_level_gguf);
     let reference = byte_level_reference();
     let recorded: Vec<&str> = reference["pre_types"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
     assert_eq!(recorded, PRE_TYPES, "the reference was recorded for other pre-types: regenerate it");
@@ -158,8 +160,8 @@ fn byte_level_gguf_tokenizes_like_llama_cpp() {
     assert!(cases.len() >= 200, "the reference has {} strings", cases.len());
     let mut mismatches = Vec::new();
     let mut differences_seen = 0;
-    for pre in PRE_TYPES {
-        let tokenizer = tokenizer_from_gguf(&byte_level_gguf(pre));
+    for (pre, gguf) in PRE_TYPES.into_iter().zip(&ggufs) {
+        let tokenizer = tokenizer_from_gguf(gguf);
         for case in cases {
             let text = case["text"].as_str().unwrap();
             let expected = ids(&case["ids"][pre]);

@@ -24,7 +24,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from make_gguf_tokenizer_reference import HAND_PICKED  # noqa: E402  (generic hard cases, shared)
 
-PRE_TYPES = ["llama-bpe", "qwen2", "tekken", "gpt-2", "smollm", "smaug-bpe"]
+# "(none)" is no name: its file (written as "(none).gguf") leaves tokenizer.ggml.pre out, for which
+# llama.cpp uses its `default` split.
+PRE_TYPES = ["llama-bpe", "qwen2", "tekken", "gpt-2", "smollm", "smaug-bpe", "default", "(none)"]
 
 WHITESPACE = [
     "a  b", "a   b", "a\t\tb", "a \tb", "a\t b", "\t\tindented", "    four", "        eight spaces",
@@ -147,7 +149,8 @@ def main():
             "Produced by tools/reference/make_byte_level_gguf_reference.py with llama-cpp-python "
             f"{version} (llama.cpp built from its PyPI sources) on tests/data/cache/byte_level/<pre>.gguf, "
             "written by tests/tokenizer_support/byte_level_gguf.rs (SmolLM2's vocabulary, one file per "
-            "tokenizer.ggml.pre). ids[pre]: Llama.tokenize(text, add_bos=False, special=True). decoded / "
+            "tokenizer.ggml.pre; the one for \"(none)\" leaves the key out). ids[pre]: "
+            "Llama.tokenize(text, add_bos=False, special=True). decoded / "
             "decoded_special: each token's piece (llama_token_to_piece, special=False / True) joined, the same "
             "for every pre-type. with_special: Llama.tokenize(text, add_bos=True, special=True)."
         ),

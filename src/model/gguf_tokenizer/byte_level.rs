@@ -1,7 +1,8 @@
 //! Byte-level BPE vocabularies (`tokenizer.ggml.model == "gpt2"`): GPT-2, SmolLM, Llama 3, Qwen2,
-//! Mistral-Nemo. The merges are in the file; the pre-tokenizer is only named
-//! (`tokenizer.ggml.pre`), so each supported name maps to the split llama.cpp applies for it
-//! (llama-vocab.cpp), written as the Hugging Face pre-tokenizer that does the same.
+//! Mistral-Nemo, and files that name no pre-tokenizer (llama.cpp's `default`). The merges are in
+//! the file; the pre-tokenizer is only named (`tokenizer.ggml.pre`), so each supported name maps
+//! to the split llama.cpp applies for it (llama-vocab.cpp), written as the Hugging Face
+//! pre-tokenizer that does the same.
 //! tests/tokenizer_gguf.rs compares each with llama.cpp on the same file.
 
 use serde_json::{json, Map, Value};
@@ -25,9 +26,18 @@ const QWEN2_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'
 /// which differs on non-ASCII words that change case (`ÉCOLE`, `getÉtat`) and on combining marks;
 /// kiln keeps the model's own definition (the strings are listed in tests/tokenizer_gguf.rs).
 const TEKKEN_SPLIT: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// llama.cpp's `default` split (the `default:` branch of `llm_tokenizer_bpe` in llama-vocab.cpp),
+/// for a file whose `tokenizer.ggml.pre` is `default` or missing. Four regexes, each splitting the
+/// pieces of the one before: runs of punctuation and of the ASCII symbols `$+<=>^~|` (not the
+/// backtick); GPT-2's split (llama.cpp recognizes that regex and runs its hand-written GPT-2 code
+/// in unicode.cpp, which ends in `\s+` as [`GPT2_SPLIT`] does); digit runs, which cuts the space off
+/// ` 42`; ASCII digits in threes from the left. GPT-2's contractions never apply: the first regex
+/// has already made the apostrophe a piece of its own.
+const DEFAULT_SPLITS: [&str; 4] = [r"[\p{P}\$\+<=>\^~\|]+", GPT2_SPLIT, r"\p{N}+", r"[0-9]{3}"];
 
 /// The `tokenizer.ggml.pre` names kiln rebuilds, for error messages.
-const SUPPORTED_PRE: &str = "gpt-2, smollm, llama3 (llama-bpe, llama-v3), smaug-bpe, qwen2 (deepseek-r1-qwen), tekken";
+const SUPPORTED_PRE: &str =
+    "default (also when the key is missing), gpt-2, smollm, llama3 (llama-bpe, llama-v3), smaug-bpe, qwen2 (deepseek-r1-qwen), tekken";
 
 /// What a `tokenizer.ggml.pre` name stands for, as llama.cpp's vocabulary loader sets it up.
 pub(super) struct PreType {
@@ -42,10 +52,10 @@ pub(super) struct PreType {
 }
 
 impl PreType {
-    /// The pre-type the file names, or `gpt-2` when it names none. (llama.cpp falls back to its
-    /// own `default` split there, which kiln does not rebuild.)
+    /// The pre-type the file names, or `default` when it names none: llama.cpp falls back to its
+    /// `default` split there (and warns that generation quality will suffer).
     pub(super) fn read(gguf: &GgufFile) -> Result<PreType, ModelError> {
-        let pre = gguf.get_str("tokenizer.ggml.pre")?.unwrap_or("gpt-2");
+        let pre = gguf.get_str("tokenizer.ggml.pre")?.unwrap_or("default");
         pre_type(pre).ok_or_else(|| {
             ModelError::invalid(
                 gguf.path(),
@@ -128,6 +138,8 @@ fn pre_type(pre: &str) -> Option<PreType> {
         // SmolLM's tokenizer: every digit its own piece (its `Digits` step), then GPT-2's split.
         "smollm" => (splits(&[r"\p{N}", GPT2_SPLIT]), false, false),
         "gpt-2" => (splits(&[GPT2_SPLIT]), false, false),
+        // No merges ignored and no BOS by default: llama.cpp's loader sets neither for it.
+        "default" => (splits(&DEFAULT_SPLITS), false, false),
         "llama-bpe" | "llama3" | "llama-v3" => (splits(&[LLAMA3_SPLIT]), true, true),
         // Smaug keeps Llama 3's split but none of its other settings in llama.cpp.
         "smaug-bpe" => (splits(&[LLAMA3_SPLIT]), false, false),

@@ -2,7 +2,8 @@
 //! metadata (llama.cpp's `tokenizer.ggml.*` keys), so a GGUF model runs through the same tokenizer
 //! code as a Hugging Face directory. Two vocabulary kinds are rebuilt, each in its own file:
 //! - `gpt2`: byte-level BPE ([`byte_level`]); the pre-tokenizer is chosen from
-//!   `tokenizer.ggml.pre`, because the GGUF stores only a name for it, not its definition;
+//!   `tokenizer.ggml.pre` (llama.cpp's `default` where it is missing), because the GGUF stores
+//!   only a name for it, not its definition;
 //! - `llama`: SentencePiece BPE with byte fallback, as Llama-2 and Mistral ship ([`sentencepiece`]).
 //!
 //! The reference is llama.cpp's own tokenizer on the same file; tests/tokenizer_gguf.rs compares.

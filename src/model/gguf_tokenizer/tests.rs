@@ -25,9 +25,15 @@ fn byte_alphabet() -> Vec<char> {
         .collect()
 }
 
-/// A tiny byte-level vocabulary: three control tokens, the 256 bytes, then merged tokens.
-/// `add_bos: None` leaves `tokenizer.ggml.add_bos_token` out.
+/// A tiny byte-level vocabulary: three control tokens, the 256 bytes, then merged tokens, with
+/// `tokenizer.ggml.pre` set to `pre`. `add_bos: None` leaves `tokenizer.ggml.add_bos_token` out.
 fn tiny_gguf(pre: &str, add_bos: Option<bool>) -> GgufFile {
+    let bytes = tiny_gguf_writer(add_bos).kv("tokenizer.ggml.pre", string(pre)).to_bytes();
+    GgufFile::from_bytes(Path::new("tiny.gguf"), bytes).unwrap()
+}
+
+/// [`tiny_gguf`] without `tokenizer.ggml.pre`.
+fn tiny_gguf_writer(add_bos: Option<bool>) -> GgufWriter {
     let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"].map(String::from).to_vec();
     tokens.extend(byte_alphabet().iter().map(|c| c.to_string()));
     tokens.extend(["Hi", "\u{120}w", "12"].map(String::from));
@@ -36,7 +42,6 @@ fn tiny_gguf(pre: &str, add_bos: Option<bool>) -> GgufFile {
     let token_refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
     let mut writer = GgufWriter::new()
         .kv("tokenizer.ggml.model", string("gpt2"))
-        .kv("tokenizer.ggml.pre", string(pre))
         .kv("tokenizer.ggml.tokens", strings(&token_refs))
         .kv("tokenizer.ggml.token_type", MetaValue::Array(types))
         .kv("tokenizer.ggml.merges", strings(&["H i", "\u{120} w", "1 2"]))
@@ -47,8 +52,7 @@ fn tiny_gguf(pre: &str, add_bos: Option<bool>) -> GgufFile {
     if let Some(add_bos) = add_bos {
         writer = writer.kv("tokenizer.ggml.add_bos_token", MetaValue::Bool(add_bos));
     }
-    let bytes = writer.to_bytes();
-    GgufFile::from_bytes(Path::new("tiny.gguf"), bytes).unwrap()
+    writer
 }
 
 fn load(files: &TokenizerFiles) -> tokenizers::Tokenizer {
@@ -57,6 +61,17 @@ fn load(files: &TokenizerFiles) -> tokenizers::Tokenizer {
 
 fn tokens(tokenizer: &tokenizers::Tokenizer, text: &str) -> Vec<String> {
     tokenizer.encode(text, true).unwrap().get_tokens().to_vec()
+}
+
+/// The pieces the pre-tokenizer cuts `text` into, in the byte alphabet.
+fn pieces(tokenizer: &tokenizers::Tokenizer, text: &str) -> Vec<String> {
+    let mut pieces = tokenizers::PreTokenizedString::from(text);
+    tokenizers::PreTokenizer::pre_tokenize(tokenizer.get_pre_tokenizer().unwrap(), &mut pieces).unwrap();
+    pieces
+        .get_splits(tokenizers::OffsetReferential::Original, tokenizers::OffsetType::Char)
+        .into_iter()
+        .map(|(piece, _, _)| piece.to_string())
+        .collect()
 }
 
 #[test]
@@ -251,6 +266,7 @@ fn llama3_and_tekken_add_bos_unless_the_file_says_otherwise() {
         ("qwen2", false),
         ("smaug-bpe", false),
         ("gpt-2", false),
+        ("default", false),
     ] {
         let files = tokenizer_files_from_gguf(&tiny_gguf(pre, None), 16).unwrap();
         assert_eq!(files.tokenizer_config["add_bos_token"], default, "{pre}");
@@ -277,13 +293,29 @@ fn split_classes_are_pinned_to_unicode_15_1() {
     // character, which takes the apostrophe with it, so `'ve` is no contraction.
     for pre in ["gpt-2", "smollm", "llama-bpe", "qwen2", "tekken"] {
         let tokenizer = load(&tokenizer_files_from_gguf(&tiny_gguf(pre, Some(false)), 16).unwrap());
-        let mut pieces = tokenizers::PreTokenizedString::from("\u{1c89}'ve");
-        tokenizers::PreTokenizer::pre_tokenize(tokenizer.get_pre_tokenizer().unwrap(), &mut pieces).unwrap();
-        let pieces: Vec<&str> = pieces
-            .get_splits(tokenizers::OffsetReferential::Original, tokenizers::OffsetType::Char)
-            .into_iter()
-            .map(|(piece, _, _)| piece)
-            .collect();
-        assert_eq!(pieces, ["\u{e1}\u{b2}\u{12b}'", "ve"], "{pre}: the bytes of U+1C89 and the apostrophe, then `ve`");
+        assert_eq!(
+            pieces(&tokenizer, "\u{1c89}'ve"),
+            ["\u{e1}\u{b2}\u{12b}'", "ve"],
+            "{pre}: the bytes of U+1C89 and the apostrophe, then `ve`"
+        );
+    }
+}
+
+#[test]
+fn a_file_without_a_pre_tokenizer_gets_llama_cpps_default_split() {
+    let unnamed = GgufFile::from_bytes(Path::new("tiny.gguf"), tiny_gguf_writer(None).to_bytes()).unwrap();
+    for (what, gguf) in [("no tokenizer.ggml.pre", unnamed), ("`default`", tiny_gguf("default", None))] {
+        let files = tokenizer_files_from_gguf(&gguf, 16).unwrap();
+        assert_eq!(files.tokenizer_config["add_bos_token"], false, "{what}");
+        assert_eq!(files.tokenizer_json["model"]["ignore_merges"], false, "{what}");
+        // Punctuation and `+=` first (so `'s` is no contraction), then GPT-2's split, then the
+        // space cut off the digits, then ASCII digits in threes. GPT-2's split alone would give
+        // `it`, `'s`, ` `, ` 1234`, ` x`, `+=`, `y`, ` 42`.
+        let tokenizer = load(&files);
+        assert_eq!(
+            pieces(&tokenizer, "it's  1234 x+=y 42"),
+            ["it", "'", "s", "\u{120}", "\u{120}", "123", "4", "\u{120}x", "+=", "y", "\u{120}", "42"],
+            "{what}"
+        );
     }
 }
