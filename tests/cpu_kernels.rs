@@ -253,18 +253,8 @@ fn matmul_gives_a_token_the_same_bits_in_any_batch() {
 /// the 16-row groups.
 fn check_tiles_against_vnni(tiles: TileSource, seed: u64) {
     let mut shapes = Shapes(seed ^ 9);
-    let formats = [
-        PackedQuant::Q8_0,
-        PackedQuant::Q4_0,
-        PackedQuant::Q4_1,
-        PackedQuant::Q5_0,
-        PackedQuant::Q5_1,
-        PackedQuant::Q4_K,
-        PackedQuant::Q5_K,
-        PackedQuant::Q6_K,
-    ];
     for (case, n) in [amx::MIN_TOKENS, 5, 16, 17, 35].into_iter().enumerate() {
-        for format in formats {
+        for format in PackedQuant::ALL {
             let m = shapes.between(1, 70);
             let k = match format.block_values() {
                 256 => 256 * [1, 2, 11][case % 3],

@@ -252,16 +252,7 @@ mod tests {
     use crate::model::quant::dequantize_row;
     use crate::testing::{random_ggml_blocks, test_seed};
 
-    const FORMATS: [PackedQuant; 8] = [
-        PackedQuant::Q8_0,
-        PackedQuant::Q4_0,
-        PackedQuant::Q4_1,
-        PackedQuant::Q5_0,
-        PackedQuant::Q5_1,
-        PackedQuant::Q4_K,
-        PackedQuant::Q5_K,
-        PackedQuant::Q6_K,
-    ];
+    const FORMATS: [PackedQuant; 8] = PackedQuant::ALL;
 
     /// Random blocks (every quant, high-bit and sub-block scale pattern) come back bit for bit
     /// from every row of full and partial groups; padding rows are zero.

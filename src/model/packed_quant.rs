@@ -30,6 +30,18 @@ pub enum PackedQuant {
 }
 
 impl PackedQuant {
+    /// Every format, in declaration order (tests run each).
+    pub const ALL: [PackedQuant; 8] = [
+        PackedQuant::Q8_0,
+        PackedQuant::Q4_0,
+        PackedQuant::Q4_1,
+        PackedQuant::Q5_0,
+        PackedQuant::Q5_1,
+        PackedQuant::Q4_K,
+        PackedQuant::Q5_K,
+        PackedQuant::Q6_K,
+    ];
+
     /// The format kiln keeps a GGUF tensor of `ggml_type` in, if it is a block quantization.
     pub fn from_ggml(ggml_type: GgmlType) -> Option<PackedQuant> {
         Some(match ggml_type {
