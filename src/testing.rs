@@ -19,6 +19,8 @@ pub fn check_close(got: &[f32], reference: &[f32], tol: Tolerance) -> Result<(),
     }
     let mut failures = 0usize;
     let mut worst: Option<(usize, f32)> = None;
+    // `!(x <= y)` rather than `x > y`: a NaN excess is a failure too.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     for (i, (&g, &r)) in got.iter().zip(reference).enumerate() {
         let excess = (g - r).abs() - (tol.atol + tol.rtol * r.abs());
         if !(excess <= 0.0) {

@@ -643,7 +643,7 @@ fn run_sampling(
 ) -> (Vec<u32>, Vec<f32>, Vec<TopLogprob>) {
     let n = rows.len();
     let logits_d = gpu.upload_f32(logits).unwrap();
-    let rows_d = gpu.upload_bytes(Dtype::U8, n * std::mem::size_of::<SampleRow>(), bytemuck::cast_slice(rows)).unwrap();
+    let rows_d = gpu.upload_bytes(Dtype::U8, std::mem::size_of_val(rows), bytemuck::cast_slice(rows)).unwrap();
     let entry = std::mem::size_of::<PenaltyEntry>();
     let penalty_bytes = [bytemuck::cast_slice(penalties), &vec![0u8; entry][..]].concat();
     let pen_d = gpu

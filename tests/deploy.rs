@@ -335,7 +335,7 @@ fn kubernetes_probes_use_the_endpoints_kiln_serves() {
         assert_eq!(security["runAsNonRoot"], true, "{file}: runAsNonRoot");
         let image = container["image"].as_str().expect("an image");
         let dockerfile = if image.ends_with("-cuda") { "deploy/Dockerfile.cuda" } else { "deploy/Dockerfile.cpu" };
-        let user = instructions(&read(dockerfile)).into_iter().filter(|(i, _)| i == "USER").last().expect("a USER").1;
+        let user = instructions(&read(dockerfile)).into_iter().rfind(|(i, _)| i == "USER").expect("a USER").1;
         assert_eq!(
             security["runAsUser"].to_string(),
             user.split(':').next().expect("a uid"),

@@ -7,6 +7,7 @@
 //! - every answer is right: greedy answers equal those of a replica asked directly before the load;
 //! - the balancer stops sending the stopped replica work (its stats show it DOWN), and the replica
 //!   exits 0 within its drain time.
+//!
 //! The README's "Running several replicas" section uses this configuration.
 
 mod serve_support;

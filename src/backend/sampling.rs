@@ -109,7 +109,7 @@ pub fn push_mask_words(masks: &mut Vec<u32>, vocab: usize, fill: impl FnOnce(&mu
     masks.resize(start + words, 0);
     let row = &mut masks[start..];
     fill(row);
-    if vocab % 32 != 0 {
+    if !vocab.is_multiple_of(32) {
         row[words - 1] &= (1u32 << (vocab % 32)) - 1;
     }
     start / words

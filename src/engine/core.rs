@@ -77,6 +77,8 @@ pub struct EngineFailed {
 /// N-th step that computes something fails as a broken device would, panics, or stalls for
 /// `STALL` before going on. For the tests that prove a dead or hung engine is never hidden
 /// (tests/engine_failure.rs); unset in every real deployment.
+// The variants name what happens at a step, so they all begin with it.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
     StepError { at_step: u64 },

@@ -20,6 +20,9 @@ use super::metrics::EngineMetrics;
 use super::request::{EngineEvent, EngineRequest};
 use super::text::TokenText;
 
+// Sent once per request over a bounded channel: boxing the large variant would add an allocation
+// and save nothing that matters.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     Submit(EngineRequest),
     Snapshot(mpsc::Sender<EngineSnapshot>),

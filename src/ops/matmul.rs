@@ -101,6 +101,6 @@ mod tests {
     #[test]
     fn dot_handles_tails() {
         let a: Vec<f32> = (0..19).map(|v| v as f32).collect();
-        assert_eq!(dot(&a, &vec![1.0; 19]), 171.0);
+        assert_eq!(dot(&a, &[1.0; 19]), 171.0);
     }
 }

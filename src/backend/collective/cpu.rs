@@ -61,8 +61,9 @@ mod tests {
         for world in [1, 2, 3, 4] {
             let collective = ThreadCollective::new(world);
             // Values whose float sum depends on the order: rank r holds 10^(8r) · (−1)^r.
-            let partial =
-                |rank: usize, i: usize| (if rank % 2 == 0 { 1.0 } else { -1.0 }) * 1e8f32.powi(rank as i32) + i as f32;
+            let partial = |rank: usize, i: usize| {
+                (if rank.is_multiple_of(2) { 1.0 } else { -1.0 }) * 1e8f32.powi(rank as i32) + i as f32
+            };
             let results: Vec<Vec<f32>> = std::thread::scope(|scope| {
                 let handles: Vec<_> = (0..world)
                     .map(|rank| {

@@ -390,11 +390,9 @@ fn object_step(
     let set = |config: &mut Config, at: ObjectAt| set_top(config, Frame::Object { node, seen, at });
     match (at, byte) {
         (ObjectAt::Start | ObjectAt::Next, b'}') if close_ok => finish_top(schema, config, out),
-        (ObjectAt::Next, b',') => {
-            if unseen.clone().next().is_some() || extra.is_some() {
-                set(&mut config, ObjectAt::Key);
-                push_unique(out, config);
-            }
+        (ObjectAt::Next, b',') if unseen.clone().next().is_some() || extra.is_some() => {
+            set(&mut config, ObjectAt::Key);
+            push_unique(out, config);
         }
         (ObjectAt::Start | ObjectAt::Key, b'"') => {
             for p in unseen {

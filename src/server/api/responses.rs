@@ -121,6 +121,7 @@ pub fn completion_logprobs(
 }
 
 /// The whole (non-streamed) OpenAI response.
+#[allow(clippy::too_many_arguments)]
 pub fn full_response(
     flavor: Flavor,
     meta: &ResponseMeta,
