@@ -66,6 +66,15 @@ pub fn group_bytes(format: PackedQuant, cols: usize) -> usize {
     cols / BLOCK * block_bytes(format)
 }
 
+/// The groups of `bytes` (whole groups of `group_bytes`), each with the bytes of the group after
+/// it (empty for the last): kernels prefetch the next group while they multiply one.
+pub fn groups_with_next(bytes: &[u8], group_bytes: usize) -> impl Iterator<Item = (usize, &[u8], &[u8])> {
+    bytes.chunks_exact(group_bytes).enumerate().map(move |(g, group)| {
+        let next = ((g + 1) * group_bytes).min(bytes.len())..((g + 2) * group_bytes).min(bytes.len());
+        (g, group, &bytes[next])
+    })
+}
+
 /// Bytes of a `rows × cols` matrix.
 pub fn matrix_bytes(format: PackedQuant, rows: usize, cols: usize) -> usize {
     rows.div_ceil(GROUP_ROWS) * group_bytes(format, cols)

@@ -160,6 +160,45 @@ pub(super) mod x86 {
         w
     }
 
+    /// `acc + cvt(dot)·(dw·dx)`: a block's integer dot scaled into a token's sums. Both integer
+    /// kernels (VNNI here, AMX in `amx::group_tiles`) add every block through this, which is what
+    /// makes their results the same bits.
+    #[inline(always)]
+    pub(in crate::backend::cpu::kernels) unsafe fn add_scaled(
+        acc: __m512,
+        dot: __m512i,
+        dw: __m512,
+        dx: f32,
+    ) -> __m512 {
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, _mm512_set1_ps(dx)), acc)
+    }
+
+    /// The offset terms of a group (formats without split scales): per token t, Σ_b w_b·s(t, b)
+    /// in block order, w the stored m (or d, times −c), then added to `acc[t]` times the format's
+    /// factor. Shared by both integer kernels, as [`add_scaled`].
+    #[inline(always)]
+    pub(in crate::backend::cpu::kernels) unsafe fn add_offsets<const T: usize>(
+        format: PackedQuant,
+        group: *const u8,
+        nb: usize,
+        s: impl Fn(usize, usize) -> f32,
+        acc: &mut [__m512; T],
+    ) {
+        let sections = block_sections(format);
+        let source = if format.has_min() { sections.second } else { 0 };
+        let mut offsets = [_mm512_setzero_ps(); T];
+        for b in 0..nb {
+            let w = scales16(format.f32_scales(), group.add(b * sections.bytes + source));
+            for t in 0..T {
+                offsets[t] = _mm512_fmadd_ps(w, _mm512_set1_ps(s(t, b)), offsets[t]);
+            }
+        }
+        let factor = _mm512_set1_ps(format.offset_factor().map_or(1.0, |c| -c));
+        for t in 0..T {
+            acc[t] = _mm512_fmadd_ps(offsets[t], factor, acc[t]);
+        }
+    }
+
     /// The 16 rows' scales (d or m) at `at`, f32 or f16 as the format stores them.
     #[inline(always)]
     pub(in crate::backend::cpu::kernels) unsafe fn scales16(f32_scales: bool, at: *const u8) -> __m512 {
@@ -206,9 +245,9 @@ pub(super) mod x86 {
                         lo = _mm512_dpbusd_epi32(lo, w[g], broadcast4(xqs[t].add(at + 4 * g)));
                         hi = _mm512_dpbusd_epi32(hi, w[g + 4], broadcast4(xqs[t].add(at + 16 + 4 * g)));
                     }
-                    let dx = _mm512_set1_ps(*xd[t].add(b));
-                    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_mul_ps(dw, dx), acc[t]);
-                    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_mul_ps(dw_hi, dx), acc[t]);
+                    let dx = *xd[t].add(b);
+                    acc[t] = add_scaled(acc[t], lo, dw, dx);
+                    acc[t] = add_scaled(acc[t], hi, dw_hi, dx);
                 }
                 continue;
             }
@@ -229,26 +268,13 @@ pub(super) mod x86 {
                     }
                     dot
                 };
-                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*xd[t].add(b)));
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[t]);
+                acc[t] = add_scaled(acc[t], dot, dw, *xd[t].add(b));
             }
+        }
+        if !split {
+            add_offsets(format, group, nb, |t, b| *x.s[t].add(b), &mut acc);
         }
         let mut out = [[0f32; GROUP_ROWS]; T];
-        if !split {
-            // Σ m·s (stored m) or Σ d·s (times −c below).
-            let source = if format.has_min() { sections.second } else { 0 };
-            let mut offsets = [_mm512_setzero_ps(); T];
-            for b in 0..nb {
-                let w = scales16(f32_scales, group.add(b * sections.bytes + source));
-                for t in 0..T {
-                    offsets[t] = _mm512_fmadd_ps(w, _mm512_set1_ps(*x.s[t].add(b)), offsets[t]);
-                }
-            }
-            let factor = _mm512_set1_ps(format.offset_factor().map_or(1.0, |c| -c));
-            for t in 0..T {
-                acc[t] = _mm512_fmadd_ps(offsets[t], factor, acc[t]);
-            }
-        }
         for t in 0..T {
             _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
         }

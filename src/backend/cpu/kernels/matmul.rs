@@ -27,7 +27,7 @@ use super::dot_tile::{self, BF16, F16, F32};
 use super::group_dot;
 use super::quant_dot::QuantizedActivations;
 use super::Isa;
-use crate::model::packed_groups;
+use crate::model::packed_groups::{self, GROUP_ROWS};
 use crate::model::packed_quant::PackedQuant;
 use crate::model::weights::{WeightFormat, WeightMatrix};
 
@@ -133,7 +133,7 @@ fn rows_per_task(w: &WeightMatrix, n: usize, threads: usize) -> usize {
     let bytes_per_row = 4 * w.cols;
     if matches!(w.format, WeightFormat::Packed(_)) {
         // Whole groups of 16 rows.
-        return balanced.next_multiple_of(packed_groups::GROUP_ROWS);
+        return balanced.next_multiple_of(GROUP_ROWS);
     }
     if n < TILE_MIN_TOKENS {
         return balanced.next_multiple_of(8);
@@ -167,6 +167,16 @@ impl OutColumns {
         // SAFETY: the run lies inside the output (checked); see matmul_with for why tasks never
         // write the same element.
         unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.out.add(t * self.m + j), values.len()) }
+    }
+
+    /// The sums of group g of a task's `rows` (`sums[t][r]`: token t0 + t, the group's row r),
+    /// without the padding rows past the task's last row.
+    fn store_group(&self, rows: &std::ops::Range<usize>, g: usize, t0: usize, sums: &[[f32; GROUP_ROWS]]) {
+        let first_row = rows.start + g * GROUP_ROWS;
+        let count = GROUP_ROWS.min(rows.end - first_row);
+        for (t, row_sums) in sums.iter().enumerate() {
+            self.store_run(t0 + t, first_row, &row_sums[..count]);
+        }
     }
 
     fn store(&self, t: usize, j: usize, value: f32) {
@@ -263,18 +273,9 @@ fn grouped_rows(
     rows: std::ops::Range<usize>,
     out: &OutColumns,
 ) {
-    use packed_groups::GROUP_ROWS;
     let group_bytes = packed_groups::group_bytes(format, k);
-    for (g, group) in task_bytes.chunks_exact(group_bytes).enumerate() {
-        let next = ((g + 1) * group_bytes).min(task_bytes.len())..((g + 2) * group_bytes).min(task_bytes.len());
-        let next = &task_bytes[next];
-        let first_row = rows.start + g * GROUP_ROWS;
-        let count = GROUP_ROWS.min(rows.end - first_row);
-        let store = |t0: usize, sums: &[[f32; GROUP_ROWS]]| {
-            for (t, row_sums) in sums.iter().enumerate() {
-                out.store_run(t0 + t, first_row, &row_sums[..count]);
-            }
-        };
+    for (g, group, next) in packed_groups::groups_with_next(task_bytes, group_bytes) {
+        let store = |t0: usize, sums: &[[f32; GROUP_ROWS]]| out.store_group(&rows, g, t0, sums);
         let mut t0 = 0;
         while t0 < n {
             // The widest tile that fits the tokens left: 8, 4, 2 or 1.
@@ -318,14 +319,9 @@ fn tiled_rows(
     rows: std::ops::Range<usize>,
     out: &OutColumns,
 ) {
-    use packed_groups::GROUP_ROWS;
+    // Tokens past n are the tile's padding.
     let store = |g: usize, t0: usize, sums: &[[f32; GROUP_ROWS]; amx::TILE_TOKENS]| {
-        let first_row = rows.start + g * GROUP_ROWS;
-        let count = GROUP_ROWS.min(rows.end - first_row);
-        // Tokens past n are the tile's padding.
-        for (t, row_sums) in sums.iter().enumerate().take(n - t0) {
-            out.store_run(t0 + t, first_row, &row_sums[..count]);
-        }
+        out.store_group(&rows, g, t0, &sums[..amx::TILE_TOKENS.min(n - t0)])
     };
     match tiles {
         TileSource::Hardware(mut unit) => amx::amx_rows(&mut unit, format, xq, n, task_bytes, k, store),

@@ -5,8 +5,8 @@
 //! at its real clock under vector load, rather than taken from a data sheet.
 //!
 //! Each pool thread runs a loop of `CHAINS` independent accumulators (enough to cover the
-//! instruction latency on current x86 cores) for a fixed number of iterations; the time of the
-//! slowest thread counts. The results are consumed, so the compiler cannot drop the loop.
+//! instruction latency on current x86 cores) for a fixed number of iterations and times itself;
+//! the threads' rates add up. The results are consumed, so the compiler cannot drop the loop.
 
 use std::time::Instant;
 

@@ -70,12 +70,11 @@ pub fn amx_rows<U: TileUnit>(
     // group's nb whole blocks and 16 activation rows from a 16-aligned quantized row (the arrays
     // are padded to 16 rows), and AVX-512 is supported (asserted).
     unsafe { unit.configure(&tile_config(split)) };
-    for (g, group) in task_bytes.chunks_exact(group_bytes).enumerate() {
-        let next = ((g + 1) * group_bytes).min(task_bytes.len())..((g + 2) * group_bytes).min(task_bytes.len());
+    for (g, group, next) in packed_groups::groups_with_next(task_bytes, group_bytes) {
         for t0 in (0..n).step_by(TILE_TOKENS) {
             let x = xq.consecutive_rows(t0);
             // The first tile streams in the next group.
-            let ahead = if t0 == 0 { &task_bytes[next.clone()] } else { &[] };
+            let ahead = if t0 == 0 { next } else { &[] };
             let nb = xq.blocks_per_row;
             let sums = unsafe {
                 #[cfg(target_arch = "x86_64")]
@@ -104,7 +103,9 @@ pub fn amx_rows<U: TileUnit>(
 mod x86 {
     use super::super::tiles::TileUnit;
     use super::{Scratch, BLOCK, GROUP_ROWS, TILE_TOKENS};
-    use crate::backend::cpu::kernels::group_dot::x86::{block_quants, prefetch_share, scales16};
+    use crate::backend::cpu::kernels::group_dot::x86::{
+        add_offsets, add_scaled, block_quants, prefetch_share, scales16,
+    };
     use crate::backend::cpu::kernels::quant_dot::ConsecutiveRows;
     use crate::model::packed_groups::block_sections;
     use crate::model::packed_quant::PackedQuant;
@@ -150,8 +151,7 @@ mod x86 {
                 let dw = scales16(f32_scales, block);
                 for t in 0..TILE_TOKENS {
                     let dot = _mm512_load_si512(scratch.sums[$s].as_ptr().add(GROUP_ROWS * t) as *const _);
-                    let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*x.d.add(t * nb + b)));
-                    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[t]);
+                    acc[t] = add_scaled(acc[t], dot, dw, *x.d.add(t * nb + b));
                 }
             }};
         }
@@ -192,25 +192,13 @@ mod x86 {
                 let hi = _mm512_load_si512(scratch.sums[1].as_ptr().add(GROUP_ROWS * t) as *const _);
                 let lo = _mm512_add_epi32(lo, _mm512_set1_epi32(-c * *sums));
                 let hi = _mm512_add_epi32(hi, _mm512_set1_epi32(-c * *sums.add(1)));
-                let dx = _mm512_set1_ps(*x.d.add(t * nb + b));
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_mul_ps(dw, dx), acc[t]);
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_mul_ps(dw_hi, dx), acc[t]);
+                let dx = *x.d.add(t * nb + b);
+                acc[t] = add_scaled(acc[t], lo, dw, dx);
+                acc[t] = add_scaled(acc[t], hi, dw_hi, dx);
             }
         }
         if !SPLIT {
-            // As the VNNI kernel: Σ m·s (stored m) or Σ d·s (times −c below), in block order.
-            let source = if format.has_min() { sections.second } else { 0 };
-            let mut offsets = [_mm512_setzero_ps(); TILE_TOKENS];
-            for b in 0..nb {
-                let w = scales16(f32_scales, group.add(b * sections.bytes + source));
-                for t in 0..TILE_TOKENS {
-                    offsets[t] = _mm512_fmadd_ps(w, _mm512_set1_ps(*x.s.add(t * nb + b)), offsets[t]);
-                }
-            }
-            let factor = _mm512_set1_ps(format.offset_factor().map_or(1.0, |c| -c));
-            for t in 0..TILE_TOKENS {
-                acc[t] = _mm512_fmadd_ps(offsets[t], factor, acc[t]);
-            }
+            add_offsets(format, group, nb, |t, b| *x.s.add(t * nb + b), &mut acc);
         }
         let mut out = [[0f32; GROUP_ROWS]; TILE_TOKENS];
         for t in 0..TILE_TOKENS {
