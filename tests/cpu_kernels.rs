@@ -172,7 +172,7 @@ fn matmul_matches_the_reference_for_every_format_and_level() {
 /// The formats of a Q4_K_M file: K-quants on k = 256, 512 and 2816 (the last a super-block count
 /// that is not a power of two), and the 32-value Q5 blocks llama-quantize falls back to for
 /// 576-wide rows; ragged token and row counts (rows not a multiple of the 16-row groups, tokens
-/// not of the 8-token tiles).
+/// not of the 16- and 8-token tiles).
 #[test]
 fn block_quantized_matmul_matches_the_reference_at_every_level() {
     let seed = test_seed();

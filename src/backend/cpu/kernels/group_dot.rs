@@ -109,6 +109,22 @@ pub(super) mod x86 {
     use crate::model::packed_quant::PackedQuant;
     use std::arch::x86_64::*;
 
+    /// `for t in 0..T { body }` written out, one guarded copy per t < 16 (T is a constant, so the
+    /// guards fold away). LLVM leaves a 16-token loop rolled, and then keeps the accumulators in
+    /// memory: a load and a store per token and block.
+    macro_rules! each_token {
+        ($T:ident, |$t:ident| $body:block) => {
+            const { assert!($T <= 16, "tiles hold at most 16 tokens") };
+            each_token!(@ $T, $t, $body, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
+        };
+        (@ $T:ident, $t:ident, $body:block, $($i:literal)*) => {
+            $(if $i < $T {
+                let $t: usize = $i;
+                $body
+            })*
+        };
+    }
+
     /// Four activation bytes broadcast to every 32-bit lane (folded into the dot's memory operand).
     #[inline(always)]
     unsafe fn broadcast4(at: *const i8) -> __m512i {
@@ -238,7 +254,7 @@ pub(super) mod x86 {
             let dw = scales16(f32_scales, block);
             if split {
                 let dw_hi = scales16(f32_scales, block.add(sections.second));
-                for t in 0..T {
+                each_token!(T, |t| {
                     let sums = xhalf[t].add(2 * b);
                     let (mut lo, mut hi) = (_mm512_set1_epi32(-c * *sums), _mm512_set1_epi32(-c * *sums.add(1)));
                     for g in 0..4 {
@@ -248,10 +264,10 @@ pub(super) mod x86 {
                     let dx = *xd[t].add(b);
                     acc[t] = add_scaled(acc[t], lo, dw, dx);
                     acc[t] = add_scaled(acc[t], hi, dw_hi, dx);
-                }
+                });
                 continue;
             }
-            for t in 0..T {
+            each_token!(T, |t| {
                 // Tokens are independent chains of eight dots; a token alone gets two chains,
                 // summed (integer sums are exact, so the result is the same bits).
                 let dot = if T == 1 {
@@ -269,7 +285,7 @@ pub(super) mod x86 {
                     dot
                 };
                 acc[t] = add_scaled(acc[t], dot, dw, *xd[t].add(b));
-            }
+            });
         }
         if !split {
             add_offsets(format, group, nb, |t, b| *x.s[t].add(b), &mut acc);
