@@ -1,7 +1,7 @@
 //! Loads a Llama GGUF's weights directly, keeping them in their stored format: float tensors as
 //! they are, block quantizations regrouped into kiln's groups of 16 rows (`packed_groups`), all
-//! copied into one huge-page arena. What lets `kiln` run the original quantized file instead of
-//! its f16 conversion.
+//! copied into one huge-page arena (`weight_arena`'s, which then has nothing left to copy). What
+//! lets `kiln` run the original quantized file instead of its f16 conversion.
 //!
 //! Q and K projections are stored by llama.cpp's converter with each head's rows interleaved for
 //! its RoPE; they are put back in Hugging Face order here (a row copy), as the conversion does.
@@ -15,6 +15,7 @@ use memmap2::Mmap;
 use super::convert::{config_from_gguf, gguf_row_for_hf_row};
 use super::gguf::{GgufFile, TensorInfo};
 use super::safetensors_dir::SharedBytes;
+use super::weight_arena::ArenaFill;
 use super::weights::{LayerWeights, LlamaWeights, WeightFormat, WeightMatrix};
 use super::{ModelConfig, ModelError};
 
@@ -58,9 +59,6 @@ struct Planned {
     unpermute_head_dim: Option<usize>,
     arena: std::ops::Range<usize>,
 }
-
-/// 2 MiB: the arena's alignment, so transparent huge pages can back it.
-const HUGE_PAGE: usize = 2 << 20;
 
 struct Loader<'a> {
     gguf: &'a GgufFile,
@@ -158,41 +156,21 @@ impl Loader<'_> {
     /// virtualization) cost a share of the bandwidth. The file pages each matrix came from are
     /// released as soon as it is copied, so peak memory stays near one copy of the model.
     fn fill_arena(&self, path: &Path, file: &Mmap) -> Result<SharedBytes, ModelError> {
-        let mut arena =
-            memmap2::MmapMut::map_anon(self.arena_bytes + HUGE_PAGE).map_err(|e| ModelError::io(path, e))?;
-        // Only a hint: without huge pages the memory works the same.
-        let _ = arena.advise(memmap2::Advice::HugePage);
-        let base = (HUGE_PAGE - arena.as_ptr() as usize % HUGE_PAGE) % HUGE_PAGE;
+        let mut arena = ArenaFill::new(self.arena_bytes).map_err(|e| ModelError::io(path, e))?;
         for plan in &self.planned {
             let data = &file[plan.source.clone()];
             let source_row = |r: usize| {
                 let stored = plan.unpermute_head_dim.map_or(r, |head_dim| gguf_row_for_hf_row(r, head_dim));
                 &data[stored * plan.row_bytes..(stored + 1) * plan.row_bytes]
             };
-            let out = &mut arena[base + plan.arena.start..base + plan.arena.end];
-            plan.format.pack_ggml_matrix(plan.rows, plan.cols, source_row, out);
+            plan.format.pack_ggml_matrix(plan.rows, plan.cols, source_row, &mut arena.bytes_mut()[plan.arena.clone()]);
             // SAFETY: the file map is read-only and shared, so MADV_DONTNEED loses nothing: a
             // later read of these pages faults them back in from the file.
             let _ = unsafe {
                 file.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, plan.source.start, plan.source.len())
             };
         }
-        let map = arena.make_read_only().map_err(|e| ModelError::io(path, e))?;
-        Ok(Arc::new(Arena { map, base }))
-    }
-}
-
-/// The filled arena; its bytes start at `base` (2 MiB-aligned).
-struct Arena {
-    map: Mmap,
-    base: usize,
-}
-
-impl super::safetensors_dir::WeightBytes for Arena {}
-
-impl AsRef<[u8]> for Arena {
-    fn as_ref(&self) -> &[u8] {
-        &self.map[self.base..]
+        Ok(Arc::new(arena.finish().map_err(|e| ModelError::io(path, e))?))
     }
 }
 
@@ -319,6 +297,14 @@ mod tests {
         check("o_proj", &layer.o_proj, &output, &through(PackedQuant::Q5_0));
         check("up_proj", &layer.up_proj, &up, &through(PackedQuant::Q5_1));
         check("lm_head", &weights.lm_head, &embed, &through(PackedQuant::Q8_0));
+
+        // The matrices sit in one huge-page arena already, so start-up's arena pass keeps them
+        // where they are (no second copy of the model; tied embeddings stay one view).
+        let first = weights.layers[0].down_proj.bytes().as_ptr();
+        assert!(weights.layers[0].down_proj.on_huge_pages() && weights.lm_head.on_huge_pages());
+        let weights = crate::model::weight_arena::into_huge_page_arena(weights);
+        assert_eq!(weights.layers[0].down_proj.bytes().as_ptr(), first);
+        assert!(weights.embed_tokens.same_view(&weights.lm_head));
     }
 
     #[test]

@@ -259,6 +259,11 @@ impl WeightMatrix {
         self.bytes.release(self.range.clone());
     }
 
+    /// Whether the matrix's bytes sit in a huge-page arena (`weight_arena::Arena`).
+    pub fn on_huge_pages(&self) -> bool {
+        self.bytes.on_huge_pages()
+    }
+
     /// Whether both are views of the same bytes in memory (tied embeddings).
     pub fn same_view(&self, other: &WeightMatrix) -> bool {
         std::ptr::eq(self.bytes(), other.bytes()) && self.format == other.format
