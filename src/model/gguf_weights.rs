@@ -301,7 +301,7 @@ mod tests {
         // The matrices sit in one huge-page arena already, so start-up's arena pass keeps them
         // where they are (no second copy of the model; tied embeddings stay one view).
         let first = weights.layers[0].down_proj.bytes().as_ptr();
-        assert!(weights.layers[0].down_proj.on_huge_pages() && weights.lm_head.on_huge_pages());
+        assert!(weights.layers[0].down_proj.in_weight_arena() && weights.lm_head.in_weight_arena());
         let weights = crate::model::weight_arena::into_huge_page_arena(weights);
         assert_eq!(weights.layers[0].down_proj.bytes().as_ptr(), first);
         assert!(weights.embed_tokens.same_view(&weights.lm_head));

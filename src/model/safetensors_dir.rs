@@ -38,9 +38,9 @@ pub trait WeightBytes: AsRef<[u8]> + Send + Sync {
     /// mapping lets its pages go (a later read maps them in again from the file); owned memory
     /// keeps its bytes, since other views may still read them.
     fn release(&self, _range: std::ops::Range<usize>) {}
-    /// Whether the bytes already sit in a huge-page arena (`weight_arena`), so copying them into
-    /// one would gain nothing.
-    fn on_huge_pages(&self) -> bool {
+    /// Whether the bytes are a `weight_arena::Arena` (huge-page memory, filled once), so copying
+    /// them into one would gain nothing.
+    fn in_weight_arena(&self) -> bool {
         false
     }
 }

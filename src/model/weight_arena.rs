@@ -47,7 +47,7 @@ pub fn into_huge_page_arena(mut weights: LlamaWeights) -> LlamaWeights {
     if !tied {
         order.push(&mut weights.embed_tokens);
     }
-    if order.iter().all(|m| m.on_huge_pages()) {
+    if order.iter().all(|m| m.in_weight_arena()) {
         return weights;
     }
     let placements = place(order.iter().map(|m| m.bytes().len()));
@@ -119,7 +119,7 @@ pub struct Arena {
 }
 
 impl WeightBytes for Arena {
-    fn on_huge_pages(&self) -> bool {
+    fn in_weight_arena(&self) -> bool {
         true
     }
 }
@@ -176,7 +176,7 @@ mod tests {
             let mut config = tiny_test_config();
             config.tie_word_embeddings = tie;
             let first = into_huge_page_arena(random_llama_weights(&config, 7, WeightDtype::F16));
-            assert!(first.layers[0].gate_proj.on_huge_pages() && first.lm_head.on_huge_pages());
+            assert!(first.layers[0].gate_proj.in_weight_arena() && first.lm_head.in_weight_arena());
             let pointers = |w: &LlamaWeights| {
                 let mut all: Vec<usize> = w.layers.iter().map(|l| l.down_proj.bytes().as_ptr() as usize).collect();
                 all.extend([w.embed_tokens.bytes().as_ptr() as usize, w.lm_head.bytes().as_ptr() as usize]);
@@ -188,6 +188,6 @@ mod tests {
         }
         // Plain memory is still copied.
         let owned = random_llama_weights(&tiny_test_config(), 8, WeightDtype::F16);
-        assert!(!owned.layers[0].q_proj.on_huge_pages());
+        assert!(!owned.layers[0].q_proj.in_weight_arena());
     }
 }

@@ -259,9 +259,9 @@ impl WeightMatrix {
         self.bytes.release(self.range.clone());
     }
 
-    /// Whether the matrix's bytes sit in a huge-page arena (`weight_arena::Arena`).
-    pub fn on_huge_pages(&self) -> bool {
-        self.bytes.on_huge_pages()
+    /// Whether the matrix's bytes sit in a `weight_arena::Arena` (huge-page memory).
+    pub fn in_weight_arena(&self) -> bool {
+        self.bytes.in_weight_arena()
     }
 
     /// Whether both are views of the same bytes in memory (tied embeddings).

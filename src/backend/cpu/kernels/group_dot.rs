@@ -26,6 +26,17 @@ use super::quant_dot::{ActivationRow, QuantizedActivations};
 use crate::model::packed_groups::{self, GROUP_ROWS};
 use crate::model::packed_quant::{PackedQuant, BLOCK};
 
+/// The most tokens [`group_tile`] should take at once at `isa`: 16 at AVX-512 (16 accumulators
+/// and the block's eight quant vectors take 24 of its 32 registers), 8 below (AVX2's 16
+/// registers hold no more; the portable path gains nothing from wider tiles).
+pub fn widest_tile(isa: super::Isa) -> usize {
+    if isa == super::Isa::Avx512 {
+        16
+    } else {
+        8
+    }
+}
+
 /// `out[t][r] = Σ_i w[r][i] · x_{tokens[t]}[i]` for the 16 rows of `group` (`group_bytes(format,
 /// k)` bytes; padding rows give 0). `ahead` (the next group, or nothing) is prefetched while the
 /// tile computes: at AVX-512 a block's worth per block, so the stream overlaps the dots rather

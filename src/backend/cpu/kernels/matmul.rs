@@ -259,8 +259,8 @@ fn compute_rows(
     }
 }
 
-/// A task's groups of 16 rows (`packed_groups`), each against every token, 16 tokens per call at
-/// AVX-512 while there are 16 (8 at AVX2, whose 16 registers hold no more; then 8, 4, 2, 1): the
+/// A task's groups of 16 rows (`packed_groups`), each against every token, the level's widest
+/// tile while the tokens last (`group_dot::widest_tile`: 16 at AVX-512; then 8, 4, 2, 1): the
 /// group's weights (k = 576: 6 KiB of Q4_1) stay in L1 while the tokens pass, so each weight byte
 /// comes from memory once per step, and a 16-token step unpacks each block's nibbles once rather
 /// than twice (measured 5-10% on the FFN shapes, more on Q6_K, whose high bits cost most).
@@ -276,7 +276,7 @@ fn grouped_rows(
     out: &OutColumns,
 ) {
     let group_bytes = packed_groups::group_bytes(format, k);
-    let widest = if isa == Isa::Avx512 { 16 } else { 8 };
+    let widest = group_dot::widest_tile(isa);
     for (g, group, next) in packed_groups::groups_with_next(task_bytes, group_bytes) {
         let store = |t0: usize, sums: &[[f32; GROUP_ROWS]]| out.store_group(&rows, g, t0, sums);
         let mut t0 = 0;
